@@ -1,0 +1,148 @@
+"""The attack contract: frozen keyword-only configuration, called as ``attack(model, x, y)``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..functional.random import GeneratorLike, uniform
+from ..models.state import preserved
+from ..registry import Registry
+from ..validate import check_inputs, check_labels
+
+ATTACKS: Registry[Attack] = Registry("attack", autoload=("robustkit.attacks",))
+register = ATTACKS.register
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    ``x_adv`` has the shape, dtype and device of ``x``; ``success`` is a bool tensor (B,);
+    ``counters`` counts model calls (``forward``, ``backward``: batched passes; ``queries``:
+    per-sample forward evaluations). ``artifacts`` holds what was optimized (patch, texture,
+    position) and sampled transformation parameters; ``metrics`` per-sample tensors (B,).
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    logits: torch.Tensor | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Counter:
+    """Counts batched forward / backward passes and per-sample queries of one attack call."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+        self.queries = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "backward": self.backward, "queries": self.queries}
+
+
+def forward(model: Callable, x: torch.Tensor, counter: Counter) -> torch.Tensor:
+    counter.forward += 1
+    counter.queries += x.shape[0]
+    return model(x)
+
+
+def loss_and_grad(
+    model: Callable,
+    x_adv: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    counter: Counter,
+    wrt: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample loss, logits and the gradient of the summed loss with respect to the input only.
+
+    ``wrt`` is the leaf to differentiate (default ``x_adv`` itself); ``x_adv`` may be a function of it.
+    """
+    leaf = x_adv if wrt is None else wrt
+    with torch.enable_grad():
+        if wrt is None:
+            leaf = x_adv.detach().requires_grad_(True)
+            x_adv = leaf
+        logits = forward(model, x_adv, counter)
+        loss = objective(logits)
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    counter.backward += 1
+    return loss.detach(), logits.detach(), grad
+
+
+def is_success(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    pred = logits.argmax(1)
+    return pred == target if target is not None else pred != y
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack:
+    """Base class. Subclasses are frozen keyword-only dataclasses and implement ``run``."""
+
+    name: ClassVar[str] = "attack"
+
+    def __call__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+        generator: GeneratorLike = None,
+    ) -> AttackResult:
+        check_inputs(x, "x")
+        check_labels(y, x.shape[0], "y")
+        if target is not None:
+            check_labels(target, x.shape[0], "target")
+        with preserved(model):
+            result = self.run(model, x, y, target=target, generator=generator)
+        result.x_adv = result.x_adv.detach().to(dtype=x.dtype)
+        return result
+
+    def run(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        target: torch.Tensor | None,
+        generator: GeneratorLike,
+    ) -> AttackResult:
+        raise NotImplementedError
+
+    def replace(self, **changes: Any) -> Attack:
+        return dataclasses.replace(self, **changes)
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+def positive(value: float, what: str, *, allow_zero: bool = False) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{what} must be a number {bound}, got {value!r}")
+
+
+def choose_targets(
+    logits: torch.Tensor, y: torch.Tensor, mode: str | int, generator: GeneratorLike
+) -> torch.Tensor:
+    """Target classes for targeted attacks: 'random' (never the true class), 'least-likely', or a class id."""
+    k = logits.shape[1]
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        if not 0 <= mode < k:
+            raise ConfigError(f"target class {mode} is outside [0, {k})")
+        return torch.full_like(y, mode)
+    if mode == "least-likely":
+        return logits.argmin(1)
+    if mode == "random":
+        offset = (uniform((y.shape[0],), generator, y.device) * (k - 1)).long().clamp_max(k - 2) + 1
+        return (y + offset) % k
+    raise ConfigError(f"target must be 'random', 'least-likely' or a class index, got {mode!r}")

@@ -1,0 +1,119 @@
+"""The model zoo for the built-in datasets: trained on first use, cached as safetensors with a checksum.
+
+Other modules add entries with ``register_zoo``; ``load_zoo_model(name)`` returns the trained model in
+eval mode, training it (with a progress bar) when the cache does not hold verified weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from .checkpoint import load_into, save_weights, sha256
+from .normalized import Normalized
+from .resnet import SmallResNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """``build()`` returns an untrained model (normalization inside); ``train(model, device, progress)``
+    trains it and returns a dict of figures (clean test accuracy at least)."""
+
+    name: str
+    dataset: str
+    build: Callable[[], nn.Module]
+    train: Callable[[nn.Module, torch.device, bool], dict]
+    version: str = "1"
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+ZOO: Registry[ZooEntry] = Registry("zoo model", autoload=("robustkit.models", "robustkit.data", "robustkit.defenses"))
+
+
+def register_zoo(entry: ZooEntry) -> ZooEntry:
+    ZOO.register(entry.name)(lambda: entry)
+    return entry
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ROBUSTKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "robustkit"
+    )
+    return Path(root) / "zoo"
+
+
+def _key(entry: ZooEntry) -> str:
+    blob = json.dumps({"name": entry.name, "version": entry.version, "torch": torch.__version__.split("+")[0]})
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def zoo_path(name: str) -> Path:
+    entry = ZOO.create(name)
+    return cache_dir() / f"{name}-{_key(entry)}.safetensors"
+
+
+def load_zoo_model(name: str, device: torch.device | str = "cpu", progress: bool = True) -> nn.Module:
+    entry = ZOO.create(name)
+    path = zoo_path(name)
+    meta_path = path.with_suffix(".json")
+    model = entry.build()
+    if path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("sha256") == sha256(path):
+            return load_into(model, path).to(device).eval()
+        log.warning("cached weights %s fail their checksum; retraining", path)
+    log.info("training zoo model '%s' on first use (cached in %s)", name, path.parent)
+    dev = torch.device(device)
+    figures = entry.train(model, dev, progress)
+    digest = save_weights(model, path, metadata={"zoo": name})
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"name": name, "sha256": digest, "figures": figures, "entry": asdict(entry) | {"build": None, "train": None}}, default=str, indent=2))
+    os.replace(tmp, meta_path)
+    return model.to(device).eval()
+
+
+def zoo_figures(name: str) -> dict:
+    meta = zoo_path(name).with_suffix(".json")
+    return json.loads(meta.read_text()).get("figures", {}) if meta.exists() else {}
+
+
+SHAPES_MEAN = (0.5, 0.5, 0.5)
+SHAPES_STD = (0.25, 0.25, 0.25)
+
+
+def _build_shapes_resnet() -> nn.Module:
+    torch.manual_seed(0)  # deterministic initial weights; only at build time, not in attacks
+    return Normalized(SmallResNet(num_classes=10, width=16), SHAPES_MEAN, SHAPES_STD)
+
+
+def _train_shapes_resnet(model: nn.Module, device: torch.device, progress: bool) -> dict:
+    from ..data.shapes import shapes
+    from ..defenses.training import TrainConfig, accuracy, fit
+
+    train, test = shapes("train"), shapes("test")
+    stats = fit(model, train, TrainConfig(epochs=6, batch_size=128, lr=0.1), device, desc="training shapes-resnet", progress=progress)
+    stats["clean_test_accuracy"] = accuracy(model, test, device)
+    return stats
+
+
+register_zoo(
+    ZooEntry(
+        name="shapes-resnet",
+        dataset="shapes",
+        build=_build_shapes_resnet,
+        train=_train_shapes_resnet,
+        description="Compact ResNet (16-32-64-128 channels) for 32x32 shapes, standard training.",
+    )
+)
