@@ -49,3 +49,20 @@ def sample_generators(seed: int, indices: Sequence[int], salt: int = 0, device="
         g.manual_seed((int(seed) * 1_000_003 + int(salt) * 7_919 + int(i)) % (2**63 - 1))
         gens.append(g)
     return gens
+
+
+def shared(generator: GeneratorLike) -> torch.Generator | None:
+    """One generator for batch-level draws (EOT parameters, square positions).
+
+    A list of per-sample generators yields a new generator seeded from the first sample's stream, so
+    the draw is still reproducible from the same seeds.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    gens = list(generator)
+    if not gens:
+        return None
+    seed = int(torch.randint(0, 2**62, (1,), generator=gens[0], device=gens[0].device))
+    g = torch.Generator(device=gens[0].device)
+    g.manual_seed(seed)
+    return g
