@@ -1,0 +1,48 @@
+"""robustkit: adversarial robustness evaluation for image and video classifiers.
+
+Quick use::
+
+    import robustkit
+    result = robustkit.evaluate()                      # built-in model, shapes data, quick suite
+    pgd = robustkit.create_attack("pgd", norm="Linf", eps=8/255, steps=10)
+    adv = pgd(model, x, y).x_adv
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .attacks import ATTACKS, Attack, AttackResult, create_attack
+from .data.loading import load_dataset
+from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
+from .evaluate.runner import RunResult, evaluate
+from .evaluate.suite import load_suite
+from .models.loading import load_model
+from .models.normalized import Normalized
+from .models.state import preserved
+from .models.zoo import load_zoo_model
+from .threat import L2, Linf, make_threat
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackResult",
+    "ConfigError",
+    "InputError",
+    "L2",
+    "Linf",
+    "ModelError",
+    "Normalized",
+    "RobustkitError",
+    "RunResult",
+    "UnsafeCheckpointError",
+    "__version__",
+    "create_attack",
+    "evaluate",
+    "load_dataset",
+    "load_model",
+    "load_suite",
+    "load_zoo_model",
+    "make_threat",
+    "preserved",
+]

@@ -1,0 +1,297 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum and checkpoints, L-inf and L2.
+
+Registry keys:
+
+- ``apgd-ce``: untargeted, cross-entropy loss.
+- ``apgd-dlr``: untargeted, difference-of-logits-ratio loss (invariant to logit shift and scale).
+- ``apgd-t``: targeted DLR over the top ``n_targets`` classes of the clean prediction (classes ranked
+  2nd, 3rd, ... by the clean logits; ``min(n_targets, K - 1)`` of them), each run only on the samples
+  still robust. A sample counts as broken when it is misclassified (AutoAttack's criterion). When a
+  ``target`` tensor is passed at call time, one targeted run against it is made instead and success
+  means "classified as the target".
+- ``apgd``: the generic form (any ``loss`` from ``robustkit.functional.losses``, ``targeted`` flag).
+
+The algorithm follows the original: start at a random point on the sphere of radius eps, initial step
+2 * eps, momentum 0.75, checkpoints at fractions p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) of
+the budget (first after 22 %), where the step is halved for a sample when fewer than ``rho`` of the
+steps since the last checkpoint increased its loss, or when it was not halved at the previous
+checkpoint and its best loss has not improved since. On halving, the iterate restarts from the best
+point. Differences from the reference code, none of which weakens the attack: the first step's
+"increase" is measured against the loss at the random start, and samples that are already broken
+are dropped from the batch at checkpoints (compaction) instead of being optimized further.
+
+Returned ``x_adv``: for broken samples the adversarial iterate found; for robust samples the iterate
+with the highest loss over all restarts (always inside the threat model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..functional.losses import get_loss
+from ..functional.projection import flat_norm
+from ..functional.random import GeneratorLike, normal, subset, uniform
+from ..threat import L2, Linf, ThreatModel, make_threat
+from .base import Attack, AttackResult, Counter, forward, is_success, positive, register
+from .expectation import expected_loss_and_grad
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(_bview(mask, a), a, b)
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations (0-based, inclusive) after which APGD checks whether to halve the step."""
+    k, k_min, decr = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    out, at = [], k - 1
+    while at < steps:
+        out.append(at)
+        k = max(k - decr, k_min)
+        at += k
+    return out
+
+
+def random_start(x: torch.Tensor, threat: ThreatModel, generator: GeneratorLike) -> torch.Tensor:
+    """A random point on the sphere of radius eps (L-inf: a scaled uniform draw, L2: a Gaussian
+    direction), clipped to [0, 1], as in the reference APGD."""
+    if isinstance(threat, Linf):
+        t = 2 * uniform(x.shape, generator, x.device, x.dtype) - 1
+        delta = threat.eps * t / _bview(flat_norm(t, float("inf")) + 1e-12, t)
+    elif isinstance(threat, L2):
+        t = normal(x.shape, generator, x.device, x.dtype)
+        delta = threat.eps * t / _bview(flat_norm(t, 2) + 1e-12, t)
+    else:
+        delta = threat.init(x, generator)
+    return (x + threat.project(delta)).clamp(0.0, 1.0)
+
+
+def _step(x: torch.Tensor, point: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """Project ``point`` onto the threat model around ``x`` (ball, then the [0, 1] box)."""
+    return x + threat.clip(x, point - x)
+
+
+def apgd_run(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    objective: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    *,
+    steps: int,
+    rho: float,
+    counter: Counter,
+    generator: GeneratorLike,
+    loss_target: torch.Tensor | None = None,
+    success_target: torch.Tensor | None = None,
+    eot_samples: int = 1,
+    compact: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD run from a random start. Returns (x_adv, success, best loss), all of batch size B.
+
+    ``objective(logits, y, loss_target)`` is maximized; success is misclassification, or
+    ``pred == success_target`` when given. Samples that succeed are removed from the working batch at
+    checkpoints (the only host synchronizations of the loop) when ``compact``.
+    """
+    n = x.shape[0]
+    out_adv = x.clone()
+    out_ok = torch.zeros(n, dtype=torch.bool, device=x.device)
+    out_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+    idx = torch.arange(n, device=x.device)
+    s = {"x": x, "y": y, "lt": loss_target, "st": success_target}
+
+    def grad_at(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        obj: Objective = lambda logits: objective(logits, s["y"], s["lt"])  # noqa: E731
+        return expected_loss_and_grad(model, point, obj, counter, eot_samples)
+
+    x_adv = random_start(x, threat, generator)
+    loss, logits, grad = grad_at(x_adv)
+    ok = is_success(logits, y, success_target)
+    s |= {
+        "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
+        "loss_prev": loss, "loss_best_last": loss, "x_succ": x_adv, "ok": ok,
+        "step": torch.full((n,), 2.0 * threat.eps, dtype=x.dtype, device=x.device),
+        "ups": torch.zeros(n, dtype=torch.int32, device=x.device),
+        "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
+    }  # fmt: skip
+    marks = set(checkpoints(steps))
+    since = 0
+    for i in range(steps):
+        xs, x_adv = s["x"], s["x_adv"]
+        momentum = x_adv - s["x_old"]
+        s["x_old"] = x_adv
+        a = 0.75 if i > 0 else 1.0
+        z = _step(xs, x_adv + _bview(s["step"], xs) * threat.direction(s["grad"]), threat)
+        x_adv = _step(xs, x_adv + (z - x_adv) * a + momentum * (1 - a), threat)
+        loss, logits, grad = grad_at(x_adv)
+        hit = is_success(logits, s["y"], s["st"]) & ~s["ok"]
+        s["x_succ"] = _where(hit, x_adv, s["x_succ"])
+        s["ok"] = s["ok"] | hit
+        better = loss > s["loss_best"]
+        s["x_best"] = _where(better, x_adv, s["x_best"])
+        s["grad_best"] = _where(better, grad, s["grad_best"])
+        s["loss_best"] = torch.where(better, loss, s["loss_best"])
+        s["ups"] = s["ups"] + (loss > s["loss_prev"]).int()
+        s["loss_prev"] = loss
+        s["x_adv"], s["grad"] = x_adv, grad
+        since += 1
+        if i not in marks:
+            continue
+        oscillating = s["ups"].float() <= since * rho
+        stalled = ~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])
+        halve = oscillating | stalled
+        s["reduced_last"], s["loss_best_last"] = halve, s["loss_best"]
+        s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+        s["x_adv"] = _where(halve, s["x_best"], s["x_adv"])
+        s["grad"] = _where(halve, s["grad_best"], s["grad"])
+        s["ups"] = torch.zeros_like(s["ups"])
+        since = 0
+        if compact and i < steps - 1:
+            done = s["ok"]
+            n_done = int(done.sum())  # one host sync per checkpoint
+            if n_done == done.numel():
+                break
+            if n_done * 4 >= done.numel():  # drop broken samples once a quarter of the batch is done
+                _write(out_adv, out_ok, out_loss, idx, s, done)
+                keep = ~done
+                idx = idx[keep]
+                s = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+    _write(out_adv, out_ok, out_loss, idx, s, torch.ones_like(s["ok"]))
+    return out_adv, out_ok, out_loss
+
+
+def _write(out_adv, out_ok, out_loss, idx, s, which) -> None:
+    """Copy the finished samples (``which``) of the working batch into the output buffers."""
+    sel = idx[which]
+    ok = s["ok"][which]
+    out_adv[sel] = _where(ok, s["x_succ"][which], s["x_best"][which])
+    out_ok[sel] = ok
+    out_loss[sel] = s["loss_best"][which]
+
+
+def _objective(name: str, num_classes: int, targeted: bool):
+    """The per-sample loss to maximize, with a fallback where DLR is undefined (too few classes)."""
+    need = 4 if targeted else 3
+    if name == "dlr" and num_classes < need:
+        raise ConfigError(
+            f"the {'targeted ' if targeted else ''}DLR loss needs at least {need} classes, the model has "
+            f"{num_classes}; use loss='ce'"
+        )
+    return get_loss(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class APGD(Attack):
+    """Auto-PGD. ``steps`` iterations per run, ``restarts`` runs (each only on samples still robust).
+
+    ``eot_samples > 1`` averages gradients over that many passes of a stochastic model (EOT).
+    ``targeted`` sweeps the top ``n_targets`` classes (see the module docstring).
+    """
+
+    name: ClassVar[str] = "apgd"
+    input_kind: ClassVar[str] = "image"
+
+    norm: str = "Linf"
+    eps: float = 8 / 255
+    steps: int = 100
+    restarts: int = 1
+    loss: str = "ce"
+    rho: float = 0.75
+    eot_samples: int = 1
+    targeted: bool = False
+    n_targets: int = 9
+
+    def __post_init__(self) -> None:
+        make_threat(self.norm, self.eps)
+        get_loss(self.loss)
+        for what in ("steps", "restarts", "eot_samples", "n_targets"):
+            value = getattr(self, what)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{self.name}: {what} must be an integer, got {value!r}")
+            positive(value, f"{self.name}: {what}")
+        if not isinstance(self.rho, int | float) or not 0 < self.rho <= 1:
+            raise ConfigError(f"{self.name}: rho must be in (0, 1], got {self.rho!r}")
+
+    @property
+    def threat(self) -> ThreatModel:
+        return make_threat(self.norm, self.eps)
+
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+        counter = Counter()
+        n = x.shape[0]
+        success = torch.zeros(n, dtype=torch.bool, device=x.device)
+        x_adv = x.clone()
+        if self.eps == 0 or n == 0:
+            return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+        with torch.no_grad():
+            clean = forward(model, x, counter)
+        targeted = self.targeted or target is not None
+        loss_fn = _objective(self.loss, clean.shape[1], targeted)
+        if target is not None:
+            plans = [(target, target)]  # (loss target, success target)
+        elif self.targeted:
+            order = clean.argsort(dim=1, descending=True)
+            ranks = range(1, min(self.n_targets, clean.shape[1] - 1) + 1)
+            plans = [(order[:, r], None) for r in ranks]
+        else:
+            plans = [(None, None)]
+        best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+        for loss_target, success_target in plans:
+            for _ in range(self.restarts):
+                todo = ~success
+                if not bool(todo.any()):
+                    break
+                sel = todo.nonzero()[:, 0]
+                adv, ok, loss = apgd_run(
+                    model, x[sel], y[sel], self.threat, loss_fn,
+                    steps=self.steps, rho=self.rho, counter=counter, generator=subset(generator, todo),
+                    loss_target=None if loss_target is None else loss_target[sel],
+                    success_target=None if success_target is None else success_target[sel],
+                    eot_samples=self.eot_samples,
+                )  # fmt: skip
+                take = ok | (loss > best_loss[sel])
+                x_adv[sel[take]] = adv[take]
+                best_loss[sel] = torch.maximum(best_loss[sel], loss)
+                success[sel] = ok
+        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+
+
+@dataclass(frozen=True, kw_only=True)
+class APGDCE(APGD):
+    """APGD on the cross-entropy loss (AutoAttack's first stage)."""
+
+    name: ClassVar[str] = "apgd-ce"
+    loss: str = "ce"
+
+
+@dataclass(frozen=True, kw_only=True)
+class APGDDLR(APGD):
+    """APGD on the DLR loss (robust to logit rescaling, catches masking by large logits)."""
+
+    name: ClassVar[str] = "apgd-dlr"
+    loss: str = "dlr"
+
+
+@dataclass(frozen=True, kw_only=True)
+class APGDT(APGD):
+    """APGD-T: targeted DLR over the top ``n_targets`` classes (AutoAttack's second stage)."""
+
+    name: ClassVar[str] = "apgd-t"
+    loss: str = "dlr"
+    targeted: bool = True
+
+
+register("apgd")(APGD)
+register("apgd-ce")(APGDCE)
+register("apgd-dlr")(APGDDLR)
+register("apgd-t")(APGDT)

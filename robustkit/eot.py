@@ -1,0 +1,392 @@
+"""Expectation over transformation (Athalye et al. 2018) on ``kornia.augmentation.AugmentationSequential``.
+
+An :class:`EOT` is configuration: which transformations, over which ranges, and how many draws per
+optimization step. Sampling is separated from applying (as in kornia's own augmentation base): the
+parameters of every draw are generated here from a ``torch.Generator`` (kornia's own sampler would use
+the global RNG), handed to the kornia container through ``params=`` and recorded, so any draw is
+replayed bit for bit from :class:`EOTParams`.
+
+Geometric transforms: rotation, scale, translation (one ``RandomAffine``) and perspective.
+Photometric: brightness (additive), contrast, gamma, hue, saturation, Gaussian noise, Gaussian blur and
+JPEG (kornia's ``RandomJPEG`` runs the differentiable JPEG codec). Every module is built with ``p=1.0``:
+a configured transform always applies; a transform whose range is zero is left out.
+
+``n_samples`` draws are evaluated for the whole batch at once: :meth:`EOT.draw` repeats the batch
+sample-major (draw ``j`` of image ``i`` sits at row ``j * B + i``) and :func:`mean_over_draws` averages a
+per-row loss back to ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from kornia.augmentation.container.params import ParamItem
+
+from .errors import ConfigError
+from .functional.random import GeneratorLike, shared, uniform
+from .registry import check_keys
+
+GEOMETRIC = ("affine", "perspective")
+PHOTOMETRIC = ("brightness", "contrast", "gamma", "hue", "saturation", "noise", "blur", "jpeg")
+ORDER = GEOMETRIC + PHOTOMETRIC
+
+
+def _pair(value: Any, what: str) -> tuple[float, float]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value), float(value)
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        lo, hi = float(value[0]), float(value[1])
+        if lo > hi:
+            raise ConfigError(f"{what} must be [low, high] with low <= high, got {list(value)}")
+        return lo, hi
+    raise ConfigError(f"{what} must be a number or a [low, high] pair, got {value!r}")
+
+
+@dataclass
+class EOTParams:
+    """The sampled parameters of ``n`` draws: ``values[transform][key]`` is a tensor with ``n`` rows.
+
+    Keys follow kornia's parameter names (``angle``, ``scale``, ``translations``, ``start_points``,
+    ``brightness_factor`` ...), except Gaussian noise, recorded as one int64 seed per draw.
+    """
+
+    n: int
+    values: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> EOTParams:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        out = {t: {k: v[idx.to(v.device)] for k, v in d.items()} for t, d in self.values.items()}
+        return EOTParams(n=int(idx.numel()), values=out)
+
+    def as_artifact(self) -> dict[str, Any]:
+        """Plain lists, JSON-able; :meth:`from_artifact` turns them back into the same tensors."""
+        return {
+            "n": self.n,
+            "values": {
+                t: {k: {"dtype": str(v.dtype).removeprefix("torch."), "data": v.cpu().tolist()} for k, v in d.items()}
+                for t, d in self.values.items()
+            },
+        }
+
+    @staticmethod
+    def from_artifact(blob: Mapping[str, Any], device: torch.device | str = "cpu") -> EOTParams:
+        values = {
+            t: {k: torch.tensor(v["data"], dtype=getattr(torch, v["dtype"]), device=device) for k, v in d.items()}
+            for t, d in blob["values"].items()
+        }
+        return EOTParams(n=int(blob["n"]), values=values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EOT:
+    """A distribution of physical-world transformations and the number of draws per step.
+
+    Ranges: ``rotation`` max degrees (uniform in [-r, r]); ``scale`` [low, high] zoom factor;
+    ``translate`` max shift as a fraction of width / height; ``perspective`` corner distortion in [0, 1);
+    ``brightness`` additive shift in [-b, b]; ``contrast``, ``gamma``, ``saturation`` factors in
+    [1-v, 1+v]; ``hue`` shift in [-h, h] turns of the hue circle; ``noise`` Gaussian std;
+    ``blur`` max Gaussian sigma in pixels; ``jpeg`` [low, high] JPEG quality (``None`` = off).
+    """
+
+    rotation: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: float = 0.0
+    perspective: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    hue: float = 0.0
+    saturation: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
+    jpeg: tuple[float, float] | None = None
+    n_samples: int = 1
+    padding_mode: str = "border"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _pair(self.scale, "eot.scale"))
+        if self.jpeg is not None:
+            object.__setattr__(self, "jpeg", _pair(self.jpeg, "eot.jpeg"))
+            if not 1 <= self.jpeg[0] <= self.jpeg[1] <= 100:
+                raise ConfigError(f"eot.jpeg quality must lie in [1, 100], got {list(self.jpeg)}")
+        for name in ("rotation", "translate", "perspective", "brightness", "contrast", "gamma", "hue",
+                     "saturation", "noise", "blur"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"eot.{name} must be a number >= 0, got {value!r}")
+        if self.scale[0] <= 0:
+            raise ConfigError(f"eot.scale must be positive, got {list(self.scale)}")
+        if self.perspective >= 1:
+            raise ConfigError(f"eot.perspective must be in [0, 1), got {self.perspective}")
+        for name in ("contrast", "gamma", "saturation"):
+            if getattr(self, name) >= 1:
+                raise ConfigError(f"eot.{name} must be < 1 (factors are drawn from [1-v, 1+v]), got {getattr(self, name)}")
+        if self.hue > 0.5:
+            raise ConfigError(f"eot.hue must be <= 0.5 turns of the hue circle, got {self.hue}")
+        if self.blur and self.blur < 0.1:
+            raise ConfigError(f"eot.blur is the largest Gaussian sigma in pixels; use 0 (off) or >= 0.1, got {self.blur}")
+        if self.padding_mode not in ("zeros", "border", "reflection"):
+            raise ConfigError(f"eot.padding_mode must be zeros, border or reflection, got {self.padding_mode!r}")
+        if not isinstance(self.n_samples, int) or self.n_samples < 1:
+            raise ConfigError(f"eot.n_samples must be an integer >= 1, got {self.n_samples!r}")
+
+    # ----------------------------------------------------------------- configuration
+    @property
+    def active(self) -> tuple[str, ...]:
+        """The transforms that apply, in application order."""
+        on = {
+            "affine": self.rotation > 0 or self.scale != (1.0, 1.0) or self.translate > 0,
+            "perspective": self.perspective > 0,
+            "brightness": self.brightness > 0,
+            "contrast": self.contrast > 0,
+            "gamma": self.gamma > 0,
+            "hue": self.hue > 0,
+            "saturation": self.saturation > 0,
+            "noise": self.noise > 0,
+            "blur": self.blur > 0,
+            "jpeg": self.jpeg is not None,
+        }
+        return tuple(t for t in ORDER if on[t])
+
+    @property
+    def identity(self) -> bool:
+        return not self.active
+
+    def only(self, kinds: Iterable[str]) -> EOT:
+        """The same distribution restricted to some transforms (``GEOMETRIC`` / ``PHOTOMETRIC``)."""
+        keep = set(kinds)
+        off: dict[str, Any] = {}
+        if "affine" not in keep:
+            off |= {"rotation": 0.0, "scale": (1.0, 1.0), "translate": 0.0}
+        for name in ("perspective", "brightness", "contrast", "gamma", "hue", "saturation", "noise", "blur"):
+            if name not in keep:
+                off[name] = 0.0
+        if "jpeg" not in keep:
+            off["jpeg"] = None
+        return dataclasses.replace(self, **off)
+
+    def heldout(self, widen: float = 1.25) -> EOT:
+        """A held-out evaluation distribution: every range widened by ``widen`` (to be sampled with a
+        generator independent of the one used for optimization)."""
+        w = float(widen)
+
+        def cap(v: float, top: float) -> float:
+            return min(v * w, top)
+
+        lo, hi = self.scale
+        mid = 1.0
+        return dataclasses.replace(
+            self,
+            rotation=self.rotation * w, translate=cap(self.translate, 0.5), perspective=cap(self.perspective, 0.9),
+            scale=(max(mid - (mid - lo) * w, 0.05), mid + (hi - mid) * w),
+            brightness=self.brightness * w, contrast=cap(self.contrast, 0.95), gamma=cap(self.gamma, 0.95),
+            hue=cap(self.hue, 0.5), saturation=cap(self.saturation, 0.95), noise=self.noise * w, blur=self.blur * w,
+            jpeg=None if self.jpeg is None else (max(1.0, 100 - (100 - self.jpeg[0]) * w), self.jpeg[1]),
+        )  # fmt: skip
+
+    def blur_kernel(self) -> int:
+        return 2 * max(1, math.ceil(2.0 * self.blur)) + 1
+
+    def _module(self, kind: str) -> torch.nn.Module:
+        if kind == "affine":
+            return K.RandomAffine(
+                degrees=self.rotation, translate=(self.translate, self.translate), scale=self.scale,
+                padding_mode=self.padding_mode, p=1.0,
+            )  # fmt: skip
+        if kind == "perspective":
+            return K.RandomPerspective(distortion_scale=self.perspective, p=1.0)
+        if kind == "brightness":
+            return K.RandomBrightness(brightness=(1 - self.brightness, 1 + self.brightness), p=1.0)
+        if kind == "contrast":
+            return K.RandomContrast(contrast=(1 - self.contrast, 1 + self.contrast), p=1.0)
+        if kind == "gamma":
+            return K.RandomGamma(gamma=(1 - self.gamma, 1 + self.gamma), p=1.0)
+        if kind == "hue":
+            return K.RandomHue(hue=(-self.hue, self.hue), p=1.0)
+        if kind == "saturation":
+            return K.RandomSaturation(saturation=(1 - self.saturation, 1 + self.saturation), p=1.0)
+        if kind == "noise":
+            return K.RandomGaussianNoise(std=self.noise, p=1.0)
+        if kind == "blur":
+            k = self.blur_kernel()
+            return K.RandomGaussianBlur(kernel_size=(k, k), sigma=(0.1, self.blur), border_type="reflect", p=1.0)
+        if kind == "jpeg":
+            assert self.jpeg is not None
+            return K.RandomJPEG(jpeg_quality=self.jpeg, p=1.0)
+        raise ConfigError(f"unknown EOT transform {kind!r}")
+
+    @cached_property
+    def container(self) -> K.AugmentationSequential:
+        """The kornia container, one ``p=1.0`` module per active transform (never sampled from directly)."""
+        return K.AugmentationSequential(*[self._module(k) for k in self.active], data_keys=["input"])
+
+    # ----------------------------------------------------------------- sampling
+    def sample(
+        self, n: int, generator: GeneratorLike, size: tuple[int, int], device: torch.device | str = "cpu"
+    ) -> EOTParams:
+        """Draw parameters for ``n`` images of spatial ``size`` (H, W) from ``generator``."""
+        g = shared(generator)
+        h, w = size
+        dev = torch.device(device)
+
+        def u(*shape: int) -> torch.Tensor:
+            return uniform((n, *shape), g, dev, torch.float32)
+
+        def between(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * u()
+
+        values: dict[str, dict[str, torch.Tensor]] = {}
+        for kind in self.active:
+            if kind == "affine":
+                s = between(*self.scale)
+                values[kind] = {
+                    "angle": between(-self.rotation, self.rotation),
+                    "scale": torch.stack([s, s], 1),
+                    "translations": (u(2) * 2 - 1) * self.translate * torch.tensor([w, h], device=dev),
+                }
+            elif kind == "perspective":
+                start = _corners(h, w, dev).expand(n, 4, 2)
+                reach = torch.tensor([self.perspective * (w - 1) / 2, self.perspective * (h - 1) / 2], device=dev)
+                inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32, device=dev)
+                values[kind] = {"start_points": start.clone(), "end_points": start + inward * u(4, 2) * reach}
+            elif kind == "brightness":
+                values[kind] = {"brightness_factor": between(1 - self.brightness, 1 + self.brightness)}
+            elif kind == "contrast":
+                values[kind] = {"contrast_factor": between(1 - self.contrast, 1 + self.contrast)}
+            elif kind == "gamma":
+                values[kind] = {"gamma_factor": between(1 - self.gamma, 1 + self.gamma), "gain_factor": torch.ones(n, device=dev)}
+            elif kind == "hue":
+                values[kind] = {"hue_factor": between(-self.hue, self.hue)}
+            elif kind == "saturation":
+                values[kind] = {"saturation_factor": between(1 - self.saturation, 1 + self.saturation)}
+            elif kind == "noise":
+                values[kind] = {"seed": (u() * 2**31).long()}
+            elif kind == "blur":
+                values[kind] = {"sigma": between(0.1, self.blur)}
+            elif kind == "jpeg":
+                assert self.jpeg is not None
+                values[kind] = {"jpeg_quality": between(*self.jpeg)}
+        return EOTParams(n=n, values=values)
+
+    # ----------------------------------------------------------------- applying
+    def _kornia_params(self, params: EOTParams, x: torch.Tensor) -> list[ParamItem]:
+        n, c, h, w = x.shape
+        items = []
+        shape = torch.tensor([n, c, h, w], dtype=torch.long)
+        for (name, _), kind in zip(self.container.named_children(), self.active, strict=True):
+            if kind not in params.values:
+                raise ConfigError(f"the recorded EOT parameters lack '{kind}'; they were sampled from another distribution")
+            data = dict(params.values[kind])
+            if kind == "affine":
+                data["center"] = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device).expand(n, 2).clone()
+                data["shear_x"] = torch.zeros(n, device=x.device)
+                data["shear_y"] = torch.zeros(n, device=x.device)
+            if kind == "noise":
+                data = {"gaussian_noise": _noise(data["seed"], (c, h, w), self.noise, x.device, x.dtype)}
+            data["batch_prob"] = torch.ones(n, device=x.device)
+            data["forward_input_shape"] = shape
+            items.append(ParamItem(name, data))
+        return items
+
+    def apply(self, x: torch.Tensor, params: EOTParams) -> torch.Tensor:
+        """Transform ``x`` (N, C, H, W) with recorded parameters of ``N`` draws; differentiable in ``x``."""
+        if self.identity:
+            return x
+        if params.n != x.shape[0]:
+            raise ConfigError(f"EOT parameters hold {params.n} draws but the batch has {x.shape[0]} images")
+        return self.container(x, params=self._kornia_params(params, x))
+
+    def draw(
+        self, x: torch.Tensor, generator: GeneratorLike, n_samples: int | None = None
+    ) -> tuple[torch.Tensor, EOTParams]:
+        """``n_samples`` transformed copies of the batch, sample-major, and their parameters."""
+        n = self.n_samples if n_samples is None else n_samples
+        rep = x.repeat(n, *([1] * (x.ndim - 1)))
+        params = self.sample(rep.shape[0], generator, (x.shape[-2], x.shape[-1]), x.device)
+        return self.apply(rep, params), params
+
+
+def _corners(h: int, w: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([[[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]], dtype=torch.float32, device=device)
+
+
+def _noise(seeds: torch.Tensor, shape: tuple[int, ...], std: float, device, dtype) -> torch.Tensor:
+    """Gaussian noise regenerated from one recorded seed per draw (exactly reproducible)."""
+    out = []
+    for s in seeds.tolist():
+        g = torch.Generator().manual_seed(int(s))
+        out.append(torch.randn(shape, generator=g) * std)
+    return torch.stack(out).to(device=device, dtype=dtype)
+
+
+def mean_over_draws(values: torch.Tensor, batch: int) -> torch.Tensor:
+    """Average a per-row quantity of sample-major draws, (n * B, ...) -> (B, ...)."""
+    return values.view(-1, batch, *values.shape[1:]).mean(0)
+
+
+def make_eot(cfg: EOT | Mapping[str, Any] | None, where: str = "eot", **defaults: Any) -> EOT:
+    """An :class:`EOT` from a recipe mapping (unknown keys fail with a suggestion), or defaults."""
+    if isinstance(cfg, EOT):
+        return cfg
+    merged = dict(defaults) | dict(cfg or {})
+    check_keys(merged, [f.name for f in dataclasses.fields(EOT)], where)
+    return EOT(**merged)
+
+
+# --------------------------------------------------------------------- evaluation grid
+@dataclass(frozen=True, kw_only=True)
+class EvalGrid:
+    """A fixed grid rotation x scale x brightness for robustness curves (no randomness)."""
+
+    rotations: tuple[float, ...] = (-30.0, -15.0, 0.0, 15.0, 30.0)
+    scales: tuple[float, ...] = (0.8, 1.0, 1.2)
+    brightnesses: tuple[float, ...] = (-0.2, 0.0, 0.2)
+
+    def points(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Every combination as three (P,) tensors: rotation (degrees), scale, brightness shift."""
+        combos = list(itertools.product(self.rotations, self.scales, self.brightnesses))
+        t = torch.tensor(combos, dtype=torch.float32, device=device).view(-1, 3)
+        return {"rotation": t[:, 0], "scale": t[:, 1], "brightness": t[:, 2]}
+
+    def eot(self) -> EOT:
+        """The whole-image EOT whose parameters :meth:`image_params` fills in."""
+        return EOT(rotation=1.0, scale=(0.5, 2.0), brightness=1.0, padding_mode="border")
+
+    def image_params(self, batch: int, size: tuple[int, int], device: torch.device | str = "cpu") -> EOTParams:
+        """Parameters for ``P * batch`` rows, grid-point-major, applying each point to the whole image."""
+        pts = self.points(device)
+        rep = {k: v.repeat_interleave(batch) for k, v in pts.items()}
+        n = rep["rotation"].numel()
+        return EOTParams(
+            n=n,
+            values={
+                "affine": {
+                    "angle": rep["rotation"],
+                    "scale": torch.stack([rep["scale"], rep["scale"]], 1),
+                    "translations": torch.zeros(n, 2, device=device),
+                },
+                "brightness": {"brightness_factor": 1 + rep["brightness"]},
+            },
+        )
+
+    def curves(self, hits: torch.Tensor) -> dict[str, Any]:
+        """Success rate per grid point and its marginals, from ``hits`` of shape (P, B) (JSON-able)."""
+        pts = self.points()
+        rate = hits.float().mean(1).cpu()
+        out: dict[str, Any] = {
+            "points": {k: v.tolist() for k, v in pts.items()} | {"success_rate": rate.tolist()},
+        }
+        for key, axis in (("rotation", self.rotations), ("scale", self.scales), ("brightness", self.brightnesses)):
+            out[key] = {
+                "values": list(axis),
+                "success_rate": [float(rate[pts[key] == float(torch.tensor(v, dtype=torch.float32))].mean()) for v in axis],
+            }
+        return out

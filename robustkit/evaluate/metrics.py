@@ -1,0 +1,108 @@
+"""Summary statistics computed from the results store."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+from .store import Store
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
+    """clean / worst-case robust accuracy, per-attack figures, per-class breakdown and eps curves."""
+    samples = store.samples()
+    n = len(samples)
+    label = {i: y for i, y, _, _, _ in samples}
+    robust_all = {i: bool(c) for i, _, _, c, _ in samples}
+    clean_correct = sum(c for _, _, _, c, _ in samples)
+    attacks_out = []
+    per_class_attack: dict[str, dict[int, int]] = {}
+    for a in store.attacks():
+        rows = store.outcomes(a["id"])
+        robust = {r[0]: bool(r[3]) for r in rows}
+        for i in robust_all:
+            robust_all[i] = robust_all[i] and robust.get(i, False)
+        attacked = [r for r in rows if r[1]]
+        broken = sum(1 for r in attacked if not r[3])
+        claimed_not_confirmed = sum(1 for r in attacked if r[2] and r[3])
+        n_robust = sum(robust.values())
+        batches = store.batches(a["name"])
+        counters: dict[str, int] = defaultdict(int)
+        for b in batches:
+            for k, v in json.loads(b[4] or "{}").items():
+                counters[k] += int(v)
+        lo, hi = wilson(n_robust, n)
+        linfs = [r[6] for r in attacked if r[6] is not None and not r[3]]
+        attacks_out.append(
+            {
+                "name": a["name"],
+                "attack": a["attack"],
+                "params": a["params"],
+                "eps": a["eps"],
+                "norm": a["norm"],
+                "kind": a["kind"],
+                "robust_accuracy": n_robust / n if n else 0.0,
+                "robust_accuracy_ci": [lo, hi],
+                "success_rate": broken / len(attacked) if attacked else 0.0,
+                "attacked": len(attacked),
+                "complete": len(rows) == n,
+                "claimed_not_confirmed": claimed_not_confirmed,
+                "mean_linf_of_successes": sum(linfs) / len(linfs) if linfs else None,
+                "seconds": sum(b[3] for b in batches),
+                "counters": dict(counters),
+            }
+        )
+        per_class_attack[a["name"]] = {c: 0 for c in set(label.values())}
+        for i, r in robust.items():
+            if r:
+                per_class_attack[a["name"]][label[i]] += 1
+    n_robust_all = sum(robust_all.values()) if attacks_out else clean_correct
+    per_class = []
+    counts: dict[int, int] = defaultdict(int)
+    correct_by_class: dict[int, int] = defaultdict(int)
+    robust_by_class: dict[int, int] = defaultdict(int)
+    for i, y, _, c, _ in samples:
+        counts[y] += 1
+        correct_by_class[y] += c
+        robust_by_class[y] += int(robust_all[i])
+    for y in sorted(counts):
+        per_class.append(
+            {
+                "label": y,
+                "name": classes[y] if classes and 0 <= y < len(classes) else str(y),
+                "n": counts[y],
+                "clean_accuracy": correct_by_class[y] / counts[y],
+                "robust_accuracy": robust_by_class[y] / counts[y],
+            }
+        )
+    curves: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for a in attacks_out:
+        if a["eps"] is not None:
+            curves[f"{a['attack']} ({a['norm'] or '-'})"].append({"eps": a["eps"], "robust_accuracy": a["robust_accuracy"]})
+    for pts in curves.values():
+        pts.sort(key=lambda p: p["eps"])
+    lo, hi = wilson(n_robust_all, n)
+    clo, chi = wilson(clean_correct, n)
+    return {
+        "n_samples": n,
+        "clean_accuracy": clean_correct / n if n else 0.0,
+        "clean_accuracy_ci": [clo, chi],
+        "robust_accuracy": n_robust_all / n if n else 0.0,
+        "robust_accuracy_ci": [lo, hi],
+        "attacks": attacks_out,
+        "per_class": per_class,
+        "curves": dict(curves),
+    }

@@ -1,0 +1,164 @@
+"""Attack-suite recipes: YAML files that name attacks by registry key, validated before anything runs.
+
+```yaml
+name: quick
+description: FGSM and PGD at eps in {1, 2, 4, 8}/255, L-inf
+attacks:
+  - attack: pgd            # registry key
+    name: pgd-linf         # optional display name
+    eps: [1/255, 8/255]    # a list of eps expands to one entry per value
+    steps: 10              # every other key is a constructor field of the attack
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..attacks import ATTACKS, Attack, create_attack
+from ..errors import ConfigError
+from ..registry import check_keys, suggest
+
+_FRACTION = re.compile(r"^\s*([0-9.]+(?:e-?\d+)?)\s*/\s*([0-9.]+)\s*$")
+SUITE_KEYS = ("name", "description", "attacks")
+ENTRY_KEYS = ("attack", "name")
+
+
+@dataclass
+class SuiteEntry:
+    name: str
+    attack_key: str
+    params: dict[str, Any]
+    attack: Attack
+
+    @property
+    def eps(self) -> float | None:
+        eps = self.params.get("eps", getattr(self.attack, "eps", None))
+        return float(eps) if isinstance(eps, int | float) else None
+
+    @property
+    def norm(self) -> str | None:
+        return self.params.get("norm", getattr(self.attack, "norm", None))
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    entries: list[SuiteEntry]
+    source: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved recipe: every entry with all its constructor fields."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "attacks": [{"name": e.name, "attack": e.attack_key, **_jsonable(e.attack.params())} for e in self.entries],
+        }
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in params.items():
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            v = dataclasses.asdict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[k] = v
+    return out
+
+
+def parse_number(value: Any, where: str) -> Any:
+    """'8/255' -> 0.0313...; numbers pass through; other strings are left alone."""
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m:
+            den = float(m.group(2))
+            if den == 0:
+                raise ConfigError(f"{where}: division by zero in '{value}'")
+            return float(m.group(1)) / den
+    return value
+
+
+def _fmt_eps(eps: float) -> str:
+    scaled = eps * 255
+    return f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{eps:g}"
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("robustkit.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def find_suite(spec: str) -> Path:
+    """A recipe path, or the name of a built-in recipe (``quick``, ``autoattack-standard``, ...)."""
+    path = Path(spec).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"suite file {path} does not exist")
+        return path
+    candidate = resources.files("robustkit.recipes") / f"{spec}.yaml"
+    if not candidate.is_file():
+        known = builtin_suites()
+        raise ConfigError(f"unknown suite '{spec}'{suggest(spec, known)}. Built-in suites: {', '.join(known)}; or give a path to a .yaml file.")
+    return Path(str(candidate))
+
+
+def load_suite(spec: str | dict[str, Any]) -> Suite:
+    """Load and validate a recipe (name, path or already-parsed dict). Nothing runs before it is valid."""
+    if isinstance(spec, dict):
+        raw, source = spec, "<dict>"
+    else:
+        path = find_suite(spec)
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a suite must be a mapping with keys {', '.join(SUITE_KEYS)}")
+    check_keys(raw, SUITE_KEYS, source)
+    items = raw.get("attacks")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{source}: 'attacks' must be a non-empty list of attack entries")
+    entries: list[SuiteEntry] = []
+    for i, item in enumerate(items):
+        where = f"{source}: attacks[{i}]"
+        if not isinstance(item, dict) or "attack" not in item:
+            raise ConfigError(f"{where}: each entry needs an 'attack' key naming a registered attack")
+        key = item["attack"]
+        if key not in ATTACKS:
+            raise ConfigError(f"{where}: unknown attack '{key}'{suggest(str(key), ATTACKS.names())}. Known: {', '.join(ATTACKS.names())}.")
+        params = {k: parse_number(v, f"{where}.{k}") for k, v in item.items() if k not in ENTRY_KEYS}
+        eps_values = params.pop("eps", None)
+        sweep = eps_values if isinstance(eps_values, list) else [eps_values]
+        for eps in sweep:
+            p = dict(params)
+            if eps is not None:
+                p["eps"] = parse_number(eps, f"{where}.eps")
+            try:
+                attack = create_attack(key, **p)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: invalid parameters for '{key}': {exc}") from exc
+            base = item.get("name", key)
+            label = f"{base}@{_fmt_eps(p['eps'])}" if "eps" in p and len(sweep) > 1 else str(base)
+            if "eps" in p and len(sweep) == 1 and "name" not in item:
+                label = f"{key}@{_fmt_eps(p['eps'])}"
+            entries.append(SuiteEntry(name=label, attack_key=key, params=p, attack=attack))
+    names = [e.name for e in entries]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"{source}: attack names must be unique; repeated: {', '.join(sorted(dupes))}. Give each a 'name'.")
+    name = raw.get("name") or (Path(source).stem if source != "<dict>" else "custom")
+    return Suite(name=str(name), description=str(raw.get("description", "")), entries=entries, source=source, raw=raw)
