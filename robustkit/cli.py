@@ -29,9 +29,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate.runner import evaluate
 
     result = evaluate(
-        model=args.model, data=args.data, suite=args.suite, out=args.out, name=args.name, device=args.device,
-        batch_size=args.batch_size, limit=args.limit, seed=args.seed, weights=args.weights, data_root=args.data_root,
-        overwrite=args.overwrite, progress=not args.quiet,
+        model=args.model,
+        data=args.data,
+        suite=args.suite,
+        out=args.out,
+        name=args.name,
+        device=args.device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        seed=args.seed,
+        weights=args.weights,
+        data_root=args.data_root,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     s = result.summary
     print(f"clean accuracy   {100 * s['clean_accuracy']:.1f}%  ({s['n_samples']} samples)")
@@ -62,7 +72,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     print("attacks:  " + ", ".join(ATTACKS.names()))
     print("suites:   " + ", ".join(builtin_suites()))
-    print("datasets: " + ", ".join(BUILTIN.names()) + " (built-in); " + ", ".join(manifest_names()) + " (manifests)")
+    print(
+        "datasets: "
+        + ", ".join(BUILTIN.names())
+        + " (built-in); "
+        + ", ".join(manifest_names())
+        + " (manifests)"
+    )
     print("models:   " + ", ".join(ZOO.names()) + " (zoo)")
     return 0
 
@@ -70,38 +86,66 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .defenses.training import train_builtin
 
-    path, figures = train_builtin(args.data, out=args.out, epochs=args.epochs, device=args.device, progress=not args.quiet)
+    path, figures = train_builtin(
+        args.data, out=args.out, epochs=args.epochs, device=args.device, progress=not args.quiet
+    )
     print(f"clean test accuracy {100 * figures['clean_test_accuracy']:.1f}%  ({figures['seconds']:.0f}s)")
     print(f"weights: {path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robustkit", description="Adversarial robustness evaluation for image and video classifiers.")
+    p = argparse.ArgumentParser(
+        prog="robustkit", description="Adversarial robustness evaluation for image and video classifiers."
+    )
     p.add_argument("--version", action="version", version=f"robustkit {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command")
 
     ev = sub.add_parser("evaluate", help="run an attack suite against a model and write a report")
-    ev.add_argument("--model", default=None, help="zoo name, torchvision/timm architecture (with --weights), or package.module:function (default: the zoo model for --data)")
-    ev.add_argument("--weights", default=None, help="weights file (.safetensors or a state dict; loaded with weights_only=True)")
-    ev.add_argument("--data", default="shapes", help="built-in dataset, manifest name in datasets/, or manifest path (default: shapes)")
+    ev.add_argument(
+        "--model",
+        default=None,
+        help="zoo name, torchvision/timm architecture (with --weights), or package.module:function (default: the zoo model for --data)",
+    )
+    ev.add_argument(
+        "--weights",
+        default=None,
+        help="weights file (.safetensors or a state dict; loaded with weights_only=True)",
+    )
+    ev.add_argument(
+        "--data",
+        default="shapes",
+        help="built-in dataset, manifest name in datasets/, or manifest path (default: shapes)",
+    )
     ev.add_argument("--data-root", default=None, help="override the manifest's root directory")
-    ev.add_argument("--suite", default="quick", help="built-in recipe name or path to a recipe .yaml (default: quick)")
-    ev.add_argument("--out", default="reports", help="parent directory of the run directory (default: reports)")
-    ev.add_argument("--name", default=None, help="run name (default: <model>-<data>-<suite>); an existing run with the same configuration resumes")
+    ev.add_argument(
+        "--suite", default="quick", help="built-in recipe name or path to a recipe .yaml (default: quick)"
+    )
+    ev.add_argument(
+        "--out", default="reports", help="parent directory of the run directory (default: reports)"
+    )
+    ev.add_argument(
+        "--name",
+        default=None,
+        help="run name (default: <model>-<data>-<suite>); an existing run with the same configuration resumes",
+    )
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--batch-size", type=_positive_int, default=128)
     ev.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N samples")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--overwrite", action="store_true", help="start over when the run directory holds a different run")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="start over when the run directory holds a different run"
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)
 
     tr = sub.add_parser("train", help="train a model on a built-in dataset")
     tr.add_argument("--data", default="shapes")
     tr.add_argument("--epochs", type=_positive_int, default=6)
-    tr.add_argument("--out", default=None, help="weights file to write (.safetensors); default: the zoo cache")
+    tr.add_argument(
+        "--out", default=None, help="weights file to write (.safetensors); default: the zoo cache"
+    )
     tr.add_argument("--device", default="auto")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)
@@ -119,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -127,7 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: everything finished so far is saved; run the same command again to resume.", file=sys.stderr)
+        print(
+            "\ninterrupted: everything finished so far is saved; run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 130
     except (RobustkitError, ValueError, FileNotFoundError) as exc:
         if args.debug:
@@ -142,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an internal error: say so, exit 1
         if args.debug:
             raise
-        print(f"robustkit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"robustkit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -15,5 +15,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        raise ConfigError(
+            "--device cuda was asked for but no CUDA device is available; use --device cpu or auto"
+        )
     return dev

@@ -73,7 +73,9 @@ class Registry(Generic[T]):
             self.load_all()
         if name not in self._items:
             known = ", ".join(sorted(self._items)) or "none"
-            raise ConfigError(f"unknown {self.kind} '{name}'{suggest(name, list(self._items))}. Known: {known}.")
+            raise ConfigError(
+                f"unknown {self.kind} '{name}'{suggest(name, list(self._items))}. Known: {known}."
+            )
         return self._items[name]
 
     def create(self, name: str, **cfg: Any) -> T:

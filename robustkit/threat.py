@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
-from .functional.random import GeneratorLike
 from .functional.projection import flat_norm, project_l2, project_linf, random_l2, random_linf, unit_l2
+from .functional.random import GeneratorLike
 from .registry import suggest
 
 
@@ -83,5 +83,7 @@ def make_threat(norm: str, eps: float) -> ThreatModel:
     if not isinstance(eps, int | float) or eps < 0:
         raise ConfigError(f"eps must be a number >= 0, got {eps!r}")
     if key == "Linf" and eps > 1:
-        raise ConfigError(f"eps={eps} is larger than 1, the whole [0, 1] pixel range; did you mean {eps}/255?")
+        raise ConfigError(
+            f"eps={eps} is larger than 1, the whole [0, 1] pixel range; did you mean {eps}/255?"
+        )
     return THREATS[key](eps=float(eps))

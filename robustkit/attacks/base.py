@@ -126,7 +126,12 @@ class Attack:
 
 
 def positive(value: float, what: str, *, allow_zero: bool = False) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{what} must be a number {bound}, got {value!r}")
 

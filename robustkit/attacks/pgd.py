@@ -14,10 +14,22 @@ import torch
 from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike, subset
 from ..threat import ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, choose_targets, forward, is_success, loss_and_grad, positive, register
+from .base import (
+    Attack,
+    AttackResult,
+    Counter,
+    choose_targets,
+    forward,
+    is_success,
+    loss_and_grad,
+    positive,
+    register,
+)
 
 
-def _objective(loss: str, y: torch.Tensor, target: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _objective(
+    loss: str, y: torch.Tensor, target: torch.Tensor | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     fn = get_loss(loss)
     return lambda logits: fn(logits, y, target)
 
@@ -113,8 +125,16 @@ class PGD(Attack):
             gens = subset(generator, todo)
             delta = threat.clip(xs, threat.init(xs, gens)) if self.random_start else torch.zeros_like(xs)
             adv, ok = gradient_ascent(
-                model, xs, ys, threat, steps=self.steps, step_size=step,
-                objective=_objective(self.loss, ys, ts), target=ts, delta=delta, counter=counter,
+                model,
+                xs,
+                ys,
+                threat,
+                steps=self.steps,
+                step_size=step,
+                objective=_objective(self.loss, ys, ts),
+                target=ts,
+                delta=delta,
+                counter=counter,
             )
             x_adv[idx] = adv
             success[idx] = ok
@@ -148,7 +168,10 @@ class FGSM(Attack):
         with torch.no_grad():
             logits = forward(model, x_adv, counter)
         return AttackResult(
-            x_adv=x_adv.detach(), success=is_success(logits, y, target), logits=logits, counters=counter.as_dict()
+            x_adv=x_adv.detach(),
+            success=is_success(logits, y, target),
+            logits=logits,
+            counters=counter.as_dict(),
         )
 
 

@@ -37,7 +37,9 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise UnsafeCheckpointError(f"refusing to unpickle {module}.{name}: CIFAR batches hold only arrays and lists")
+        raise UnsafeCheckpointError(
+            f"refusing to unpickle {module}.{name}: CIFAR batches hold only arrays and lists"
+        )
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +47,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"CIFAR-10 batch {path} is missing (expected the cifar-10-batches-py layout)")
     try:
         obj = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except UnsafeCheckpointError:
+        raise
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise InputError(f"CIFAR-10 batch {path} is corrupt: {exc}") from exc
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
@@ -60,7 +64,10 @@ def cifar10(manifest: dict, split: str, root: Path) -> Dataset:
     """``root`` holds data_batch_1..5 and test_batch (or a cifar-10-batches-py folder holding them)."""
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    splits = manifest.get("splits") or {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    splits = manifest.get("splits") or {
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+    }
     if split not in splits:
         raise InputError(f"CIFAR-10 has splits {', '.join(splits)}, not '{split}'")
     parts = [_read_cifar_batch(root / name) for name in splits[split]]
@@ -81,13 +88,23 @@ class ImageFolderDataset(Dataset):
     Corrupt files are skipped (counted in ``skipped``) when ``on_corrupt='skip'``, refused otherwise.
     """
 
-    def __init__(self, root: Path, *, size: int, resize: int | None = None, on_corrupt: str = "skip", name: str = "imagefolder"):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        size: int,
+        resize: int | None = None,
+        on_corrupt: str = "skip",
+        name: str = "imagefolder",
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(f"image folder {self.root} does not exist")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         if not self.classes:
-            raise InputError(f"image folder {self.root} has no class sub-folders (expected root/<class>/<image>)")
+            raise InputError(
+                f"image folder {self.root} has no class sub-folders (expected root/<class>/<image>)"
+            )
         self.items = [
             (f, c)
             for c, cls in enumerate(self.classes)
@@ -95,7 +112,9 @@ class ImageFolderDataset(Dataset):
             if f.suffix.lower() in IMAGE_SUFFIXES
         ]
         if not self.items:
-            raise InputError(f"image folder {self.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise InputError(
+                f"image folder {self.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         self.size, self.resize, self.on_corrupt, self.name = size, resize or size, on_corrupt, name
         self.skipped: list[str] = []
         self._checked = False
@@ -144,7 +163,10 @@ def imagefolder(manifest: dict, split: str, root: Path) -> Dataset:
     sub = splits.get(split)
     folder = root / sub if sub and (root / sub).is_dir() else root
     ds = ImageFolderDataset(
-        folder, size=int(pre.get("size", 224)), resize=pre.get("resize"), on_corrupt=pre.get("on_corrupt", "skip"),
+        folder,
+        size=int(pre.get("size", 224)),
+        resize=pre.get("resize"),
+        on_corrupt=pre.get("on_corrupt", "skip"),
         name=manifest.get("name", "imagefolder"),
     )
     if manifest.get("classes"):

@@ -21,11 +21,24 @@ from .synthetic import BUILTIN, SyntheticDataset
 FORMATS: Registry[Dataset] = Registry("dataset format", autoload=("robustkit.data",))
 register_format = FORMATS.register
 
-MANIFEST_KEYS = ("name", "format", "root", "source", "license", "checksum", "classes", "preprocessing", "splits", "description")
+MANIFEST_KEYS = (
+    "name",
+    "format",
+    "root",
+    "source",
+    "license",
+    "checksum",
+    "classes",
+    "preprocessing",
+    "splits",
+    "description",
+)
 
 
 def manifest_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("robustkit.manifests").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("robustkit.manifests").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def read_manifest(spec: str) -> tuple[dict[str, Any], Path]:

@@ -54,7 +54,9 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    opt = torch.optim.SGD(
+        trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+    )
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.25)
     model.to(device).train()
@@ -79,7 +81,12 @@ def fit(
     model.eval()
     seconds = time.perf_counter() - start
     log.info("%s: %d steps in %.1fs, final loss %.3f", desc, steps, seconds, last_loss)
-    return {"steps": steps, "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "loss": last_loss}
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(steps, 1),
+        "loss": last_loss,
+    }
 
 
 def train_builtin(

@@ -91,7 +91,9 @@ def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
     curves: dict[str, list[dict[str, float]]] = defaultdict(list)
     for a in attacks_out:
         if a["eps"] is not None:
-            curves[f"{a['attack']} ({a['norm'] or '-'})"].append({"eps": a["eps"], "robust_accuracy": a["robust_accuracy"]})
+            curves[f"{a['attack']} ({a['norm'] or '-'})"].append(
+                {"eps": a["eps"], "robust_accuracy": a["robust_accuracy"]}
+            )
     for pts in curves.values():
         pts.sort(key=lambda p: p["eps"])
     lo, hi = wilson(n_robust_all, n)

@@ -72,7 +72,15 @@ def _provenance(device: torch.device) -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("robustkit", "torch", "torchvision", "kornia", "timm", "adversarial-robustness-toolbox", "numpy"):
+    for pkg in (
+        "robustkit",
+        "torch",
+        "torchvision",
+        "kornia",
+        "timm",
+        "adversarial-robustness-toolbox",
+        "numpy",
+    ):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -114,12 +122,24 @@ def _prepare_dir(out: Path, name: str, config: dict[str, Any], overwrite: bool) 
 
 def _norm_ok(entry: SuiteEntry, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
     threat = getattr(entry.attack, "threat", None)
-    if threat is None or not hasattr(threat, "within") or not (0 < getattr(threat, "eps", float("inf")) < float("inf")):
+    if (
+        threat is None
+        or not hasattr(threat, "within")
+        or not (0 < getattr(threat, "eps", float("inf")) < float("inf"))
+    ):
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     return threat.within((x_adv - x).flatten(1).float(), tol=1e-4)
 
 
-def _fit_universal(entry: SuiteEntry, model: nn.Module, data_spec: Any, data_root: Any, seed: int, index: int, device: torch.device):
+def _fit_universal(
+    entry: SuiteEntry,
+    model: nn.Module,
+    data_spec: Any,
+    data_root: Any,
+    seed: int,
+    index: int,
+    device: torch.device,
+):
     """Universal attacks (patch) are fitted once on the training split, then applied per batch."""
     from ..data.loading import load_dataset
 
@@ -168,8 +188,12 @@ def evaluate(
     classes = list(getattr(dataset, "classes", []))
     data_name = data if isinstance(data, str) else getattr(dataset, "name", type(dataset).__name__)
     net, model_info = load_model(
-        model, dataset=data_name if isinstance(data, str) else None, weights=weights,
-        num_classes=len(classes) or None, device=dev, progress=progress,
+        model,
+        dataset=data_name if isinstance(data, str) else None,
+        weights=weights,
+        num_classes=len(classes) or None,
+        device=dev,
+        progress=progress,
     )
     n_total = len(dataset)
     if n_total == 0:
@@ -198,20 +222,39 @@ def evaluate(
         started = time.perf_counter()
         if store.meta("started_at") is None:
             store.set_meta("started_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        store.set_meta("run", {"name": run_name, "model": model_info, "data": str(data_name), "split": split,
-                               "classes": classes, "suite": suite_obj.name, "seed": seed, "limit": limit})
+        store.set_meta(
+            "run",
+            {
+                "name": run_name,
+                "model": model_info,
+                "data": str(data_name),
+                "split": split,
+                "classes": classes,
+                "suite": suite_obj.name,
+                "seed": seed,
+                "limit": limit,
+            },
+        )
         store.set_meta("provenance", _provenance(dev))
         if resumed:
             log.info("resuming run in %s", run_dir)
-        _run(store, net, dataset, indices, suite_obj, dev, batch_size, seed, gallery, progress, data, data_root)
+        _run(
+            store, net, dataset, indices, suite_obj, dev, batch_size, seed, gallery, progress, data, data_root
+        )
         _sanity(store, net, dataset, indices, dev)
         elapsed = store.meta("elapsed", 0.0) + (time.perf_counter() - started)
         store.set_meta("elapsed", elapsed)
         store.set_meta("finished_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         summary = summarize(store, classes)
         summary.update(
-            run=run_name, model=model_name, data=str(data_name), suite=suite_obj.name, seed=seed,
-            device=str(dev), seconds=elapsed, findings=store.findings(),
+            run=run_name,
+            model=model_name,
+            data=str(data_name),
+            suite=suite_obj.name,
+            seed=seed,
+            device=str(dev),
+            seconds=elapsed,
+            findings=store.findings(),
         )
     finally:
         store.close()
@@ -224,11 +267,26 @@ def evaluate(
     return RunResult(run_dir=run_dir, summary=summary, report=report_path)
 
 
-def _run(store: Store, net, dataset, indices, suite: Suite, dev, batch_size, seed, gallery, progress, data_spec, data_root) -> None:
+def _run(
+    store: Store,
+    net,
+    dataset,
+    indices,
+    suite: Suite,
+    dev,
+    batch_size,
+    seed,
+    gallery,
+    progress,
+    data_spec,
+    data_root,
+) -> None:
     num_classes = len(getattr(dataset, "classes", [])) or None
     todo_clean = [i for i in indices if i not in store.clean_done()]
     work = len(todo_clean) + len(indices) * len(suite.entries)
-    bar = tqdm(total=work, desc="clean", unit="sample", disable=None if progress else True, dynamic_ncols=True)
+    bar = tqdm(
+        total=work, desc="clean", unit="sample", disable=None if progress else True, dynamic_ncols=True
+    )
     bar.update(len(indices) - len(todo_clean))
     for s in range(0, len(todo_clean), batch_size):
         chunk = todo_clean[s : s + batch_size]
@@ -241,14 +299,20 @@ def _run(store: Store, net, dataset, indices, suite: Suite, dev, batch_size, see
         prob = logits.softmax(1)
         pred = logits.argmax(1).cpu()
         conf = prob.max(1).values.cpu()
-        rows = [(i, int(y[j]), int(pred[j]), bool(pred[j] == y[j]), float(conf[j])) for j, i in enumerate(chunk)]
-        store.write_clean(rows, ("clean", chunk[0], len(chunk), time.perf_counter() - t0, "{}", json.dumps(chunk)))
+        rows = [
+            (i, int(y[j]), int(pred[j]), bool(pred[j] == y[j]), float(conf[j])) for j, i in enumerate(chunk)
+        ]
+        store.write_clean(
+            rows, ("clean", chunk[0], len(chunk), time.perf_counter() - t0, "{}", json.dumps(chunk))
+        )
         bar.update(len(chunk))
     correct = {i: bool(c) for i, _, _, c, _ in store.samples()}
     for k, entry in enumerate(suite.entries):
         bar.set_description(entry.name)
         kind = getattr(entry.attack, "input_kind", "image")
-        aid = store.attack_id(entry.name, entry.attack_key, suite.resolved()["attacks"][k], entry.eps, entry.norm, kind)
+        aid = store.attack_id(
+            entry.name, entry.attack_key, suite.resolved()["attacks"][k], entry.eps, entry.norm, kind
+        )
         done = store.attacked(aid)
         bar.update(len(done))
         skip = [i for i in indices if i not in done and not correct[i]]
@@ -270,7 +334,9 @@ def _run(store: Store, net, dataset, indices, suite: Suite, dev, batch_size, see
     bar.close()
 
 
-def _attack_batch(store: Store, aid: int, entry: SuiteEntry, attack, net, dataset, chunk, dev, seed, k, gallery) -> None:
+def _attack_batch(
+    store: Store, aid: int, entry: SuiteEntry, attack, net, dataset, chunk, dev, seed, k, gallery
+) -> None:
     x, y = _batch(dataset, chunk)
     x, y = x.to(dev), y.to(dev)
     gens = sample_generators(seed, chunk, salt=k + 1)
@@ -295,14 +361,30 @@ def _attack_batch(store: Store, aid: int, entry: SuiteEntry, attack, net, datase
     robust = (pred == y) | ~within
     diff = (x_adv - x).flatten(1).float()
     linf, l2 = diff.abs().amax(1), diff.norm(dim=1)
-    metrics = {key: v.detach().float().cpu() for key, v in result.metrics.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (len(chunk),)}
+    metrics = {
+        key: v.detach().float().cpu()
+        for key, v in result.metrics.items()
+        if isinstance(v, torch.Tensor) and v.shape[:1] == (len(chunk),)
+    }
     claimed = result.success.bool().cpu()
     rows = []
     for j, i in enumerate(chunk):
         m = {key: float(v[j]) for key, v in metrics.items()}
         if not bool(within[j]):
             m["norm_violation"] = 1.0
-        rows.append((i, 1, int(claimed[j]), int(robust[j]), int(pred[j]), float(conf[j]), float(linf[j]), float(l2[j]), json.dumps(m) if m else None))
+        rows.append(
+            (
+                i,
+                1,
+                int(claimed[j]),
+                int(robust[j]),
+                int(pred[j]),
+                float(conf[j]),
+                float(linf[j]),
+                float(l2[j]),
+                json.dumps(m) if m else None,
+            )
+        )
     artifacts = {}
     for key, value in result.artifacts.items():
         if isinstance(value, torch.Tensor):
@@ -315,8 +397,19 @@ def _attack_batch(store: Store, aid: int, entry: SuiteEntry, attack, net, datase
     examples = {}
     for j, i in enumerate(chunk):
         if i < gallery:
-            examples[i] = pack_tensors({"clean": (x[j] * 255).round().to(torch.uint8), "adv": (x_adv[j].clamp(0, 1) * 255).round().to(torch.uint8)})
-    store.write_outcomes(aid, rows, (entry.name, chunk[0], len(chunk), seconds, json.dumps(result.counters), json.dumps(chunk)), artifacts, examples)
+            examples[i] = pack_tensors(
+                {
+                    "clean": (x[j] * 255).round().to(torch.uint8),
+                    "adv": (x_adv[j].clamp(0, 1) * 255).round().to(torch.uint8),
+                }
+            )
+    store.write_outcomes(
+        aid,
+        rows,
+        (entry.name, chunk[0], len(chunk), seconds, json.dumps(result.counters), json.dumps(chunk)),
+        artifacts,
+        examples,
+    )
 
 
 def _tensor_json(v: Any) -> Any:
@@ -330,12 +423,16 @@ def _sanity(store: Store, net, dataset, indices, dev) -> None:
     findings = []
     summary = summarize(store)
     bad = [a["name"] for a in summary["attacks"] if a["claimed_not_confirmed"]]
-    findings.append((
-        "claimed-success-recheck",
-        "warn" if bad else "pass",
-        f"attacks whose claimed successes failed the fp32 recheck: {', '.join(bad)}" if bad else "every claimed success was confirmed by an independent fp32 forward pass",
-        "An attack reported success that an independent eval-mode fp32 pass does not confirm: the model may be stochastic or numerically unstable (bf16?). Those samples count as robust.",
-    ))
+    findings.append(
+        (
+            "claimed-success-recheck",
+            "warn" if bad else "pass",
+            f"attacks whose claimed successes failed the fp32 recheck: {', '.join(bad)}"
+            if bad
+            else "every claimed success was confirmed by an independent fp32 forward pass",
+            "An attack reported success that an independent eval-mode fp32 pass does not confirm: the model may be stochastic or numerically unstable (bf16?). Those samples count as robust.",
+        )
+    )
     try:
         from . import sanity
     except ImportError:
@@ -346,4 +443,3 @@ def _sanity(store: Store, net, dataset, indices, dev) -> None:
         for f in sanity.run_sanity_checks(net, x.to(dev), y.to(dev), context=context):
             findings.append((f.name, f.status, f.evidence, f.advice))
     store.write_findings(findings)
-

@@ -90,14 +90,21 @@ class Store:
 
     def write_clean(self, rows: Iterable[tuple[int, int, int, bool, float]], batch_row: tuple) -> None:
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?)", [(i, y, p, int(c), f) for i, y, p, c, f in rows])
+            db.executemany(
+                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?)",
+                [(i, y, p, int(c), f) for i, y, p, c, f in rows],
+            )
             db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch_row)
 
     def samples(self) -> list[tuple[int, int, int, int, float]]:
-        return self.db.execute("SELECT idx, label, pred, correct, confidence FROM samples ORDER BY idx").fetchall()
+        return self.db.execute(
+            "SELECT idx, label, pred, correct, confidence FROM samples ORDER BY idx"
+        ).fetchall()
 
     # --- attacks ----------------------------------------------------------------------------
-    def attack_id(self, name: str, attack: str, params: dict, eps: float | None, norm: str | None, kind: str) -> int:
+    def attack_id(
+        self, name: str, attack: str, params: dict, eps: float | None, norm: str | None, kind: str
+    ) -> int:
         row = self.db.execute("SELECT id FROM attacks WHERE name = ?", (name,)).fetchone()
         if row:
             return int(row[0])
@@ -109,9 +116,19 @@ class Store:
         return int(cur.lastrowid)
 
     def attacks(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT id, name, attack, params, eps, norm, kind FROM attacks ORDER BY id").fetchall()
+        rows = self.db.execute(
+            "SELECT id, name, attack, params, eps, norm, kind FROM attacks ORDER BY id"
+        ).fetchall()
         return [
-            {"id": r[0], "name": r[1], "attack": r[2], "params": json.loads(r[3]), "eps": r[4], "norm": r[5], "kind": r[6]}
+            {
+                "id": r[0],
+                "name": r[1],
+                "attack": r[2],
+                "params": json.loads(r[3]),
+                "eps": r[4],
+                "norm": r[5],
+                "kind": r[6],
+            }
             for r in rows
         ]
 
@@ -129,13 +146,19 @@ class Store:
         """One batch of one attack: outcomes, timing, artifacts and gallery examples in one transaction."""
         first = batch_row[1]
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(attack_id, *r) for r in rows])
+            db.executemany(
+                "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(attack_id, *r) for r in rows],
+            )
             db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch_row)
             db.executemany(
                 "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
                 [(attack_id, first, k, kind, data) for k, (kind, data) in artifacts.items()],
             )
-            db.executemany("INSERT OR REPLACE INTO examples VALUES (?, ?, ?)", [(attack_id, i, b) for i, b in examples.items()])
+            db.executemany(
+                "INSERT OR REPLACE INTO examples VALUES (?, ?, ?)",
+                [(attack_id, i, b) for i, b in examples.items()],
+            )
 
     def outcomes(self, attack_id: int) -> list[tuple]:
         return self.db.execute(
@@ -146,18 +169,25 @@ class Store:
 
     def batches(self, stage: str | None = None) -> list[tuple]:
         if stage is None:
-            return self.db.execute("SELECT stage, first_idx, size, seconds, counters, indices FROM batches").fetchall()
+            return self.db.execute(
+                "SELECT stage, first_idx, size, seconds, counters, indices FROM batches"
+            ).fetchall()
         return self.db.execute(
             "SELECT stage, first_idx, size, seconds, counters, indices FROM batches WHERE stage = ?", (stage,)
         ).fetchall()
 
     def artifacts(self, attack_id: int) -> list[tuple[int, str, str, bytes]]:
         return self.db.execute(
-            "SELECT first_idx, key, kind, data FROM artifacts WHERE attack_id = ? ORDER BY first_idx, key", (attack_id,)
+            "SELECT first_idx, key, kind, data FROM artifacts WHERE attack_id = ? ORDER BY first_idx, key",
+            (attack_id,),
         ).fetchall()
 
     def examples(self, attack_id: int) -> dict[int, bytes]:
-        return dict(self.db.execute("SELECT idx, data FROM examples WHERE attack_id = ? ORDER BY idx", (attack_id,)).fetchall())
+        return dict(
+            self.db.execute(
+                "SELECT idx, data FROM examples WHERE attack_id = ? ORDER BY idx", (attack_id,)
+            ).fetchall()
+        )
 
     # --- findings ---------------------------------------------------------------------------
     def write_findings(self, findings: Iterable[tuple[str, str, str, str]]) -> None:

@@ -61,7 +61,9 @@ class Suite:
         return {
             "name": self.name,
             "description": self.description,
-            "attacks": [{"name": e.name, "attack": e.attack_key, **_jsonable(e.attack.params())} for e in self.entries],
+            "attacks": [
+                {"name": e.name, "attack": e.attack_key, **_jsonable(e.attack.params())} for e in self.entries
+            ],
         }
 
 
@@ -94,7 +96,9 @@ def _fmt_eps(eps: float) -> str:
 
 
 def builtin_suites() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("robustkit.recipes").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("robustkit.recipes").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def find_suite(spec: str) -> Path:
@@ -107,7 +111,9 @@ def find_suite(spec: str) -> Path:
     candidate = resources.files("robustkit.recipes") / f"{spec}.yaml"
     if not candidate.is_file():
         known = builtin_suites()
-        raise ConfigError(f"unknown suite '{spec}'{suggest(spec, known)}. Built-in suites: {', '.join(known)}; or give a path to a .yaml file.")
+        raise ConfigError(
+            f"unknown suite '{spec}'{suggest(spec, known)}. Built-in suites: {', '.join(known)}; or give a path to a .yaml file."
+        )
     return Path(str(candidate))
 
 
@@ -137,7 +143,9 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
             raise ConfigError(f"{where}: each entry needs an 'attack' key naming a registered attack")
         key = item["attack"]
         if key not in ATTACKS:
-            raise ConfigError(f"{where}: unknown attack '{key}'{suggest(str(key), ATTACKS.names())}. Known: {', '.join(ATTACKS.names())}.")
+            raise ConfigError(
+                f"{where}: unknown attack '{key}'{suggest(str(key), ATTACKS.names())}. Known: {', '.join(ATTACKS.names())}."
+            )
         params = {k: parse_number(v, f"{where}.{k}") for k, v in item.items() if k not in ENTRY_KEYS}
         eps_values = params.pop("eps", None)
         sweep = eps_values if isinstance(eps_values, list) else [eps_values]
@@ -159,6 +167,10 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
     names = [e.name for e in entries]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
-        raise ConfigError(f"{source}: attack names must be unique; repeated: {', '.join(sorted(dupes))}. Give each a 'name'.")
+        raise ConfigError(
+            f"{source}: attack names must be unique; repeated: {', '.join(sorted(dupes))}. Give each a 'name'."
+        )
     name = raw.get("name") or (Path(source).stem if source != "<dict>" else "custom")
-    return Suite(name=str(name), description=str(raw.get("description", "")), entries=entries, source=source, raw=raw)
+    return Suite(
+        name=str(name), description=str(raw.get("description", "")), entries=entries, source=source, raw=raw
+    )

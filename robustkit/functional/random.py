@@ -41,7 +41,9 @@ def subset(generator: GeneratorLike, mask: torch.Tensor) -> GeneratorLike:
     return [g for g, k in zip(generator, keep, strict=True) if k]
 
 
-def sample_generators(seed: int, indices: Sequence[int], salt: int = 0, device="cpu") -> list[torch.Generator]:
+def sample_generators(
+    seed: int, indices: Sequence[int], salt: int = 0, device="cpu"
+) -> list[torch.Generator]:
     """One generator per sample, seeded from (seed, salt, sample index)."""
     gens = []
     for i in indices:

@@ -24,7 +24,9 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_weights(model_or_state: nn.Module | dict, path: str | Path, metadata: dict[str, str] | None = None) -> str:
+def save_weights(
+    model_or_state: nn.Module | dict, path: str | Path, metadata: dict[str, str] | None = None
+) -> str:
     """Write safetensors atomically and return its SHA-256."""
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}

@@ -27,13 +27,19 @@ class SmallResNet(nn.Module):
     """Stem + four stages (ResNet-18 layout, narrower). ``stem``, ``layer1``..``layer4`` are the taps
     other components (ABNN) hook into."""
 
-    def __init__(self, num_classes: int = 10, width: int = 16, blocks: tuple[int, ...] = (1, 1, 1, 1), in_ch: int = 3):
+    def __init__(
+        self, num_classes: int = 10, width: int = 16, blocks: tuple[int, ...] = (1, 1, 1, 1), in_ch: int = 3
+    ):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         chans = [width, width * 2, width * 4, width * 8]
         layers, cin = [], width
         for i, (c, n) in enumerate(zip(chans, blocks, strict=True)):
-            stage = [BasicBlock(cin if j == 0 else c, c, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+            stage = [
+                BasicBlock(cin if j == 0 else c, c, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)
+            ]
             layers.append(nn.Sequential(*stage))
             cin = c
         self.layer1, self.layer2, self.layer3, self.layer4 = layers

@@ -39,7 +39,9 @@ class ZooEntry:
     extra: dict = field(default_factory=dict)
 
 
-ZOO: Registry[ZooEntry] = Registry("zoo model", autoload=("robustkit.models", "robustkit.data", "robustkit.defenses"))
+ZOO: Registry[ZooEntry] = Registry(
+    "zoo model", autoload=("robustkit.models", "robustkit.data", "robustkit.defenses")
+)
 
 
 def register_zoo(entry: ZooEntry) -> ZooEntry:
@@ -55,7 +57,9 @@ def cache_dir() -> Path:
 
 
 def _key(entry: ZooEntry) -> str:
-    blob = json.dumps({"name": entry.name, "version": entry.version, "torch": torch.__version__.split("+")[0]})
+    blob = json.dumps(
+        {"name": entry.name, "version": entry.version, "torch": torch.__version__.split("+")[0]}
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -79,7 +83,18 @@ def load_zoo_model(name: str, device: torch.device | str = "cpu", progress: bool
     figures = entry.train(model, dev, progress)
     digest = save_weights(model, path, metadata={"zoo": name})
     tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"name": name, "sha256": digest, "figures": figures, "entry": asdict(entry) | {"build": None, "train": None}}, default=str, indent=2))
+    tmp.write_text(
+        json.dumps(
+            {
+                "name": name,
+                "sha256": digest,
+                "figures": figures,
+                "entry": asdict(entry) | {"build": None, "train": None},
+            },
+            default=str,
+            indent=2,
+        )
+    )
     os.replace(tmp, meta_path)
     return model.to(device).eval()
 
@@ -103,7 +118,14 @@ def _train_shapes_resnet(model: nn.Module, device: torch.device, progress: bool)
     from ..defenses.training import TrainConfig, accuracy, fit
 
     train, test = shapes("train"), shapes("test")
-    stats = fit(model, train, TrainConfig(epochs=6, batch_size=128, lr=0.1), device, desc="training shapes-resnet", progress=progress)
+    stats = fit(
+        model,
+        train,
+        TrainConfig(epochs=6, batch_size=128, lr=0.1),
+        device,
+        desc="training shapes-resnet",
+        progress=progress,
+    )
     stats["clean_test_accuracy"] = accuracy(model, test, device)
     return stats
 

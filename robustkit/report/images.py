@@ -29,7 +29,9 @@ def amplified(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
     return (0.5 + 0.5 * d / m).clamp(0, 1) if m > 0 else torch.full_like(d, 0.5)
 
 
-def line_chart_svg(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, xscale: float = 1.0) -> str:
+def line_chart_svg(
+    series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, xscale: float = 1.0
+) -> str:
     """A small line chart as an inline SVG string."""
     import matplotlib
 

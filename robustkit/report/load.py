@@ -16,9 +16,13 @@ def load_run(run_dir: str | Path, gallery: int = 8) -> dict[str, Any]:
     run_dir = Path(run_dir)
     summary_path, store_path = run_dir / "summary.json", run_dir / "results.sqlite"
     if not summary_path.is_file() or not store_path.is_file():
-        raise InputError(f"{run_dir} is not a finished robustkit run (summary.json and results.sqlite expected)")
+        raise InputError(
+            f"{run_dir} is not a finished robustkit run (summary.json and results.sqlite expected)"
+        )
     summary = json.loads(summary_path.read_text())
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    config = (
+        yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    )
     store = Store(store_path)
     try:
         meta = {k: store.meta(k) for k in ("run", "provenance", "started_at", "finished_at", "elapsed")}
@@ -32,8 +36,16 @@ def load_run(run_dir: str | Path, gallery: int = 8) -> dict[str, Any]:
             for idx, blob in list(store.examples(a["id"]).items())[:gallery]:
                 t = unpack_tensors(blob)
                 r = rows.get(idx)
-                shots.append({"idx": idx, "clean": t["clean"], "adv": t["adv"], "pred": r[4] if r else None,
-                              "confidence": r[5] if r else None, "robust": bool(r[3]) if r else None})
+                shots.append(
+                    {
+                        "idx": idx,
+                        "clean": t["clean"],
+                        "adv": t["adv"],
+                        "pred": r[4] if r else None,
+                        "confidence": r[5] if r else None,
+                        "robust": bool(r[3]) if r else None,
+                    }
+                )
             examples[a["name"]] = shots
             arts = []
             for first, key, kind, data in store.artifacts(a["id"]):

@@ -11,7 +11,9 @@ from ..evaluate.files import atomic_write
 from .images import amplified, line_chart_svg, png_data_uri
 from .load import load_run
 
-_env = Environment(loader=PackageLoader("robustkit.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
+_env = Environment(
+    loader=PackageLoader("robustkit.report", "templates"), autoescape=select_autoescape(["html", "j2"])
+)
 _env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"
 _env.filters["secs"] = lambda v: "–" if v is None else (f"{v:.2f} s" if v < 120 else f"{v / 60:.1f} min")
 
@@ -37,12 +39,20 @@ def _gallery(run: dict[str, Any], classes: list[str]) -> list[dict[str, Any]]:
             if s["clean"].ndim != 3:
                 continue  # video clips are rendered by the animation section
             y, clean_pred, _, clean_conf = run["samples"].get(s["idx"], (None, None, None, None))
-            items.append({
-                "idx": s["idx"], "label": cname(y), "clean_pred": cname(clean_pred), "clean_conf": clean_conf,
-                "adv_pred": cname(s["pred"]), "adv_conf": s["confidence"], "robust": s["robust"],
-                "clean": png_data_uri(s["clean"]), "adv": png_data_uri(s["adv"]),
-                "diff": png_data_uri(amplified(s["clean"], s["adv"])),
-            })
+            items.append(
+                {
+                    "idx": s["idx"],
+                    "label": cname(y),
+                    "clean_pred": cname(clean_pred),
+                    "clean_conf": clean_conf,
+                    "adv_pred": cname(s["pred"]),
+                    "adv_conf": s["confidence"],
+                    "robust": s["robust"],
+                    "clean": png_data_uri(s["clean"]),
+                    "adv": png_data_uri(s["adv"]),
+                    "diff": png_data_uri(amplified(s["clean"], s["adv"])),
+                }
+            )
         if items:
             out.append({"attack": attack, "shots": items})
     return out
@@ -51,7 +61,9 @@ def _gallery(run: dict[str, Any], classes: list[str]) -> list[dict[str, Any]]:
 def _view(run: dict[str, Any]) -> dict[str, Any]:
     s = run["summary"]
     classes = (run["meta"].get("run") or {}).get("classes") or []
-    curves = {k: [(p["eps"], p["robust_accuracy"]) for p in v] for k, v in s.get("curves", {}).items() if len(v) > 1}
+    curves = {
+        k: [(p["eps"], p["robust_accuracy"]) for p in v] for k, v in s.get("curves", {}).items() if len(v) > 1
+    }
     return {
         "summary": s,
         "config": run["config"],
@@ -66,6 +78,8 @@ def render_report(run_dirs: list[str | Path], out: str | Path, title: str | None
     """Render the report for one run, or a side-by-side comparison of several, to ``out``."""
     runs = [_view(load_run(d)) for d in run_dirs]
     html = _env.get_template("report.html.j2").render(
-        runs=runs, title=title or (runs[0]["summary"].get("run", "robustkit run") if len(runs) == 1 else "robustkit comparison"),
+        runs=runs,
+        title=title
+        or (runs[0]["summary"].get("run", "robustkit run") if len(runs) == 1 else "robustkit comparison"),
     )
     return atomic_write(out, html)

@@ -1,0 +1,122 @@
+"""`robustkit evaluate` end to end on a small --limit, error exit codes, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from robustkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, shapes_model):
+    out = tmp_path_factory.mktemp("runs")
+    code = main(["evaluate", "--limit", "40", "--out", str(out), "--name", "q", "--quiet", "--device", "cpu"])
+    assert code == 0
+    return out / "q"
+
+
+def test_evaluate_writes_store_summary_config_and_report(quick_run):
+    summary = json.loads((quick_run / "summary.json").read_text())
+    assert summary["n_samples"] == 40
+    assert 0.9 <= summary["clean_accuracy"] <= 1
+    names = [a["name"] for a in summary["attacks"]]
+    assert names == [f"{k}@{e}/255" for k in ("fgsm", "pgd") for e in (1, 2, 4, 8)]
+    for a in summary["attacks"]:
+        assert set(a) >= {"name", "attack", "params", "eps", "robust_accuracy", "success_rate", "seconds"}
+        assert 0 <= a["robust_accuracy"] <= 1 and 0 <= a["success_rate"] <= 1
+    pgd8 = next(a for a in summary["attacks"] if a["name"] == "pgd@8/255")
+    assert pgd8["robust_accuracy"] < 0.1
+    assert summary["robust_accuracy"] <= min(a["robust_accuracy"] for a in summary["attacks"])
+    config = yaml.safe_load((quick_run / "config.yaml").read_text())
+    assert config["suite"]["name"] == "quick" and config["limit"] == 40
+    html = (quick_run / "report.html").read_text()
+    assert "pgd@8/255" in html and "<script src=" not in html and "http://" not in html.split("<svg", 1)[0]
+
+
+def test_rerun_resumes_without_recomputing(quick_run, capsys):
+    import sqlite3
+
+    db = sqlite3.connect(quick_run / "results.sqlite")
+    before = db.execute("SELECT COUNT(*), SUM(seconds) FROM batches").fetchone()
+    db.close()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--limit",
+                "40",
+                "--out",
+                str(quick_run.parent),
+                "--name",
+                "q",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    db = sqlite3.connect(quick_run / "results.sqlite")
+    assert db.execute("SELECT COUNT(*), SUM(seconds) FROM batches").fetchone() == before
+    db.close()
+
+
+def test_different_config_in_same_dir_is_refused(quick_run, capsys):
+    code = main(["evaluate", "--limit", "41", "--out", str(quick_run.parent), "--name", "q", "--quiet"])
+    assert code == 2
+    assert "differs in: limit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--suite", "quik"], "did you mean 'quick'"),
+        (["--data", "shapez"], "did you mean 'shapes'"),
+        (["--model", "shapes-resnt"], "did you mean 'shapes-resnet'"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
+    code = main(["evaluate", "--out", str(tmp_path / "out"), "--quiet", *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_name_cannot_escape_out_dir(tmp_path, shapes_model):
+    code = main(
+        [
+            "evaluate",
+            "--limit",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "../../escape",
+            "--quiet",
+            "--suite",
+            str(_one_fgsm(tmp_path)),
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "escape" / "summary.json").exists() and not (
+        tmp_path.parent.parent / "escape"
+    ).exists()
+
+
+def _one_fgsm(tmp_path):
+    p = tmp_path / "one.yaml"
+    p.write_text("name: one\nattacks:\n  - attack: fgsm\n    eps: 2/255\n")
+    return p
+
+
+def test_list_and_report_commands(quick_run, tmp_path, capsys):
+    assert main(["list"]) == 0
+    assert "pgd" in capsys.readouterr().out
+    out = tmp_path / "cmp.html"
+    assert main(["report", str(quick_run), str(quick_run), "--out", str(out)]) == 0
+    assert out.read_text().count('<section class="run">') == 2
