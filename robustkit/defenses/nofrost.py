@@ -1,0 +1,157 @@
+"""NoFrost (Wang et al. 2022, "Removing Batch Normalization Boosts Adversarial Training").
+
+A normalizer-free ResNet built from timm's NF-ResNet components (``ScaledStdConv2d`` scaled weight
+standardization, ``NormFreeBlock`` pre-activation residual blocks with alpha / beta scaling and the
+last conv of each branch initialized to zero), in a small-image variant for 32x32 input (3x3 stride-1
+stem, no pooling stem). Training: ``0.5 * CE(clean) + 0.5 * CE(adversarial)`` with PGD-10 L-inf,
+eps 8/255, step 1/255, random start; adaptive gradient clipping optional (``nofrost-agc``). The same
+recipe on a BN ResNet is the BN-based AT control (``bn-at``): there BN statistics are estimated on the
+clean/adversarial mixture, the effect NoFrost removes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import ScaledStdConv2d
+from timm.models.nfnet import NormFreeBlock, _nonlin_gamma
+from torch import nn
+
+from ..errors import ConfigError
+from .adversarial import pgd_examples
+from .backbones import DataSpec, normalized
+from .base import DefenseRecipe, StepContext, TrainSettings, register_defense
+
+
+class NFResNet(nn.Module):
+    """Normalizer-free ResNet for small images: stem, four stages of ``NormFreeBlock`` and a linear head.
+
+    Within a stage the expected variance of the residual stream grows by ``alpha**2`` per block and each
+    block's branch input is scaled by ``beta = 1 / expected_std`` (reset at each stage's transition
+    block, whose shortcut re-standardizes), exactly as timm's ``NormFreeNet`` does.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 8,
+        depths: tuple[int, ...] = (1, 1, 1, 1),
+        alpha: float = 0.2,
+        in_ch: int = 3,
+        bottle_ratio: float = 1.0,
+        act: str = "relu",
+    ) -> None:
+        super().__init__()
+        gamma = _nonlin_gamma[act]
+        act_layer = partial(nn.ReLU) if act == "relu" else partial(nn.SiLU)
+        conv = partial(ScaledStdConv2d, gamma=gamma, eps=1e-5)
+        # The stem sees normalized pixels, not a ReLU output: no nonlinearity gain there.
+        self.stem = ScaledStdConv2d(in_ch, width, 3, stride=1, eps=1e-5)
+        chans = [width, width * 2, width * 4, width * 8]
+        stages, prev, self.expected_var = [], width, []
+        for i, (c, depth) in enumerate(zip(chans, depths, strict=True)):
+            blocks, expected_var = [], 1.0
+            for j in range(depth):
+                blocks.append(
+                    NormFreeBlock(
+                        in_chs=prev,
+                        out_chs=c,
+                        stride=(1 if i == 0 else 2) if j == 0 else 1,
+                        alpha=alpha,
+                        beta=1.0 / expected_var**0.5,
+                        bottle_ratio=bottle_ratio,
+                        ch_div=1,
+                        reg=False,
+                        act_layer=act_layer,
+                        conv_layer=conv,
+                    )
+                )
+                if j == 0:
+                    expected_var = 1.0
+                expected_var += alpha**2
+                self.expected_var.append(expected_var)
+                prev = c
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.act = act_layer()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(prev, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.fc.weight, 0.0, 0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(self.pool(self.act(x)).flatten(1))
+
+
+def build_nf(spec: DataSpec, settings: TrainSettings) -> nn.Module:
+    if spec.video:
+        raise ConfigError(f"NoFrost's NF-ResNet is 2-D; dataset '{spec.name}' holds video clips")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = NFResNet(spec.num_classes, width=settings.width, in_ch=spec.channels)
+    return normalized(net, spec.channels)
+
+
+def hybrid_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """0.5 * CE(clean) + 0.5 * CE(adversarial), one forward pass over the concatenated batch (so a BN
+    network estimates its statistics on the clean/adversarial mixture)."""
+    s = ctx.settings
+    x_adv = pgd_examples(
+        model, x, y, eps=s.eps, steps=s.steps, step_size=s.step_size, generator=ctx.generator
+    )
+    logits = model(torch.cat([x, x_adv]))
+    n = x.shape[0]
+    return 0.5 * F.cross_entropy(logits[:n], y) + 0.5 * F.cross_entropy(logits[n:], y)
+
+
+NOFROST_PAPER = "Wang et al. 2022, Removing Batch Normalization Boosts Adversarial Training (ICML)"
+NOFROST_SETTINGS = TrainSettings(epochs=6, eps=8 / 255, steps=10, step_size=1 / 255, lr=0.05)
+NOFROST_PUBLISHED = {
+    "dataset": "ImageNet, ResNet-50",
+    "clean": 0.7406,
+    "pgd": 0.2356,
+    "standard": {"clean": 0.7606},
+    "bn-at": {"clean": 0.5928, "pgd": 0.1357},
+}
+
+register_defense(
+    DefenseRecipe(
+        name="nofrost",
+        description="NoFrost: NF-ResNet (timm components, 32x32 variant), hybrid clean/PGD-10 training.",
+        build=build_nf,
+        loss=hybrid_loss,
+        settings=NOFROST_SETTINGS,
+        paper=NOFROST_PAPER,
+        published=NOFROST_PUBLISHED,
+    )
+)
+register_defense(
+    DefenseRecipe(
+        name="nofrost-agc",
+        description="NoFrost with adaptive gradient clipping (clip factor 0.01, classifier exempt).",
+        build=build_nf,
+        loss=hybrid_loss,
+        settings=dataclasses.replace(NOFROST_SETTINGS, agc=0.01),
+        paper=NOFROST_PAPER,
+        published=NOFROST_PUBLISHED,
+    )
+)
+register_defense(
+    DefenseRecipe(
+        name="bn-at",
+        description="BN-based AT control: the NoFrost hybrid recipe on a BN ResNet.",
+        loss=hybrid_loss,
+        settings=NOFROST_SETTINGS,
+        paper=NOFROST_PAPER,
+        published={"dataset": "ImageNet, ResNet-50", "clean": 0.5928, "pgd": 0.1357},
+    )
+)
