@@ -49,7 +49,7 @@ def load_run(run_dir: str | Path, gallery: int = 8) -> dict[str, Any]:
             examples[a["name"]] = shots
             arts = []
             for first, key, kind, data in store.artifacts(a["id"]):
-                value = unpack_tensors(data)[key] if kind == "tensor" else json.loads(data)
+                value = next(iter(unpack_tensors(data).values())) if kind == "tensor" else json.loads(data)
                 arts.append({"batch": first, "key": key, "kind": kind, "value": value})
             artifacts[a["name"]] = arts
         samples = {i: (y, p, c, f) for i, y, p, c, f in store.samples()}
