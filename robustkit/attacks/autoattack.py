@@ -1,0 +1,195 @@
+"""The AutoAttack-grade ensemble (Croce & Hein 2020): a cascade of complementary attacks.
+
+Versions (``version``):
+
+============  =====================================================================================
+standard      apgd-ce (100 steps) -> apgd-t (DLR-targeted, 9 targets or K-1) -> fab-t (9 targets)
+              -> square (5000 queries)
+plus          apgd-ce (5 restarts) -> apgd-dlr (5 restarts) -> fab (5 restarts) -> square
+              (5 restarts) -> apgd-t -> fab-t
+rand          apgd-ce and apgd-dlr with EOT over 20 passes (``eot_samples``), for randomized models
+custom        ``attacks``: a list of registry keys or dicts ``{attack: key, name: label, **fields}``
+              (``version`` may also be that list directly)
+============  =====================================================================================
+
+Every stage runs only on the samples still robust, always starting from the clean input; a sample's
+verdict is the AND over stages. A stage's claimed successes are re-checked with an independent fp32
+forward pass (autocast off, the model in the mode it was given: the runner gives eval mode) and a
+norm check with tolerance ``tolerance``; claims that fail stay robust and count as ``rejected``.
+
+The fields ``steps``, ``n_targets``, ``queries``, ``restarts`` and ``eot_samples``, when set, are
+passed to every stage that has a field of that name: they override a version's presets (e.g.
+``version: rand, eot_samples: 50``), while in a custom list a stage's own setting wins.
+
+Result: ``success`` is True where some stage broke the sample (or it was misclassified already);
+``x_adv`` is the confirmed adversarial example there and the clean input elsewhere.
+Per-sample metric ``broken_by``: index of the stage that broke the sample, -1 when robust, -2 when
+already misclassified on the clean input. ``artifacts["cascade"]``: one entry per stage,
+``{attack, attacked, robust_after, rejected, total, seconds, counters}`` (counts within this batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..functional.random import GeneratorLike, subset
+from ..registry import dataclass_fields, suggest
+from ..threat import ThreatModel, make_threat
+from .base import ATTACKS, Attack, AttackResult, Counter, forward, positive, register
+
+VERSIONS: dict[str, list[dict[str, Any]]] = {
+    "standard": [
+        {"attack": "apgd-ce"},
+        {"attack": "apgd-t"},
+        {"attack": "fab-t"},
+        {"attack": "square"},
+    ],
+    "plus": [
+        {"attack": "apgd-ce", "restarts": 5},
+        {"attack": "apgd-dlr", "restarts": 5},
+        {"attack": "fab", "restarts": 5},
+        {"attack": "square", "restarts": 5},
+        {"attack": "apgd-t"},
+        {"attack": "fab-t"},
+    ],
+    "rand": [
+        {"attack": "apgd-ce", "eot_samples": 20},
+        {"attack": "apgd-dlr", "eot_samples": 20},
+    ],
+}
+_SHARED = ("steps", "n_targets", "queries", "restarts", "eot_samples")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoAttack(Attack):
+    """The ensemble. ``version``: 'standard', 'plus', 'rand', 'custom' (with ``attacks``) or a list."""
+
+    name: ClassVar[str] = "autoattack"
+    input_kind: ClassVar[str] = "image"
+
+    norm: str = "Linf"
+    eps: float = 8 / 255
+    version: str | list = "standard"
+    attacks: list | None = None
+    steps: int | None = None
+    n_targets: int | None = None
+    queries: int | None = None
+    restarts: int | None = None
+    eot_samples: int | None = None
+    tolerance: float = 1e-5
+
+    def __post_init__(self) -> None:
+        make_threat(self.norm, self.eps)
+        positive(self.tolerance, "autoattack: tolerance", allow_zero=True)
+        for what in _SHARED:
+            value = getattr(self, what)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"autoattack: {what} must be an integer >= 1, got {value!r}")
+        self.stages()  # fail at construction on a bad stage list
+
+    @property
+    def threat(self) -> ThreatModel:
+        return make_threat(self.norm, self.eps)
+
+    def _specs(self) -> list[dict[str, Any]]:
+        if isinstance(self.version, list | tuple):
+            if self.attacks is not None:
+                raise ConfigError("autoattack: give the stage list either as version or as attacks, not both")
+            return list(self.version)
+        if self.version == "custom":
+            if not self.attacks:
+                raise ConfigError(
+                    "autoattack: version 'custom' needs attacks: a list of registry keys or dicts"
+                )
+            return list(self.attacks)
+        if self.version not in VERSIONS:
+            choices = [*VERSIONS, "custom"]
+            raise ConfigError(
+                f"autoattack: unknown version '{self.version}'{suggest(str(self.version), choices)}; "
+                f"use one of {', '.join(choices)} or a list of attacks"
+            )
+        if self.attacks is not None:
+            raise ConfigError(f"autoattack: attacks is only used with version 'custom', not '{self.version}'")
+        return [dict(spec) for spec in VERSIONS[self.version]]
+
+    def stages(self) -> list[tuple[str, Attack]]:
+        """The (display name, attack) pairs of the cascade, in order."""
+        out = []
+        preset = not isinstance(self.version, list | tuple) and self.version in VERSIONS
+        for i, spec in enumerate(self._specs()):
+            spec = {"attack": spec} if isinstance(spec, str) else dict(spec)
+            if not isinstance(spec.get("attack"), str):
+                raise ConfigError(
+                    f"autoattack: stage {i} must be a registry key or a dict with 'attack', got {spec!r}"
+                )
+            key = spec.pop("attack")
+            label = spec.pop("name", key)
+            factory = ATTACKS.get(key)
+            fields = dataclass_fields(factory) if dataclasses.is_dataclass(factory) else []
+            if key == "autoattack" or "norm" not in fields or "eps" not in fields:
+                raise ConfigError(f"autoattack: stage '{key}' is not an Lp attack with norm and eps fields")
+            for what in _SHARED:
+                if getattr(self, what) is not None and what in fields and (preset or what not in spec):
+                    spec[what] = getattr(self, what)
+            spec.setdefault("norm", self.norm)
+            spec.setdefault("eps", self.eps)
+            out.append((label, ATTACKS.create(key, **spec)))
+        return out
+
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+        if target is not None:
+            raise ConfigError("autoattack is untargeted; run apgd-t or fab-t directly for a given target")
+        counter = Counter()
+        threat = self.threat
+        n = x.shape[0]
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            robust = forward(model, x.float(), counter).argmax(1) == y
+        broken_by = torch.where(robust, -1, -2).to(torch.int64)
+        x_adv = x.clone()
+        cascade: list[dict[str, Any]] = []
+        for k, (label, attack) in enumerate(self.stages()):
+            start = time.perf_counter()
+            todo = int(robust.sum())
+            entry: dict[str, Any] = {
+                "attack": label,
+                "attacked": todo,
+                "total": n,
+                "rejected": 0,
+                "counters": {},
+            }
+            if todo:
+                sel = robust.nonzero()[:, 0]
+                res = attack(model, x[sel], y[sel], generator=subset(generator, robust))
+                with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+                    pred = forward(model, res.x_adv.float(), counter).argmax(1)
+                delta = res.x_adv - x[sel]
+                inside = threat.within(delta, self.tolerance) & (res.x_adv >= 0).flatten(1).all(1)
+                inside &= (res.x_adv <= 1).flatten(1).all(1)
+                confirmed = res.success & (pred != y[sel]) & inside
+                hit = sel[confirmed]
+                robust[hit] = False
+                broken_by[hit] = k
+                x_adv[hit] = res.x_adv[confirmed]
+                entry["rejected"] = int((res.success & ~confirmed).sum())
+                entry["counters"] = dict(res.counters)
+                for name, value in res.counters.items():
+                    setattr(counter, name, getattr(counter, name, 0) + value)
+            entry["robust_after"] = int(robust.sum())
+            entry["seconds"] = round(time.perf_counter() - start, 4)
+            cascade.append(entry)
+        return AttackResult(
+            x_adv=x_adv,
+            success=~robust,
+            counters=counter.as_dict(),
+            artifacts={"cascade": cascade},
+            metrics={"broken_by": broken_by},
+        )
+
+
+register("autoattack")(AutoAttack)
