@@ -71,7 +71,10 @@ class EOTParams:
         return {
             "n": self.n,
             "values": {
-                t: {k: {"dtype": str(v.dtype).removeprefix("torch."), "data": v.cpu().tolist()} for k, v in d.items()}
+                t: {
+                    k: {"dtype": str(v.dtype).removeprefix("torch."), "data": v.cpu().tolist()}
+                    for k, v in d.items()
+                }
                 for t, d in self.values.items()
             },
         }
@@ -79,7 +82,10 @@ class EOTParams:
     @staticmethod
     def from_artifact(blob: Mapping[str, Any], device: torch.device | str = "cpu") -> EOTParams:
         values = {
-            t: {k: torch.tensor(v["data"], dtype=getattr(torch, v["dtype"]), device=device) for k, v in d.items()}
+            t: {
+                k: torch.tensor(v["data"], dtype=getattr(torch, v["dtype"]), device=device)
+                for k, v in d.items()
+            }
             for t, d in blob["values"].items()
         }
         return EOTParams(n=int(blob["n"]), values=values)
@@ -128,13 +134,19 @@ class EOT:
             raise ConfigError(f"eot.perspective must be in [0, 1), got {self.perspective}")
         for name in ("contrast", "gamma", "saturation"):
             if getattr(self, name) >= 1:
-                raise ConfigError(f"eot.{name} must be < 1 (factors are drawn from [1-v, 1+v]), got {getattr(self, name)}")
+                raise ConfigError(
+                    f"eot.{name} must be < 1 (factors are drawn from [1-v, 1+v]), got {getattr(self, name)}"
+                )
         if self.hue > 0.5:
             raise ConfigError(f"eot.hue must be <= 0.5 turns of the hue circle, got {self.hue}")
         if self.blur and self.blur < 0.1:
-            raise ConfigError(f"eot.blur is the largest Gaussian sigma in pixels; use 0 (off) or >= 0.1, got {self.blur}")
+            raise ConfigError(
+                f"eot.blur is the largest Gaussian sigma in pixels; use 0 (off) or >= 0.1, got {self.blur}"
+            )
         if self.padding_mode not in ("zeros", "border", "reflection"):
-            raise ConfigError(f"eot.padding_mode must be zeros, border or reflection, got {self.padding_mode!r}")
+            raise ConfigError(
+                f"eot.padding_mode must be zeros, border or reflection, got {self.padding_mode!r}"
+            )
         if not isinstance(self.n_samples, int) or self.n_samples < 1:
             raise ConfigError(f"eot.n_samples must be an integer >= 1, got {self.n_samples!r}")
 
@@ -217,7 +229,9 @@ class EOT:
             return K.RandomGaussianNoise(std=self.noise, p=1.0)
         if kind == "blur":
             k = self.blur_kernel()
-            return K.RandomGaussianBlur(kernel_size=(k, k), sigma=(0.1, self.blur), border_type="reflect", p=1.0)
+            return K.RandomGaussianBlur(
+                kernel_size=(k, k), sigma=(0.1, self.blur), border_type="reflect", p=1.0
+            )
         if kind == "jpeg":
             assert self.jpeg is not None
             return K.RandomJPEG(jpeg_quality=self.jpeg, p=1.0)
@@ -232,8 +246,12 @@ class EOT:
     def sample(
         self, n: int, generator: GeneratorLike, size: tuple[int, int], device: torch.device | str = "cpu"
     ) -> EOTParams:
-        """Draw parameters for ``n`` images of spatial ``size`` (H, W) from ``generator``."""
-        g = shared(generator)
+        """Draw parameters for ``n`` images of spatial ``size`` (H, W) from ``generator``.
+
+        A list of per-sample generators whose length divides ``n`` draws row ``r`` from generator
+        ``r % len(list)`` (sample-major rows), so each image's draws do not depend on its batch.
+        """
+        g = per_row(generator, n)
         h, w = size
         dev = torch.device(device)
 
@@ -254,7 +272,9 @@ class EOT:
                 }
             elif kind == "perspective":
                 start = _corners(h, w, dev).expand(n, 4, 2)
-                reach = torch.tensor([self.perspective * (w - 1) / 2, self.perspective * (h - 1) / 2], device=dev)
+                reach = torch.tensor(
+                    [self.perspective * (w - 1) / 2, self.perspective * (h - 1) / 2], device=dev
+                )
                 inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32, device=dev)
                 values[kind] = {"start_points": start.clone(), "end_points": start + inward * u(4, 2) * reach}
             elif kind == "brightness":
@@ -262,7 +282,10 @@ class EOT:
             elif kind == "contrast":
                 values[kind] = {"contrast_factor": between(1 - self.contrast, 1 + self.contrast)}
             elif kind == "gamma":
-                values[kind] = {"gamma_factor": between(1 - self.gamma, 1 + self.gamma), "gain_factor": torch.ones(n, device=dev)}
+                values[kind] = {
+                    "gamma_factor": between(1 - self.gamma, 1 + self.gamma),
+                    "gain_factor": torch.ones(n, device=dev),
+                }
             elif kind == "hue":
                 values[kind] = {"hue_factor": between(-self.hue, self.hue)}
             elif kind == "saturation":
@@ -283,10 +306,14 @@ class EOT:
         shape = torch.tensor([n, c, h, w], dtype=torch.long)
         for (name, _), kind in zip(self.container.named_children(), self.active, strict=True):
             if kind not in params.values:
-                raise ConfigError(f"the recorded EOT parameters lack '{kind}'; they were sampled from another distribution")
+                raise ConfigError(
+                    f"the recorded EOT parameters lack '{kind}'; they were sampled from another distribution"
+                )
             data = dict(params.values[kind])
             if kind == "affine":
-                data["center"] = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device).expand(n, 2).clone()
+                data["center"] = (
+                    torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device).expand(n, 2).clone()
+                )
                 data["shear_x"] = torch.zeros(n, device=x.device)
                 data["shear_y"] = torch.zeros(n, device=x.device)
             if kind == "noise":
@@ -314,8 +341,20 @@ class EOT:
         return self.apply(rep, params), params
 
 
+def per_row(generator: GeneratorLike, n: int) -> GeneratorLike:
+    """Generators for ``n`` sample-major rows: a per-sample list cycled over the rows, else one shared."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    gens = list(generator)
+    if gens and n % len(gens) == 0:
+        return gens * (n // len(gens))
+    return shared(gens)
+
+
 def _corners(h: int, w: int, device: torch.device) -> torch.Tensor:
-    return torch.tensor([[[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]], dtype=torch.float32, device=device)
+    return torch.tensor(
+        [[[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]], dtype=torch.float32, device=device
+    )
 
 
 def _noise(seeds: torch.Tensor, shape: tuple[int, ...], std: float, device, dtype) -> torch.Tensor:
@@ -360,7 +399,9 @@ class EvalGrid:
         """The whole-image EOT whose parameters :meth:`image_params` fills in."""
         return EOT(rotation=1.0, scale=(0.5, 2.0), brightness=1.0, padding_mode="border")
 
-    def image_params(self, batch: int, size: tuple[int, int], device: torch.device | str = "cpu") -> EOTParams:
+    def image_params(
+        self, batch: int, size: tuple[int, int], device: torch.device | str = "cpu"
+    ) -> EOTParams:
         """Parameters for ``P * batch`` rows, grid-point-major, applying each point to the whole image."""
         pts = self.points(device)
         rep = {k: v.repeat_interleave(batch) for k, v in pts.items()}
@@ -384,9 +425,15 @@ class EvalGrid:
         out: dict[str, Any] = {
             "points": {k: v.tolist() for k, v in pts.items()} | {"success_rate": rate.tolist()},
         }
-        for key, axis in (("rotation", self.rotations), ("scale", self.scales), ("brightness", self.brightnesses)):
+        for key, axis in (
+            ("rotation", self.rotations),
+            ("scale", self.scales),
+            ("brightness", self.brightnesses),
+        ):
             out[key] = {
                 "values": list(axis),
-                "success_rate": [float(rate[pts[key] == float(torch.tensor(v, dtype=torch.float32))].mean()) for v in axis],
+                "success_rate": [
+                    float(rate[pts[key] == float(torch.tensor(v, dtype=torch.float32))].mean()) for v in axis
+                ],
             }
         return out

@@ -1,0 +1,247 @@
+"""Adversarial eyeglass frames (Sharif, Bhagavatula, Bauer, Reiter 2016).
+
+A frame-shaped mask sits over the eyes (the canonical position of aligned faces, or eyes detected
+with OpenCV's Haar cascades for real photos). The pixels under the frame are *replaced* by the frame's
+texture, not perturbed. Each image's frame starts from the worst of a few solid colours (the one with
+the highest loss); then normalized-gradient steps with momentum change the texture inside the mask
+only, rounding it to 8 bits after every step. Optional total-variation and non-printability penalties
+keep it smooth and printable. Untargeted = dodging, targeted = impersonation.
+
+``universal: true`` optimizes one frame for many images: ``fit(model, x_train, y_train)`` uses the
+training images of ``identity`` (all images when ``null``) and returns the attack holding the frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..functional.penalties import non_printability, total_variation
+from ..functional.placement import replace as replace_pixels
+from ..functional.random import GeneratorLike, shared
+from ..validate import check_inputs, check_labels
+from .base import AttackResult, Counter, forward, positive, register
+from .physical import PhysicalAttack, quantize
+
+log = logging.getLogger(__name__)
+
+SOLID_COLORS: dict[str, tuple[float, float, float]] = {
+    "black": (0.0, 0.0, 0.0),
+    "white": (1.0, 1.0, 1.0),
+    "red": (0.85, 0.1, 0.1),
+    "green": (0.1, 0.7, 0.2),
+    "blue": (0.1, 0.2, 0.85),
+    "yellow": (0.95, 0.85, 0.1),
+    "brown": (0.45, 0.28, 0.12),
+    "gray": (0.5, 0.5, 0.5),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Eyeglass(PhysicalAttack):
+    """Eyeglass-frame attack; see the module docstring.
+
+    ``step_size`` is the largest change of one pixel per step; ``momentum`` the decay of the
+    accumulated normalized gradient; ``colors`` the solid colours tried first; ``tv_weight`` /
+    ``nps_weight`` the penalties; ``eyes`` is ``canonical`` or ``detect``; ``mask`` is ``eyeglass`` (the
+    generated frame) or a path to a mask image drawn for the canonical eye position; ``eot`` optional
+    EOT (whole image) for frames robust to pose and light.
+    """
+
+    name: ClassVar[str] = "eyeglass"
+
+    steps: int = 100
+    step_size: float = 16 / 255
+    momentum: float = 0.9
+    colors: tuple[str, ...] = ("black", "white", "red", "green", "blue", "yellow", "brown", "gray")
+    tv_weight: float = 0.0
+    nps_weight: float = 0.0
+    eyes: str = "canonical"
+    cascade_dir: str | None = None
+    mask: str = "eyeglass"
+    eot: dict | None = None
+    early_stop: bool = True
+    universal: bool = False
+    identity: int | None = None
+    train_samples: int = 256
+    batch_size: int = 32
+    texture: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self.steps, "steps")
+        positive(self.step_size, "step_size")
+        positive(self.tv_weight, "tv_weight", allow_zero=True)
+        positive(self.nps_weight, "nps_weight", allow_zero=True)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.eyes not in ("canonical", "detect"):
+            raise ConfigError(
+                f"eyes must be 'canonical' (aligned faces) or 'detect' (Haar cascades), got {self.eyes!r}"
+            )
+        if not self.colors:
+            raise ConfigError("colors must name at least one solid colour to start from")
+        for c in self.colors:
+            if isinstance(c, str) and c not in SOLID_COLORS:
+                raise ConfigError(
+                    f"unknown frame colour {c!r}; use one of {', '.join(SOLID_COLORS)} or an [r, g, b] triple"
+                )
+        if self.universal and self.eyes != "canonical":
+            raise ConfigError("a universal frame needs aligned faces: use eyes='canonical'")
+        self.make_eot(self.eot)
+
+    # ------------------------------------------------------------------ pieces
+    def masks(self, x: torch.Tensor) -> torch.Tensor:
+        """The frame mask per image, (B, 1, H, W)."""
+        from ..data.masks import resolve_mask
+
+        b, _, h, w = x.shape
+        if self.eyes == "detect":
+            from ..data.facedetect import detect_eyes_batch, place_eyeglass
+
+            eyes, _ = detect_eyes_batch(x, cascade_dir=self.cascade_dir)
+            frame = resolve_mask(self.mask, min(h, w), "eyeglass")
+            return place_eyeglass(eyes, (h, w), frame).to(x.dtype)
+        if h != w:
+            raise ConfigError(
+                f"canonical eyeglass placement needs square aligned faces, got {h}x{w}; use eyes='detect'"
+            )
+        return resolve_mask(self.mask, h, "eyeglass").to(x)[None].expand(b, 1, h, w)
+
+    def _palette(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(
+            [SOLID_COLORS[c] if isinstance(c, str) else tuple(c) for c in self.colors],
+            device=x.device,
+            dtype=x.dtype,
+        )
+
+    def _loss_rows(self, model, x, tex, mask, y, target, eot, g, counter) -> torch.Tensor:
+        """Per-image loss, averaged over EOT draws; differentiable in ``tex``."""
+        adv = replace_pixels(x, tex, mask)
+        if not eot.identity:
+            adv, _ = eot.draw(adv, g)
+        obj = self.objective(y, target)(forward(model, adv, counter))
+        return obj.view(-1, x.shape[0]).mean(0)
+
+    def _penalty(self, tex: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pen = torch.zeros(tex.shape[0], device=tex.device, dtype=tex.dtype)
+        if self.tv_weight:
+            pen = pen + self.tv_weight * total_variation(tex, mask)
+        if self.nps_weight:
+            pen = pen + self.nps_weight * non_printability(tex, mask=mask)
+        return pen
+
+    def color_losses(self, model, x, y, target, mask, counter) -> torch.Tensor:
+        """Loss of every solid colour on every image, (K, B)."""
+        obj = self.objective(y, target)
+        with torch.no_grad():
+            return torch.stack([
+                obj(forward(model, replace_pixels(x, c.view(1, -1, 1, 1).expand_as(x), mask), counter))
+                for c in self._palette(x)
+            ])  # fmt: skip
+
+    def initial(self, model, x, y, target, mask, counter) -> torch.Tensor:
+        """Per image, the solid colour with the highest loss, as a texture (B, 3, H, W)."""
+        pick = self.color_losses(model, x, y, target, mask, counter).argmax(0)
+        return self._palette(x)[pick].view(-1, x.shape[1], 1, 1).expand_as(x).clone()
+
+    def _step(self, tex, grad, velocity, mask):
+        """Momentum on L1-normalized gradients, a max-norm step inside the mask, 8-bit rounding."""
+        g = grad * mask
+        g = g / g.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        velocity = self.momentum * velocity + g
+        scale = velocity.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        tex = quantize(tex + self.step_size * velocity / scale)
+        return tex, velocity
+
+    # ------------------------------------------------------------------ per image
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+        counter = Counter()
+        target = self.targets(model, x, y, target, generator, counter)
+        mask = self.masks(x)
+        eot = self.make_eot(self.eot)
+        if self.texture is not None:
+            tex = self.texture.to(x).expand_as(x)
+            return self.finish(model, replace_pixels(x, tex, mask), y, target, counter, generator=generator,
+                               eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask))  # fmt: skip
+        tex = self.initial(model, x, y, target, mask, counter)
+        best, best_loss = tex.clone(), torch.full((x.shape[0],), -float("inf"), device=x.device)
+        velocity = torch.zeros_like(x)
+        g = shared(generator)
+        for _ in range(self.steps):
+            with torch.enable_grad():
+                t = tex.detach().requires_grad_(True)
+                loss = self._loss_rows(model, x, t, mask, y, target, eot, g, counter)
+                (grad,) = torch.autograd.grad((loss - self._penalty(t, mask)).sum(), t)
+            counter.backward += 1
+            better = loss.detach() > best_loss
+            best = torch.where(better.view(-1, 1, 1, 1), tex, best)
+            best_loss = torch.where(better, loss.detach(), best_loss)
+            if self.early_stop and eot.identity:
+                with torch.no_grad():
+                    logits = forward(model, quantize(replace_pixels(x, tex, mask)), counter)
+                if bool(self.succeeded(logits, y, target).all()):
+                    best = tex
+                    break
+            tex, velocity = self._step(tex, grad, velocity, mask)
+        else:
+            with torch.no_grad():
+                final = self._loss_rows(model, x, tex, mask, y, target, eot, g, counter)
+            best = torch.where((final > best_loss).view(-1, 1, 1, 1), tex, best)
+        return self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
+                           eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask))  # fmt: skip
+
+    def _artifacts(self, tex: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        return {"texture": (tex[0] * mask[0]).detach().cpu(), "mask": mask[0].detach().cpu(),
+                "textures": (tex * mask).detach().cpu()}  # fmt: skip
+
+    # ------------------------------------------------------------------ universal
+    def fit(
+        self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None
+    ) -> Eyeglass:
+        """One frame for the training images of ``identity`` (or all); only when ``universal``."""
+        if not self.universal:
+            return self
+        check_inputs(x_train, "x_train", ndims=(4,))
+        check_labels(y_train, x_train.shape[0], "y_train")
+        if self.identity is not None:
+            keep = y_train == self.identity
+            x_train, y_train = x_train[keep], y_train[keep]
+        if self.targeted and isinstance(self.target_mode, int):
+            keep = y_train != self.target_mode
+            x_train, y_train = x_train[keep], y_train[keep]
+        if x_train.shape[0] == 0:
+            raise ConfigError(f"eyeglass: no training image of identity {self.identity}")
+        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
+        g = shared(generator)
+        counter = Counter()
+        with self.guarded(model):
+            target = self.targets(model, x_train, y_train, None, g, counter)
+            if target is not None and not isinstance(self.target_mode, int):
+                raise ConfigError(
+                    "a universal impersonation frame needs one target: set target_mode to a class index"
+                )
+            mask = self.masks(x_train)
+            eot = self.make_eot(self.eot)
+            pick = self.color_losses(model, x_train, y_train, target, mask, counter).mean(1).argmax()
+            tex = self._palette(x_train)[pick].view(1, -1, 1, 1).expand_as(x_train[:1]).clone()
+            velocity = torch.zeros_like(tex)
+            n = x_train.shape[0]
+            for _ in range(self.steps):
+                idx = torch.randperm(n, generator=g)[: self.batch_size].to(x_train.device)
+                xb, yb, mb = x_train[idx], y_train[idx], mask[idx]
+                tb = target[idx] if target is not None else None
+                with torch.enable_grad():
+                    t = tex.detach().requires_grad_(True)
+                    tt = t.expand_as(xb)
+                    loss = self._loss_rows(model, xb, tt, mb, yb, tb, eot, g, counter).mean()
+                    (grad,) = torch.autograd.grad(loss - self._penalty(t, mb[:1]).sum(), t)
+                tex, velocity = self._step(tex, grad, velocity, mb[:1])
+        return replace(self, texture=tex.detach())
+
+
+register("eyeglass")(Eyeglass)

@@ -1,0 +1,236 @@
+"""Universal adversarial patch (Brown et al. 2017) rendered with kornia warps under EOT.
+
+One patch (circle or square) is optimized with Adam over a training split: every step pastes it into
+``n_samples`` random placements of each image of a minibatch at once (random scale, rotation, location
+and optional perspective; optional photometric EOT on the composite), averages the loss and updates
+the texture. ``fit(model, x_train, y_train, generator=...)`` returns the attack holding the trained
+patch; calling it then pastes the patch at a random placement per image (from each image's generator)
+and reports the success after 8-bit quantization, the success rate over ``eval_draws`` further random
+placements, and a rotation x scale x brightness curve.
+
+Parameter names follow ART's ``AdversarialPatchPyTorch`` where they mean the same thing:
+``rotation_max`` (degrees), ``scale_min`` / ``scale_max``, ``distortion_scale_max``, ``learning_rate``,
+``max_iter``, ``batch_size``, ``patch_shape``, ``patch_type``, ``targeted``. The patch's size at scale 1
+is ``size``, a fraction of the image area; ``scale_min`` / ``scale_max`` multiply its side. With
+``size: null`` the scales are, as in ART, the patch side as a fraction of the image's shorter edge.
+The texture lives in [0, 1] (ART's ``learning_rate=5.0`` is for 0-255 pixel values).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+
+from ..eot import PHOTOMETRIC, EvalGrid, per_row
+from ..errors import ConfigError
+from ..functional.placement import paste, placement_matrix, sample_placement, shape_mask, side_for_area
+from ..functional.random import GeneratorLike, shared, uniform
+from ..validate import check_inputs, check_labels
+from .base import AttackResult, Counter, forward, positive, register
+from .physical import PhysicalAttack, chunked_logits, quantize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Patch(PhysicalAttack):
+    """Universal adversarial patch; see the module docstring. ``target_class`` is the class the patch
+    pushes every image to when ``targeted``; ``eot`` configures photometric EOT on the composite and
+    ``n_samples`` (placements per image per step, default 8)."""
+
+    name: ClassVar[str] = "patch"
+
+    patch_type: str = "circle"
+    size: float | None = 0.1
+    patch_shape: tuple[int, int, int] | None = None
+    rotation_max: float = 22.5
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    distortion_scale_max: float = 0.0
+    learning_rate: float = 0.1
+    max_iter: int = 300
+    batch_size: int = 16
+    train_samples: int = 256
+    eot: dict | None = None
+    targeted: bool = True
+    target_class: int = 0
+    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patch_type not in ("circle", "square"):
+            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
+        if self.size is not None and not 0 < self.size <= 1:
+            raise ConfigError(
+                f"size is the fraction of the image area the patch covers, in (0, 1]; got {self.size}"
+            )
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        if not 0 <= self.distortion_scale_max < 1:
+            raise ConfigError(f"distortion_scale_max must be in [0, 1), got {self.distortion_scale_max}")
+        for what in ("learning_rate", "max_iter", "batch_size", "train_samples"):
+            positive(getattr(self, what), what)
+        positive(self.rotation_max, "rotation_max", allow_zero=True)
+        if self.patch_shape is not None and (
+            len(self.patch_shape) != 3 or self.patch_shape[1] != self.patch_shape[2]
+        ):
+            raise ConfigError(f"patch_shape must be (C, S, S), got {self.patch_shape}")
+        if not isinstance(self.target_class, int) or self.target_class < 0:
+            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
+        eot = self.photometric
+        extra = set(eot.active) - set(PHOTOMETRIC)
+        if extra:
+            raise ConfigError(f"patch eot takes photometric transforms only; geometry comes from rotation_max, "
+                              f"scale_min/max and distortion_scale_max (got {sorted(extra)})")  # fmt: skip
+
+    @property
+    def photometric(self):
+        return self.make_eot(self.eot, n_samples=8)
+
+    # ------------------------------------------------------------------ geometry
+    def base_side(self, h: int, w: int) -> float:
+        """The patch's rendered side (diameter for a circle) in pixels at scale 1."""
+        if self.size is None:
+            return float(min(h, w))
+        return side_for_area(self.patch_type, self.size, h, w)
+
+    def texture_shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
+        if self.patch_shape is not None:
+            return tuple(self.patch_shape)  # type: ignore[return-value]
+        s = max(4, round(self.base_side(h, w) * self.scale_max))
+        return (c, s, s)
+
+    def _render(self, x: torch.Tensor, texture: torch.Tensor, generator: GeneratorLike, reps: int = 1):
+        """Paste ``texture`` into ``reps`` random placements of every image (sample-major rows)."""
+        b, _, h, w = x.shape
+        rows = x.repeat(reps, 1, 1, 1) if reps > 1 else x
+        place = sample_placement(
+            rows.shape[0], per_row(generator, rows.shape[0]), (h, w), self.base_side(h, w),
+            rotation_max=self.rotation_max, scale_min=self.scale_min, scale_max=self.scale_max,
+            distortion_scale_max=self.distortion_scale_max, device=x.device,
+        )  # fmt: skip
+        return self.render_at(rows, texture, place), place
+
+    def render_at(
+        self, rows: torch.Tensor, texture: torch.Tensor, place: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Paste ``texture`` at recorded placements (replayable)."""
+        alpha = shape_mask(self.patch_type, texture.shape[-2], texture.shape[-1], rows.device, rows.dtype)
+        m = placement_matrix(
+            place["angle"], place["side"], place["center"], tuple(texture.shape[-2:]), place.get("distortion")
+        )
+        out, _ = paste(rows, texture.to(rows.dtype), alpha, m)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None
+    ) -> Patch:
+        """Optimize the universal patch on a training split; returns this attack holding it."""
+        check_inputs(x_train, "x_train", ndims=(4,))
+        check_labels(y_train, x_train.shape[0], "y_train")
+        if self.targeted:
+            keep = y_train != self.target_class
+            x_train, y_train = x_train[keep], y_train[keep]
+        if x_train.shape[0] == 0:
+            raise ConfigError("the training split holds no image outside the target class")
+        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
+        with self.guarded(model):
+            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
+        return replace(self, patch=texture)
+
+    def _optimize(
+        self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter
+    ) -> torch.Tensor:
+        n, c, h, w = x.shape
+        eot = self.photometric
+        reps = eot.n_samples
+        param = uniform(self.texture_shape(c, h, w), g, x.device, x.dtype).requires_grad_(True)
+        opt = torch.optim.Adam([param], lr=self.learning_rate)
+        target = torch.full((min(self.batch_size, n),), self.target_class, device=x.device, dtype=torch.long)
+        order, pos = torch.empty(0, dtype=torch.long), n
+        for _ in range(self.max_iter):
+            if pos + self.batch_size > n:  # a new epoch in a new order
+                order, pos = (
+                    torch.randperm(n, generator=g, device=g.device if g is not None else "cpu").to(x.device),
+                    0,
+                )
+            idx = order[pos : pos + self.batch_size]
+            pos += self.batch_size
+            xb, yb = x[idx], y[idx]
+            tb = target[: xb.shape[0]] if self.targeted else None
+            with torch.enable_grad():
+                rows, _ = self._render(xb, param, g, reps)
+                if not eot.identity:
+                    rows = eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device))
+                loss = self.objective(yb, tb)(forward(model, rows, counter)).mean()
+                (grad,) = torch.autograd.grad(-loss, param)
+            counter.backward += 1
+            param.grad = grad
+            opt.step()
+            with torch.no_grad():
+                param.clamp_(0, 1)
+        return quantize(param.detach())
+
+    # ------------------------------------------------------------------ evaluation
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+        counter = Counter()
+        fitted = self
+        if self.patch is None:
+            log.warning("patch: no trained patch (call fit on a training split first); fitting on this batch")
+            fitted = replace(self, patch=self._optimize(model, x, y, shared(generator), counter))
+        texture = fitted.patch.to(x.device)
+        if self.targeted and target is None:
+            target = torch.full_like(y, self.target_class)
+        if not self.targeted:
+            target = None
+        x_adv, place = fitted._render(x, texture, generator)
+        x_adv = quantize(x_adv)
+        metrics: dict[str, torch.Tensor] = {}
+        artifacts: dict[str, Any] = {
+            "patch": texture.cpu(),
+            "patch_mask": shape_mask(self.patch_type, texture.shape[-2], texture.shape[-1]),
+            "placement": {k: v.cpu().tolist() for k, v in place.items()},
+            "target_class": self.target_class if self.targeted else None,
+        }
+        if self.eval_draws:
+            rows, extra = fitted._render(x, texture, generator, self.eval_draws)
+            hits = self.succeeded(chunked_logits(model, quantize(rows), counter), y.repeat(self.eval_draws),
+                                  None if target is None else target.repeat(self.eval_draws))  # fmt: skip
+            metrics["placement_success_rate"] = hits.view(self.eval_draws, -1).float().mean(0)
+            artifacts["eval_placement"] = {k: v.cpu().tolist() for k, v in extra.items()}
+        if self.eval_grid:
+            artifacts["eot_curve"] = fitted.grid_curve(model, x, y, target, texture, counter)
+        with torch.no_grad():
+            logits = forward(model, x_adv, counter)
+        if target is not None:
+            metrics["target"] = target.clone()
+        return AttackResult(
+            x_adv=x_adv, success=self.succeeded(logits, y, target), logits=logits,
+            counters=counter.as_dict(), artifacts=artifacts, metrics=metrics,
+        )  # fmt: skip
+
+    def grid_curve(
+        self, model, x, y, target, texture, counter: Counter, grid: EvalGrid | None = None
+    ) -> dict:
+        """Success on the fixed grid: patch rotation x patch scale x image brightness, centred patch."""
+        grid = grid or EvalGrid()
+        b, _, h, w = x.shape
+        pts = {k: v.repeat_interleave(b) for k, v in grid.points(x.device).items()}
+        p = pts["rotation"].numel() // b
+        place = {
+            "angle": pts["rotation"],
+            "side": pts["scale"] * self.base_side(h, w),
+            "center": torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device).expand(p * b, 2),
+        }
+        rows = self.render_at(x.repeat(p, 1, 1, 1), texture, place)
+        rows = (rows + pts["brightness"].view(-1, 1, 1, 1)).clamp(0, 1)
+        hits = self.succeeded(chunked_logits(model, quantize(rows), counter), y.repeat(p),
+                              None if target is None else target.repeat(p))  # fmt: skip
+        return grid.curves(hits.view(p, b))
+
+
+register("patch")(Patch)

@@ -1,0 +1,221 @@
+"""Loaders for real images on disk: a folder of face photos per identity, and GTSRB in its own layout.
+
+Both return a lazy ``torch.utils.data.Dataset`` of ``(image, label)`` pairs, image a float tensor
+(3, size, size) in [0, 1], with ``.classes`` (names) and ``.targets`` (labels). Files are decoded with
+Pillow when an item is read; nothing is cached on disk.
+
+Face folders (``load_face_folder``)::
+
+    root/<identity>/*.jpg|png|...     one sub-folder per person, the folder name is the class
+
+GTSRB (``load_gtsrb``), as the archives unpack::
+
+    root/Final_Training/Images/000NN/*.ppm  with  root/Final_Training/Images/000NN/GT-000NN.csv
+    root/Final_Test/Images/*.ppm            with  GT-final_test.csv (in Final_Test/Images/ or root/)
+
+The CSV files are ``;``-separated with columns Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+GTSRB_CLASSES = [
+    "Speed limit (20km/h)", "Speed limit (30km/h)", "Speed limit (50km/h)", "Speed limit (60km/h)",
+    "Speed limit (70km/h)", "Speed limit (80km/h)", "End of speed limit (80km/h)", "Speed limit (100km/h)",
+    "Speed limit (120km/h)", "No passing", "No passing for vehicles over 3.5 metric tons",
+    "Right-of-way at the next intersection", "Priority road", "Yield", "Stop", "No vehicles",
+    "Vehicles over 3.5 metric tons prohibited", "No entry", "General caution", "Dangerous curve to the left",
+    "Dangerous curve to the right", "Double curve", "Bumpy road", "Slippery road",
+    "Road narrows on the right", "Road work", "Traffic signals", "Pedestrians", "Children crossing",
+    "Bicycles crossing", "Beware of ice/snow", "Wild animals crossing", "End of all speed and passing limits",
+    "Turn right ahead", "Turn left ahead", "Ahead only", "Go straight or right", "Go straight or left",
+    "Keep right", "Keep left", "Roundabout mandatory", "End of no passing",
+    "End of no passing by vehicles over 3.5 metric tons",
+]  # fmt: skip
+
+
+def read_image(
+    path: str | os.PathLike, box: tuple[int, int, int, int] | None = None, size: int | None = None
+) -> torch.Tensor:
+    """Decode an image file to (3, H, W) float in [0, 1]; optional crop box (left, top, right, bottom) and
+    square resize (bilinear, antialiased)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
+    if box is not None:
+        img = img.crop(box)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    w, h = img.size
+    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(h, w, 3)
+    return data.permute(2, 0, 1).float() / 255
+
+
+def center_square(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    s = min(w, h)
+    return ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+
+
+class FileDataset(Dataset):
+    """Images read lazily from files: ``load(i) -> (3, size, size)`` tensor, labels in ``targets``."""
+
+    def __init__(
+        self,
+        name: str,
+        files: Sequence[Path],
+        targets: Sequence[int],
+        classes: Sequence[str],
+        load: Callable[[int], torch.Tensor],
+        **info,
+    ) -> None:
+        self.name = name
+        self.files = list(files)
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes)
+        self._load = load
+        self.info = info
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self._load(i), self.targets[i]
+
+
+def _images_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
+    exts = {e.lower() for e in extensions}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+def load_face_folder(
+    root: str | os.PathLike,
+    size: int = 32,
+    *,
+    align: bool = False,
+    cascade_dir: str | os.PathLike | None = None,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    min_images: int = 1,
+) -> FileDataset:
+    """Face photos in ``root/<identity>/``; classes are the sorted folder names.
+
+    Without ``align`` each photo is centre-cropped to a square and resized. With ``align`` the eyes are
+    detected (OpenCV Haar cascades, see ``facedetect``) and the face is warped so that they land at
+    the canonical position that eyeglass frames expect; photos without a detected eye pair fall back
+    to the centre crop (``dataset.info['aligned']`` records which were aligned).
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise InputError(f"face folder {base} does not exist (expected {base}/<identity>/<image files>)")
+    classes, files, targets = [], [], []
+    for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+        images = _images_in(sub, extensions)
+        if len(images) < min_images:
+            continue
+        classes.append(sub.name)
+        files += images
+        targets += [len(classes) - 1] * len(images)
+    if not files:
+        raise InputError(f"no images found under {base}/<identity>/ (extensions: {', '.join(extensions)})")
+    aligned: dict[int, bool] = {}
+    if align:
+        from .facedetect import _require
+
+        _require(cascade_dir)  # fail early with the install hint
+
+    def load(i: int) -> torch.Tensor:
+        path = files[i]
+        if align:
+            from .facedetect import align_face, detect_eyes
+
+            full = read_image(path)
+            eyes = detect_eyes(full, cascade_dir=cascade_dir)
+            aligned[i] = eyes is not None
+            if eyes is not None:
+                return align_face(full, eyes, size)
+        return read_image(path, center_square(path), size)
+
+    return FileDataset(
+        "faces-folder", files, targets, classes, load, root=str(base), size=size, aligned=aligned
+    )
+
+
+def _read_gt(csv_path: Path) -> list[dict[str, str]]:
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter=";"))
+    need = {"Filename", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"}
+    if rows and not need <= set(rows[0]):
+        raise InputError(f"{csv_path} lacks GTSRB columns {sorted(need - set(rows[0]))}")
+    return rows
+
+
+def load_gtsrb(
+    root: str | os.PathLike, split: str = "train", size: int = 32, *, crop_roi: bool = True
+) -> FileDataset:
+    """GTSRB (German Traffic Sign Recognition Benchmark) in its on-disk layout, 43 classes.
+
+    ``split`` is ``train`` (Final_Training) or ``test`` (Final_Test with GT-final_test.csv). With
+    ``crop_roi`` each image is cropped to its annotated sign box before resizing to ``size``.
+    """
+    base = Path(root)
+    entries: list[tuple[Path, int, tuple[int, int, int, int]]] = []
+    if split == "train":
+        images = base / "Final_Training" / "Images"
+        if not images.is_dir():
+            raise InputError(f"GTSRB training images not found: expected {images}/000NN/GT-000NN.csv")
+        for folder in sorted(p for p in images.iterdir() if p.is_dir()):
+            gt = folder / f"GT-{folder.name}.csv"
+            if not gt.is_file():
+                raise InputError(f"GTSRB annotation file {gt} is missing")
+            entries += [(folder / r["Filename"], int(r["ClassId"]), _roi(r)) for r in _read_gt(gt)]
+    elif split == "test":
+        images = base / "Final_Test" / "Images"
+        candidates = [
+            images / "GT-final_test.csv",
+            base / "GT-final_test.csv",
+            base / "Final_Test" / "GT-final_test.csv",
+        ]
+        gt = next((c for c in candidates if c.is_file()), None)
+        if not images.is_dir() or gt is None:
+            raise InputError(
+                f"GTSRB test set not found: expected {images}/*.ppm and GT-final_test.csv in one of "
+                + ", ".join(str(c.parent) for c in candidates)
+            )
+        entries = [(images / r["Filename"], int(r["ClassId"]), _roi(r)) for r in _read_gt(gt)]
+    else:
+        raise InputError(f"GTSRB split must be 'train' or 'test', got {split!r}")
+    if not entries:
+        raise InputError(f"GTSRB {split} split under {base} lists no images")
+    bad = [e[1] for e in entries if not 0 <= e[1] < len(GTSRB_CLASSES)]
+    if bad:
+        raise InputError(f"GTSRB ClassId {bad[0]} is outside [0, {len(GTSRB_CLASSES)})")
+    files, targets, boxes = zip(*entries, strict=True)
+
+    def load(i: int) -> torch.Tensor:
+        return read_image(files[i], boxes[i] if crop_roi else None, size)
+
+    return FileDataset("gtsrb", files, targets, GTSRB_CLASSES, load, root=str(base), split=split, size=size)
+
+
+def _roi(row: dict[str, str]) -> tuple[int, int, int, int]:
+    """GTSRB's inclusive ROI corners -> a PIL crop box (right / bottom exclusive)."""
+    x1, y1, x2, y2 = (int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
+    return x1, y1, x2 + 1, y2 + 1

@@ -1,0 +1,211 @@
+"""Patch and mask compositing as differentiable functions on kornia warps.
+
+A patch is a texture ``(C, h, w)`` with an alpha mask ``(1, h, w)`` in [0, 1]. It is placed in an image
+by a homography (``placement_matrix``) mapping patch pixel coordinates to image pixel coordinates
+(pixel centres at integers, as kornia's ``align_corners=True``): optional perspective distortion in the
+patch frame, then scale, rotation (degrees, counter-clockwise as in kornia / OpenCV) and translation
+to a centre. Texture and alpha are warped together (premultiplied) with bilinear sampling, so the
+result is differentiable in the texture, and composited over the image.
+
+Masks that live in image coordinates (eyeglass frames, stickers, rectangles) replace pixels through
+:func:`replace` or carry an additive perturbation through :func:`masked_add`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from kornia.geometry.transform import get_perspective_transform, warp_perspective
+
+from .random import GeneratorLike, uniform
+
+
+def shape_mask(kind: str, h: int, w: int | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Anti-aliased ``circle`` (inscribed disk) or ``square`` alpha mask of shape (1, h, w)."""
+    w = h if w is None else w
+    if kind == "square":
+        return torch.ones(1, h, w, device=device, dtype=dtype)
+    if kind != "circle":
+        raise ValueError(f"patch_type must be 'circle' or 'square', got {kind!r}")
+    yy = torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2
+    xx = torch.arange(w, device=device, dtype=dtype) - (w - 1) / 2
+    r = torch.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2)
+    radius = min(h, w) / 2
+    return (radius - r + 0.5).clamp(0, 1)[None]
+
+
+def side_for_area(kind: str, fraction: float, h: int, w: int) -> float:
+    """Side (square) or diameter (circle) in pixels of a patch covering ``fraction`` of an h x w image."""
+    area = fraction * h * w
+    return math.sqrt(area) if kind == "square" else math.sqrt(4 * area / math.pi)
+
+
+def _homogeneous(a: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 3) -> (N, 3, 3)."""
+    row = torch.zeros(a.shape[0], 1, 3, device=a.device, dtype=a.dtype)
+    row[:, 0, 2] = 1
+    return torch.cat([a, row], 1)
+
+
+def placement_matrix(
+    angle: torch.Tensor,
+    side: torch.Tensor,
+    center: torch.Tensor,
+    patch_hw: tuple[int, int],
+    distortion: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Homographies (N, 3, 3) from patch pixels to image pixels.
+
+    ``angle`` (N,) degrees; ``side`` (N,) rendered width of the patch in image pixels; ``center`` (N, 2)
+    (x, y) in image pixels; ``distortion`` (N, 4, 2) inward corner offsets as fractions of the patch's
+    half size (perspective, as torchvision / ART sample it), or ``None``.
+    """
+    ph, pw = patch_hw
+    dev, dt = angle.device, angle.dtype
+    n = angle.shape[0]
+    k = side / pw
+    a = torch.deg2rad(angle)
+    cos, sin = torch.cos(a) * k, torch.sin(a) * k
+    cx, cy = (pw - 1) / 2, (ph - 1) / 2
+    # x' = R S (p - c_p) + center, counter-clockwise rotation on screen (y axis pointing down)
+    m = torch.zeros(n, 2, 3, device=dev, dtype=dt)
+    m[:, 0, 0], m[:, 0, 1] = cos, sin
+    m[:, 1, 0], m[:, 1, 1] = -sin, cos
+    m[:, 0, 2] = center[:, 0] - cos * cx - sin * cy
+    m[:, 1, 2] = center[:, 1] + sin * cx - cos * cy
+    out = _homogeneous(m)
+    if distortion is not None:
+        start = torch.tensor([[0, 0], [pw - 1, 0], [pw - 1, ph - 1], [0, ph - 1]], device=dev, dtype=dt)
+        start = start[None].expand(n, 4, 2)
+        inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], device=dev, dtype=dt)
+        half = torch.tensor([(pw - 1) / 2, (ph - 1) / 2], device=dev, dtype=dt)
+        end = start + inward * distortion * half
+        out = out @ get_perspective_transform(start, end)
+    return out
+
+
+def sample_placement(
+    n: int,
+    generator: GeneratorLike,
+    image_hw: tuple[int, int],
+    base_side: float,
+    *,
+    rotation_max: float = 0.0,
+    scale_min: float = 1.0,
+    scale_max: float = 1.0,
+    distortion_scale_max: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Random placements: scale in [scale_min, scale_max] times ``base_side``, rotation in
+    [-rotation_max, rotation_max] degrees, a centre keeping the unrotated patch inside the image, and
+    corner distortion up to ``distortion_scale_max``. Returns recordable tensors."""
+    h, w = image_hw
+
+    def u(*shape: int) -> torch.Tensor:
+        return uniform((n, *shape), generator, device, torch.float32)
+
+    scale = scale_min + (scale_max - scale_min) * u()
+    side = scale * base_side
+    half = side / 2
+    lo_x, hi_x = half - 0.5, w - 0.5 - half
+    lo_y, hi_y = half - 0.5, h - 0.5 - half
+    mid_x, mid_y = torch.full_like(side, (w - 1) / 2), torch.full_like(side, (h - 1) / 2)
+    fx, fy = u(), u()
+    cx = torch.where(hi_x > lo_x, lo_x + (hi_x - lo_x) * fx, mid_x)
+    cy = torch.where(hi_y > lo_y, lo_y + (hi_y - lo_y) * fy, mid_y)
+    out = {
+        "angle": (u() * 2 - 1) * rotation_max,
+        "scale": scale,
+        "side": side,
+        "center": torch.stack([cx, cy], 1),
+    }
+    if distortion_scale_max > 0:
+        out["distortion"] = u(4, 2) * distortion_scale_max
+    return out
+
+
+def render(
+    texture: torch.Tensor, alpha: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp a texture (C, h, w) or (N, C, h, w) and its alpha into image space.
+
+    Returns the premultiplied colour layer (N, C, H, W) and alpha (N, 1, H, W), bilinear and
+    differentiable in texture, alpha and matrix.
+    """
+    n = matrix.shape[0]
+    if texture.ndim == 3:
+        texture = texture[None].expand(n, *texture.shape)
+    if alpha.ndim == 3:
+        alpha = alpha[None].expand(n, *alpha.shape)
+    src = torch.cat([texture * alpha, alpha], 1)
+    out = warp_perspective(
+        src, matrix.to(src.dtype), size, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    c = texture.shape[1]
+    return out[:, :c], out[:, c:].clamp(0, 1)
+
+
+def composite(x: torch.Tensor, layer: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Alpha-composite a premultiplied layer over images: ``x * (1 - alpha) + layer``."""
+    return (x * (1 - alpha) + layer).clamp(0, 1)
+
+
+def paste(
+    x: torch.Tensor, texture: torch.Tensor, alpha: torch.Tensor, matrix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place a patch into each image of ``x`` (N, C, H, W) with homographies (N, 3, 3).
+
+    Returns the composited images and the warped alpha (the patch's footprint).
+    """
+    layer, a = render(texture, alpha, matrix, (x.shape[-2], x.shape[-1]))
+    return composite(x, layer, a), a
+
+
+def replace(x: torch.Tensor, texture: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pixels under ``mask`` (N or 1, 1, H, W) in [0, 1] take the texture's values; others keep ``x``."""
+    return x * (1 - mask) + texture * mask
+
+
+def masked_add(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``clip(x + mask * delta)``: an additive perturbation confined to a mask (RP2 stickers)."""
+    return (x + mask * delta).clamp(0, 1)
+
+
+def similarity_from_points(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """The similarity transforms (N, 3, 3) mapping two points ``src`` (N, 2, 2) onto ``dst`` (N, 2, 2)
+    (rotation, uniform scale, translation), e.g. canonical eye centres onto detected ones."""
+    s0, s1 = src[:, 0], src[:, 1]
+    d0, d1 = dst[:, 0], dst[:, 1]
+    vs, vd = s1 - s0, d1 - d0
+    # complex ratio vd / vs = a + ib
+    denom = (vs**2).sum(1).clamp_min(1e-12)
+    a = (vd[:, 0] * vs[:, 0] + vd[:, 1] * vs[:, 1]) / denom
+    b = (vd[:, 1] * vs[:, 0] - vd[:, 0] * vs[:, 1]) / denom
+    m = torch.zeros(src.shape[0], 2, 3, device=src.device, dtype=src.dtype)
+    m[:, 0, 0], m[:, 0, 1] = a, -b
+    m[:, 1, 0], m[:, 1, 1] = b, a
+    m[:, 0, 2] = d0[:, 0] - (a * s0[:, 0] - b * s0[:, 1])
+    m[:, 1, 2] = d0[:, 1] - (b * s0[:, 0] + a * s0[:, 1])
+    return _homogeneous(m)
+
+
+def warp_mask(mask: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Warp an image-space mask (1, H', W') or (N, 1, H', W') with homographies into (N, 1, H, W)."""
+    n = matrix.shape[0]
+    if mask.ndim == 3:
+        mask = mask[None].expand(n, *mask.shape)
+    return warp_perspective(mask, matrix.to(mask.dtype), size, mode="bilinear", padding_mode="zeros").clamp(
+        0, 1
+    )
+
+
+def rect_masks(positions: torch.Tensor, rect_hw: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Hard masks (N, 1, H, W) of axis-aligned rectangles whose top-left corners are ``positions`` (N, 2) (row, col)."""
+    h, w = size
+    rh, rw = rect_hw
+    rows = torch.arange(h, device=positions.device)[None, :, None]
+    cols = torch.arange(w, device=positions.device)[None, None, :]
+    top, left = positions[:, 0, None, None], positions[:, 1, None, None]
+    inside = (rows >= top) & (rows < top + rh) & (cols >= left) & (cols < left + rw)
+    return inside[:, None].float()
