@@ -1,0 +1,115 @@
+"""Resume after SIGKILL, torchrun sharding, batch-size independence and CUDA OOM back-off."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustkit.evaluate.runner import evaluate
+
+SUITE = {"name": "mini", "attacks": [{"attack": "pgd", "eps": ["2/255", "4/255"], "steps": 4}, {"attack": "fgsm", "eps": "2/255"}]}
+TIMING = {"seconds", "elapsed", "findings"}
+
+
+def _outcomes(run_dir: Path) -> list[tuple]:
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    rows = db.execute(
+        "SELECT a.name, o.idx, o.attacked, o.claimed, o.robust, o.pred, round(o.confidence, 5), round(o.linf, 6) "
+        "FROM outcomes o JOIN attacks a ON a.id = o.attack_id ORDER BY a.name, o.idx"
+    ).fetchall()
+    rows += db.execute("SELECT 'clean', idx, label, pred, correct, 0, round(confidence, 5), 0 FROM samples ORDER BY idx").fetchall()
+    db.close()
+    return rows
+
+
+def _summary(run_dir: Path) -> dict:
+    s = json.loads((run_dir / "summary.json").read_text())
+    for a in s["attacks"]:
+        a.pop("seconds")
+    return {k: v for k, v in s.items() if k not in TIMING and k != "device"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shapes_model):
+    out = tmp_path_factory.mktemp("ref")
+    evaluate(suite=SUITE, out=out, name="ref", limit=48, batch_size=8, device="cpu", progress=False, report=False)
+    return out / "ref"
+
+
+def test_batch_size_does_not_change_results(reference, tmp_path):
+    evaluate(suite=SUITE, out=tmp_path, name="b16", limit=48, batch_size=16, device="cpu", progress=False, report=False)
+    assert _outcomes(tmp_path / "b16") == _outcomes(reference)
+
+
+def test_sigkill_at_random_points_then_resume_is_identical(reference, tmp_path):
+    suite_file = tmp_path / "mini.yaml"
+    import yaml
+
+    suite_file.write_text(yaml.safe_dump(SUITE))
+    cmd = [sys.executable, "-m", "robustkit", "evaluate", "--suite", str(suite_file), "--out", str(tmp_path), "--name", "k",
+           "--limit", "48", "--batch-size", "8", "--device", "cpu", "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 9.0))  # import + model load take a few seconds; kill somewhere after
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _outcomes(tmp_path / "k") == _outcomes(reference)
+    s, ref = _summary(tmp_path / "k"), _summary(reference)
+    s.pop("run"), ref.pop("run")
+    assert s == ref
+
+
+def test_torchrun_two_processes_equal_single_process(reference, tmp_path):
+    torchrun = shutil.which("torchrun")
+    assert torchrun, "torchrun comes with torch"
+    suite_file = tmp_path / "mini.yaml"
+    import yaml
+
+    suite_file.write_text(yaml.safe_dump(SUITE))
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "robustkit", "evaluate", "--suite", str(suite_file),
+           "--out", str(tmp_path), "--name", "dist", "--limit", "48", "--batch-size", "8", "--device", "cpu", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "dist" / "results.rank0.sqlite").exists() and (tmp_path / "dist" / "results.rank1.sqlite").exists()
+    assert _outcomes(tmp_path / "dist") == _outcomes(reference)
+    s, ref = _summary(tmp_path / "dist"), _summary(reference)
+    s.pop("run"), ref.pop("run")
+    assert s == ref
+
+
+def test_cuda_oom_halves_the_batch_and_continues(tmp_path, shapes_model):
+    class OOMOver4(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if x.shape[0] > 4 and torch.is_grad_enabled():
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.inner(x)
+
+    res = evaluate(model=OOMOver4(shapes_model), suite=SUITE, out=tmp_path, name="oom", limit=16, batch_size=16,
+                   device="cpu", progress=False, report=False)  # fmt: skip
+    assert res.summary["oom_backoffs"] and res.summary["oom_backoffs"][0]["from"] > 4
+    ref = evaluate(suite=SUITE, out=tmp_path, name="ref", limit=16, batch_size=4, device="cpu", progress=False, report=False)
+    assert [a["robust_accuracy"] for a in res.summary["attacks"]] == [a["robust_accuracy"] for a in ref.summary["attacks"]]
