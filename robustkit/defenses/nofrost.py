@@ -3,7 +3,7 @@
 A normalizer-free ResNet built from timm's NF-ResNet components (``ScaledStdConv2d`` scaled weight
 standardization, ``NormFreeBlock`` pre-activation residual blocks with alpha / beta scaling and the
 last conv of each branch initialized to zero), in a small-image variant for 32x32 input (3x3 stride-1
-stem, no pooling stem). Training: ``0.5 * CE(clean) + 0.5 * CE(adversarial)`` with PGD-10 L-inf,
+stem, no pooling stem, strided 1x1 transition shortcuts). Training: ``0.5 * CE(clean) + 0.5 * CE(adversarial)`` with PGD-10 L-inf,
 eps 8/255, step 1/255, random start; adaptive gradient clipping optional (``nofrost-agc``). The same
 recipe on a BN ResNet is the BN-based AT control (``bn-at``): there BN statistics are estimated on the
 clean/adversarial mixture, the effect NoFrost removes.
@@ -55,20 +55,24 @@ class NFResNet(nn.Module):
         for i, (c, depth) in enumerate(zip(chans, depths, strict=True)):
             blocks, expected_var = [], 1.0
             for j in range(depth):
-                blocks.append(
-                    NormFreeBlock(
-                        in_chs=prev,
-                        out_chs=c,
-                        stride=(1 if i == 0 else 2) if j == 0 else 1,
-                        alpha=alpha,
-                        beta=1.0 / expected_var**0.5,
-                        bottle_ratio=bottle_ratio,
-                        ch_div=1,
-                        reg=False,
-                        act_layer=act_layer,
-                        conv_layer=conv,
-                    )
+                stride = (1 if i == 0 else 2) if j == 0 else 1
+                block = NormFreeBlock(
+                    in_chs=prev,
+                    out_chs=c,
+                    stride=stride,
+                    alpha=alpha,
+                    beta=1.0 / expected_var**0.5,
+                    bottle_ratio=bottle_ratio,
+                    ch_div=1,
+                    reg=False,
+                    act_layer=act_layer,
+                    conv_layer=conv,
                 )
+                if block.downsample is not None:
+                    # Transition shortcut: a strided 1x1 scaled-WS conv (Brock et al. 2021a) keeps unit
+                    # variance; timm's ResNet-D average pool would shrink it by up to the pool area.
+                    block.downsample = conv(prev, c, 1, stride=stride)
+                blocks.append(block)
                 if j == 0:
                     expected_var = 1.0
                 expected_var += alpha**2
