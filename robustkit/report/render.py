@@ -1,85 +1,160 @@
-"""Render one or several runs into a single self-contained HTML file (Jinja2 with autoescaping)."""
+"""Render one or several runs into a single self-contained HTML file (Jinja2 with autoescaping).
+
+The page needs no network: styles, the one small script (open collapsed parts before printing),
+charts (inline SVG) and images (data URIs) are all inside. A Content-Security-Policy meta tag forbids
+every fetch except ``data:`` images and allows only that script, by hash, so even a string that
+slipped past escaping could neither run nor load anything.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from .. import __version__
 from ..evaluate.files import atomic_write
-from .images import amplified, line_chart_svg, png_data_uri
-from .load import load_run
+from . import sections
+from .compare import comparison
+from .curves import eot_curves, eps_curves
+from .gallery import artifact_gallery, image_gallery, video_gallery
+from .load import Run, load_run
 
-_env = Environment(
-    loader=PackageLoader("robustkit.report", "templates"), autoescape=select_autoescape(["html", "j2"])
+SCRIPT = (
+    'window.addEventListener("beforeprint",function(){'
+    'document.querySelectorAll("details:not([open])").forEach(function(d){'
+    'd.setAttribute("open","");d.setAttribute("data-print-opened","")})});'
+    'window.addEventListener("afterprint",function(){'
+    'document.querySelectorAll("details[data-print-opened]").forEach(function(d){'
+    'd.removeAttribute("open");d.removeAttribute("data-print-opened")})});'
 )
-_env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"
-_env.filters["secs"] = lambda v: "–" if v is None else (f"{v:.2f} s" if v < 120 else f"{v / 60:.1f} min")
+SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    f"script-src '{SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
+)
+
+# Section anchors in page order; the navigation and the browser tests use them.
+SECTIONS = (
+    ("summary", "Summary"),
+    ("attacks", "Attacks"),
+    ("curves", "Accuracy vs ε"),
+    ("eot", "EOT curves"),
+    ("classes", "Per class"),
+    ("gallery", "Gallery"),
+    ("artifacts", "Patches & textures"),
+    ("findings", "Sanity findings"),
+    ("defense", "Defense"),
+    ("timing", "Timing"),
+    ("provenance", "Provenance"),
+)
 
 
-def _eps_label(eps: float | None) -> str:
-    if eps is None:
+def _pct(v: Any, digits: int = 1) -> str:
+    if v is None:
         return "–"
-    scaled = eps * 255
-    return f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{eps:.4g}"
+    return f"{100 * float(v):.{digits}f}%"
 
 
-_env.filters["eps"] = _eps_label
+def _secs(v: Any) -> str:
+    if v is None:
+        return "–"
+    v = float(v)
+    if v < 10:
+        return f"{v:.2f} s"
+    if v < 120:
+        return f"{v:.1f} s"
+    if v < 7200:
+        return f"{v / 60:.1f} min"
+    return f"{v / 3600:.1f} h"
 
 
-def _gallery(run: dict[str, Any], classes: list[str]) -> list[dict[str, Any]]:
-    def cname(i):
-        return classes[i] if i is not None and 0 <= i < len(classes) else str(i)
-
-    out = []
-    for attack, shots in run["examples"].items():
-        items = []
-        for s in shots:
-            if s["clean"].ndim != 3:
-                continue  # video clips are rendered by the animation section
-            y, clean_pred, _, clean_conf = run["samples"].get(s["idx"], (None, None, None, None))
-            items.append(
-                {
-                    "idx": s["idx"],
-                    "label": cname(y),
-                    "clean_pred": cname(clean_pred),
-                    "clean_conf": clean_conf,
-                    "adv_pred": cname(s["pred"]),
-                    "adv_conf": s["confidence"],
-                    "robust": s["robust"],
-                    "clean": png_data_uri(s["clean"]),
-                    "adv": png_data_uri(s["adv"]),
-                    "diff": png_data_uri(amplified(s["clean"], s["adv"])),
-                }
-            )
-        if items:
-            out.append({"attack": attack, "shots": items})
-    return out
+def _num(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return f"{int(v):,}"
 
 
-def _view(run: dict[str, Any]) -> dict[str, Any]:
-    s = run["summary"]
-    classes = (run["meta"].get("run") or {}).get("classes") or []
-    curves = {
-        k: [(p["eps"], p["robust_accuracy"]) for p in v] for k, v in s.get("curves", {}).items() if len(v) > 1
-    }
+def _when(v: Any) -> str:
+    """An ISO timestamp as '2026-01-31 14:05 UTC' (other strings unchanged)."""
+    if not v:
+        return "–"
+    try:
+        t = datetime.fromisoformat(str(v))
+    except ValueError:
+        return str(v)
+    if t.tzinfo is not None:
+        t = t.astimezone(timezone.utc)
+        return t.strftime("%Y-%m-%d %H:%M UTC")
+    return t.strftime("%Y-%m-%d %H:%M")
+
+
+def _yesno(v: Any) -> str:
+    return "–" if v is None else ("yes" if v else "no")
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=PackageLoader("robustkit.report", "templates"),
+        autoescape=select_autoescape(["html", "j2", "svg"], default_for_string=True, default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(pct=_pct, secs=_secs, num=_num, yesno=_yesno, when=_when)
+    return env
+
+
+_ENV = _env()
+
+
+def run_view(run: Run, anchor: str) -> dict[str, Any]:
+    """Everything one run's part of the page shows."""
     return {
-        "summary": s,
-        "config": run["config"],
-        "meta": run["meta"],
-        "findings": run["findings"],
-        "gallery": _gallery(run, classes),
-        "curve_svg": line_chart_svg(curves, "ε (×1/255)", "robust accuracy", xscale=255) if curves else None,
+        "anchor": anchor,
+        "header": sections.header(run),
+        "summary": sections.summary(run),
+        "cascade": sections.cascade(run),
+        "metrics": sections.attack_metrics(run),
+        "curves": eps_curves(run),
+        "eot": eot_curves(run),
+        "classes": sections.per_class(run),
+        "images": image_gallery(run),
+        "videos": video_gallery(run),
+        "artifacts": artifact_gallery(run),
+        "findings": sections.findings(run),
+        "defense": sections.defense(run),
+        "timing": sections.timing(run),
+        "provenance": sections.provenance(run),
     }
+
+
+def render_html(runs: list[Run], title: str | None = None) -> str:
+    """The report page for loaded runs (one run, or a comparison of several) as a string."""
+    views = [run_view(r, f"r{k}") for k, r in enumerate(runs)]
+    if title is None:
+        title = views[0]["header"]["name"] if len(views) == 1 else f"Comparison of {len(views)} runs"
+    return _ENV.get_template("report.html.j2").render(
+        title=title,
+        runs=views,
+        comparison=comparison(runs) if len(runs) > 1 else None,
+        sections=SECTIONS,
+        csp=CSP,
+        script=SCRIPT,
+        version=__version__,
+        generated=_when(datetime.now(timezone.utc).isoformat(timespec="seconds")),
+    )
 
 
 def render_report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
     """Render the report for one run, or a side-by-side comparison of several, to ``out``."""
-    runs = [_view(load_run(d)) for d in run_dirs]
-    html = _env.get_template("report.html.j2").render(
-        runs=runs,
-        title=title
-        or (runs[0]["summary"].get("run", "robustkit run") if len(runs) == 1 else "robustkit comparison"),
-    )
-    return atomic_write(out, html)
+    if isinstance(run_dirs, str | Path):
+        run_dirs = [run_dirs]
+    runs = [load_run(d) for d in run_dirs]
+    return atomic_write(out, render_html(runs, title))

@@ -1,0 +1,312 @@
+"""View models of the report's tabular sections, built from a loaded :class:`~.load.Run`.
+
+Each function returns plain data (numbers and strings); the templates format and escape it.
+Aggregates such as the cascade are counted from the stored per-sample outcomes, never recomputed
+by running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+import yaml
+
+from ..evaluate.metrics import wilson
+from .load import Run
+
+# Per-sample metrics that are labels or indices, not quantities to average.
+CATEGORICAL = {"target", "broken_by"}
+STATUS_ORDER = {"fail": 0, "error": 0, "warn": 1, "info": 2, "pass": 3, "ok": 3, "skip": 4}
+
+
+def eps_label(eps: float | None, norm: str | None) -> str:
+    """ε as a reader expects it: k/255 for L-inf when it is a whole number of 8-bit levels."""
+    if eps is None:
+        return "–"
+    if norm in (None, "Linf", "linf", "inf") and eps > 0:
+        scaled = eps * 255
+        if abs(scaled - round(scaled)) < 1e-6:
+            return f"{round(scaled)}/255"
+    return f"{eps:.4g}"
+
+
+def header(run: Run) -> dict[str, Any]:
+    meta, s = run.meta, run.summary
+    info = meta.get("run") or {}
+    model = info.get("model") or {}
+    if isinstance(model, dict):
+        model_name = str(model.get("name") or s.get("model") or "–")
+        model_kind = model.get("kind")
+    else:
+        model_name, model_kind = str(model), None
+    defense = meta.get("defense") or {}
+    prov = meta.get("provenance") or {}
+    return {
+        "name": str(info.get("name") or s.get("run") or run.dir.name),
+        "model": model_name,
+        "model_kind": model_kind,
+        "weights": model.get("weights") if isinstance(model, dict) else None,
+        "defense": str(defense.get("name")) if isinstance(defense, dict) and defense.get("name") else None,
+        "data": str(info.get("data") or s.get("data") or "–"),
+        "split": info.get("split"),
+        "suite": str(info.get("suite") or s.get("suite") or "–"),
+        "started": meta.get("started_at"),
+        "finished": meta.get("finished_at"),
+        "seconds": meta.get("elapsed", s.get("seconds")),
+        "device": prov.get("device") or s.get("device"),
+        "seed": info.get("seed", s.get("seed")),
+        "n": s.get("n_samples", len(run.samples)),
+        "complete": run.finished,
+    }
+
+
+def summary(run: Run) -> dict[str, Any]:
+    s = run.summary
+    attacks = s.get("attacks") or []
+    strongest = min(attacks, key=lambda a: a["robust_accuracy"], default=None)
+    return {
+        "n": s.get("n_samples", 0),
+        "clean": s.get("clean_accuracy"),
+        "clean_ci": s.get("clean_accuracy_ci") or [None, None],
+        "robust": s.get("robust_accuracy"),
+        "robust_ci": s.get("robust_accuracy_ci") or [None, None],
+        "attacks": len(attacks),
+        "strongest": strongest["name"] if strongest else None,
+        "strongest_acc": strongest["robust_accuracy"] if strongest else None,
+        "incomplete": [a["name"] for a in attacks if not a.get("complete", True)],
+    }
+
+
+def _group_key(a: dict[str, Any]) -> tuple:
+    eps = a.get("eps")
+    return (a.get("norm") or "", -1.0 if eps is None else float(eps))
+
+
+def _stage_rows(run: Run, attack: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attack's own inner cascade (AutoAttack): ``artifacts['cascade']`` summed over batches."""
+    stages: dict[str, dict[str, Any]] = {}
+    rows = run.outcomes.get(attack["name"], {})
+    for art in run.artifacts.get(attack["name"], []):
+        if art.key != "cascade" or not isinstance(art.value, list):
+            continue
+        for k, st in enumerate(art.value):
+            if not isinstance(st, dict):
+                continue
+            name = str(st.get("attack", f"stage {k + 1}"))
+            row = stages.setdefault(name, {"attack": name, "robust": 0.0, "seconds": 0.0, "counters": {}})
+            after = st.get("robust_after")
+            if isinstance(after, bool) or after is None:
+                pass
+            elif isinstance(after, int) or (isinstance(after, float) and after > 1):
+                row["robust"] += float(after)
+            elif isinstance(after, float):
+                row["robust"] += after * art.size
+            row["seconds"] += float(st.get("seconds") or 0.0)
+            for ck, cv in (st.get("counters") or {}).items():
+                if isinstance(cv, int | float):
+                    row["counters"][ck] = row["counters"].get(ck, 0) + cv
+    if not stages:
+        return []
+    broken_by: dict[int, int] = defaultdict(int)
+    for o in rows.values():
+        b = o.metrics.get("broken_by")
+        if b is not None and math.isfinite(b) and b >= 0:
+            broken_by[int(b)] += 1
+    n = len(run.samples) or 1
+    out = []
+    for k, row in enumerate(stages.values()):
+        row["robust_accuracy"] = row["robust"] / n
+        row["broke"] = broken_by.get(k) if broken_by else None
+        out.append(row)
+    return out
+
+
+def cascade(run: Run) -> list[dict[str, Any]]:
+    """AutoAttack-style table per threat model (norm, ε): each attack alone and the robust accuracy
+    after it and every attack before it, the samples it newly broke, its time and cost."""
+    by_name = {a["name"]: a for a in run.summary.get("attacks") or []}
+    n = len(run.samples)
+    correct = {i for i, (_, _, c, _) in run.samples.items() if c}
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for a in run.attacks:
+        groups[_group_key(a)].append(a)
+    out = []
+    for key in sorted(groups, key=lambda k: (k[1] < 0, k[0], k[1])):  # bounded first, by norm and ε
+        alive = set(correct)
+        rows = []
+        for a in groups[key]:
+            outs = run.outcomes.get(a["name"], {})
+            robust = {i for i, o in outs.items() if o.robust}
+            before = len(alive)
+            alive &= robust
+            s = by_name.get(a["name"], {})
+            lo, hi = wilson(len(alive), n)
+            attacked = sum(1 for o in outs.values() if o.attacked)
+            rows.append(
+                {
+                    "name": a["name"],
+                    "attack": a["attack"],
+                    "kind": a.get("kind") or "image",
+                    "robust": s.get("robust_accuracy", len(robust) / n if n else 0.0),
+                    "after": len(alive) / n if n else 0.0,
+                    "after_ci": (lo, hi),
+                    "newly_broken": before - len(alive),
+                    "attacked": attacked,
+                    "success_rate": s.get("success_rate"),
+                    "unconfirmed": s.get("claimed_not_confirmed", 0),
+                    "seconds": s.get("seconds"),
+                    "counters": s.get("counters") or {},
+                    "complete": s.get("complete", True),
+                    "stages": _stage_rows(run, a),
+                }
+            )
+        norm, eps = key
+        out.append(
+            {
+                "norm": norm or None,
+                "eps": None if eps < 0 else eps,
+                "label": f"{norm} ε = {eps_label(eps, norm)}".strip()
+                if eps >= 0
+                else (f"{norm}, no ε bound" if norm else "unbounded (physical, patch, …)"),
+                "rows": rows,
+                "robust": rows[-1]["after"] if rows else None,
+            }
+        )
+    return out
+
+
+def attack_metrics(run: Run) -> dict[str, Any]:
+    """Mean perturbation size of successful attacks and the mean of every per-sample metric."""
+    names: list[str] = []
+    rows = []
+    for a in run.attacks:
+        outs = [o for o in run.outcomes.get(a["name"], {}).values() if o.attacked]
+        broken = [o for o in outs if not o.robust]
+        sums: dict[str, list[float]] = defaultdict(list)
+        for o in outs:
+            for k, v in o.metrics.items():
+                if k not in CATEGORICAL and isinstance(v, int | float) and math.isfinite(v):
+                    sums[k].append(float(v))
+        for k in sums:
+            if k not in names:
+                names.append(k)
+        linf = [o.linf for o in broken if o.linf is not None]
+        l2 = [o.l2 for o in broken if o.l2 is not None]
+        rows.append(
+            {
+                "name": a["name"],
+                "linf": sum(linf) / len(linf) * 255 if linf else None,
+                "l2": sum(l2) / len(l2) if l2 else None,
+                "metrics": {k: sum(v) / len(v) for k, v in sums.items()},
+            }
+        )
+    return {"names": names, "rows": rows}
+
+
+def per_class(run: Run) -> list[dict[str, Any]]:
+    out = []
+    for c in run.summary.get("per_class") or []:
+        n = int(c["n"])
+        robust = float(c["robust_accuracy"])
+        lo, hi = wilson(round(robust * n), n)
+        name = run.class_name(c.get("label")) if run.classes else str(c.get("name", c.get("label")))
+        out.append(
+            {
+                "name": name,
+                "n": n,
+                "clean": c["clean_accuracy"],
+                "robust": robust,
+                "ci": (lo, hi),
+            }
+        )
+    return out
+
+
+def timing(run: Run) -> dict[str, Any]:
+    stages: dict[str, dict[str, Any]] = {}
+    for b in run.batches:
+        st = stages.setdefault(
+            b["stage"], {"stage": b["stage"], "seconds": 0.0, "samples": 0, "counters": {}}
+        )
+        st["seconds"] += b["seconds"]
+        if b["first"] >= 0:
+            st["samples"] += int(b["size"])
+        for k, v in b["counters"].items():
+            if isinstance(v, int | float):
+                st["counters"][k] = st["counters"].get(k, 0) + v
+    order = ["clean"] + [a["name"] for a in run.attacks]
+    rows = [stages[s] for s in order if s in stages] + [v for k, v in stages.items() if k not in order]
+    top = max((r["seconds"] for r in rows), default=0.0) or 1.0
+    for r in rows:
+        r["share"] = r["seconds"] / top
+        r["rate"] = r["samples"] / r["seconds"] if r["seconds"] > 0 else None
+    total = run.meta.get("elapsed")
+    return {"rows": rows, "total": total, "measured": sum(r["seconds"] for r in rows)}
+
+
+def findings(run: Run) -> dict[str, Any]:
+    rows = sorted(run.findings, key=lambda f: (STATUS_ORDER.get(str(f["status"]).lower(), 5), f["name"]))
+    counts: dict[str, int] = {}
+    for f in rows:  # already in severity order, so the counts are too
+        key = str(f["status"]).lower()
+        counts[key] = counts.get(key, 0) + 1
+    return {"rows": rows, "counts": list(counts.items())}
+
+
+def defense(run: Run) -> dict[str, Any] | None:
+    d = run.meta.get("defense")
+    if not isinstance(d, dict):
+        return None
+    caps = d.get("capabilities") or {}
+    honored = d.get("how_honored") or []
+    if isinstance(honored, str | dict):
+        honored = [honored]
+    items = []
+    for h in honored:
+        if isinstance(h, dict):
+            items.append("; ".join(f"{k}: {v}" for k, v in h.items()))
+        else:
+            items.append(str(h))
+    nd = caps.get("non_differentiable") or []
+    if isinstance(nd, str):
+        nd = [nd]
+    return {
+        "name": str(d.get("name", "–")),
+        "stochastic": caps.get("stochastic"),
+        "batch_dependent": caps.get("batch_dependent"),
+        "non_differentiable": [str(x) for x in nd],
+        "honored": items,
+        "extra": {str(k): v for k, v in d.items() if k not in ("name", "capabilities", "how_honored")},
+    }
+
+
+def _plain(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, dict | list | tuple):
+        return json.dumps(v, default=str, ensure_ascii=False)
+    return str(v)
+
+
+def provenance(run: Run) -> dict[str, Any]:
+    prov = dict(run.meta.get("provenance") or {})
+    versions = prov.pop("versions", {}) or {}
+    info = run.meta.get("run") or {}
+    rows = [
+        ("seed", info.get("seed")),
+        ("started", run.meta.get("started_at")),
+        ("finished", run.meta.get("finished_at") or "not finished"),
+        ("run directory", run.dir.name),
+    ]
+    rows += [(str(k), v) for k, v in prov.items()]
+    for k in ("world_size", "limit", "split"):
+        if info.get(k) is not None:
+            rows.append((k, info.get(k)))
+    return {
+        "rows": [(k, _plain(v)) for k, v in rows],
+        "versions": [(str(k), "–" if v is None else str(v)) for k, v in versions.items()],
+        "config": yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True) if run.config else "",
+    }
