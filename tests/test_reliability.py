@@ -18,7 +18,10 @@ import torch
 
 from robustkit.evaluate.runner import evaluate
 
-SUITE = {"name": "mini", "attacks": [{"attack": "pgd", "eps": ["2/255", "4/255"], "steps": 4}, {"attack": "fgsm", "eps": "2/255"}]}
+SUITE = {
+    "name": "mini",
+    "attacks": [{"attack": "pgd", "eps": ["2/255", "4/255"], "steps": 4}, {"attack": "fgsm", "eps": "2/255"}],
+}
 TIMING = {"seconds", "elapsed", "findings"}
 
 
@@ -28,7 +31,9 @@ def _outcomes(run_dir: Path) -> list[tuple]:
         "SELECT a.name, o.idx, o.attacked, o.claimed, o.robust, o.pred, round(o.confidence, 5), round(o.linf, 6) "
         "FROM outcomes o JOIN attacks a ON a.id = o.attack_id ORDER BY a.name, o.idx"
     ).fetchall()
-    rows += db.execute("SELECT 'clean', idx, label, pred, correct, 0, round(confidence, 5), 0 FROM samples ORDER BY idx").fetchall()
+    rows += db.execute(
+        "SELECT 'clean', idx, label, pred, correct, 0, round(confidence, 5), 0 FROM samples ORDER BY idx"
+    ).fetchall()
     db.close()
     return rows
 
@@ -43,12 +48,23 @@ def _summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shapes_model):
     out = tmp_path_factory.mktemp("ref")
-    evaluate(suite=SUITE, out=out, name="ref", limit=48, batch_size=8, device="cpu", progress=False, report=False)
+    evaluate(
+        suite=SUITE, out=out, name="ref", limit=48, batch_size=8, device="cpu", progress=False, report=False
+    )
     return out / "ref"
 
 
 def test_batch_size_does_not_change_results(reference, tmp_path):
-    evaluate(suite=SUITE, out=tmp_path, name="b16", limit=48, batch_size=16, device="cpu", progress=False, report=False)
+    evaluate(
+        suite=SUITE,
+        out=tmp_path,
+        name="b16",
+        limit=48,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        report=False,
+    )
     assert _outcomes(tmp_path / "b16") == _outcomes(reference)
 
 
@@ -90,7 +106,9 @@ def test_torchrun_two_processes_equal_single_process(reference, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "dist" / "results.rank0.sqlite").exists() and (tmp_path / "dist" / "results.rank1.sqlite").exists()
+    assert (tmp_path / "dist" / "results.rank0.sqlite").exists() and (
+        tmp_path / "dist" / "results.rank1.sqlite"
+    ).exists()
     assert _outcomes(tmp_path / "dist") == _outcomes(reference)
     s, ref = _summary(tmp_path / "dist"), _summary(reference)
     s.pop("run"), ref.pop("run")
@@ -111,5 +129,16 @@ def test_cuda_oom_halves_the_batch_and_continues(tmp_path, shapes_model):
     res = evaluate(model=OOMOver4(shapes_model), suite=SUITE, out=tmp_path, name="oom", limit=16, batch_size=16,
                    device="cpu", progress=False, report=False)  # fmt: skip
     assert res.summary["oom_backoffs"] and res.summary["oom_backoffs"][0]["from"] > 4
-    ref = evaluate(suite=SUITE, out=tmp_path, name="ref", limit=16, batch_size=4, device="cpu", progress=False, report=False)
-    assert [a["robust_accuracy"] for a in res.summary["attacks"]] == [a["robust_accuracy"] for a in ref.summary["attacks"]]
+    ref = evaluate(
+        suite=SUITE,
+        out=tmp_path,
+        name="ref",
+        limit=16,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        report=False,
+    )
+    assert [a["robust_accuracy"] for a in res.summary["attacks"]] == [
+        a["robust_accuracy"] for a in ref.summary["attacks"]
+    ]
