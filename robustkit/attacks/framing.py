@@ -1,0 +1,95 @@
+"""Adversarial framing (Zajac et al., AAAI 2019): an adversarial border of width ``width`` around each frame.
+
+The image content is untouched; only the outer ``width`` pixels of every frame are optimized
+(``placement='replace'``), or the frame is first shrunk to fit inside the border so nothing of it is
+lost (``placement='shrink'``, the paper's setting of a frame around the picture). The border is
+optimized with Adam, per frame or shared by all frames (``shared_frames``), and rounded to 8 bits
+(straight-through during optimization).
+
+``width`` is given for frames of ``reference_size`` pixels (the paper's 10 px at 112 px for C3D on
+UCF-101) and scaled down proportionally on smaller frames, never below one pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..functional.random import GeneratorLike, uniform
+from ..functional.video import border_mask, from_frames, quantize8, to_frames
+from .base import AttackResult, Counter, positive, register
+from .video_base import Adam, VideoAttack, final_result, optimize
+
+
+def scaled_width(width: int, height: int, frame_width: int, reference_size: int | None) -> int:
+    """Border width for a frame of ``height x frame_width`` pixels."""
+    side = min(height, frame_width)
+    w = width if reference_size is None or side >= reference_size else round(width * side / reference_size)
+    return max(1, min(int(w), (side - 1) // 2))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Framing(VideoAttack):
+    """Adversarial border of ``width`` pixels (at ``reference_size``) on every frame."""
+
+    width: int = 10
+    reference_size: int | None = 112
+    placement: str = "replace"
+    shared_frames: bool = False
+    steps: int = 50
+    learning_rate: float = 0.05
+    quantize: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self.width, "width")
+        if self.reference_size is not None:
+            positive(self.reference_size, "reference_size")
+        if self.placement not in ("replace", "shrink"):
+            raise ConfigError(f"placement must be 'replace' or 'shrink', got {self.placement!r}")
+        positive(self.steps, "steps", allow_zero=True)
+        positive(self.learning_rate, "learning_rate")
+
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+        counter = Counter()
+        target = self.targets(model, x, y, target, generator, counter)
+        b, c, t, h, w = x.shape
+        bw = scaled_width(self.width, h, w, self.reference_size)
+        m = border_mask(h, w, bw, x.device).to(x.dtype)
+        inside = x if self.placement == "replace" else _shrink(x, bw)
+        frames = 1 if self.shared_frames else t
+        param = uniform((b, c, frames, h, w), generator, x.device, x.dtype)  # random start in [0, 1]
+        adam = Adam(self.learning_rate)
+
+        def compose(p: torch.Tensor) -> torch.Tensor:
+            x_adv = inside * (1 - m) + m * p
+            return quantize8(x_adv, x, straight_through=True) if self.quantize else x_adv
+
+        def update(p: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
+            return (p + adam.step(g)).clamp(0, 1)
+
+        x_adv, _, _ = optimize(
+            model, y, param, compose=compose, update=update, steps=self.steps,
+            objective=self.objective(y, target), target=target, counter=counter,
+        )  # fmt: skip
+        x_adv = quantize8(x_adv, x) if self.quantize else x_adv  # exact 8-bit values
+        return final_result(model, x_adv, y, target, counter, artifacts={"framing_width": bw})
+
+
+def _shrink(x: torch.Tensor, border: int) -> torch.Tensor:
+    """Each frame resized into the inside of the border; the border itself is left at zero."""
+    b, _, _, h, w = x.shape
+    small = F.interpolate(
+        to_frames(x),
+        size=(h - 2 * border, w - 2 * border),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
+    return from_frames(F.pad(small, (border, border, border, border)), b).clamp(0, 1)
+
+
+register("framing")(Framing)

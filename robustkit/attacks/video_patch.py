@@ -1,0 +1,249 @@
+"""Universal adversarial patch on video, with temporal and spatial expectation over transformation.
+
+One patch (square or circle, ``size`` = fraction of the frame area) is optimized with Adam over a
+training split, as in Brown et al. 2017, but for clips: the patch is static (the same in every
+frame, a printed sticker) or ``dynamic`` (one texture per frame, a screen). Every training step
+draws, per clip and ``n_samples`` times,
+
+- spatial EOT, applied through ``kornia.augmentation.VideoSequential`` with one draw per clip
+  shared by its frames: rotation (``rotation_max``), scale (``scale_min``..``scale_max``), location
+  anywhere the patch fits, and a brightness shift of the patch (``brightness``);
+- temporal EOT on the composited clip: each frame dropped with probability ``frame_drop`` (the
+  previous frame is shown again, as a camera or decoder that drops frames does) and a shift of the
+  whole clip by up to ``max_shift`` frames (edges repeated).
+
+All parameters are drawn from the caller's generator (never kornia's global RNG), handed to kornia
+through ``params=`` and returned in the artifacts, so every placement can be replayed.
+
+``fit(model, x_train, y_train, generator=...)`` returns the attack holding the trained patch; calling
+it pastes the patch at one random spatial draw per clip (from that clip's generator), rounds to 8
+bits, and reports the success. Temporal EOT is applied at evaluation only with ``eval_temporal``
+(then ``x_adv`` also carries the dropped / shifted frames).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from kornia.augmentation.container.params import ParamItem
+
+from ..errors import ConfigError
+from ..functional.placement import shape_mask, side_for_area
+from ..functional.random import GeneratorLike, shared, uniform
+from ..functional.video import check_video, drop_index, gather_frames, quantize8, shift_index
+from ..models.state import preserved
+from ..validate import check_labels
+from .base import AttackResult, Counter, forward, positive, register
+from .video_base import Adam, VideoAttack, final_result
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _containers() -> tuple[K.VideoSequential, K.VideoSequential]:
+    """The kornia video containers (their own samplers are never used: parameters come from us)."""
+    geometric = K.VideoSequential(K.RandomAffine(degrees=0.0, p=1.0), data_format="BCTHW", same_on_frame=True)
+    photometric = K.VideoSequential(K.RandomBrightness(p=1.0), data_format="BCTHW", same_on_frame=True)
+    return geometric, photometric
+
+
+def _kornia_params(
+    container: K.VideoSequential, values: dict[str, torch.Tensor], frames: int
+) -> list[ParamItem]:
+    """Per-clip values ``(N, ...)`` -> the per-frame ``ParamItem`` list VideoSequential replays."""
+    ((name, _),) = container.named_children()
+    n = next(iter(values.values())).shape[0]
+    data = {k: v.repeat_interleave(frames, 0) for k, v in values.items()}
+    data["batch_prob"] = torch.ones(n * frames, device=next(iter(values.values())).device)
+    return [ParamItem(name, data)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoPatch(VideoAttack):
+    """Universal video patch; see the module docstring. ``target_class`` when ``targeted``."""
+
+    patch_type: str = "square"
+    size: float = 0.1
+    dynamic: bool = False
+    rotation_max: float = 15.0
+    scale_min: float = 0.8
+    scale_max: float = 1.0
+    brightness: float = 0.1
+    frame_drop: float = 0.1
+    max_shift: int = 1
+    eval_temporal: bool = False
+    learning_rate: float = 0.05
+    max_iter: int = 200
+    batch_size: int = 32
+    n_samples: int = 1
+    train_samples: int = 256
+    target_class: int = 0
+    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patch_type not in ("circle", "square"):
+            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
+        if not 0 < self.size <= 1:
+            raise ConfigError(
+                f"size is the fraction of the frame area the patch covers, in (0, 1]; got {self.size}"
+            )
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        if not 0 <= self.frame_drop < 1:
+            raise ConfigError(f"frame_drop is a probability in [0, 1), got {self.frame_drop}")
+        for what in ("rotation_max", "brightness", "max_shift"):
+            positive(getattr(self, what), what, allow_zero=True)
+        for what in ("learning_rate", "max_iter", "batch_size", "n_samples", "train_samples"):
+            positive(getattr(self, what), what)
+        if not isinstance(self.target_class, int) or self.target_class < 0:
+            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
+
+    def params(self) -> dict[str, Any]:
+        """Configuration only: the fitted patch is a result, not a recipe key."""
+        return {k: v for k, v in super().params().items() if k != "patch"}
+
+    # ------------------------------------------------------------------ geometry
+    def side(self, h: int, w: int) -> float:
+        """Rendered side (diameter for a circle) in pixels at scale 1."""
+        return side_for_area(self.patch_type, self.size, h, w)
+
+    def texture_shape(self, c: int, t: int, h: int, w: int) -> tuple[int, int, int, int]:
+        s = max(2, min(h, w, round(self.side(h, w) * self.scale_max)))
+        return (c, t if self.dynamic else 1, s, s)
+
+    def sample(
+        self, n: int, frames: int, size: tuple[int, int], generator: GeneratorLike, device
+    ) -> dict[str, torch.Tensor]:
+        """EOT parameters of ``n`` clips: spatial (angle, scale, translations, brightness) and temporal
+        (keep mask, shift). A list of per-clip generators gives every clip its own draw."""
+        h, w = size
+        u = uniform((n, 6 + frames), generator, device)
+        scale = self.scale_min + (self.scale_max - self.scale_min) * u[:, 1]
+        side = self.side(h, w) * scale
+        room = torch.stack([(w - side).clamp(min=0), (h - side).clamp(min=0)], 1) / 2
+        return {
+            "angle": (2 * u[:, 0] - 1) * self.rotation_max,
+            "scale": scale,
+            "translations": (2 * u[:, 2:4] - 1) * room,
+            "brightness": (2 * u[:, 4] - 1) * self.brightness,
+            "shift": (u[:, 5] * (2 * self.max_shift + 1)).floor().clamp(max=2 * self.max_shift)
+            - self.max_shift,
+            "keep": u[:, 6:] >= self.frame_drop,
+        }
+
+    def render(
+        self, x: torch.Tensor, texture: torch.Tensor, eot: dict[str, torch.Tensor], temporal: bool
+    ) -> torch.Tensor:
+        """Paste ``texture`` ``(C, T or 1, s, s)`` into clips ``x`` with recorded EOT parameters."""
+        n, c, t, h, w = x.shape
+        s = texture.shape[-1]
+        top, left = (h - s) // 2, (w - s) // 2
+        alpha = shape_mask(self.patch_type, s, s, x.device, x.dtype)  # (1, s, s)
+        layer = torch.cat([texture.to(x.dtype).expand(c, t, s, s), alpha[:, None].expand(1, t, s, s)], 0)
+        canvas = torch.zeros(n, c + 1, t, h, w, device=x.device, dtype=x.dtype)
+        canvas[:, :, :, top : top + s, left : left + s] = layer
+        geometric, photometric = _containers()
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        scale = eot["scale"] / self.scale_max  # the texture is stored at the largest scale
+        affine = {
+            "translations": eot["translations"].to(x.dtype),
+            "center": torch.tensor([cx, cy], device=x.device, dtype=x.dtype).expand(n, 2),
+            "scale": torch.stack([scale, scale], 1).to(x.dtype),
+            "angle": eot["angle"].to(x.dtype),
+            "shear_x": torch.zeros(n, device=x.device, dtype=x.dtype),
+            "shear_y": torch.zeros(n, device=x.device, dtype=x.dtype),
+        }
+        canvas = geometric(canvas, params=_kornia_params(geometric, affine, t))
+        layer, alpha = canvas[:, :c], canvas[:, c:]
+        if self.brightness > 0:
+            bright = {"brightness_factor": (1 + eot["brightness"]).to(x.dtype)}
+            layer = photometric(layer, params=_kornia_params(photometric, bright, t))
+        out = x * (1 - alpha) + layer * alpha
+        if temporal:
+            index = shift_index(t, eot["shift"]).gather(1, drop_index(eot["keep"]))
+            out = gather_frames(out, index)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None
+    ) -> VideoPatch:
+        """Optimize the universal patch on a training split; returns this attack holding it."""
+        check_video(x_train, "x_train")
+        check_labels(y_train, x_train.shape[0], "y_train")
+        if self.targeted:
+            keep = y_train != self.target_class
+            x_train, y_train = x_train[keep], y_train[keep]
+        if x_train.shape[0] == 0:
+            raise ConfigError("the training split holds no clip outside the target class")
+        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
+        with preserved(model):
+            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
+        return dataclasses.replace(self, patch=texture)
+
+    def _optimize(
+        self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter
+    ) -> torch.Tensor:
+        n, c, t, h, w = x.shape
+        param = uniform(self.texture_shape(c, t, h, w), g, x.device, x.dtype)
+        adam = Adam(self.learning_rate)
+        order, pos = torch.empty(0, dtype=torch.long), n
+        for _ in range(self.max_iter):
+            if pos + min(self.batch_size, n) > n:  # a new epoch in a new order
+                order = torch.randperm(n, generator=g, device=g.device if g is not None else "cpu").to(
+                    x.device
+                )
+                pos = 0
+            idx = order[pos : pos + self.batch_size]
+            pos += self.batch_size
+            xb = x[idx].repeat(self.n_samples, 1, 1, 1, 1)
+            yb = y[idx].repeat(self.n_samples)
+            tb = torch.full_like(yb, self.target_class) if self.targeted else None
+            eot = self.sample(xb.shape[0], t, (h, w), g, x.device)
+            with torch.enable_grad():
+                leaf = param.detach().requires_grad_(True)
+                rows = self.render(xb, leaf, eot, temporal=True)
+                loss = self.objective(yb, tb)(forward(model, rows, counter)).mean()
+                (grad,) = torch.autograd.grad(loss, leaf)
+            counter.backward += 1
+            param = (param + adam.step(grad)).clamp(0, 1)
+        return (param * 255).round() / 255
+
+    # ------------------------------------------------------------------ evaluation
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+        counter = Counter()
+        fitted = self
+        if self.patch is None:
+            log.warning(
+                "video-patch: no trained patch (call fit on a training split first); fitting on this batch"
+            )
+            fitted = dataclasses.replace(self, patch=self._optimize(model, x, y, shared(generator), counter))
+        texture = fitted.patch.to(x.device)
+        if texture.shape[1] not in (1, x.shape[2]):
+            raise ConfigError(
+                f"the dynamic patch has {texture.shape[1]} frames but the clips have {x.shape[2]}"
+            )
+        if self.targeted:
+            target = target if target is not None else torch.full_like(y, self.target_class)
+        else:
+            target = None
+        eot = self.sample(x.shape[0], x.shape[2], (x.shape[3], x.shape[4]), generator, x.device)
+        with torch.no_grad():
+            x_adv = quantize8(self.render(x, texture, eot, temporal=self.eval_temporal).clamp(0, 1), x)
+        artifacts: dict[str, Any] = {
+            "patch": texture[:, 0].cpu(),
+            "patch_frames": texture.shape[1],
+            "eot_params": {k: v.cpu().tolist() for k, v in eot.items()},
+            "target_class": self.target_class if self.targeted else None,
+        }
+        return final_result(model, x_adv, y, target, counter, artifacts=artifacts)
+
+
+register("video-patch")(VideoPatch)
