@@ -357,7 +357,7 @@ def _abnn_recipe(name: str, description: str, *, width: int | None = None, **opt
         prepare=prepare_abnn,
         networks=abnn_networks,
         capabilities=Capabilities(batch_dependent=batch),
-        settings=TrainSettings(epochs=6, width=width or 8),
+        settings=TrainSettings(epochs=4, width=width or 8),
         paper=ABNN_PAPER,
         published=ABNN_PUBLISHED,
     )

@@ -17,9 +17,9 @@ def standard_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Any) 
 
 
 def madry_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-    s = ctx.settings
+    eps, step_size = ctx.budget()
     x_adv = pgd_examples(
-        model, x, y, eps=s.eps, steps=s.steps, step_size=s.step_size, generator=ctx.generator
+        model, x, y, eps=eps, steps=ctx.settings.steps, step_size=step_size, generator=ctx.generator
     )
     return F.cross_entropy(model(x_adv), y)
 
@@ -31,7 +31,7 @@ register_defense(
         name="standard",
         description="Standard training (cross-entropy on clean data), the undefended baseline.",
         loss=standard_loss,
-        settings=TrainSettings(epochs=6),
+        settings=TrainSettings(epochs=4),
         published={"dataset": "CIFAR-10 (ABNN paper)", "clean": 0.934, "pgd": 0.0, "training_cost_passes": 2},
     )
 )
@@ -40,7 +40,7 @@ register_defense(
         name="pgd-at",
         description="Madry PGD adversarial training: CE on L-inf PGD-10 examples (eps 8/255, step 2/255, random start).",
         loss=madry_loss,
-        settings=TrainSettings(epochs=6, eps=8 / 255, steps=10, step_size=2 / 255),
+        settings=TrainSettings(epochs=4, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4),
         paper=MADRY_PAPER,
         published={
             "dataset": "CIFAR-10 (ABNN paper)",

@@ -45,7 +45,7 @@ def from_standard(model: nn.Module, ctx: Context) -> dict[str, Any]:
 
 
 BN_PAPER = "Walter, Stutz, Schiele 2022, On Fragile Features and Batch Normalization in Adversarial Training"
-BN_SETTINGS = TrainSettings(epochs=6, eps=8 / 255, steps=10, step_size=2 / 255, lr=0.05, weight_decay=0.0)
+BN_SETTINGS = TrainSettings(epochs=2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4)
 BN_PUBLISHED = {"ordering": "full AT >> BN-only fine-tuning > BN-only from random weights ~ 0"}
 
 register_defense(

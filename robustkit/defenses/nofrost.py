@@ -108,9 +108,9 @@ def build_nf(spec: DataSpec, settings: TrainSettings) -> nn.Module:
 def hybrid_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     """0.5 * CE(clean) + 0.5 * CE(adversarial), one forward pass over the concatenated batch (so a BN
     network estimates its statistics on the clean/adversarial mixture)."""
-    s = ctx.settings
+    eps, step_size = ctx.budget()
     x_adv = pgd_examples(
-        model, x, y, eps=s.eps, steps=s.steps, step_size=s.step_size, generator=ctx.generator
+        model, x, y, eps=eps, steps=ctx.settings.steps, step_size=step_size, generator=ctx.generator
     )
     logits = model(torch.cat([x, x_adv]))
     n = x.shape[0]
@@ -118,7 +118,7 @@ def hybrid_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepCon
 
 
 NOFROST_PAPER = "Wang et al. 2022, Removing Batch Normalization Boosts Adversarial Training (ICML)"
-NOFROST_SETTINGS = TrainSettings(epochs=6, eps=8 / 255, steps=10, step_size=1 / 255, lr=0.05)
+NOFROST_SETTINGS = TrainSettings(epochs=4, eps=8 / 255, steps=10, step_size=1 / 255, eps_warmup=0.4)
 NOFROST_PUBLISHED = {
     "dataset": "ImageNet, ResNet-50",
     "clean": 0.7406,

@@ -197,6 +197,14 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warm))
 
 
+def make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        params, lr=settings.lr, momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay
+    )
+
+
 def _classifier(name: str) -> bool:
     return name.split(".")[-2:-1] == ["fc"]
 
@@ -314,13 +322,7 @@ def train_defense(
         p.requires_grad_(id(p) in chosen)
     if not trainable:
         raise ConfigError(f"defense '{recipe.name}' selects no trainable parameters")
-    opt = torch.optim.SGD(
-        trainable,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        nesterov=True,
-        weight_decay=settings.weight_decay,
-    )
+    opt = make_optimizer(trainable, settings)
     if ckpt is not None:
         restore_optimizer(
             opt, {k: v.to(dev) for k, v in split_checkpoint(ckpt[0])[1].items()}, state["optimizer"]
@@ -391,6 +393,7 @@ def _epoch(
         x, y = x.to(dev), y.to(dev)
         for group in opt.param_groups:
             group["lr"] = lr_at(state["step"], total, settings.lr, settings.warmup)
+        step_ctx.fraction = (state["step"] + 1) / total
         t0 = time.perf_counter()
         loss = recipe.loss(model, x, y, step_ctx)
         opt.zero_grad(set_to_none=True)
@@ -422,12 +425,18 @@ def _epoch(
 
 
 # ----------------------------------------------------------------------------- loading trained defenses
+def cache_path(name: str, dataset: str) -> Path:
+    """Where ``load_defense`` keeps recipe ``name`` trained on ``dataset`` with its default settings."""
+    recipe = DEFENSES.create(name).trained_recipe()
+    return defense_cache_dir() / safe_dirname(str(dataset)) / f"{recipe.name}-{recipe.key()}"
+
+
 def cached_model(
     name: str, dataset: str, device: torch.device, progress: bool
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained model of recipe ``name`` on ``dataset`` from the cache, training it on first use."""
     recipe = DEFENSES.create(name).trained_recipe()
-    out = defense_cache_dir() / safe_dirname(str(dataset)) / f"{recipe.name}-{recipe.key()}"
+    out = cache_path(recipe.name, dataset)
     info = read_final(out)
     if info is None:
         log.info("training defense '%s' on '%s' on first use (cached in %s)", recipe.name, dataset, out)
