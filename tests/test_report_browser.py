@@ -165,8 +165,11 @@ def test_comparison_fits_a_phone_and_prints(browser, tmp_path: Path) -> None:
         assert_not_blank(v.screenshot(tmp_path / "phone.png"))
         pdf = v.page.pdf(format="A4", print_background=True)
         assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+        v.page.set_viewport_size({"width": 700, "height": 990})  # A4 inside the print margins, in CSS px
         v.page.emulate_media(media="print")
         assert v.page.locator("nav.toc").is_hidden()
+        overflow = v.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the printed page is {overflow}px wider than A4"
     finally:
         v.close()
 

@@ -8,6 +8,7 @@ marked unfinished in the report).
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import yaml
 from ..errors import InputError
 from ..evaluate.metrics import summarize
 from ..evaluate.store import Store, unpack_tensors
+
+TENSOR_BATCHES = 4
 
 
 @dataclass
@@ -119,6 +122,32 @@ def _attacked_per_batch(
     return out
 
 
+def _artifacts(store: Store, attack_id: int, sizes: dict[int, int]) -> list[Artifact]:
+    """JSON artifacts of every batch (curves and cascades are aggregated over batches); tensors of
+    the first ``TENSOR_BATCHES`` batches per key only (the gallery shows a few, and per-sample
+    tensors of a large run would not fit in memory)."""
+    rows = store.db.execute(
+        "SELECT first_idx, key, kind FROM artifacts WHERE attack_id = ? ORDER BY first_idx, key", (attack_id,)
+    ).fetchall()
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for first, key, kind in rows:
+        if kind == "tensor":
+            seen[key] += 1
+            if seen[key] > TENSOR_BATCHES:
+                continue
+        (data,) = store.db.execute(
+            "SELECT data FROM artifacts WHERE attack_id = ? AND first_idx = ? AND key = ?",
+            (attack_id, first, key),
+        ).fetchone()
+        try:
+            value = unpack_tensors(data)[key] if kind == "tensor" else json.loads(data)
+        except (ValueError, KeyError, RuntimeError):
+            continue  # an artifact the report cannot read is left out, not fatal
+        out.append(Artifact(batch=first, key=key, kind=kind, value=value, size=sizes.get(first, 0)))
+    return out
+
+
 def load_run(run_dir: str | Path, gallery: int = 8) -> Run:
     """Everything the report shows for one run directory; at most ``gallery`` examples per attack."""
     run_dir = Path(run_dir)
@@ -156,14 +185,7 @@ def load_run(run_dir: str | Path, gallery: int = 8) -> Run:
                 )
             outcomes[a["name"]] = rows
             sizes = _attacked_per_batch(batches, a["name"], rows)
-            arts = []
-            for first, key, kind, data in store.artifacts(a["id"]):
-                try:
-                    value = unpack_tensors(data)[key] if kind == "tensor" else json.loads(data)
-                except (ValueError, KeyError, RuntimeError):
-                    continue  # an artifact the report cannot read is left out, not fatal
-                arts.append(Artifact(batch=first, key=key, kind=kind, value=value, size=sizes.get(first, 0)))
-            artifacts[a["name"]] = arts
+            artifacts[a["name"]] = _artifacts(store, a["id"], sizes)
             shots = []
             for idx, blob in list(store.examples(a["id"]).items())[:gallery]:
                 t = unpack_tensors(blob)
