@@ -51,7 +51,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"results: {result.run_dir}")
     if result.report:
         print(f"report:  {result.report}")
-    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -84,14 +83,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .defenses.training import train_builtin
+    from .defenses.cli import run_train
 
-    path, figures = train_builtin(
-        args.data, out=args.out, epochs=args.epochs, device=args.device, progress=not args.quiet
-    )
-    print(f"clean test accuracy {100 * figures['clean_test_accuracy']:.1f}%  ({figures['seconds']:.0f}s)")
-    print(f"weights: {path}")
-    return 0
+    if args.defense is None:
+        args.defense = "standard"
+    return run_train(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,14 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)
 
-    tr = sub.add_parser("train", help="train a model on a built-in dataset")
-    tr.add_argument("--data", default="shapes")
-    tr.add_argument("--epochs", type=_positive_int, default=6)
-    tr.add_argument(
-        "--out", default=None, help="weights file to write (.safetensors); default: the zoo cache"
+    from .defenses.cli import add_train_arguments
+
+    tr = sub.add_parser(
+        "train", help="train a model or a defense (standard, pgd-at, abnn, nofrost, bn-finetune, ...)"
     )
-    tr.add_argument("--device", default="auto")
-    tr.add_argument("--quiet", action="store_true")
+    add_train_arguments(tr)
     tr.set_defaults(func=_cmd_train)
 
     rp = sub.add_parser("report", help="render the HTML report of one run, or a comparison of several")

@@ -87,26 +87,3 @@ def fit(
         "seconds_per_step": seconds / max(steps, 1),
         "loss": last_loss,
     }
-
-
-def train_builtin(
-    data: str, *, out: str | None = None, epochs: int = 6, device: str = "auto", progress: bool = True
-) -> tuple[str, dict[str, float]]:
-    """Standard training of the zoo architecture on a built-in dataset (``robustkit train``)."""
-    from ..data.synthetic import BUILTIN
-    from ..device import resolve_device
-    from ..models.checkpoint import save_weights
-    from ..models.loading import default_model_for
-    from ..models.zoo import ZOO, load_zoo_model, zoo_path
-
-    dev = resolve_device(device)
-    train, test = BUILTIN.create(data, split="train"), BUILTIN.create(data, split="test")
-    if out is None:
-        name = default_model_for(data)
-        model = load_zoo_model(name, dev, progress)
-        return str(zoo_path(name)), {"clean_test_accuracy": accuracy(model, test, dev), "seconds": 0.0}
-    model = ZOO.create(default_model_for(data)).build()
-    stats = fit(model, train, TrainConfig(epochs=epochs), dev, desc=f"training on {data}", progress=progress)
-    stats["clean_test_accuracy"] = accuracy(model, test, dev)
-    save_weights(model, out, metadata={"data": data, "epochs": str(epochs)})
-    return str(out), stats

@@ -158,8 +158,13 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     report: bool = True,
+    model_name: str | None = None,
+    defense_info: dict[str, Any] | None = None,
 ) -> RunResult:
     """Evaluate ``model`` on ``data`` under ``suite`` and write the run directory. Returns the summary.
+
+    ``model_name`` names a model given as a Python object; ``defense_info`` (from
+    ``robustkit.evaluate.defended.honor``) records a defense's capabilities and how they were honored.
 
     Started by ``torchrun``, every rank evaluates its shard and rank 0 merges and renders.
     """
@@ -196,7 +201,7 @@ def evaluate(
         raise ConfigError(f"dataset '{data_name}' ({split}) is empty")
     indices = list(range(min(n_total, limit) if limit else n_total))
     preflight(net, dataset, indices, len(classes) or None, dev)
-    model_name = model_info.get("name", _spec_name(model))
+    model_name = model_name or model_info.get("name", _spec_name(model))
     config = {
         "model": model_name,
         "weights": str(weights) if weights else None,
@@ -238,6 +243,8 @@ def evaluate(
             },
         )
         store.set_meta("provenance", _provenance(dev))
+        if defense_info is not None:
+            store.set_meta("defense", defense_info)
         if resumed:
             log.info("resuming run in %s", run_dir)
         mine = distributed.shard(batches, rank, size)
@@ -264,7 +271,18 @@ def evaluate(
             )
     if rank == 0:
         summary = _finish(
-            run_dir, net, dataset, indices, dev, classes, run_name, model_name, data_name, suite_obj, seed
+            run_dir,
+            net,
+            dataset,
+            indices,
+            dev,
+            classes,
+            run_name,
+            model_name,
+            data_name,
+            suite_obj,
+            seed,
+            defense_info,
         )
     distributed.barrier()
     if rank != 0:
@@ -278,7 +296,18 @@ def evaluate(
 
 
 def _finish(
-    run_dir, net, dataset, indices, dev, classes, run_name, model_name, data_name, suite_obj, seed
+    run_dir,
+    net,
+    dataset,
+    indices,
+    dev,
+    classes,
+    run_name,
+    model_name,
+    data_name,
+    suite_obj,
+    seed,
+    defense_info=None,
 ) -> dict[str, Any]:
     """Sanity checks and summary from the (merged) store; summary.json written atomically."""
     store = Store(run_dir / STORE_FILE)
@@ -299,6 +328,8 @@ def _finish(
             skipped_files=list(getattr(dataset, "skipped", [])),
             oom_backoffs=store.meta("oom_backoffs") or [],
         )
+        if defense_info is not None:
+            summary["defense"] = defense_info
     finally:
         store.close()
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -1,0 +1,59 @@
+"""Evaluating defenses: capabilities are honored and recorded, several defenses are compared."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from robustkit.defenses.base import Capabilities, as_defense
+from robustkit.evaluate.defended import evaluate_defenses, honor
+
+
+class Quantize(nn.Module):
+    def forward(self, x):
+        return torch.round(x * 4) / 4  # zero gradient almost everywhere
+
+
+class Noisy(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner((x + 0.01 * torch.randn_like(x)).clamp(0, 1))
+
+
+def test_honor_wraps_bpda_and_eot(shapes_model):
+    quant = nn.Sequential(Quantize(), shapes_model)
+    d = as_defense(quant, name="quant", capabilities=Capabilities(non_differentiable=("0",)))
+    model, record = honor(d)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # BPDA gives a useful gradient
+    assert isinstance(quant[0], Quantize)  # the user's model is untouched
+    assert "BPDA" in record["how_honored"][0]
+    noisy = as_defense(
+        Noisy(shapes_model), name="noisy", capabilities=Capabilities(stochastic=True, batch_dependent=True)
+    )
+    model, record = honor(noisy, eot_samples=4)
+    assert (
+        model.samples == 4
+        and any("EOT" in h for h in record["how_honored"])
+        and any("batch" in h for h in record["how_honored"])
+    )
+
+
+def test_two_defenses_compared(tmp_path, shapes_model):
+    plain = as_defense(shapes_model, name="plain")
+    noisy = as_defense(Noisy(shapes_model), name="noisy", capabilities=Capabilities(stochastic=True))
+    suite = {"name": "one", "attacks": [{"attack": "pgd", "eps": "4/255", "steps": 3}]}
+    results, report = evaluate_defenses([plain, noisy], suite=suite, out=tmp_path, name="cmp", limit=16, device="cpu",
+                                        progress=False, eot_samples=2)  # fmt: skip
+    assert [r.run_dir.name for r in results] == ["cmp-plain", "cmp-noisy"]
+    assert results[1].summary["defense"]["capabilities"]["stochastic"] is True
+    comparison = json.loads((tmp_path / "cmp-comparison.json").read_text())
+    assert [row["defense"] for row in comparison["rows"]] == ["plain", "noisy"]
+    html = report.read_text()
+    assert "plain" in html and "noisy" in html and "EOT" in html
