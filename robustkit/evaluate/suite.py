@@ -142,7 +142,7 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
         if not isinstance(item, dict) or "attack" not in item:
             raise ConfigError(f"{where}: each entry needs an 'attack' key naming a registered attack")
         key = item["attack"]
-        if key not in ATTACKS:
+        if key not in ATTACKS and not str(key).startswith("art."):
             raise ConfigError(
                 f"{where}: unknown attack '{key}'{suggest(str(key), ATTACKS.names())}. Known: {', '.join(ATTACKS.names())}."
             )
@@ -154,7 +154,12 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
             if eps is not None:
                 p["eps"] = parse_number(eps, f"{where}.eps")
             try:
-                attack = create_attack(key, **p)
+                if str(key).startswith("art."):  # ART's own attack class, e.g. art.ProjectedGradientDescent
+                    from ..art import recipe_attack
+
+                    attack = recipe_attack(key[4:], **p)
+                else:
+                    attack = create_attack(key, **p)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
             except (TypeError, ValueError) as exc:

@@ -82,6 +82,10 @@ def load_model(
         if dataset is None:
             raise ConfigError("no model given and no built-in dataset to pick a zoo model for")
         spec = default_model_for(dataset)
+    if any(c.__module__.startswith("art.estimators") for c in type(spec).__mro__):
+        from ..art import from_estimator  # an ART estimator: its torch model, preprocessing and clip_values
+
+        spec = from_estimator(spec)
     if isinstance(spec, nn.Module) or (callable(spec) and not isinstance(spec, str)):
         model = spec
         info["kind"] = "object"
