@@ -25,7 +25,8 @@ Result: ``success`` is True where some stage broke the sample (or it was misclas
 ``x_adv`` is the confirmed adversarial example there and the clean input elsewhere.
 Per-sample metric ``broken_by``: index of the stage that broke the sample, -1 when robust, -2 when
 already misclassified on the clean input. ``artifacts["cascade"]``: one entry per stage,
-``{attack, attacked, robust_after, rejected, total, seconds, counters}`` (counts within this batch).
+``{attack, black_box, attacked, robust_after, rejected, total, seconds, counters}`` (counts within
+this batch).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class AutoAttack(Attack):
             todo = int(robust.sum())
             entry: dict[str, Any] = {
                 "attack": label,
+                "black_box": bool(getattr(attack, "black_box", False)),
                 "attacked": todo,
                 "total": n,
                 "rejected": 0,

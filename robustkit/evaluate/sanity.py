@@ -1,0 +1,474 @@
+"""Sanity checks: structured findings that say when a robustness number cannot be trusted.
+
+``run_sanity_checks(model, x, y, context=...)`` runs every check below and returns ``Finding``s
+(name, status ``pass`` / ``warn`` / ``fail``, evidence, advice). A check that lacks the data it needs
+(for example ``monotone-eps`` without results at several eps) returns no finding. The runner stores
+the findings with the results and the report shows them. docs/sanity-checks.md is the user-facing
+page; both are generated from ``CHECKS``.
+
+=============================  ===========================================================================
+check                          fires when
+=============================  ===========================================================================
+randomized-outputs             two identical forward passes give different logits (a stochastic model)
+probability-outputs            outputs are non-negative and sum to one per sample (softmax, not logits)
+gradient-health                input gradients are NaN/infinite, zero (masking), or vanish for CE only
+black-box-vs-white-box         Square (score-based) breaks samples the gradient attacks could not
+inference-time-optimization    a forward pass under ``torch.no_grad()`` still records an autograd graph
+unbounded-eps                  PGD with eps = 1 (the whole image box) leaves accuracy above chance
+monotone-eps                   robust accuracy rises with eps for the same attack and norm
+batch-dependence               a sample's logits change when its batch companions change
+=============================  ===========================================================================
+
+``context`` keys (all optional):
+
+- ``summary``: the runner's summary (``attacks`` with ``attack``, ``name``, ``norm``, ``eps``,
+  ``params``, ``robust_accuracy``; ``n_samples``), used by the monotone and black-box checks.
+- ``robust_accuracy``: ``{attack name: {norm: {eps: accuracy}}}``, the same data given directly.
+- ``black_box``: names of black-box attacks in that dict (default: registry classes with
+  ``black_box = True``, and names starting with ``square``).
+- ``square_beat_whitebox``: bool, or ``cascade``: AutoAttack's ``artifacts["cascade"]`` (a list of
+  stage entries, or a list of such lists, one per batch).
+- ``eot_samples``: EOT passes the evaluation used (randomized models need > 1).
+- ``unbounded_accuracy``: accuracy already measured at unbounded eps (skips running PGD).
+- ``run_attacks``: False to skip checks that run an attack (default True).
+- ``max_samples``: cap on the samples the checks use (default 64).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..attacks.base import ATTACKS
+from ..functional.losses import margin
+from ..models.state import preserved
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("pass", "warn", "fail")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's verdict. ``values`` holds the measured numbers (JSON-able)."""
+
+    name: str
+    status: str
+    evidence: str
+    advice: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"Finding status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    name: str
+    fires_when: str
+    means: str
+    advice: str
+
+
+CHECKS: tuple[CheckInfo, ...] = (
+    CheckInfo(
+        "randomized-outputs",
+        "two forward passes of the same batch differ by more than 1e-3 (relative) in the logits",
+        "The model is stochastic (noise injection, random transforms, dropout left on). A single forward "
+        "pass is one draw, and a gradient from one draw points in a random direction, so attacks without "
+        "expectation over the randomness overestimate robustness.",
+        "Evaluate with the rand version (--suite autoattack-rand: APGD-CE and APGD-DLR with EOT over 20 "
+        "passes, eot_samples to raise it), or wrap the model in robustkit.attacks.expectation.Expectation. "
+        "If the randomness is unintended, call model.eval() and check for dropout or noise layers.",
+    ),
+    CheckInfo(
+        "probability-outputs",
+        "every output row is non-negative and sums to 1 (within 1e-3)",
+        "The model returns probabilities, not logits. Cross-entropy applied to probabilities takes a second "
+        "softmax, whose gradients vanish for confident predictions: gradient attacks stall and robustness "
+        "is overestimated.",
+        "Remove the final softmax so the model returns logits. If you cannot, return log-probabilities "
+        "(log of the output), which behave like logits for every attack.",
+    ),
+    CheckInfo(
+        "gradient-health",
+        "input gradients are NaN/infinite (fail), exactly zero for the margin loss on some samples (fail "
+        "above 10 %, else warn), or zero for cross-entropy only (warn)",
+        "Zero or undefined gradients mean gradient masking: a non-differentiable step (quantization, JPEG, "
+        "detach), saturated activations or numerical overflow. Gradient attacks then fail for reasons that "
+        "have nothing to do with robustness. Cross-entropy alone vanishing means saturated softmax.",
+        "Find the non-differentiable step and attack through it with BPDA (robustkit.attacks.bpda.BPDA, "
+        "identity or a differentiable surrogate in the backward pass); rely on the DLR/margin-based stages "
+        "(apgd-dlr, apgd-t) and on Square, which needs no gradients. NaN gradients: check for log(0), "
+        "sqrt(0) or division by zero in the model.",
+    ),
+    CheckInfo(
+        "black-box-vs-white-box",
+        "Square, a score-based attack without gradients, breaks samples that the white-box attacks did not "
+        "(in the AutoAttack cascade, or a lower robust accuracy at the same norm and eps)",
+        "A black-box attack should never beat a white-box one with full gradient access; when it does, the "
+        "gradients are misleading (masked, obfuscated or randomized).",
+        "Treat the white-box numbers as upper bounds. Look at gradient-health and randomized-outputs, attack "
+        "through non-differentiable parts with BPDA, add EOT for randomness, and report the ensemble "
+        "(autoattack) result, which already includes Square.",
+    ),
+    CheckInfo(
+        "inference-time-optimization",
+        "a forward pass under torch.no_grad() saves tensors for backward (the model runs its own autograd "
+        "inside forward)",
+        "The model optimizes at inference time (test-time adaptation, input purification, an inner attack). "
+        "Differentiating the forward pass does not differentiate that inner optimization, and the defense "
+        "may adapt to the batch, so standard attacks can be misleading.",
+        "Use adaptive attacks against the whole inference procedure: BPDA through the inner optimization, "
+        "EOT over its randomness, and per-sample evaluation (batch size 1) if it adapts to the batch. "
+        "Report the inference procedure with the result.",
+    ),
+    CheckInfo(
+        "unbounded-eps",
+        "PGD at eps = 1 (L-inf: any image is reachable) leaves accuracy above chance (1/K plus a margin)",
+        "With an unbounded budget every classifier can be fooled; accuracy above chance shows the attack, "
+        "not the model, is failing: gradient masking or a broken evaluation.",
+        "Check gradient-health and randomized-outputs, run Square (gradient-free), use BPDA or EOT as "
+        "indicated, and verify that the model takes inputs in [0, 1] with normalization inside it.",
+    ),
+    CheckInfo(
+        "monotone-eps",
+        "for one attack and norm, robust accuracy at a larger eps exceeds that at a smaller eps (fail when "
+        "by more than 2 samples, warn otherwise)",
+        "A larger budget contains every perturbation of a smaller one, so accuracy must not rise; when it "
+        "does, the attack is not converging (too few steps, too large or too small a step) or is noisy.",
+        "Use more steps or restarts, or APGD (step-size free); run autoattack at each eps.",
+    ),
+    CheckInfo(
+        "batch-dependence",
+        "a sample's logits in the full batch differ (beyond 1e-3 relative) from its logits in a different "
+        "batch composition (halves of the batch, single samples)",
+        "The output depends on the other samples in the batch: BatchNorm in training mode, test-time "
+        "adaptation, or batch-level normalization. Attacks and evaluation then depend on batch size and "
+        "order, and an attacker may exploit the other samples.",
+        "Evaluate with model.eval() unless the defense is batch-adaptive by design; for such defenses state "
+        "the batch size and composition with the results and attack the batch as a whole.",
+    ),
+)
+_INFO = {c.name: c for c in CHECKS}
+
+
+def _finding(name: str, status: str, evidence: str, **values: Any) -> Finding:
+    advice = "" if status == "pass" else _INFO[name].advice
+    return Finding(name, status, evidence, advice, values)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / (a.abs().max() + 1e-12))
+
+
+def _logits(model: Callable, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).float()
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def check_randomized(model, x, y, ctx) -> Finding:
+    a, b = _logits(model, x), _logits(model, x)
+    rel = _rel(a, b)
+    flips = int((a.argmax(1) != b.argmax(1)).sum())
+    ctx["_noise"] = rel
+    evidence = f"two identical forward passes: max relative logit difference {rel:.2e}, prediction changed on {flips}/{x.shape[0]} samples"
+    if rel <= 1e-5:
+        return _finding("randomized-outputs", "pass", evidence, relative_difference=rel, flips=flips)
+    if rel <= 1e-3:
+        return _finding("randomized-outputs", "warn", evidence + " (tiny: nondeterministic kernels?)",
+                        relative_difference=rel, flips=flips)  # fmt: skip
+    eot = int(ctx.get("eot_samples") or _eot_in_summary(ctx))
+    if eot > 1:
+        return _finding("randomized-outputs", "warn", evidence + f"; the evaluation used EOT over {eot} passes",
+                        relative_difference=rel, flips=flips, eot_samples=eot)  # fmt: skip
+    return _finding("randomized-outputs", "fail", evidence, relative_difference=rel, flips=flips)
+
+
+def _eot_in_summary(ctx) -> int:
+    best = 1
+    for a in (ctx.get("summary") or {}).get("attacks", []):
+        params = a.get("params") or {}
+        eot = params.get("eot_samples") or (20 if params.get("version") == "rand" else 1)
+        best = max(best, int(eot))
+    return best
+
+
+def check_probabilities(model, x, y, ctx) -> Finding:
+    out = _logits(model, x)
+    sums = out.sum(1)
+    probs = bool((out >= 0).all()) and float((sums - 1).abs().max()) <= 1e-3
+    evidence = f"output range [{float(out.min()):.3g}, {float(out.max()):.3g}], row sums in [{float(sums.min()):.4g}, {float(sums.max()):.4g}]"
+    return _finding("probability-outputs", "fail" if probs else "pass", evidence, probabilities=probs)
+
+
+def _input_grad(model, x, y, loss: Callable) -> torch.Tensor | None:
+    with torch.enable_grad():
+        leaf = x.detach().clone().requires_grad_(True)
+        out = loss(model(leaf).float(), y).sum()
+        if not out.requires_grad:
+            return None
+        (g,) = torch.autograd.grad(out, leaf, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
+def check_gradients(model, x, y, ctx) -> Finding:
+    n = x.shape[0]
+    g_ce = _input_grad(model, x, y, lambda z, t: F.cross_entropy(z, t, reduction="none"))
+    g_m = _input_grad(model, x, y, lambda z, t: -margin(z, t))
+    if g_ce is None or g_m is None:
+        return _finding("gradient-health", "fail", "the output does not depend differentiably on the input "
+                        "(no autograd graph from input to logits)", zero_fraction=1.0)  # fmt: skip
+    bad = (~torch.isfinite(g_ce.flatten(1)).all(1)) | (~torch.isfinite(g_m.flatten(1)).all(1))
+    zero_m = g_m.flatten(1).abs().amax(1) == 0
+    zero_ce = (g_ce.flatten(1).abs().amax(1) == 0) & ~zero_m
+    n_bad, n_zero, n_ce = int(bad.sum()), int(zero_m.sum()), int(zero_ce.sum())
+    evidence = (f"input gradients on {n} samples: {n_bad} NaN/inf, {n_zero} zero for the margin loss, "
+                f"{n_ce} zero for cross-entropy only")  # fmt: skip
+    vals = {"nan": n_bad, "zero_margin": n_zero, "zero_ce_only": n_ce, "n": n}
+    if n_bad or n_zero > 0.1 * n:
+        return _finding("gradient-health", "fail", evidence, **vals)
+    if n_zero or n_ce > 0.1 * n:
+        return _finding("gradient-health", "warn", evidence, **vals)
+    return _finding("gradient-health", "pass", evidence, **vals)
+
+
+def check_dynamic(model, x, y, ctx) -> Finding:
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += 1
+        return t
+
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    graph = bool(getattr(out, "requires_grad", False))
+    evidence = f"a forward pass under torch.no_grad() saved {saved} tensors for backward" + (
+        " and returned a tensor attached to an autograd graph" if graph else ""
+    )
+    status = "fail" if saved or graph else "pass"
+    return _finding(
+        "inference-time-optimization", status, evidence, saved_tensors=saved, output_requires_grad=graph
+    )
+
+
+def check_unbounded(model, x, y, ctx) -> Finding | None:
+    chance = 1.0 / _logits(model, x[:2]).shape[1]
+    if ctx.get("unbounded_accuracy") is not None:
+        acc, n, how = (
+            float(ctx["unbounded_accuracy"]),
+            int(ctx.get("n_samples") or x.shape[0]),
+            "measured by the runner",
+        )
+    else:
+        if not ctx.get("run_attacks", True):
+            return None
+        from ..attacks.pgd import PGD
+
+        attack = PGD(norm="Linf", eps=1.0, steps=25, step_size=0.1, random_start=False, loss="cw")
+        n, how = x.shape[0], "PGD-25 (margin loss, no random start, step 0.1) at L-inf eps = 1"
+        try:
+            x_adv = attack(model, x, y).x_adv
+        except RuntimeError as exc:  # no autograd path from input to output: the attack cannot move
+            log.debug("unbounded-eps: PGD could not differentiate the model: %s", exc)
+            x_adv, how = x, how + ", which could not differentiate the model"
+        acc = float((_logits(model, x_adv).argmax(1) == y).float().mean())
+    limit = chance + max(0.05, 2.0 / max(n, 1))
+    evidence = f"accuracy {acc:.1%} at unbounded eps ({how}, {n} samples); chance is {chance:.1%}"
+    return _finding("unbounded-eps", "fail" if acc > limit else "pass", evidence, accuracy=acc, chance=chance)
+
+
+def _curves(ctx) -> tuple[dict[tuple[str, str], dict[float, float]], int]:
+    curves: dict[tuple[str, str], dict[float, float]] = {}
+    summary = ctx.get("summary") or {}
+    n = int(ctx.get("n_samples") or summary.get("n_samples") or 0)
+    for a in summary.get("attacks", []):
+        if a.get("eps") is None or a.get("robust_accuracy") is None:
+            continue
+        params = a.get("params") or {}
+        key = (str(a.get("attack")), str(a.get("norm")) + "|" + _params_key(params))
+        curves.setdefault(key, {})[float(a["eps"])] = float(a["robust_accuracy"])
+    for attack, by_norm in (ctx.get("robust_accuracy") or {}).items():
+        for norm, by_eps in by_norm.items():
+            for eps, acc in by_eps.items():
+                curves.setdefault((str(attack), str(norm)), {})[float(eps)] = float(acc)
+    return curves, n
+
+
+def _params_key(params: dict) -> str:
+    """Entries that differ in more than eps (e.g. steps) are separate curves."""
+    return repr(sorted((k, repr(v)) for k, v in params.items() if k not in ("eps", "name")))
+
+
+def check_monotone(model, x, y, ctx) -> Finding | None:
+    curves, n = _curves(ctx)
+    curves = {k: v for k, v in curves.items() if len(v) >= 2}
+    if not curves:
+        return None
+    worst, where = 0.0, ""
+    for (attack, norm), pts in curves.items():
+        eps = sorted(pts)
+        for i, lo in enumerate(eps):
+            for hi in eps[i + 1 :]:
+                rise = pts[hi] - pts[lo]
+                if rise > worst:
+                    worst = rise
+                    where = f"{attack} ({norm.split('|')[0]}): {pts[lo]:.1%} at eps {lo:.4g} but {pts[hi]:.1%} at eps {hi:.4g}"
+    if worst <= 1e-9:
+        return _finding("monotone-eps", "pass", f"robust accuracy is non-increasing in eps on {len(curves)} curve(s)",
+                        curves=len(curves))  # fmt: skip
+    status = "fail" if (n and worst * n > 2 + 1e-6) or (not n and worst > 0.01) else "warn"
+    return _finding(
+        "monotone-eps", status, "robust accuracy rises with eps: " + where, rise=worst, curves=len(curves)
+    )
+
+
+def _is_black_box(name: str, key: str | None, ctx) -> bool:
+    if (
+        name in set(ctx.get("black_box") or ())
+        or name.startswith("square")
+        or (key or "").startswith("square")
+    ):
+        return True
+    if key and key in ATTACKS:
+        return bool(getattr(ATTACKS.get(key), "black_box", False))
+    return False
+
+
+def _stages(cascade: Any) -> Iterable[list[dict]]:
+    if isinstance(cascade, list) and cascade and isinstance(cascade[0], list):
+        yield from cascade
+    elif isinstance(cascade, list):
+        yield cascade
+
+
+def check_black_box(model, x, y, ctx) -> Finding | None:
+    if ctx.get("square_beat_whitebox") is not None:
+        beat = bool(ctx["square_beat_whitebox"])
+        evidence = (
+            "the evaluation reports that Square "
+            + ("beat" if beat else "did not beat")
+            + " the white-box attacks"
+        )
+        return _finding(
+            "black-box-vs-white-box", "fail" if beat else "pass", evidence, square_beat_whitebox=beat
+        )
+    if ctx.get("cascade"):
+        broke = 0
+        for stages in _stages(ctx["cascade"]):
+            white = False  # a black-box stage only counts after some white-box stage
+            for st in stages:
+                name = str(st.get("attack"))
+                if not (st["black_box"] if "black_box" in st else _is_black_box(name, name, ctx)):
+                    white = True
+                elif white:
+                    broke += int(st.get("attacked", 0)) - int(st.get("robust_after", st.get("attacked", 0)))
+        evidence = (
+            f"in the AutoAttack cascade Square broke {broke} sample(s) that the white-box stages did not"
+        )
+        return _finding("black-box-vs-white-box", "fail" if broke else "pass", evidence, square_broke=broke)
+    curves, n = _curves(ctx)
+    per_point: dict[tuple[str, float], dict[str, list[float]]] = {}
+    for (attack, norm), pts in curves.items():
+        kind = "black" if _is_black_box(attack, attack, ctx) else "white"
+        for eps, acc in pts.items():
+            per_point.setdefault((norm.split("|")[0], eps), {"black": [], "white": []})[kind].append(acc)
+    gaps = [(min(v["white"]) - min(v["black"]), k) for k, v in per_point.items() if v["black"] and v["white"]]
+    if not gaps:
+        return None
+    gap, (norm, eps) = max(gaps)
+    tol = 1.0 / n if n else 0.005
+    evidence = (f"at {norm} eps {eps:.4g} the best black-box attack leaves {gap:+.1%} less robust accuracy than "
+                f"the best white-box attack" if gap > 0 else "no black-box attack beat the white-box attacks")  # fmt: skip
+    return _finding("black-box-vs-white-box", "fail" if gap > tol else "pass", evidence, gap=max(gap, 0.0))
+
+
+def check_batch(model, x, y, ctx) -> Finding | None:
+    n = x.shape[0]
+    if n < 2:
+        return None
+    noise = float(ctx.get("_noise", 0.0))
+    if noise > 1e-3:
+        return None  # indistinguishable from the model's own randomness (see randomized-outputs)
+    full = _logits(model, x)
+    parts = [_logits(model, x[: n // 2]), _logits(model, x[n // 2 :])]
+    diffs = [_rel(full, torch.cat(parts))]
+    for i in range(min(n, 4)):
+        try:
+            diffs.append(_rel(full[i : i + 1], _logits(model, x[i : i + 1])))
+        except (RuntimeError, ValueError) as exc:  # e.g. BatchNorm1d in training mode refuses batch size 1
+            log.debug("batch-dependence: single-sample forward failed: %s", exc)
+            diffs.append(float("inf"))
+    worst = max(diffs)
+    limit = max(1e-3, 10 * noise)
+    evidence = (
+        f"max relative logit change when the batch composition changes: {worst:.2e} (threshold {limit:.0e})"
+    )
+    return _finding(
+        "batch-dependence", "fail" if worst > limit else "pass", evidence, relative_difference=worst
+    )
+
+
+_RUNNERS: dict[str, Callable[..., Finding | None]] = {
+    "randomized-outputs": check_randomized,
+    "probability-outputs": check_probabilities,
+    "gradient-health": check_gradients,
+    "black-box-vs-white-box": check_black_box,
+    "inference-time-optimization": check_dynamic,
+    "unbounded-eps": check_unbounded,
+    "monotone-eps": check_monotone,
+    "batch-dependence": check_batch,
+}
+
+
+def run_sanity_checks(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    context: dict[str, Any] | None = None,
+    checks: Iterable[str] | None = None,
+) -> list[Finding]:
+    """Run the checks (all by default, in ``CHECKS`` order) on up to ``max_samples`` samples.
+
+    The model's state (modes, buffers, gradients) is restored afterwards. A check that crashes yields
+    a ``warn`` finding naming the exception instead of stopping the evaluation.
+    """
+    ctx = dict(context or {})
+    limit = int(ctx.get("max_samples", 64))
+    x, y = x[:limit], y[:limit]
+    names = list(checks) if checks is not None else [c.name for c in CHECKS]
+    findings: list[Finding] = []
+    with preserved(model):
+        for name in names:
+            try:
+                found = _RUNNERS[name](model, x, y, ctx)
+            except Exception as exc:  # a crashing check must not abort the run; report it instead
+                log.warning("sanity check %s crashed: %r", name, exc)
+                found = Finding(name, "warn", f"the check could not run: {type(exc).__name__}: {exc}",
+                                "Inspect the model on this input; the other checks are unaffected.")  # fmt: skip
+            if found is not None:
+                findings.append(found)
+    return findings
+
+
+def checks_markdown() -> str:
+    """The body of docs/sanity-checks.md: one section per check."""
+    parts = []
+    for c in CHECKS:
+        parts.append(f"## `{c.name}`\n\n**Fires when** {c.fires_when}.\n\n**What it means.** {c.means}\n\n"
+                     f"**What to do.** {c.advice}\n")  # fmt: skip
+    return "\n".join(parts)
