@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from .loading import register_format
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -168,7 +169,7 @@ def _read_gt(csv_path: Path) -> list[dict[str, str]]:
 
 
 def load_gtsrb(
-    root: str | os.PathLike, split: str = "train", size: int = 32, *, crop_roi: bool = True
+    root: str | os.PathLike, split: str = "train", size: int | None = 32, *, crop_roi: bool = True
 ) -> FileDataset:
     """GTSRB (German Traffic Sign Recognition Benchmark) in its on-disk layout, 43 classes.
 
@@ -219,3 +220,62 @@ def _roi(row: dict[str, str]) -> tuple[int, int, int, int]:
     """GTSRB's inclusive ROI corners -> a PIL crop box (right / bottom exclusive)."""
     x1, y1, x2, y2 = (int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
     return x1, y1, x2 + 1, y2 + 1
+
+
+# --------------------------------------------------------------------- manifest formats
+def _preprocessing(manifest: dict, allowed: Sequence[str]) -> dict:
+    pre = dict(manifest.get("preprocessing") or {})
+    unknown = sorted(set(pre) - set(allowed))
+    if unknown:
+        raise InputError(
+            f"{manifest.get('name', 'manifest')}: unknown preprocessing key(s) {unknown}; "
+            f"this format takes {', '.join(allowed)}"
+        )
+    return pre
+
+
+@register_format("face-folder")
+def face_folder_format(manifest: dict, split: str, root: Path) -> FileDataset:
+    """Manifest entry point (``format: face-folder``): ``root/<identity>/<images>``.
+
+    ``splits`` may map a split to a sub-folder of ``root`` laid out the same way (``{train: train,
+    test: test}``); without it the whole folder is the ``test`` split and there is no ``train`` split
+    (universal attacks then fit on the evaluation images, with a warning from the runner).
+    """
+    pre = _preprocessing(manifest, ("size", "align", "cascade_dir", "min_images"))
+    splits = manifest.get("splits") or {}
+    if splits:
+        if split not in splits:
+            raise InputError(f"{manifest.get('name')}: no '{split}' in splits ({', '.join(splits)})")
+        folder = root / str(splits[split])
+    elif split == "test":
+        folder = root
+    else:
+        raise InputError(
+            f"{manifest.get('name')}: a face folder has only a test split; add splits: {{train: DIR, test: DIR}}"
+        )
+    ds = load_face_folder(
+        folder,
+        int(pre.get("size", 32)),
+        align=bool(pre.get("align", False)),
+        cascade_dir=pre.get("cascade_dir"),
+        min_images=int(pre.get("min_images", 1)),
+    )
+    if manifest.get("classes"):
+        if len(manifest["classes"]) != len(ds.classes):
+            raise InputError(
+                f"{manifest.get('name')}: the manifest lists {len(manifest['classes'])} identities, "
+                f"{folder} holds {len(ds.classes)} ({', '.join(ds.classes)})"
+            )
+        ds.classes = list(manifest["classes"])
+    return ds
+
+
+@register_format("gtsrb")
+def gtsrb_format(manifest: dict, split: str, root: Path) -> FileDataset:
+    """Manifest entry point (``format: gtsrb``): the official layout, ``train`` or ``test`` split."""
+    pre = _preprocessing(manifest, ("size", "crop_roi"))
+    size = pre.get("size", 32)
+    return load_gtsrb(
+        root, split, None if size is None else int(size), crop_roi=bool(pre.get("crop_roi", True))
+    )
