@@ -28,26 +28,54 @@ def _positive_int(text: str) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate.runner import evaluate
 
-    result = evaluate(
-        model=args.model,
+    common = dict(
         data=args.data,
         suite=args.suite,
         out=args.out,
-        name=args.name,
         device=args.device,
         batch_size=args.batch_size,
         limit=args.limit,
         seed=args.seed,
-        weights=args.weights,
         data_root=args.data_root,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        amp=args.amp,
+        profile=args.profile,
     )
+    if args.defense:
+        return _evaluate_defenses(args, common)
+    result = evaluate(model=args.model, name=args.name, weights=args.weights, **common)
+    _print_summary(result)
+    return 0
+
+
+def _evaluate_defenses(args: argparse.Namespace, common: dict) -> int:
+    from .errors import ConfigError
+    from .evaluate.defended import evaluate_defenses
+
+    if args.model or args.weights:
+        raise ConfigError("--defense builds its own models: drop --model/--weights, or drop --defense")
+    results, report = evaluate_defenses(args.defense, name=args.name, eot_samples=args.eot_samples, **common)
+    for result in results:
+        print(f"== defense {result.summary['defense']['name']}")
+        _print_summary(result)
+    if report:
+        print(f"comparison: {report}")
+    return 0
+
+
+def _print_summary(result) -> None:
     s = result.summary
     print(f"clean accuracy   {100 * s['clean_accuracy']:.1f}%  ({s['n_samples']} samples)")
     for a in s["attacks"]:
         print(f"  {a['name']:<28} robust {100 * a['robust_accuracy']:5.1f}%   {a['seconds']:.1f}s")
     print(f"robust accuracy  {100 * s['robust_accuracy']:.1f}%  (worst case over the suite)")
+    if "profile" in s:
+        from .evaluate.profile import format_profile
+
+        print(format_profile(s["profile"]))
     print(f"results: {result.run_dir}")
     if result.report:
         print(f"report:  {result.report}")
@@ -66,6 +94,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .attacks import ATTACKS
     from .data.loading import manifest_names
     from .data.synthetic import BUILTIN
+    from .defenses.base import DEFENSES
     from .evaluate.suite import builtin_suites
     from .models.zoo import ZOO
 
@@ -79,6 +108,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         + " (manifests)"
     )
     print("models:   " + ", ".join(ZOO.names()) + " (zoo)")
+    print("defenses: " + ", ".join(DEFENSES.names()))
     return 0
 
 
@@ -134,6 +164,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="start over when the run directory holds a different run"
     )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument(
+        "--defense",
+        default=None,
+        help="comma-separated defense names (see `robustkit list`): evaluate each under the suite and "
+        "write a side-by-side comparison",
+    )
+    ev.add_argument(
+        "--eot-samples",
+        type=_positive_int,
+        default=20,
+        help="draws averaged when attacking a stochastic defense (default: 20)",
+    )
+    ev.add_argument(
+        "--channels-last", action="store_true", help="attacks run the model in channels_last memory format"
+    )
+    ev.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BACKEND",
+        help="attacks run the model through torch.compile (default backend: inductor)",
+    )
+    ev.add_argument(
+        "--amp",
+        choices=["none", "bf16"],
+        default=None,
+        help="attacks run under bf16 autocast; every success is rechecked in fp32 (default: none)",
+    )
+    ev.add_argument(
+        "--profile", action="store_true", help="report time per attack and forward/backward pass counts"
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     from .defenses.cli import add_train_arguments

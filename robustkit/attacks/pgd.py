@@ -50,21 +50,53 @@ def gradient_ascent(
     target: torch.Tensor | None,
     delta: torch.Tensor,
     counter: Counter,
+    objective_at: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shared PGD loop. Returns (x_adv, success): first successful iterate, else the last one."""
+    """The shared PGD loop. Returns (x_adv, success): first successful iterate, else the last one.
+
+    With ``objective_at`` (indices of the samples still in the working batch -> their objective),
+    the loop compacts: after 2, 4, 8, ... steps (never after the last) it counts the samples done,
+    one host synchronization per check, stops when all are done, and drops the done ones from the
+    working batch once they are a quarter of it. Results are those of the uncompacted loop.
+    """
+    n = x.shape[0]
     best = x + delta
-    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(steps):
-        _, logits, grad = loss_and_grad(model, x + delta, objective, counter)
+    found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    out_best, out_found, live = best, found, None  # live: working-batch indices once compacted
+    for i in range(steps):
+        x_adv = x + delta
+        _, logits, grad = loss_and_grad(model, x_adv, objective, counter)
         hit = is_success(logits, y, target) & ~found
-        best = _where(hit, x + delta, best)
+        best = _where(hit, x_adv, best)
         found = found | hit
         delta = threat.clip(x, delta + step_size * threat.direction(grad))
+        if objective_at is None or i == 0 or i >= steps - 1 or (i + 1) & i:
+            continue
+        n_done = int(found.sum())  # the only host synchronizations of the loop: log2(steps) checks
+        if n_done == found.numel():
+            return _merge(out_best, out_found, live, best, found)
+        if 4 * n_done >= found.numel():
+            if live is None:
+                out_best, out_found, live = best.clone(), found.clone(), torch.arange(n, device=x.device)
+            out_best[live[found]], out_found[live[found]] = best[found], True
+            keep = ~found
+            live, x, y, delta = live[keep], x[keep], y[keep], delta[keep]
+            best, found = best[keep], found[keep]
+            target = target[keep] if target is not None else None
+            objective = objective_at(live)
     with torch.no_grad():
         logits = forward(model, x + delta, counter)
     hit = is_success(logits, y, target) & ~found
     best = _where(hit | ~found, x + delta, best)
-    return best.detach(), found | hit
+    return _merge(out_best, out_found, live, best, found | hit)
+
+
+def _merge(out_best, out_found, live, best, found) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the working batch back into the full-batch buffers (identity when never compacted)."""
+    if live is None:
+        return best.detach(), found
+    out_best[live], out_found[live] = best, found
+    return out_best.detach(), out_found
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +147,13 @@ class PGD(Attack):
         if self.eps == 0:
             return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
         step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        if self.restarts > 1 and _stack_restarts(x):
+            restore = _snapshot(generator)
+            try:
+                return self._stacked(model, x, y, target, generator, counter, threat, step)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()  # not enough memory for all restarts at once: one by one,
+                restore()  # from the same random draws
         for restart in range(self.restarts):
             todo = ~success if restart else torch.ones_like(success)
             if restart and not bool(todo.any()):
@@ -124,21 +163,72 @@ class PGD(Attack):
             ts = target[idx] if target is not None else None
             gens = subset(generator, todo)
             delta = threat.clip(xs, threat.init(xs, gens)) if self.random_start else torch.zeros_like(xs)
-            adv, ok = gradient_ascent(
-                model,
-                xs,
-                ys,
-                threat,
-                steps=self.steps,
-                step_size=step,
-                objective=_objective(self.loss, ys, ts),
-                target=ts,
-                delta=delta,
-                counter=counter,
-            )
+            adv, ok = self._ascend(model, xs, ys, ts, delta, threat, step, counter)
             x_adv[idx] = adv
             success[idx] = ok
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+
+    def _ascend(self, model, xs, ys, ts, delta, threat, step, counter) -> tuple[torch.Tensor, torch.Tensor]:
+        def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            return _objective(self.loss, ys[live], ts[live] if ts is not None else None)
+
+        return gradient_ascent(
+            model,
+            xs,
+            ys,
+            threat,
+            steps=self.steps,
+            step_size=step,
+            objective=_objective(self.loss, ys, ts),
+            target=ts,
+            delta=delta,
+            counter=counter,
+            objective_at=objective_at,
+        )
+
+    def _stacked(self, model, x, y, target, generator, counter, threat, step) -> AttackResult:
+        """All restarts in one batch of ``restarts * B`` (GPU: fills the device with small batches).
+
+        Restart r of sample i starts from the r-th draw of sample i's generator, as in the one-by-one
+        loop, and a sample's result is its first successful restart, else its last restart: the same
+        result as running the restarts one after the other on the samples still robust.
+        """
+        r, n = self.restarts, x.shape[0]
+        inits = [
+            threat.clip(x, threat.init(x, generator)) if self.random_start else torch.zeros_like(x)
+            for _ in range(r)
+        ]
+        xs, ys = x.repeat(r, *([1] * (x.ndim - 1))), y.repeat(r)
+        ts = target.repeat(r) if target is not None else None
+        adv, ok = self._ascend(model, xs, ys, ts, torch.cat(inits), threat, step, counter)
+        adv, ok = adv.view(r, *x.shape), ok.view(r, n)
+        first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last
+        x_adv = adv[first, torch.arange(n, device=x.device)]
+        return AttackResult(x_adv=x_adv, success=ok.any(0), counters=counter.as_dict())
+
+
+def _snapshot(generator: GeneratorLike) -> Callable[[], None]:
+    """A function that puts the generator(s) back into their current state."""
+    gens = (
+        []
+        if generator is None
+        else [generator]
+        if isinstance(generator, torch.Generator)
+        else list(generator)
+    )
+    states = [g.get_state() for g in gens]
+
+    def restore() -> None:
+        for g, state in zip(gens, states, strict=True):
+            g.set_state(state)
+
+    return restore
+
+
+def _stack_restarts(x: torch.Tensor) -> bool:
+    """Stack restarts into the batch on CUDA (throughput grows with batch size); one by one on CPU,
+    where compute is already saturated and the one-by-one loop skips samples already broken."""
+    return x.device.type == "cuda"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -160,11 +160,18 @@ def evaluate(
     report: bool = True,
     model_name: str | None = None,
     defense_info: dict[str, Any] | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
+    amp: str | None = None,
+    profile: bool = False,
 ) -> RunResult:
     """Evaluate ``model`` on ``data`` under ``suite`` and write the run directory. Returns the summary.
 
     ``model_name`` names a model given as a Python object; ``defense_info`` (from
     ``robustkit.evaluate.defended.honor``) records a defense's capabilities and how they were honored.
+    ``channels_last`` / ``compile`` / ``amp`` ('bf16'): the attacks' fast path
+    (``robustkit.evaluate.fastpath``; successes are still rechecked in fp32); ``profile`` writes
+    ``profile.json`` (time per attack and pass counts, ``robustkit.evaluate.profile``) and adds it to the summary.
 
     Started by ``torchrun``, every rank evaluates its shard and rank 0 merges and renders.
     """
@@ -201,6 +208,9 @@ def evaluate(
         raise ConfigError(f"dataset '{data_name}' ({split}) is empty")
     indices = list(range(min(n_total, limit) if limit else n_total))
     preflight(net, dataset, indices, len(classes) or None, dev)
+    from .fastpath import make_fastpath
+
+    fast = make_fastpath(channels_last, compile, amp)
     model_name = model_name or model_info.get("name", _spec_name(model))
     config = {
         "model": model_name,
@@ -215,6 +225,8 @@ def evaluate(
         "device": str(dev),
         "gallery": gallery,
     }
+    if fast.active:
+        config["fastpath"] = fast.as_dict()
     run_name = name or f"{safe_name(model_name)}-{safe_name(str(data_name))}-{safe_name(suite_obj.name)}"
     run_dir, resumed = _prepare_dir(Path(out), run_name, config, overwrite and rank == 0, rank)
     if rank == 0 and not resumed:
@@ -256,7 +268,7 @@ def evaluate(
             def fit(entry: SuiteEntry, k: int):
                 return _fit_universal(entry, net, data, data_root, seed, k, dev)
 
-            run_suite(store, net, dataset, mine, suite_obj, dev, seed, gallery, bar, fit)
+            run_suite(store, fast.wrap(net), dataset, mine, suite_obj, dev, seed, gallery, bar, fit)
         store.set_meta("elapsed", store.meta("elapsed", 0.0) + (time.perf_counter() - started))
         failed = False
     finally:
@@ -287,6 +299,11 @@ def evaluate(
     distributed.barrier()
     if rank != 0:
         summary = json.loads((run_dir / "summary.json").read_text())
+    if profile and rank == 0:
+        from .profile import profile_run
+
+        px, py = get_batch(dataset, indices[:batch_size])
+        summary["profile"] = profile_run(run_dir, net, px.to(dev), py.to(dev))
     report_path = None
     if report and rank == 0:
         from ..report import render_report

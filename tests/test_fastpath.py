@@ -1,0 +1,218 @@
+"""The fast path: compaction and stacked restarts give the plain loop's results; channels_last /
+compile / bf16 wrappers; the fp32 recheck; the profile; the benchmark helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import robustkit
+from robustkit.attacks import pgd as pgd_mod
+from robustkit.attacks.base import Counter
+from robustkit.errors import ConfigError
+from robustkit.evaluate.fastpath import FastModel, make_fastpath, reference
+from robustkit.functional.random import sample_generators
+from robustkit.threat import make_threat
+
+
+def _double_net() -> nn.Module:
+    """A batch-independent conv net in float64 (exact results whatever the batch composition)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 4)
+    )
+    return net.double().eval()
+
+
+def _data(n: int = 24):
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(n, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g)
+
+
+def _ascend(model, x, y, *, compact: bool, steps: int = 9, eps: float = 0.03):
+    threat = make_threat("Linf", eps)
+    delta = threat.clip(x, threat.init(x, sample_generators(0, range(len(x)))).to(x.dtype))
+    obj = pgd_mod._objective("ce", y, None)
+    counter = Counter()
+    out = pgd_mod.gradient_ascent(
+        model, x, y, threat, steps=steps, step_size=eps / 4, objective=obj, target=None, delta=delta,
+        counter=counter, objective_at=(lambda live: pgd_mod._objective("ce", y[live], None)) if compact else None,
+    )  # fmt: skip
+    return out, counter
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.03, 0.3])
+def test_compaction_equals_plain_loop(eps):
+    model, (x, y) = _double_net(), _data()
+    (adv_c, ok_c), cnt_c = _ascend(model, x, y, compact=True, eps=eps)
+    (adv_p, ok_p), cnt_p = _ascend(model, x, y, compact=False, eps=eps)
+    assert torch.equal(ok_c, ok_p) and torch.equal(adv_c, adv_p)
+    assert cnt_c.queries <= cnt_p.queries
+    if eps == 0.3:  # everything breaks early: the compacted loop stops early and spends fewer passes
+        assert bool(ok_p.all()) and cnt_c.queries < cnt_p.queries
+
+
+def test_compaction_targeted_equals_plain_loop():
+    model, (x, y) = _double_net(), _data()
+    atk = robustkit.create_attack("pgd", eps=0.05, steps=8, targeted=True, target_mode="random")
+    gens = lambda: sample_generators(1, range(len(x)))  # noqa: E731
+    full = atk(model, x, y, generator=gens())
+    orig = pgd_mod.PGD._ascend
+
+    def plain(self, model, xs, ys, ts, delta, threat, step, counter):
+        return pgd_mod.gradient_ascent(
+            model, xs, ys, threat, steps=self.steps, step_size=step, objective=pgd_mod._objective(self.loss, ys, ts),
+            target=ts, delta=delta, counter=counter,
+        )  # fmt: skip
+
+    try:
+        pgd_mod.PGD._ascend = plain
+        ref = atk(model, x, y, generator=gens())
+    finally:
+        pgd_mod.PGD._ascend = orig
+    assert torch.equal(full.success, ref.success) and torch.equal(full.x_adv, ref.x_adv)
+
+
+def test_stacked_restarts_equal_one_by_one(monkeypatch):
+    model, (x, y) = _double_net(), _data(16)
+    atk = robustkit.create_attack("pgd", eps=0.02, steps=4, restarts=3)
+    one = atk(model, x, y, generator=sample_generators(2, range(len(x))))
+    monkeypatch.setattr(pgd_mod, "_stack_restarts", lambda x: True)
+    stacked = atk(model, x, y, generator=sample_generators(2, range(len(x))))
+    assert torch.equal(one.success, stacked.success)
+    assert torch.equal(one.x_adv, stacked.x_adv)
+
+
+def test_stacked_restarts_fall_back_on_oom_with_same_draws(monkeypatch):
+    model, (x, y) = _double_net(), _data(8)
+    atk = robustkit.create_attack("pgd", eps=0.02, steps=3, restarts=2)
+    one = atk(model, x, y, generator=sample_generators(4, range(len(x))))
+
+    def oom(*args, **kwargs):
+        x_ = args[2]
+        pgd_mod.make_threat("Linf", 0.02).init(x_, args[5])  # consumes the generators, then fails
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(pgd_mod, "_stack_restarts", lambda x: True)
+    monkeypatch.setattr(pgd_mod.PGD, "_stacked", lambda self, *a: oom(self, *a))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    again = atk(model, x, y, generator=sample_generators(4, range(len(x))))
+    assert torch.equal(one.x_adv, again.x_adv)
+
+
+def test_no_parameter_gradients_and_no_host_sync_per_step(monkeypatch):
+    """The step loop synchronizes only at the log2(steps) compaction checks."""
+    model, (x, y) = _double_net(), _data(8)
+    calls = {"n": 0}
+    real = torch.Tensor.__int__
+
+    def counting(self):
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "__int__", counting)
+    _ascend(model, x, y, compact=True, steps=16, eps=0.001)
+    assert calls["n"] <= 3  # checks after 2, 4, 8 steps
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fastmodel_options_and_reference():
+    from tests.conftest import TinyNet
+
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        ref = net(x)
+    assert make_fastpath().wrap(net) is net  # nothing on: the model itself
+    fast = make_fastpath(channels_last=True, amp="bf16").wrap(net)
+    assert isinstance(fast, FastModel) and reference(fast) is net and reference(net) is net
+    with torch.no_grad():
+        out = fast(x)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=0.1) and not torch.equal(out, ref)  # bf16: close, not exact
+    assert net.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(reference(fast)(x), ref, atol=1e-6)
+    # shared parameters: the wrapper exposes exactly the reference model's parameters
+    assert {id(p) for p in fast.parameters()} == {id(p) for p in net.parameters()}
+    compiled = make_fastpath(compile="eager").wrap(net)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), ref, atol=1e-6)
+    with pytest.raises(ConfigError):
+        make_fastpath(amp="fp8")
+
+
+def test_bf16_attack_success_is_rechecked_in_fp32():
+    """A decision that hinges on less than bf16's resolution: bf16 claims a success that fp32 refutes."""
+
+    class Knife(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1, 12))
+
+        def forward(self, x):
+            s = nn.functional.linear(x.flatten(1), self.w).float()  # bf16 under autocast: 11.953 -> 11.9375
+            return torch.cat([torch.zeros_like(s), (s - 11.945) * 100], 1)
+
+    x = torch.full((2, 3, 2, 2), 1 - 1 / 255)
+    y = torch.ones(2, dtype=torch.long)  # fp32: sum 11.953 > 11.945, class 1, correct
+    net = Knife().eval()
+    fast = make_fastpath(amp="bf16").wrap(net)
+    with torch.no_grad():
+        assert (net(x).argmax(1) == y).all()
+        assert (fast(x).argmax(1) != y).all()  # bf16 rounds the sum down: a false "success"
+    from robustkit.evaluate.execute import recheck
+
+    assert (recheck(fast, x).argmax(1) == y).all()  # the runner's recheck uses the fp32 reference
+
+
+def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_test):
+    x, y = shapes_test.x[:16], shapes_test.y[:16]
+    fast = make_fastpath(channels_last=True, amp="bf16").wrap(shapes_model)
+    res = robustkit.create_attack("pgd", eps=8 / 255, steps=5)(
+        fast, x, y, generator=sample_generators(0, range(16))
+    )
+    from robustkit.evaluate.execute import recheck
+
+    pred = recheck(fast, res.x_adv).argmax(1)
+    assert ((res.x_adv - x).abs().amax() <= 8 / 255 + 1e-6) and (pred != y).float().mean() > 0.5
+    assert all(p.grad is None for p in shapes_model.parameters())
+    shapes_model.to(memory_format=torch.contiguous_format)
+
+
+def test_profile_and_evaluate_flags(tmp_path, shapes_model):
+    from robustkit.evaluate.profile import format_profile, profile_run
+    from robustkit.evaluate.runner import evaluate
+
+    suite = {
+        "name": "t",
+        "attacks": [{"attack": "pgd", "eps": 2 / 255, "steps": 3}, {"attack": "fgsm", "eps": 2 / 255}],
+    }
+    res = evaluate(shapes_model, "shapes", suite, out=tmp_path, limit=24, batch_size=12, progress=False,
+                   report=False, amp="bf16", channels_last=True, profile=True)  # fmt: skip
+    prof = json.loads((res.run_dir / "profile.json").read_text())
+    names = [r["name"] for r in prof["rows"]]
+    assert names[0] == "clean pass" and "pgd" in names[1] and names[-1].startswith("other")
+    pgd_row = prof["rows"][1]
+    assert pgd_row["backward"] >= 2 and pgd_row["forward"] >= pgd_row["backward"] and pgd_row["seconds"] > 0
+    assert prof["pass_costs"]["t_fwd"] > 0 and pgd_row["overhead_est"] > 0
+    assert res.summary["profile"]["rows"] == prof["rows"]
+    text = format_profile(profile_run(res.run_dir, write=False))
+    assert "clean pass" in text and "total" in text
+    assert shapes_model.training is False
+    shapes_model.to(memory_format=torch.contiguous_format)
+
+
+def test_benchmark_helpers_measure_memory_and_time():
+    from benchmarks.common import compare, input_gradient_pass, peak_memory, ratio
+
+    model, (x, y) = _double_net(), _data(8)
+    small = peak_memory(lambda: input_gradient_pass(model, x[:2], y[:2]), "cpu")
+    big = peak_memory(lambda: input_gradient_pass(model, x, y), "cpu")
+    assert 0 < small < big
+    t = compare({"a": lambda: input_gradient_pass(model, x, y), "b": lambda: None}, device="cpu", reps=3)
+    assert len(t["a"].times) == 3 and ratio(t, "a", "a")["median"] == 1.0
