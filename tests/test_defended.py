@@ -57,3 +57,26 @@ def test_two_defenses_compared(tmp_path, shapes_model):
     assert [row["defense"] for row in comparison["rows"]] == ["plain", "noisy"]
     html = report.read_text()
     assert "plain" in html and "noisy" in html and "EOT" in html
+
+
+def test_cli_defense_flag(tmp_path, shapes_model, capsys):
+    from robustkit.cli import main
+    from robustkit.defenses.base import DEFENSES
+    from robustkit.defenses.train import load_split, spec_for
+    from robustkit.models.checkpoint import save_weights
+
+    recipe = DEFENSES.create("standard")  # an untrained network of the recipe: no training in this test
+    weights = tmp_path / "standard.safetensors"
+    save_weights(
+        recipe.build(spec_for("shapes", load_split("shapes", "test", n=8)), recipe.settings), weights
+    )
+    suite = tmp_path / "one.yaml"
+    suite.write_text("name: one\nattacks:\n  - attack: pgd\n    eps: 4/255\n    steps: 2\n")
+    args = ["evaluate", "--defense", f"standard:{weights}", "--suite", str(suite), "--limit", "8", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "runs"), "--device", "cpu", "--name", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert "== defense standard:standard.safetensors" in out and "comparison:" in out
+    assert (tmp_path / "runs" / "cli-comparison.json").exists()
+    # --model and --defense contradict each other: refused before anything is written
+    code = main([*args, "--out", str(tmp_path / "bad"), "--model", "shapes-resnet"])
+    assert code == 2 and "--defense" in capsys.readouterr().err and not (tmp_path / "bad").exists()
