@@ -1,19 +1,28 @@
-"""Train every defense backend at reduced scale on the built-in ``shapes`` data and compare them under PGD.
+"""Train every defense backend at reduced scale on the built-in ``shapes`` data and compare them.
 
-One command (about 10-15 minutes on two free CPU cores; much longer on a loaded machine):
+The documented command (about 20-30 minutes on two free CPU cores; much longer on a loaded machine):
 
-    PYTHONPATH=. python benchmarks/defenses_shapes.py --out reports/defenses-shapes
+    nice python benchmarks/defenses_shapes.py --threads 1 --example
 
-    --quick    smoke test: 256 training images, 1 epoch, 100 test images (about a minute)
+    --quick    smoke test: 256 training images, 1 epoch, 40 test images (a few minutes)
 
-The defenses are trained with their registered recipes (the reduced-scale defaults, see
-``robustkit train --list``) through the same cache ``load_defense`` uses, so a later
-``robustkit evaluate --defense pgd-at,abnn,...`` reuses these weights; re-running resumes or skips training.
-Evaluation: the first ``--n-eval`` test images in fixed batches of ``--eval-batch``, L-inf PGD-10 (random
-start, step 2.5 eps / 10) at 2/255 and 8/255; robust = clean-correct and still correct when the final
-adversarial batch is re-evaluated in eval mode. ABNN is attacked white-box through both networks, with
-target-only gradients and by transfer from the standard network, and its batch dependence is measured.
-Writes ``results.json`` and ``table.md`` into ``--out`` and prints the table.
+Training: every backend with its registered recipe (the reduced-scale defaults, ``robustkit train --list``)
+through the cache ``load_defense`` uses, so a later ``robustkit evaluate --defense pgd-at,abnn,...`` reuses
+these weights; re-running resumes or skips training. The cost per step (network passes and seconds,
+relative to a standard-training step of the same network) is measured during training.
+
+Evaluation: ``robustkit.evaluate.defended.evaluate_defenses`` runs one suite over every defense (each
+defense's capabilities honored: fixed batch composition for the batch-dependent ABNN), on the first
+``--n-eval`` test images (default 100) in fixed batches of ``--eval-batch``. The suite joins the built-in
+recipes pgd-linf (2/255 and 8/255, 10 steps), autoattack-standard (L-inf 8/255) and physical (patch,
+eyeglass, sticker, ROA) at the reduced costs of ``REDUCTIONS`` (``--suites`` picks parts). ABNN is
+attacked white-box through both networks, with target-only gradients and by transfer from the standard
+network; its batch dependence is measured separately (PGD-10 8/255 on fixed batches, re-evaluated one
+image at a time, among other batch-mates, and by an attacker who controls half of each batch).
+
+Writes into ``--out`` (default ``reports``): ``<name>-comparison.html`` / ``.json`` (the side-by-side
+report), ``<name>.json`` (everything measured) and ``<name>.md`` (the note: tables, published anchors,
+ABNN verdicts, BN-only ordering); ``--example`` copies them to ``reports/examples/`` as ``<name>.*``.
 """
 
 from __future__ import annotations
@@ -21,37 +30,41 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from robustkit.attacks.pgd import PGD
 from robustkit.defenses.backbones import DataSpec
-from robustkit.defenses.base import DEFENSES, Context
+from robustkit.defenses.base import DEFENSES, Context, Defense
 from robustkit.defenses.checkpoints import load_weights
 from robustkit.defenses.train import cache_path, load_split, train_defense
 from robustkit.device import resolve_device
-from robustkit.evaluate.compare import compare, format_table
+from robustkit.evaluate.compare import format_table
+from robustkit.evaluate.defended import evaluate_defenses
+from robustkit.evaluate.suite import find_suite
 from robustkit.functional.random import sample_generators
 
 TRAINED = ["standard", "abnn", "abnn-per-sample", "pgd-at", "nofrost", "bn-at", "bn-finetune", "bn-random"]
 EVALUATED = ["standard", "pgd-at", "abnn", "abnn-target-only", "abnn-transfer", "abnn-per-sample",
              "nofrost", "bn-at", "bn-finetune", "bn-random"]  # fmt: skip
-EPS = {"2/255": 2 / 255, "8/255": 8 / 255}
 
 
 class Bench:
     """Trains (or finds) every defense and builds its evaluation model."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+    def __init__(self, args: argparse.Namespace, device: torch.device, quick_dir: Path) -> None:
         self.args, self.device = args, device
         self.quick = args.quick
-        self.work = Path(args.out) / "quick-models" if args.quick else None
+        self.work = quick_dir if args.quick else None
         self.models: dict[str, nn.Module] = {}
         self.infos: dict[str, dict[str, Any]] = {}
 
@@ -179,187 +192,298 @@ def batch_dependence(
     return out
 
 
+# ----------------------------------------------------------------------------- the reduced attack suite
+#: Cheaper settings for the built-in recipes (attack registry key -> overrides), so that ten defenses are
+#: evaluated in minutes on a CPU. Stronger settings only lower the robust figures of defended models.
+REDUCTIONS: dict[str, dict[str, Any]] = {
+    "pgd": {"eps": ["2/255", "8/255"], "steps": 10},
+    "autoattack": {"steps": 20, "n_targets": 3, "queries": 200},
+    "patch": {"max_iter": 20, "train_samples": 64, "eot": {"n_samples": 2, "brightness": 0.1, "contrast": 0.1},
+              "eval_draws": 0},
+    "eyeglass": {"steps": 10, "eval_draws": 0},
+    "sticker": {"steps": 10, "eval_draws": 0},
+    "roa": {"steps": 5, "eval_draws": 0},
+}  # fmt: skip
+SUITES = {"pgd": "pgd-linf", "autoattack": "autoattack-standard", "physical": "physical"}
+
+
+def reduced_suite(parts: list[str]) -> dict[str, Any]:
+    """One suite from the built-in recipes ``parts`` (keys of ``SUITES``) with the ``REDUCTIONS`` applied."""
+    attacks = []
+    for part in parts:
+        raw = yaml.safe_load(find_suite(SUITES[part]).read_text())
+        for entry in raw["attacks"]:
+            attacks.append({**entry, **REDUCTIONS.get(entry["attack"], {})})
+    return {
+        "name": "defenses-reduced",
+        "description": "Reduced-cost versions of " + ", ".join(SUITES[p] for p in parts) + " (see benchmarks/defenses_shapes.py).",
+        "attacks": attacks,
+    }  # fmt: skip
+
+
+def as_defenses(bench: Bench, names: list[str]) -> list[Defense]:
+    out = []
+    for name in names:
+        model, info = bench.evaluated(name)
+        recipe = DEFENSES.create(name)
+        info = {k: v for k, v in info.items() if k != "history"}
+        out.append(Defense(name=name, model=model, capabilities=recipe.capabilities,
+                           info={**info, "recipe": name, "description": recipe.description,
+                                 "paper": recipe.paper, "published": recipe.published}))  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="reports/defenses-shapes")
+    parser.add_argument(
+        "--out", default="reports", help="where the runs and the comparison go (default: reports)"
+    )
+    parser.add_argument("--name", default="defenses-shapes", help="prefix of every file and run directory")
+    parser.add_argument(
+        "--suites",
+        default="pgd,autoattack,physical",
+        help=f"comma-separated parts of the suite, from {', '.join(SUITES)}",
+    )
+    parser.add_argument("--example", action="store_true", help="also copy the results to reports/examples/")
     parser.add_argument("--quick", action="store_true", help="smoke test at tiny scale")
-    parser.add_argument("--n-eval", type=int, default=None, help="test images (default 500, quick 100)")
-    parser.add_argument("--eval-batch", type=int, default=250)
-    parser.add_argument("--steps", type=int, default=10, help="PGD steps at evaluation")
+    parser.add_argument("--n-eval", type=int, default=None, help="test images (default 100, quick 40)")
+    parser.add_argument("--eval-batch", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps of the batch-dependence study")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="re-run evaluations with other settings")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    n_eval = args.n_eval or (100 if args.quick else 500)
+    parts = [p.strip() for p in args.suites.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in SUITES]
+    if unknown or not parts:
+        parser.error(f"--suites: unknown part(s) {unknown}; choose from {', '.join(SUITES)}")
+    n_eval = args.n_eval or (40 if args.quick else 100)
     if args.quick:
-        args.eval_batch = min(args.eval_batch, 50)
+        args.eval_batch = min(args.eval_batch, 20)
+    name = f"{args.name}-quick" if args.quick else args.name
     device = resolve_device(args.device)
     started = time.perf_counter()
-    bench = Bench(args, device)
-    for name in TRAINED:
-        logging.info("training / loading %s", name)
-        bench.trained(name)
+    bench = Bench(args, device, Path(args.out) / f"{name}-models")
+    for trained in TRAINED:
+        logging.info("training / loading %s", trained)
+        bench.trained(trained)
     trained_at = time.perf_counter()
+
+    suite = reduced_suite(parts)
+    _, report_path = evaluate_defenses(
+        as_defenses(bench, EVALUATED), data="shapes", name=name, out=args.out, device=str(device),
+        progress=args.progress, suite=suite, limit=n_eval, batch_size=args.eval_batch, seed=args.seed,
+        gallery=2, overwrite=args.overwrite,
+    )  # fmt: skip
+    evaluated_at = time.perf_counter()
+    out = Path(args.out)
+    comparison = json.loads((out / f"{name}-comparison.json").read_text())
 
     test = load_split("shapes", "test", n_eval)
     x, y = test.x.to(device), test.y.to(device)
     other = load_split("shapes", "holdout", 10 * args.eval_batch).x.to(device)[::10]  # all class 0 (circles)
-    results: dict[str, Any] = {}
-    summaries = []
-    abnn_adv8 = None
-    for name in EVALUATED:
-        model, info = bench.evaluated(name)
-        recipe = DEFENSES.create(name)
-        t0 = time.perf_counter()
-        clean_pred = predict(model, x, args.eval_batch)
-        clean_ok = clean_pred == y
-        robust: dict[str, float] = {}
-        for label, eps in EPS.items():
-            adv, pred = attack_all(model, x, y, eps, args.steps, args.eval_batch, args.seed)
-            robust[f"pgd-{label}"] = float((clean_ok & (pred == y)).float().mean())
-            if name == "abnn" and label == "8/255":
-                abnn_adv8 = (adv, clean_ok)
-        entry = {
-            "defense": name,
-            "trained_as": recipe.trained_recipe().name,
-            "n_samples": n_eval,
-            "clean_accuracy": float(clean_ok.float().mean()),
-            "attacks": robust,
-            "capabilities": recipe.capabilities.as_dict(),
-            "training_cost": info["cost"],
-            "clean_test_accuracy_at_training": info["clean_test_accuracy"],
-            "training_settings": info["settings"],
-            "training_seconds": info["cost"]["seconds_per_step"] * info["cost"]["steps"],
-            "published": recipe.published,
-            "paper": recipe.paper,
-            "eval_seconds": time.perf_counter() - t0,
-        }
-        results[name] = entry
-        summaries.append(entry)
-        logging.info("%s: clean %.3f, robust %s", name, entry["clean_accuracy"], robust)
-
     dependence = {}
-    for name in ("abnn", "abnn-per-sample"):
-        model, _ = bench.evaluated(name)
-        if name == "abnn" and abnn_adv8 is not None:
-            adv8, ok = abnn_adv8
-        else:
-            adv8, _ = attack_all(model, x, y, 8 / 255, args.steps, args.eval_batch, args.seed)
-            ok = predict(model, x, args.eval_batch) == y
-        dependence[name] = batch_dependence(model, x, y, adv8, ok, args, other)
-    table = compare(summaries)
-    full, ft, rnd = (results[k]["attacks"]["pgd-8/255"] for k in ("pgd-at", "bn-finetune", "bn-random"))
-    full2, ft2, rnd2 = (results[k]["attacks"]["pgd-2/255"] for k in ("pgd-at", "bn-finetune", "bn-random"))
+    for variant in ("abnn", "abnn-per-sample"):
+        model, _ = bench.evaluated(variant)
+        adv8, _ = attack_all(model, x, y, 8 / 255, args.steps, args.eval_batch, args.seed)
+        ok = predict(model, x, args.eval_batch) == y
+        dependence[variant] = batch_dependence(model, x, y, adv8, ok, args, other)
+
+    rows = {r["defense"]: r for r in comparison["rows"]}
+    ordering = {}
+    for attack in comparison["attacks"]:
+        if not attack.startswith(("pgd", "autoattack")):
+            continue
+        full, ft, rnd = (rows[k]["robust"][attack] for k in ("pgd-at", "bn-finetune", "bn-random"))
+        if None not in (full, ft, rnd):
+            ordering[attack] = {
+                "full_at": full,
+                "bn_finetune": ft,
+                "bn_random": rnd,
+                "holds": full > ft > rnd,
+            }
     report = {
         "protocol": {
-            "dataset": "shapes",
-            "n_eval": n_eval,
-            "eval_batch": args.eval_batch,
-            "pgd_steps": args.steps,
-            "eps": list(EPS),
-            "seed": args.seed,
-            "quick": args.quick,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
+            "dataset": "shapes", "n_eval": n_eval, "eval_batch": args.eval_batch, "suite": suite,
+            "batch_dependence_pgd_steps": args.steps, "seed": args.seed, "quick": args.quick,
+            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "load_average": _load(),
         },
-        "defenses": results,
-        "comparison": table,
+        "training": {n: _training(bench, n) for n in TRAINED},
+        "comparison": comparison,
         "batch_dependence": dependence,
-        "bn_ordering": {
-            "pgd-8/255": {"full_at": full, "bn_finetune": ft, "bn_random": rnd, "holds": full > ft > rnd},
-            "pgd-2/255": {
-                "full_at": full2,
-                "bn_finetune": ft2,
-                "bn_random": rnd2,
-                "holds": full2 > ft2 > rnd2,
-            },
+        "bn_ordering": ordering,
+        "seconds": {
+            "train_or_load": trained_at - started,
+            "evaluate": evaluated_at - trained_at,
+            "total": time.perf_counter() - started,
         },
-        "seconds": {"train_or_load": trained_at - started, "total": time.perf_counter() - started},
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    }  # fmt: skip
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
     text = render(report)
-    (out / "table.md").write_text(text)
+    (out / f"{name}.md").write_text(text)
+    if args.example:
+        examples = out / "examples" if out.name == "reports" else Path("reports/examples")
+        examples.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / f"{name}.json", examples / f"{name}.json")
+        shutil.copyfile(out / f"{name}.md", examples / f"{name}.md")
+        if report_path is not None:
+            shutil.copyfile(report_path, examples / f"{name}.html")
     print(text)
     return 0
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _training(bench: Bench, name: str) -> dict[str, Any]:
+    info = bench.infos[name]
+    cost = info["cost"]
+    return {
+        "clean_test_accuracy": info["clean_test_accuracy"],
+        "train_samples": info.get("train_samples"),
+        "epochs": info["epochs_done"],
+        "steps": cost["steps"],
+        "seconds": cost["seconds_per_step"] * cost["steps"],
+        "passes_per_step": cost["passes_per_step"]["total"],
+        "relative_passes": cost["relative_passes"],
+        "relative_seconds": cost["relative_seconds"],
+        "loss_by_epoch": [round(h["loss"], 3) for h in info.get("history", [])],
+        "settings": info["settings"],
+        "prepared": info.get("prepared"),
+    }
 
 
 def _pct(v: Any) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _published_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| defense | source | clean | PGD | training cost (passes) |", "|---|---|---|---|---|"]
+    for r in rows:
+        pub = r.get("published") or {}
+        if "clean" in pub or "pgd" in pub or "training_cost_passes" in pub:
+            cost = pub.get("training_cost_passes")
+            lines.append(f"| {r['defense']} | {pub.get('dataset', '')} | {_pct(pub.get('clean'))} | "
+                         f"{_pct(pub.get('pgd'))} | {'-' if cost is None else f'{cost}N'} |")  # fmt: skip
+    return lines
+
+
+def abnn_verdict(rows: dict[str, dict[str, Any]], attack: str) -> str:
+    """One plain sentence on what the three ABNN attacks say about gradient masking."""
+    wb, to, tr = (rows[k]["robust"].get(attack) for k in ("abnn", "abnn-target-only", "abnn-transfer"))
+    std = rows["standard"]["robust"].get(attack)
+    if None in (wb, to, tr):
+        return f"{attack}: not all three ABNN attacks were run."
+    strongest = min(("white-box", wb), ("target-only", to), ("transfer", tr), key=lambda t: t[1])
+    text = (f"{attack}: ABNN keeps {_pct(wb)}% under the white-box attack through both networks, "
+            f"{_pct(to)}% with target-only gradients and {_pct(tr)}% under transfer from the standard network "
+            f"(standard network: {_pct(std)}%). ")  # fmt: skip
+    if strongest[0] != "white-box" and strongest[1] < wb - 0.02:
+        text += (f"The {strongest[0]} attack is stronger than the white-box one: the white-box gradients are "
+                 "partly masked, and the white-box figure overstates ABNN's robustness.")  # fmt: skip
+    else:
+        text += "The white-box attack is the strongest of the three: no sign of gradient masking."
+    if std is not None and wb <= std + 0.02:
+        text += " ABNN is no more robust than the undefended network here."
+    return text
+
+
 def render(report: dict[str, Any]) -> str:
     """The Markdown note: measured table, published anchors, ABNN variants, batch dependence, BN ordering."""
     p = report["protocol"]
+    comp = report["comparison"]
+    rows = {r["defense"]: r for r in comp["rows"]}
+    load = p.get("load_average")
     lines = [
         f"# Defenses on shapes (reduced scale{', QUICK smoke test' if p['quick'] else ''})",
         "",
-        f"{p['n_eval']} test images, batches of {p['eval_batch']}, L-inf PGD-{p['pgd_steps']} at "
-        f"{' and '.join(p['eps'])}; device {p['device']}, {p['threads']} threads, torch {p['torch']}.",
+        f"{p['n_eval']} test images in fixed batches of {p['eval_batch']}; suite: {p['suite']['description']} "
+        f"Device {p['device']}, {p['threads']} threads, torch {p['torch']}"
+        + (f", load average at the end {load[0]:.1f}" if load else "") + ".",
         "",
-        "## Measured (accuracy %, training cost per step relative to standard training)",
+        "## Measured (robust accuracy %, over all test images; training cost per step relative to standard training)",
         "",
-        format_table(report["comparison"]),
+        format_table(comp),
         "",
-    ]
+        "Training (clean accuracy on 2000 test images at the end of training):",
+        "",
+        "| defense | epochs | steps | clean % | loss by epoch | passes/step | x std (passes) | x std (time) | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for n, t in report["training"].items():
+        lines.append(
+            f"| {n} | {t['epochs']} | {t['steps']} | {_pct(t['clean_test_accuracy'])} | "
+            f"{', '.join(f'{v:.2f}' for v in t['loss_by_epoch'])} | {t['passes_per_step']:.1f} | "
+            f"{t['relative_passes']:.1f} | {t['relative_seconds']:.1f} | {t['seconds']:.0f} |"
+        )
+    chance = 1 / 10
+    for n, t in report["training"].items():
+        if t["clean_test_accuracy"] < 1.5 * chance:
+            lines += ["", f"**{n} did not train at this scale**: clean accuracy {_pct(t['clean_test_accuracy'])}% "
+                      f"(chance {_pct(chance)}%), training loss by epoch {t['loss_by_epoch']} (ln 10 = 2.303). "
+                      "Its robust figures below are those of a constant classifier and say nothing about the defense."]  # fmt: skip
+    lines += ["", "## Published anchors (full scale; compare ordering and ratios, not absolute numbers)", ""]
+    lines += _published_table(comp["rows"])
     lines += [
-        "## Published anchors (full scale; compare ordering and ratios, not absolute numbers)",
         "",
-        "| defense | source | clean | PGD | training cost (passes) |",
-        "|---|---|---|---|---|",
+        "## ABNN: white-box through both networks, target-only gradients, transfer from standard",
+        "",
     ]
-    for name, d in report["defenses"].items():
-        pub = d.get("published") or {}
-        if "clean" in pub or "pgd" in pub or "training_cost_passes" in pub:
-            cost = pub.get("training_cost_passes")
+    attacks = comp["attacks"]
+    lines += ["| view | clean | " + " | ".join(attacks) + " |", "|---|---|" + "---|" * len(attacks)]
+    for k in ("abnn", "abnn-target-only", "abnn-transfer", "abnn-per-sample", "standard"):
+        if k in rows:
+            r = rows[k]
             lines.append(
-                f"| {name} | {pub.get('dataset', '')} | {_pct(pub.get('clean'))} | {_pct(pub.get('pgd'))} | "
-                f"{'-' if cost is None else f'{cost}N'} |"
+                f"| {k} | {_pct(r['clean_accuracy'])} | "
+                + " | ".join(_pct(r["robust"][a]) for a in attacks)
+                + " |"
             )
-    d = report["defenses"]
-    lines += [
-        "",
-        "## ABNN under three attacks (PGD 8/255 robust accuracy %)",
-        "",
-        "| white-box (both networks) | target-only gradients | transfer from standard |",
-        "|---|---|---|",
-        f"| {_pct(d['abnn']['attacks']['pgd-8/255'])} | {_pct(d['abnn-target-only']['attacks']['pgd-8/255'])} | "
-        f"{_pct(d['abnn-transfer']['attacks']['pgd-8/255'])} |",
-        "",
-    ]
-    lines += [
-        "## Batch dependence (accuracy %)",
-        "",
-        "| measurement | abnn (batch statistics) | abnn-per-sample |",
-        "|---|---|---|",
-    ]
+    lines += [""] + [f"- {abnn_verdict(rows, a)}" for a in attacks if a.startswith(("pgd", "autoattack"))]
     dep = report["batch_dependence"]
+    lines += ["", "## Batch dependence (accuracy %)", "", "| measurement | abnn (batch statistics) | abnn-per-sample |",
+              "|---|---|---|"]  # fmt: skip
     for key in dep["abnn"]:
         lines.append(
             f"| {key.replace('_', ' ')} | {_pct(dep['abnn'][key])} | {_pct(dep['abnn-per-sample'].get(key))} |"
         )
-    o = report["bn_ordering"]
+    lines += ["", dependence_verdict(dep["abnn"])]
     lines += ["", "## BN-only fine-tuning ordering (full AT > BN-only fine-tuning > BN-only from random)", ""]
-    for eps, v in o.items():
-        lines.append(
-            f"- {eps}: full AT {_pct(v['full_at'])}, BN-only fine-tuning {_pct(v['bn_finetune'])}, "
-            f"BN-only from random {_pct(v['bn_random'])}: ordering {'holds' if v['holds'] else 'does NOT hold'}."
-        )
-    notes = report["comparison"]["notes"]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
+    for attack, v in report["bn_ordering"].items():
+        lines.append(f"- {attack}: full AT {_pct(v['full_at'])}, BN-only fine-tuning {_pct(v['bn_finetune'])}, "
+                     f"BN-only from random {_pct(v['bn_random'])}: ordering {'holds' if v['holds'] else 'does NOT hold'}.")  # fmt: skip
+    if comp["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(comp["notes"])]
     s = report["seconds"]
-    lines += ["", f"Training/loading took {s['train_or_load']:.0f} s; everything {s['total']:.0f} s."]
+    lines += ["", f"Training/loading took {s['train_or_load']:.0f} s, evaluation {s['evaluate']:.0f} s; "
+              f"everything {s['total']:.0f} s."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def dependence_verdict(d: dict[str, Any]) -> str:
+    """Plain sentences on how much ABNN's predictions depend on the batch."""
+    text = (f"ABNN with batch statistics: clean accuracy {_pct(d['clean_accuracy_batch'])}% in evaluation batches, "
+            f"{_pct(d['clean_accuracy_batch_of_1'])}% one image at a time and {_pct(d['clean_accuracy_next_to_one_class'])}% "
+            f"next to batch-mates of a single class ({_pct(d['clean_prediction_flips_vs_batch'])}% of predictions flip). "
+            f"PGD-8/255 examples crafted on whole batches keep {_pct(d['pgd8_robust_in_attacked_batch'])}% in the attacked "
+            f"batch, {_pct(d['pgd8_robust_one_at_a_time'])}% one at a time and {_pct(d['pgd8_robust_among_clean_batch_mates'])}% "
+            f"among clean batch-mates; an attacker who controls half of each batch leaves {_pct(d['pgd8_robust_attacker_controls_half_batch'])}%.")  # fmt: skip
+    gap = abs(d["clean_accuracy_batch"] - d["clean_accuracy_batch_of_1"])
+    if gap > 0.05 or d["clean_prediction_flips_vs_batch"] > 0.05:
+        text += " Its predictions depend on the batch: every figure holds for the evaluated batch composition only."
+    return text
 
 
 if __name__ == "__main__":
