@@ -123,11 +123,14 @@ def test_normal_model_is_quiet(shapes_model, data):
 def test_check_fires_on_misbehaving_model(shapes_model, data, wrap, check):
     x, y = data
     model = wrap(shapes_model)
-    found = _by_name(run_sanity_checks(model, x, y, context={}, checks=[c.name for c in CHECKS]))
-    assert found[check].status == "fail", found[check].evidence
-    assert found[check].advice, "a firing check says what to do"
     # the misbehaviour is specific: the model-level checks of other kinds stay quiet
     quiet = {"probability-outputs", "inference-time-optimization"} - {check}
+    wanted = {check, "randomized-outputs"} | quiet  # randomized-outputs feeds batch-dependence
+    found = _by_name(
+        run_sanity_checks(model, x, y, context={}, checks=[c.name for c in CHECKS if c.name in wanted])
+    )
+    assert found[check].status == "fail", found[check].evidence
+    assert found[check].advice, "a firing check says what to do"
     for name in quiet:
         assert found[name].status == "pass", (name, found[name].evidence)
 
@@ -174,7 +177,7 @@ def test_square_beats_white_box_on_masked_model(shapes_model, data):
     """End to end: the AutoAttack cascade on a gradient-masked model shows Square doing the work."""
     x, y = data
     model = Masked(shapes_model)
-    aa = create_attack("autoattack", version=["apgd-ce", "square"], eps=8 / 255, steps=5, queries=150)
+    aa = create_attack("autoattack", version=["apgd-ce", "square"], eps=8 / 255, steps=5, queries=60)
     res = aa(model, x, y, generator=sample_generators(0, range(N)))
     cascade = res.artifacts["cascade"]
     assert cascade[1]["attacked"] > cascade[1]["robust_after"], cascade
