@@ -192,7 +192,7 @@ def test_profile_and_evaluate_flags(tmp_path, shapes_model):
         "name": "t",
         "attacks": [{"attack": "pgd", "eps": 2 / 255, "steps": 3}, {"attack": "fgsm", "eps": 2 / 255}],
     }
-    res = evaluate(shapes_model, "shapes", suite, out=tmp_path, limit=24, batch_size=12, progress=False,
+    res = evaluate(shapes_model, "shapes", suite, out=tmp_path, limit=12, batch_size=6, progress=False,
                    report=False, amp="bf16", channels_last=True, profile=True)  # fmt: skip
     prof = json.loads((res.run_dir / "profile.json").read_text())
     names = [r["name"] for r in prof["rows"]]

@@ -13,7 +13,7 @@ import torch
 
 from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike, subset
-from ..threat import ThreatModel, make_threat
+from ..threat import Linf, ThreatModel, make_threat
 from .base import (
     Attack,
     AttackResult,
@@ -69,7 +69,8 @@ def gradient_ascent(
         hit = is_success(logits, y, target) & ~found
         best = _where(hit, x_adv, best)
         found = found | hit
-        delta = threat.clip(x, delta + step_size * threat.direction(grad))
+        del x_adv, logits
+        delta = _step(threat, x, delta, grad, step_size)
         if objective_at is None or i == 0 or i >= steps - 1 or (i + 1) & i:
             continue
         n_done = int(found.sum())  # the only host synchronizations of the loop: log2(steps) checks
@@ -89,6 +90,24 @@ def gradient_ascent(
     hit = is_success(logits, y, target) & ~found
     best = _where(hit | ~found, x + delta, best)
     return _merge(out_best, out_found, live, best, found | hit)
+
+
+def _step(
+    threat: ThreatModel, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, step: float
+) -> torch.Tensor:
+    """``threat.clip(x, delta + step * threat.direction(grad))``, bit for bit, reusing ``grad``'s memory
+    (the same operations in place: no temporaries the size of the input)."""
+    if type(threat) is Linf:
+        return (
+            grad.sign_()
+            .mul_(step)
+            .add_(delta)
+            .clamp_(-threat.eps, threat.eps)
+            .add_(x)
+            .clamp_(0.0, 1.0)
+            .sub_(x)
+        )
+    return threat.clip(x, threat.direction(grad).mul_(step).add_(delta))
 
 
 def _merge(out_best, out_found, live, best, found) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,10 +161,9 @@ class PGD(Attack):
         counter = Counter()
         threat = self.threat
         target = self._targets(model, x, y, target, generator, counter)
-        x_adv = x.clone()
-        success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         if self.eps == 0:
-            return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
         if self.restarts > 1 and _stack_restarts(x):
             restore = _snapshot(generator)
@@ -155,8 +173,17 @@ class PGD(Attack):
                 torch.cuda.empty_cache()  # not enough memory for all restarts at once: one by one,
                 restore()  # from the same random draws
         for restart in range(self.restarts):
-            todo = ~success if restart else torch.ones_like(success)
-            if restart and not bool(todo.any()):
+            if restart == 0:  # the whole batch: no copies
+                delta = (
+                    threat.clip(x, threat.init(x, generator)) if self.random_start else torch.zeros_like(x)
+                )
+                adv, ok = self._ascend(model, x, y, target, delta, threat, step, counter)
+                if self.restarts == 1:
+                    return AttackResult(x_adv=adv, success=ok, counters=counter.as_dict())
+                x_adv, success = adv, ok
+                continue
+            todo = ~success
+            if not bool(todo.any()):
                 break
             idx = todo.nonzero()[:, 0]
             xs, ys = x[idx], y[idx]
