@@ -224,6 +224,18 @@ def test_every_section_is_rendered_with_stored_numbers(mixed_run: Path, tmp_path
     assert html.count("<script") == 1
 
 
+def test_closing_note_names_the_commands_that_regenerate_it(mixed_run: Path, tmp_path: Path) -> None:
+    from robustkit.report.examples import main as examples_main
+    from robustkit.report.render import EXAMPLES_COMMAND
+
+    html = render_report([mixed_run], tmp_path / "r.html").read_text()
+    footer = html[html.index("<footer>") :]
+    assert EXAMPLES_COMMAND == "python -m robustkit.report.examples" and EXAMPLES_COMMAND in footer
+    assert f"robustkit report {mixed_run} --out {tmp_path / 'r.html'}" in footer
+    with pytest.raises(SystemExit):  # the named command exists and parses its options
+        examples_main(["--limit", "0"])
+
+
 def test_cascade_counts_newly_broken_samples_within_a_threat_model(mixed_run: Path) -> None:
     view = run_view(load_run(mixed_run), "r0")
     groups = {g["label"]: g for g in view["cascade"]}

@@ -95,6 +95,10 @@ def load_model(
         info.update(kind="zoo", name=spec)
     elif ":" in spec and not spec.startswith(("timm:", "torchvision:")):
         result = _factory(spec)()
+        if any(c.__module__.startswith("art.estimators") for c in type(result).__mro__):
+            from ..art import from_estimator  # a factory may return an ART estimator too
+
+            result = from_estimator(result)
         if not isinstance(result, nn.Module) and not callable(result):
             raise ConfigError(f"--model {spec}: the factory returned {type(result).__name__}, not a model")
         model = result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ SCRIPT = (
     'document.querySelectorAll("details[data-print-opened]").forEach(function(d){'
     'd.removeAttribute("open");d.removeAttribute("data-print-opened")})});'
 )
+# The closing note names both commands: re-rendering this page and regenerating the shipped examples.
+EXAMPLES_COMMAND = "python -m robustkit.report.examples"
 SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
 CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -135,7 +138,13 @@ def run_view(run: Run, anchor: str) -> dict[str, Any]:
     }
 
 
-def render_html(runs: list[Run], title: str | None = None) -> str:
+def rerender_command(runs: list[Run], out: str | Path | None = None) -> str:
+    """The shell command that renders this page again from the same run directories."""
+    dirs = " ".join(shlex.quote(str(r.dir)) for r in runs)
+    return f"robustkit report {dirs} --out {shlex.quote(str(out)) if out else 'report.html'}"
+
+
+def render_html(runs: list[Run], title: str | None = None, out: str | Path | None = None) -> str:
     """The report page for loaded runs (one run, or a comparison of several) as a string."""
     views = [run_view(r, f"r{k}") for k, r in enumerate(runs)]
     if title is None:
@@ -148,6 +157,8 @@ def render_html(runs: list[Run], title: str | None = None) -> str:
         csp=CSP,
         script=SCRIPT,
         version=__version__,
+        rerender=rerender_command(runs, out),
+        examples_command=EXAMPLES_COMMAND,
         generated=_when(datetime.now(timezone.utc).isoformat(timespec="seconds")),
     )
 
@@ -157,4 +168,4 @@ def render_report(run_dirs: list[str | Path], out: str | Path, title: str | None
     if isinstance(run_dirs, str | Path):
         run_dirs = [run_dirs]
     runs = [load_run(d) for d in run_dirs]
-    return atomic_write(out, render_html(runs, title))
+    return atomic_write(out, render_html(runs, title, out))
