@@ -1,4 +1,4 @@
-"""APGD, FAB and Square on problems with known answers (a linear classifier, float64).
+"""APGD, FAB and Square on problems with known answers (a linear classifier, float64); BPDA and EOT.
 
 For a linear model ``f(x) = W x + b`` the strongest L-inf attack is known in closed form: a sample
 can be misclassified as class j exactly when the largest achievable change of the margin
@@ -15,6 +15,8 @@ from torch import nn
 
 from robustkit.attacks import create_attack
 from robustkit.attacks.apgd import checkpoints
+from robustkit.attacks.bpda import BPDA
+from robustkit.attacks.expectation import Expectation
 from robustkit.attacks.square import p_fraction
 from robustkit.errors import ConfigError
 from robustkit.functional.random import sample_generators
@@ -164,3 +166,56 @@ def test_square_on_non_square_images_and_video(shape):
         assert (res.x_adv - x).flatten(1).norm(p=p, dim=1).max() <= eps * (1 + 1e-5)
         assert res.metrics["queries"].shape == (2,)
         assert (res.x_adv != x).any()
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    return (x * 8).round() / 8  # non-differentiable: zero gradient almost everywhere
+
+
+def test_bpda_restores_gradients_through_a_non_differentiable_step(linear):
+    model, x, y, best = linear
+    masked = _Chain(quantize, model)
+    defended = _Chain(BPDA(quantize), model)
+    with torch.no_grad():
+        assert torch.equal(masked(x), defended(x))  # BPDA leaves the forward pass exact
+    attack = create_attack("apgd-dlr", norm="Linf", eps=0.1, steps=20)
+    gens = lambda: sample_generators(0, range(len(x)))  # noqa: E731
+    stalled = attack(masked, x, y, generator=gens()).success.float().mean()
+    through = attack(defended, x, y, generator=gens()).success.float().mean()
+    assert through > stalled + 0.3, (float(stalled), float(through))
+
+
+def test_bpda_backward_variants():
+    x = torch.rand(2, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(BPDA(quantize)(x).sum(), x)
+    assert torch.equal(g, torch.ones_like(x))  # identity
+    (g,) = torch.autograd.grad(BPDA(quantize, approx=lambda z: 2 * z)(x).sum(), x)
+    assert torch.equal(g, torch.full_like(x, 2.0))
+    (g,) = torch.autograd.grad(BPDA(quantize, backward=lambda z, go: 3 * go)(x).sum(), x)
+    assert torch.equal(g, torch.full_like(x, 3.0))
+    assert torch.equal(BPDA(quantize, backward=lambda z, go: go)(x), quantize(x))
+    with pytest.raises(ConfigError, match="shape"):
+        BPDA(lambda z: z[:, :2])(x)
+    with pytest.raises(ConfigError, match="either"):
+        BPDA(quantize, approx=quantize, backward=lambda z, go: go)
+
+
+def test_expectation_averages_a_stochastic_model(linear):
+    model, x, y, _ = linear
+    torch.manual_seed(0)
+    noisy = _Chain(lambda z: z + 0.3 * torch.randn_like(z), model)
+    mean = Expectation(noisy, samples=200)
+    with torch.no_grad():
+        exact = model(x)
+        assert (mean(x) - exact).abs().max() < (noisy(x) - exact).abs().max() / 5
+    with pytest.raises(ConfigError):
+        Expectation(noisy, samples=0)
+
+
+class _Chain(nn.Module):
+    def __init__(self, first, model: nn.Module) -> None:
+        super().__init__()
+        self.first, self.model = first, model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.first(x))
