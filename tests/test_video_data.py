@@ -23,6 +23,15 @@ STEP = 12  # frame i of a test video is uniformly gray at level STEP * i (+ a pe
 H, W = 24, 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny clips: one intra-op thread is as fast, and far faster on a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gray_frames(n: int, offset: int = 0) -> list[np.ndarray]:
     return [np.full((H, W, 3), min(255, offset + STEP * i), np.uint8) for i in range(n)]
 

@@ -15,6 +15,15 @@ from robustkit.models.normalized import Normalized
 from robustkit.models.video import VIDEO_MODELS, MultiClip, PackPathways, SmallVideoNet, video_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny clips: one intra-op thread is as fast, and far faster on a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def clip(b=2, t=8, h=32, w=32, seed=0) -> torch.Tensor:
     return torch.rand(b, 3, t, h, w, generator=torch.Generator().manual_seed(seed))
 
