@@ -345,6 +345,31 @@ def test_each_video_attack_lowers_the_accuracy_of_the_built_in_model(model, data
         assert (model(result.x_adv).argmax(1) != y)[result.success].all()
 
 
+@pytest.mark.parametrize(
+    "name, kw",
+    [("apgd-ce", {"steps": 3}), ("apgd-t", {"steps": 3, "n_targets": 2}), ("fab-t", {"steps": 3, "n_targets": 2}),
+     ("square", {"queries": 20}), ("autoattack", {"steps": 3, "queries": 10, "n_targets": 2})],
+)  # fmt: skip
+def test_autoattack_stages_run_on_clips(model, data, name, kw):
+    """The AutoAttack ensemble and each of its stages take (B, C, T, H, W) clips as they are."""
+    x, y = data[0][:4], data[1][:4]
+    result = create_attack(name, eps=2 / 255, **kw)(model, x, y, generator=gens(4))
+    assert result.x_adv.shape == x.shape
+    assert (result.x_adv - x).abs().max() <= 2 / 255 + 1e-6
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    with torch.no_grad():
+        assert (model(result.x_adv).argmax(1) != y)[result.success].all()
+
+
+def test_sanity_checks_run_on_clips(model, data):
+    from robustkit.evaluate.sanity import run_sanity_checks
+
+    findings = run_sanity_checks(model, data[0][:8], data[1][:8], context={})
+    assert findings
+    assert not [f for f in findings if "could not run" in f.evidence]
+    assert all(f.status == "pass" for f in findings), findings
+
+
 # ----------------------------------------------------------------------------- animation
 @pytest.mark.parametrize("fmt", ["gif", "webp"])
 def test_clip_animation_shows_clean_adversarial_and_difference(fmt):
