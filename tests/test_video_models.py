@@ -163,3 +163,22 @@ def test_local_weights_load_into_the_bare_architecture(tmp_path):
     with torch.no_grad():
         expected = torch.stack([a(x[:, :, :4]), a(x[:, :, 4:])], 1).mean(1)
         torch.testing.assert_close(b(x), expected)
+
+
+def test_cli_model_loader_builds_video_architectures_with_their_own_statistics(tmp_path):
+    """``--model r3d_18 --weights FILE``: the video registry's builder and Kinetics normalization, not ImageNet's."""
+    from robustkit.models.loading import load_model
+    from robustkit.models.video import KINETICS_MEAN
+
+    torch.manual_seed(2)
+    reference = video_model("r3d_18", num_classes=3)
+    path = tmp_path / "r3d.safetensors"
+    save_weights(reference.model, path)
+    model, info = load_model("r3d_18", weights=path, num_classes=3)
+    assert isinstance(model, Normalized) and info["kind"] == "architecture" and info["video"]
+    torch.testing.assert_close(torch.tensor(info["mean"]), torch.tensor(KINETICS_MEAN))
+    x = clip(b=1, t=4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    with pytest.raises(ConfigError, match="--weights"):
+        load_model("r3d_18", num_classes=3)

@@ -66,6 +66,12 @@ def _architecture(name: str, num_classes: int | None) -> nn.Module | None:
     return None
 
 
+def _is_video_architecture(spec: str) -> bool:
+    from .video import VIDEO_MODELS
+
+    return spec.removeprefix("torchvision:") in VIDEO_MODELS and not spec.startswith("timm:")
+
+
 def load_model(
     spec: str | nn.Module | Callable | None,
     *,
@@ -103,6 +109,22 @@ def load_model(
             raise ConfigError(f"--model {spec}: the factory returned {type(result).__name__}, not a model")
         model = result
         info.update(kind="factory", name=spec)
+    elif _is_video_architecture(spec):
+        from .video import video_model  # Kinetics / pytorchvideo statistics, SlowFast pathway packing
+
+        if weights is None or not num_classes:
+            raise ConfigError(
+                f"--model {spec} is a video architecture: pass --weights FILE and a dataset with classes. "
+                "Nothing is downloaded."
+            )
+        mean, std = normalize or (None, None)
+        model = video_model(
+            spec.removeprefix("torchvision:"), num_classes, weights=weights, mean=mean, std=std
+        )
+        info.update(kind="architecture", name=spec, weights=str(weights), video=True)
+        if isinstance(model, Normalized):
+            info.update(mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
+        weights, normalize = None, None
     else:
         arch = _architecture(spec, num_classes)
         if arch is None:
