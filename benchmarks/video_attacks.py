@@ -4,15 +4,16 @@ Runs each entry of ``attacks/video.yaml`` (or ``--suite``) on the ``shapes-video
 the ``shapes-video-r3d`` zoo model classifies correctly, rechecks every adversarial clip with a fresh
 eval-mode forward pass, and prints accuracy (over all clips, as the runner reports it), per-frame
 perturbation figures and time. Universal attacks (``video-patch``) are fitted on the train split
-first. Writes the table as JSON with ``--out``.
+first. Writes the table as JSON with ``--out`` (the recorded run: benchmarks/results/video_attacks.json).
 
-    PYTHONPATH=. python benchmarks/video_attacks.py --n 200
+    PYTHONPATH=. python benchmarks/video_attacks.py --n 200 --threads 1 --out benchmarks/results/video_attacks.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -81,8 +82,15 @@ def main() -> None:
             flush=True,
         )
     if args.out:
+        record = {
+            "command": "PYTHONPATH=. python " + " ".join(sys.argv),
+            "model": "shapes-video-r3d",
+            "data": f"shapes-video test clips 0..{len(test) - 1} (seed {args.seed}), shape {tuple(test.x.shape[1:])}",
+            "suite": args.suite,
+            "rows": rows,
+        }
         with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":
