@@ -149,15 +149,15 @@ def compare(
 
 
 def table(result: dict[str, Any]) -> str:
-    head = (f"shapes-resnet, {result['n']} shapes test samples, L-inf eps {result['eps']:.5g}, APGD {result['steps']} "
-            f"steps, Square {result['queries']} queries; clean accuracy {100 * result['clean_accuracy']:.1f}%")  # fmt: skip
-    lines = [
-        head,
-        f"{'attack':<10} {'robustkit':>10} {'ART':>8} {'diff (pt)':>10} {'rk s':>8} {'ART s':>8}  ok",
-    ]
+    head = (f"shapes-resnet, {result['n']} shapes test samples, L-inf, APGD {result['steps']} steps, Square "
+            f"{result['queries']} queries; clean accuracy {100 * result['clean_accuracy']:.1f}%")  # fmt: skip
+    cols = f"{'attack':<10} {'eps':>7} {'robustkit':>10} {'ART':>8} {'diff (pt)':>10} {'rk s':>8} {'ART s':>8}  ok"
+    lines = [head, cols]
     for r in result["rows"]:
-        lines.append(f"{r['attack']:<10} {100 * r['robustkit']:>9.1f}% {100 * r['art']:>7.1f}% {r['difference_pt']:>+10.1f} "
-                     f"{r['robustkit_seconds']:>8.1f} {r['art_seconds']:>8.1f}  {'yes' if r['ok'] else 'NO'}")  # fmt: skip
+        eps = f"{r['eps'] * 255:.4g}/255"
+        lines.append(f"{r['attack']:<10} {eps:>7} {100 * r['robustkit']:>9.1f}% {100 * r['art']:>7.1f}% "
+                     f"{r['difference_pt']:>+10.1f} {r['robustkit_seconds']:>8.1f} {r['art_seconds']:>8.1f}  "
+                     f"{'yes' if r['ok'] else 'NO'}")  # fmt: skip
     return "\n".join(lines)
 
 
