@@ -1,6 +1,8 @@
 """Train every defense backend at reduced scale on the built-in ``shapes`` data and compare them.
 
-The documented command (about 20-30 minutes on two free CPU cores; much longer on a loaded machine):
+The documented command (measured with 1 thread on a shared 2-core machine at load average ~15: training
+all eight backends 36 min of step time, evaluating ten defenses 22 min; expect well under half on two
+free cores; training is skipped when the trained defenses are already cached):
 
     nice python benchmarks/defenses_shapes.py --threads 1 --example
 
