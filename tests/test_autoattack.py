@@ -58,6 +58,23 @@ def test_plus_rand_and_overrides():
     assert custom[0][0] == "ce-10" and custom[0][2]["steps"] == 10 and custom[1][2]["queries"] == 7
 
 
+def test_recipes_build_the_documented_attacks():
+    from robustkit.evaluate.suite import load_suite
+
+    std, plus, rand = (load_suite(f"autoattack-{v}").entries for v in ("standard", "plus", "rand"))
+    assert [e.attack.version for e in (*std, *plus, *rand)] == ["standard", "plus", "rand"]
+    assert all(e.attack.eps == 8 / 255 and e.attack.norm == "Linf" for e in (*std, *plus, *rand))
+    assert rand[0].attack.eot_samples == 20
+    linf, l2 = load_suite("pgd-linf").entries, load_suite("pgd-l2").entries
+    assert [round(e.eps * 255) for e in linf] == [1, 2, 4, 8, 16] and [e.eps for e in l2] == [
+        0.125,
+        0.25,
+        0.5,
+        1.0,
+    ]
+    assert {e.attack.steps for e in (*linf, *l2)} == {50} and {e.norm for e in l2} == {"L2"}
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
