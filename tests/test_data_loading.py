@@ -89,3 +89,12 @@ def test_missing_dataset_and_unknown_names(tmp_path):
     manifest.write_text(f"name: e\nformat: imagefolder\nroot: {empty}\nsize: 3\n")
     with pytest.raises(ConfigError, match="unknown key 'size'"):
         load_dataset(str(manifest))
+
+
+@pytest.mark.parametrize("name", ["shapes", "faces", "signs", "shapes-video"])
+def test_builtin_first_n_is_a_prefix_of_the_split(name):
+    from robustkit.data.loading import load_dataset
+
+    small, larger = load_dataset(name, "train", n=3), load_dataset(name, "train", n=6)
+    assert len(small) == 3 and len(larger) == 6
+    assert torch.equal(small.x, larger.x[:3]) and torch.equal(small.y, larger.y[:3])

@@ -72,8 +72,13 @@ def load_dataset(
     *,
     root: str | Path | None = None,
     seed: int = 0,
+    n: int | None = None,
 ) -> Dataset:
-    """A torch Dataset of (x in [0, 1], label) with a ``classes`` attribute."""
+    """A torch Dataset of (x in [0, 1], label) with a ``classes`` attribute.
+
+    ``n`` asks a built-in dataset for its first ``n`` samples only (each built-in sample depends only
+    on its index, so they equal the first ``n`` of the whole split); files on disk ignore it.
+    """
     if isinstance(spec, Dataset):
         return spec
     if isinstance(spec, tuple) and len(spec) == 2:
@@ -81,7 +86,7 @@ def load_dataset(
         k = int(y.max()) + 1 if len(y) else 0
         return SyntheticDataset("tensors", x, y.long(), [str(i) for i in range(k)])
     if spec in BUILTIN:
-        return BUILTIN.create(spec, split=split, seed=seed)
+        return BUILTIN.create(spec, split=split, seed=seed, **({"n": n} if n is not None else {}))
     manifest, path = read_manifest(str(spec))
     root_dir = Path(root or manifest.get("root") or "").expanduser()
     if not str(root) and not manifest.get("root"):

@@ -131,13 +131,24 @@ def _fit_universal(
     attack = entry.attack
     n = int(getattr(attack, "train_samples", 256))
     try:
-        train = load_dataset(data_spec, "train", root=data_root)
+        train = load_dataset(data_spec, "train", root=data_root, n=n)
     except (ConfigError, ValueError):
         log.warning("%s: no train split; fitting on the evaluation data", entry.name)
-        train = load_dataset(data_spec, "test", root=data_root)
+        train = load_dataset(data_spec, "test", root=data_root, n=n)
     xs, ys = get_batch(train, list(range(min(n, len(train)))))
     g = torch.Generator().manual_seed(seed * 7919 + index)
     return attack.fit(model, xs.to(device), ys.to(device), generator=g)
+
+
+def _multi_clip(net: nn.Module, info: dict[str, Any], dataset: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Multi-clip video samples ``(C, clips * frames, H, W)``: predict (and attack) through the
+    average of the logits over the clips, the same path for the gradient and the prediction."""
+    from ..models.video import MultiClip
+
+    clips = int(getattr(dataset, "clips", 1) or 1)
+    if clips <= 1 or isinstance(net, MultiClip):
+        return net, info
+    return MultiClip(net, clips, getattr(dataset, "frames", None)), {**info, "multi_clip": clips}
 
 
 def evaluate(
@@ -203,6 +214,7 @@ def evaluate(
     )
     if rank == 0:
         distributed.barrier()
+    net, model_info = _multi_clip(net, model_info, dataset)
     n_total = len(dataset)
     if n_total == 0:
         raise ConfigError(f"dataset '{data_name}' ({split}) is empty")
