@@ -47,3 +47,13 @@ def shapes_test():
     from robustkit.data.shapes import shapes
 
     return shapes("test", n=200)
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run wherever CUDA is available and are skipped, with the reason, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,52 @@
+"""The CUDA path: the same evaluation on the GPU as on the CPU, and the fast path rechecked in fp32.
+
+Skipped without a CUDA device (see conftest.py); run on a GPU machine with ``pytest tests/test_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustkit.attacks import create_attack
+from robustkit.evaluate.runner import evaluate
+
+pytestmark = pytest.mark.gpu
+
+SUITE = {"name": "gpu", "attacks": [{"attack": "pgd", "eps": ["2/255", "8/255"], "steps": 10}]}
+
+
+def test_pgd_on_cuda_keeps_the_contract(shapes_model, shapes_test):
+    model = shapes_model.to("cuda")
+    x, y = shapes_test.x[:64].cuda(), shapes_test.y[:64].cuda()
+    attack = create_attack("pgd", norm="Linf", eps=8 / 255, steps=10)
+    result = attack(model, x, y, generator=[torch.Generator().manual_seed(i) for i in range(64)])
+    assert result.x_adv.device.type == "cuda"
+    assert (
+        (result.x_adv - x).abs().max() <= 8 / 255 + 1e-6
+        and result.x_adv.min() >= 0
+        and result.x_adv.max() <= 1
+    )
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():
+        assert (model(result.x_adv).argmax(1) != y)[result.success].all()
+
+
+def test_cuda_run_matches_cpu_run_within_a_point(tmp_path, shapes_model):
+    common = dict(suite=SUITE, out=tmp_path, limit=256, batch_size=64, progress=False, report=False)
+    cpu = evaluate(name="cpu", device="cpu", **common).summary
+    gpu = evaluate(name="gpu", device="cuda", **common).summary
+    assert gpu["clean_accuracy"] == pytest.approx(cpu["clean_accuracy"], abs=0.01)
+    for a, b in zip(cpu["attacks"], gpu["attacks"], strict=True):
+        assert b["robust_accuracy"] == pytest.approx(a["robust_accuracy"], abs=0.01), a["name"]
+
+
+def test_fast_path_on_cuda_is_rechecked_in_fp32(tmp_path, shapes_model):
+    common = dict(
+        suite=SUITE, out=tmp_path, limit=256, batch_size=64, device="cuda", progress=False, report=False
+    )
+    plain = evaluate(name="plain", **common).summary
+    fast = evaluate(name="fast", channels_last=True, amp="bf16", **common).summary
+    for a, b in zip(plain["attacks"], fast["attacks"], strict=True):
+        # bf16 attacks may be a little weaker, never "stronger" by false successes: all are rechecked
+        assert b["robust_accuracy"] == pytest.approx(a["robust_accuracy"], abs=0.03), a["name"]
