@@ -94,6 +94,42 @@ def test_sigkill_at_random_points_then_resume_is_identical(reference, tmp_path):
     assert s == ref
 
 
+def _committed_batches(run_dir: Path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{run_dir / 'results.sqlite'}?mode=ro", uri=True, timeout=1)
+        try:
+            return db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_says_how(reference, tmp_path):
+    suite_file = tmp_path / "mini.yaml"
+    import yaml
+
+    suite_file.write_text(yaml.safe_dump(SUITE))
+    cmd = [sys.executable, "-m", "robustkit", "evaluate", "--suite", str(suite_file), "--out", str(tmp_path), "--name", "c",
+           "--limit", "48", "--batch-size", "8", "--device", "cpu", "--quiet"]  # fmt: skip
+    # A shell's background jobs inherit SIGINT ignored (and Python then keeps ignoring it): restore it
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore
+    )
+    deadline = time.monotonic() + 300
+    while _committed_batches(tmp_path / "c") < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err
+    assert not (tmp_path / "c" / "summary.json").exists()  # nothing presented as complete
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _outcomes(tmp_path / "c") == _outcomes(reference)
+
+
 def test_torchrun_two_processes_equal_single_process(reference, tmp_path):
     torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun comes with torch"
