@@ -5,7 +5,9 @@
   and ``AutoProjectedGradientDescent`` at the same settings, within one point;
 - ART's PGD against a robustkit defense through ``to_estimator`` gives the robust accuracy of
   robustkit's native PGD on that defense, within one point;
-- every snippet of ``docs/art.md`` (the "Using robustkit with ART" page) runs.
+- every snippet of ``docs/art.md`` (the "Using robustkit with ART" page) runs; its ``robustkit
+  evaluate --model my_models:...`` command line is resolved in the default run and run end to end
+  in a ``slow`` test.
 
 The default run uses 100 test samples at eps = 2/255, where the model's robust accuracy is near 50 %
 (clean 99.5 %; PGD-10: 91 % at 1/255, 49.5 % at 2/255, 18 % at 3/255 on 200 samples). The ``slow``
@@ -17,11 +19,13 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from art.attacks.evasion import AutoProjectedGradientDescent, ProjectedGradientDescent
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
@@ -171,16 +175,29 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(m[1], m[2]) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)]
 
 
-def test_the_art_page_snippets_run(tmp_path, monkeypatch, capsys):
-    from robustkit.cli import main
-    from robustkit.evaluate.suite import load_suite
-
+@pytest.fixture(scope="module")
+def doc_blocks() -> list[tuple[str, str]]:
     code = blocks(DOC.read_text())
     langs = [lang for lang, _ in code]
     assert langs.count("python") >= 4 and "bash" in langs and "yaml" in langs
+    return code
+
+
+def factory_module(src: str, classifier: PyTorchClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's ``my_models.py`` (its last python block), importable, with the page's classifier."""
+    mod = types.ModuleType("my_models")
+    exec(compile(src, "my_models.py", "exec"), mod.__dict__)  # noqa: S102
+    mod.classifier = classifier
+    monkeypatch.setitem(sys.modules, "my_models", mod)
+
+
+def test_the_art_page_snippets_run(doc_blocks, tmp_path, monkeypatch, capsys):
+    from robustkit.evaluate.suite import load_suite
+    from robustkit.models.loading import load_model
+
     monkeypatch.chdir(tmp_path)  # the snippets write reports/ where they run
     namespace: dict = {"__name__": "art_doc"}
-    python = [src for lang, src in code if lang == "python"]
+    python = [src for lang, src in doc_blocks if lang == "python"]
     for src in python[:-1]:  # the three directions, in order, in one namespace
         exec(compile(src, str(DOC), "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
@@ -189,26 +206,27 @@ def test_the_art_page_snippets_run(tmp_path, monkeypatch, capsys):
     report = (tmp_path / "reports" / "art-classifier" / "report.html").read_text()
     assert "art.ProjectedGradientDescent@2/255" in report and "pgd@2/255" in report
     # the recipe block: ART's PGD next to robustkit's
-    yaml_src = next(src for lang, src in code if lang == "yaml")
-    import yaml
-
+    yaml_src = next(src for lang, src in doc_blocks if lang == "yaml")
     suite = load_suite({"name": "doc", **yaml.safe_load(yaml_src)})
     assert [e.name for e in suite.entries][1].startswith("art.ProjectedGradientDescent")
-    # the command line with the factory module the page describes
-    module = tmp_path / "my_models.py"
-    module.write_text(python[-1])
-    import types
+    # the command line's --model: a factory returning the estimator (the full run is a slow test)
+    factory_module(python[-1], namespace["classifier"], monkeypatch)
+    command = shlex.split(next(src for lang, src in doc_blocks if lang == "bash").strip())
+    assert command[:2] == ["robustkit", "evaluate"]
+    model, info = load_model(command[command.index("--model") + 1])
+    assert isinstance(model, rka.EstimatorModel) and model.model is namespace["net"].model
+    assert info["kind"] == "factory"
 
-    mod = types.ModuleType("my_models")
-    mod.__file__ = str(module)
-    exec(compile(python[-1], str(module), "exec"), mod.__dict__)  # noqa: S102
-    mod.classifier = namespace["classifier"]
-    monkeypatch.setitem(sys.modules, "my_models", mod)
-    command = next(src for lang, src in code if lang == "bash").strip()
-    argv = shlex.split(command)
-    assert argv[:2] == ["robustkit", "evaluate"]
-    assert main([*argv[1:], "--out", str(tmp_path / "cli"), "--name", "cli", "--quiet"]) == 0
-    assert (tmp_path / "cli" / "cli" / "report.html").is_file()
+
+@pytest.mark.slow
+def test_the_art_page_command_line_runs(doc_blocks, shapes_model, tmp_path, monkeypatch):
+    from robustkit.cli import main
+
+    python = [src for lang, src in doc_blocks if lang == "python"]
+    factory_module(python[-1], art_classifier(shapes_model), monkeypatch)
+    command = shlex.split(next(src for lang, src in doc_blocks if lang == "bash").strip())
+    assert main([*command[1:], "--out", str(tmp_path), "--name", "cli", "--quiet"]) == 0
+    assert (tmp_path / "cli" / "report.html").is_file()
 
 
 # ------------------------------------------------------------------------------------ slow, larger
