@@ -216,3 +216,21 @@ def test_docs_page_is_the_check_table():
     sanity = sys.modules[run_sanity_checks.__module__]  # robustkit.evaluate is shadowed by a function
     for c in CHECKS:
         assert c.name in sanity.__doc__
+
+
+def test_runner_hands_the_stored_cascade_to_the_black_box_check(tmp_path, shapes_model):
+    """In a real run, the cascade stored per batch reaches the check (not only in direct calls)."""
+    from robustkit.evaluate.runner import evaluate
+    from robustkit.evaluate.store import Store
+
+    suite = {"name": "masked", "attacks": [
+        {"attack": "autoattack", "version": ["apgd-ce", "square"], "eps": "8/255", "steps": 5, "queries": 60}]}  # fmt: skip
+    res = evaluate(model=Masked(shapes_model), suite=suite, out=tmp_path, name="m", limit=N, device="cpu",
+                   progress=False, report=False)  # fmt: skip
+    store = Store(res.run_dir / "results.sqlite")
+    try:
+        findings = {row[0]: row for row in store.db.execute("SELECT name, status, evidence FROM findings")}
+    finally:
+        store.close()
+    assert findings["black-box-vs-white-box"][1] == "fail", findings["black-box-vs-white-box"]
+    assert "Square broke" in findings["black-box-vs-white-box"][2]

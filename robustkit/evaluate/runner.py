@@ -365,6 +365,16 @@ def _finish(
     return summary
 
 
+def _cascades(store: Store) -> list[list[dict[str, Any]]]:
+    """Every batch's ensemble cascade (AutoAttack's ``cascade`` artifact), for the black-box check."""
+    return [
+        json.loads(data)
+        for attack in store.attacks()
+        for _, key, kind, data in store.artifacts(attack["id"])
+        if key == "cascade" and kind == "json"
+    ]
+
+
 def _sanity(store: Store, net, dataset, indices, dev) -> None:
     """Runner-level findings, plus the sanity-check module's when it is present."""
     findings = []
@@ -387,7 +397,7 @@ def _sanity(store: Store, net, dataset, indices, dev) -> None:
         sanity = None
     if sanity is not None and hasattr(sanity, "run_sanity_checks"):
         x, y = get_batch(dataset, indices[: min(len(indices), 64)])
-        context = {"summary": summary, "device": dev}
+        context = {"summary": summary, "device": dev, "cascade": _cascades(store)}
         for f in sanity.run_sanity_checks(net, x.to(dev), y.to(dev), context=context):
             findings.append((f.name, f.status, f.evidence, f.advice))
     store.write_findings(findings)
