@@ -119,4 +119,5 @@ def test_list_and_report_commands(quick_run, tmp_path, capsys):
     assert "pgd" in capsys.readouterr().out
     out = tmp_path / "cmp.html"
     assert main(["report", str(quick_run), str(quick_run), "--out", str(out)]) == 0
-    assert out.read_text().count('<section class="run">') == 2
+    html = out.read_text()
+    assert 'data-section="comparison"' in html and html.count('data-section="summary"') == 2

@@ -172,6 +172,8 @@ def test_bf16_attack_success_is_rechecked_in_fp32():
 
 def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_test):
     x, y = shapes_test.x[:16], shapes_test.y[:16]
+    # the session model may carry .grad from other tests (ART's estimators leave parameter gradients)
+    before = [None if p.grad is None else p.grad.clone() for p in shapes_model.parameters()]
     fast = make_fastpath(channels_last=True, amp="bf16").wrap(shapes_model)
     res = robustkit.create_attack("pgd", eps=8 / 255, steps=5)(
         fast, x, y, generator=sample_generators(0, range(16))
@@ -180,7 +182,8 @@ def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_
 
     pred = recheck(fast, res.x_adv).argmax(1)
     assert ((res.x_adv - x).abs().amax() <= 8 / 255 + 1e-6) and (pred != y).float().mean() > 0.5
-    assert all(p.grad is None for p in shapes_model.parameters())
+    after = [p.grad for p in shapes_model.parameters()]
+    assert all((a is None) == (b is None) and (a is None or torch.equal(a, b)) for a, b in zip(before, after))
     shapes_model.to(memory_format=torch.contiguous_format)
 
 
