@@ -183,7 +183,10 @@ def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_
     pred = recheck(fast, res.x_adv).argmax(1)
     assert ((res.x_adv - x).abs().amax() <= 8 / 255 + 1e-6) and (pred != y).float().mean() > 0.5
     after = [p.grad for p in shapes_model.parameters()]
-    assert all((a is None) == (b is None) and (a is None or torch.equal(a, b)) for a, b in zip(before, after))
+    assert all(
+        (a is None) == (b is None) and (a is None or torch.equal(a, b))
+        for a, b in zip(before, after, strict=True)
+    )
     shapes_model.to(memory_format=torch.contiguous_format)
 
 
