@@ -5,7 +5,7 @@
   and ``AutoProjectedGradientDescent`` at the same settings, within one point;
 - ART's PGD against a robustkit defense through ``to_estimator`` gives the robust accuracy of
   robustkit's native PGD on that defense, within one point;
-- every snippet of ``docs/art.md`` (the "Using robustkit with ART" page) runs; its ``robustkit
+- every snippet of the README's "Using robustkit with ART" section runs; its ``robustkit
   evaluate --model my_models:...`` command line is resolved in the default run and run end to end
   in a ``slow`` test.
 
@@ -39,7 +39,8 @@ from robustkit.functional.random import sample_generators
 EPS = 2 / 255
 N = 100
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "art.md"
+README = ROOT / "README.md"
+SECTION = "## Using robustkit with ART"
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_art_pgd_on_a_defense_matches_robustkits_pgd(net, xy):
     assert within_one_point(native, art), (native, art)
 
 
-# ------------------------------------------------------------------------------ docs/art.md runs
+# ------------------------------------------------------------------- README's ART section runs
 def blocks(text: str) -> list[tuple[str, str]]:
     """The fenced code blocks of a markdown page as (language, code)."""
     return [(m[1], m[2]) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)]
@@ -177,7 +178,10 @@ def blocks(text: str) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def doc_blocks() -> list[tuple[str, str]]:
-    code = blocks(DOC.read_text())
+    text = README.read_text()
+    assert SECTION in text
+    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]  # up to the next top-level section
+    code = blocks(section)
     langs = [lang for lang, _ in code]
     assert langs.count("python") >= 4 and "bash" in langs and "yaml" in langs
     return code
@@ -199,7 +203,7 @@ def test_the_art_page_snippets_run(doc_blocks, tmp_path, monkeypatch, capsys):
     namespace: dict = {"__name__": "art_doc"}
     python = [src for lang, src in doc_blocks if lang == "python"]
     for src in python[:-1]:  # the three directions, in order, in one namespace
-        exec(compile(src, str(DOC), "exec"), namespace)  # noqa: S102
+        exec(compile(src, "README.md", "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
     assert "robustkit PGD" in printed and "ART PGD on the blur defense" in printed
     assert namespace["result"].summary["clean_accuracy"] > 0.9
