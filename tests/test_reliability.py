@@ -77,15 +77,21 @@ def test_sigkill_at_random_points_then_resume_is_identical(reference, tmp_path):
            "--limit", "48", "--batch-size", "8", "--device", "cpu", "--quiet"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     rng = random.Random(0)
+    total = 6 * (1 + 3)  # batch rows of a finished run: the clean pass and 3 attacks over 6 batches
     kills = 0
-    for _ in range(3):
+    for target in sorted(rng.sample(range(1, total - 2), 3)):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 9.0))  # import + model load take a few seconds; kill somewhere after
+        # wait for the target number of committed batches, then kill at a random moment after it:
+        # between two commits, in the middle of an attack or of a write
+        while _committed_batches(tmp_path / "k") < target and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 1
+    assert kills >= 2
+    assert not (tmp_path / "k" / "summary.json").exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert _outcomes(tmp_path / "k") == _outcomes(reference)
