@@ -23,13 +23,7 @@ STEP = 12  # frame i of a test video is uniformly gray at level STEP * i (+ a pe
 H, W = 24, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny clips: one intra-op thread is as fast, and far faster on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny clips: see conftest.one_thread
 
 
 def gray_frames(n: int, offset: int = 0) -> list[np.ndarray]:

@@ -14,14 +14,7 @@ from robustkit.models.checkpoint import save_weights
 from robustkit.models.normalized import Normalized
 from robustkit.models.video import VIDEO_MODELS, MultiClip, PackPathways, SmallVideoNet, video_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny clips: one intra-op thread is as fast, and far faster on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny clips: see conftest.one_thread
 
 
 def clip(b=2, t=8, h=32, w=32, seed=0) -> torch.Tensor:
