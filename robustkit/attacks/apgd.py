@@ -37,7 +37,7 @@ from ..functional.losses import get_loss
 from ..functional.projection import flat_norm
 from ..functional.random import GeneratorLike, normal, subset, uniform
 from ..threat import L2, Linf, ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, forward, is_success, positive, register
+from .base import Attack, AttackResult, Counter, forward, is_success, positive_ints, register
 from .expectation import expected_loss_and_grad
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -214,11 +214,7 @@ class APGD(Attack):
     def __post_init__(self) -> None:
         make_threat(self.norm, self.eps)
         get_loss(self.loss)
-        for what in ("steps", "restarts", "eot_samples", "n_targets"):
-            value = getattr(self, what)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{self.name}: {what} must be an integer, got {value!r}")
-            positive(value, f"{self.name}: {what}")
+        positive_ints(self, "steps", "restarts", "eot_samples", "n_targets")
         if not isinstance(self.rho, int | float) or not 0 < self.rho <= 1:
             raise ConfigError(f"{self.name}: rho must be in (0, 1], got {self.rho!r}")
 

@@ -136,6 +136,37 @@ def positive(value: float, what: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{what} must be a number {bound}, got {value!r}")
 
 
+def positive_ints(attack: Any, *fields: str) -> None:
+    """Each named field of ``attack`` must be an integer > 0 (a ConfigError naming the field otherwise)."""
+    for what in fields:
+        value = getattr(attack, what)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{attack.name}: {what} must be an integer, got {value!r}")
+        positive(value, f"{attack.name}: {what}")
+
+
+def resolve_targets(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    *,
+    targeted: bool,
+    mode: str | int,
+    generator: GeneratorLike,
+    counter: Counter,
+) -> torch.Tensor | None:
+    """The classes a targeted attack aims for: ``target`` when given, else chosen by ``mode`` from the
+    clean logits (one counted forward pass); None for an untargeted attack."""
+    if not targeted:
+        return None
+    if target is not None:
+        return target
+    with torch.no_grad():
+        logits = forward(model, x, counter)
+    return choose_targets(logits, y, mode, generator)
+
+
 def choose_targets(
     logits: torch.Tensor, y: torch.Tensor, mode: str | int, generator: GeneratorLike
 ) -> torch.Tensor:

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..functional.projection import flat_norm
 from ..functional.random import GeneratorLike, normal, subset, uniform
 from ..threat import ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, forward, positive, register
+from .base import Attack, AttackResult, Counter, forward, positive, positive_ints, register
 
 
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -196,11 +196,7 @@ class FAB(Attack):
 
     def __post_init__(self) -> None:
         make_threat(self.norm, self.eps)
-        for what in ("steps", "restarts", "n_targets"):
-            value = getattr(self, what)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{self.name}: {what} must be an integer, got {value!r}")
-            positive(value, f"{self.name}: {what}")
+        positive_ints(self, "steps", "restarts", "n_targets")
         if not 0 <= self.alpha_max <= 1:
             raise ConfigError(f"{self.name}: alpha_max must be in [0, 1], got {self.alpha_max!r}")
         positive(self.eta, f"{self.name}: eta")

@@ -24,6 +24,7 @@ from .base import (
     loss_and_grad,
     positive,
     register,
+    resolve_targets,
 )
 
 
@@ -149,13 +150,16 @@ class PGD(Attack):
         return make_threat(self.norm, self.eps)
 
     def _targets(self, model, x, y, target, generator, counter) -> torch.Tensor | None:
-        if not self.targeted:
-            return None
-        if target is not None:
-            return target
-        with torch.no_grad():
-            logits = forward(model, x, counter)
-        return choose_targets(logits, y, self.target_mode, generator)
+        return resolve_targets(
+            model,
+            x,
+            y,
+            target,
+            targeted=self.targeted,
+            mode=self.target_mode,
+            generator=generator,
+            counter=counter,
+        )
 
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
         counter = Counter()

@@ -19,7 +19,15 @@ from ..eot import EOT, EvalGrid, make_eot
 from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike
 from ..models.state import preserved
-from .base import Attack, AttackResult, Counter, choose_targets, forward, is_success, positive
+from .base import (
+    Attack,
+    AttackResult,
+    Counter,
+    forward,
+    is_success,
+    positive,
+    resolve_targets,
+)
 
 # The transformations a printed attack meets when it is not optimized for any: the default
 # held-out distribution for evaluation.
@@ -65,13 +73,16 @@ class PhysicalAttack(Attack):
         return make_eot(cfg, f"{self.name} eot", **defaults)
 
     def targets(self, model, x, y, target, generator, counter) -> torch.Tensor | None:
-        if not self.targeted:
-            return None
-        if target is not None:
-            return target
-        with torch.no_grad():
-            logits = forward(model, x, counter)
-        return choose_targets(logits, y, self.target_mode, generator)
+        return resolve_targets(
+            model,
+            x,
+            y,
+            target,
+            targeted=self.targeted,
+            mode=self.target_mode,
+            generator=generator,
+            counter=counter,
+        )
 
     def objective(
         self, y: torch.Tensor, target: torch.Tensor | None

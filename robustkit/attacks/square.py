@@ -31,7 +31,7 @@ from ..functional.losses import margin
 from ..functional.projection import flat_norm
 from ..functional.random import GeneratorLike, subset, uniform
 from ..threat import ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, forward, positive, register
+from .base import Attack, AttackResult, Counter, forward, positive_ints, register
 
 _P_SCHEDULE = (
     (10, 1),
@@ -261,11 +261,7 @@ class Square(Attack):
 
     def __post_init__(self) -> None:
         make_threat(self.norm, self.eps)
-        for what in ("queries", "restarts", "sync_every"):
-            value = getattr(self, what)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"square: {what} must be an integer, got {value!r}")
-            positive(value, f"square: {what}")
+        positive_ints(self, "queries", "restarts", "sync_every")
         if not 0 < self.p_init <= 1:
             raise ConfigError(f"square: p_init must be in (0, 1], got {self.p_init!r}")
         if self.loss not in ("margin", "ce"):

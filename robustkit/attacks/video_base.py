@@ -18,7 +18,7 @@ import torch
 from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike
 from ..functional.video import check_video, frame_metrics
-from .base import Attack, AttackResult, Counter, choose_targets, forward, is_success
+from .base import Attack, AttackResult, Counter, forward, is_success, resolve_targets
 
 Compose = Callable[[torch.Tensor], torch.Tensor]
 Update = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -67,13 +67,16 @@ class VideoAttack(Attack):
         return lambda logits: fn(logits, y, target)
 
     def targets(self, model, x, y, target, generator, counter: Counter) -> torch.Tensor | None:
-        if not self.targeted:
-            return None
-        if target is not None:
-            return target
-        with torch.no_grad():
-            logits = forward(model, x, counter)
-        return choose_targets(logits, y, self.target_mode, generator)
+        return resolve_targets(
+            model,
+            x,
+            y,
+            target,
+            targeted=self.targeted,
+            mode=self.target_mode,
+            generator=generator,
+            counter=counter,
+        )
 
 
 def optimize(
