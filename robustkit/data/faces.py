@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..models.normalized import Normalized
-from ..models.resnet import SmallResNet
-from ..models.zoo import ZooEntry, register_zoo
+from ..models.zoo import register_small_resnet
 from .masks import CANONICAL_EYES
 from .synthetic import SyntheticDataset, generate, grid, register_dataset, uniform
 
@@ -136,37 +133,12 @@ def faces(split: str = "test", n: int | None = None, size: int = 32, seed: int =
     return SyntheticDataset("faces", x, y, IDENTITIES, split=split, size=size, seed=seed, eyes=CANONICAL_EYES)
 
 
-FACES_MEAN = (0.5, 0.5, 0.5)
-FACES_STD = (0.25, 0.25, 0.25)
-
-
-def _build() -> nn.Module:
-    torch.manual_seed(1)  # deterministic initial weights; only at build time, not in attacks
-    return Normalized(SmallResNet(num_classes=len(IDENTITIES), width=16), FACES_MEAN, FACES_STD)
-
-
-def _train(model: nn.Module, device: torch.device, progress: bool) -> dict:
-    from ..defenses.training import TrainConfig, accuracy, fit
-
-    train, test = faces("train"), faces("test")
-    stats = fit(
-        model,
-        train,
-        TrainConfig(epochs=5, batch_size=128, lr=0.1),
-        device,
-        desc="training faces-resnet",
-        progress=progress,
-    )
-    stats["clean_test_accuracy"] = accuracy(model, test, device)
-    return stats
-
-
-register_zoo(
-    ZooEntry(
-        name="faces-resnet",
-        dataset="faces",
-        build=_build,
-        train=_train,
-        description="Compact ResNet (16-32-64-128 channels) for 32x32 synthetic aligned faces, 10 identities.",
-    )
+register_small_resnet(
+    "faces-resnet",
+    "faces",
+    faces,
+    len(IDENTITIES),
+    seed=1,
+    epochs=5,
+    description="Compact ResNet (16-32-64-128 channels) for 32x32 synthetic aligned faces, 10 identities.",
 )

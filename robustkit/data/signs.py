@@ -14,11 +14,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..models.normalized import Normalized
-from ..models.resnet import SmallResNet
-from ..models.zoo import ZooEntry, register_zoo
+from ..models.zoo import register_small_resnet
 from .synthetic import SyntheticDataset, generate, grid, register_dataset, uniform
 
 CLASSES = [
@@ -152,37 +149,12 @@ def signs(split: str = "test", n: int | None = None, size: int = 32, seed: int =
     return SyntheticDataset("signs", x, y, CLASSES, split=split, size=size, seed=seed)
 
 
-SIGNS_MEAN = (0.5, 0.5, 0.5)
-SIGNS_STD = (0.25, 0.25, 0.25)
-
-
-def _build() -> nn.Module:
-    torch.manual_seed(2)  # deterministic initial weights; only at build time, not in attacks
-    return Normalized(SmallResNet(num_classes=len(CLASSES), width=16), SIGNS_MEAN, SIGNS_STD)
-
-
-def _train(model: nn.Module, device: torch.device, progress: bool) -> dict:
-    from ..defenses.training import TrainConfig, accuracy, fit
-
-    train, test = signs("train"), signs("test")
-    stats = fit(
-        model,
-        train,
-        TrainConfig(epochs=5, batch_size=128, lr=0.1),
-        device,
-        desc="training signs-resnet",
-        progress=progress,
-    )
-    stats["clean_test_accuracy"] = accuracy(model, test, device)
-    return stats
-
-
-register_zoo(
-    ZooEntry(
-        name="signs-resnet",
-        dataset="signs",
-        build=_build,
-        train=_train,
-        description="Compact ResNet (16-32-64-128 channels) for 32x32 synthetic traffic signs, 10 classes.",
-    )
+register_small_resnet(
+    "signs-resnet",
+    "signs",
+    signs,
+    len(CLASSES),
+    seed=2,
+    epochs=5,
+    description="Compact ResNet (16-32-64-128 channels) for 32x32 synthetic traffic signs, 10 classes.",
 )

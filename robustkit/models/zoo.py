@@ -104,38 +104,53 @@ def zoo_figures(name: str) -> dict:
     return json.loads(meta.read_text()).get("figures", {}) if meta.exists() else {}
 
 
-SHAPES_MEAN = (0.5, 0.5, 0.5)
-SHAPES_STD = (0.25, 0.25, 0.25)
+SMALL_MEAN = (0.5, 0.5, 0.5)
+SMALL_STD = (0.25, 0.25, 0.25)
 
 
-def _build_shapes_resnet() -> nn.Module:
-    torch.manual_seed(0)  # deterministic initial weights; only at build time, not in attacks
-    return Normalized(SmallResNet(num_classes=10, width=16), SHAPES_MEAN, SHAPES_STD)
+def register_small_resnet(
+    name: str,
+    dataset: str,
+    load: Callable[[str], torch.utils.data.Dataset],
+    num_classes: int,
+    *,
+    seed: int,
+    epochs: int,
+    description: str,
+) -> ZooEntry:
+    """A zoo entry for a built-in 32x32 dataset: ``SmallResNet`` (width 16) behind
+    ``Normalized(0.5, 0.25)``, initial weights from ``seed``, standard training for ``epochs`` on
+    ``load("train")``, clean accuracy measured on ``load("test")``."""
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)  # deterministic initial weights; only at build time, not in attacks
+        return Normalized(SmallResNet(num_classes=num_classes, width=16), SMALL_MEAN, SMALL_STD)
+
+    def train(model: nn.Module, device: torch.device, progress: bool) -> dict:
+        from ..defenses.training import TrainConfig, accuracy, fit
+
+        cfg = TrainConfig(epochs=epochs, batch_size=128, lr=0.1)
+        stats = fit(model, load("train"), cfg, device, desc=f"training {name}", progress=progress)
+        stats["clean_test_accuracy"] = accuracy(model, load("test"), device)
+        return stats
+
+    return register_zoo(
+        ZooEntry(name=name, dataset=dataset, build=build, train=train, description=description)
+    )
 
 
-def _train_shapes_resnet(model: nn.Module, device: torch.device, progress: bool) -> dict:
+def _shapes(split: str) -> torch.utils.data.Dataset:
     from ..data.shapes import shapes
-    from ..defenses.training import TrainConfig, accuracy, fit
 
-    train, test = shapes("train"), shapes("test")
-    stats = fit(
-        model,
-        train,
-        TrainConfig(epochs=6, batch_size=128, lr=0.1),
-        device,
-        desc="training shapes-resnet",
-        progress=progress,
-    )
-    stats["clean_test_accuracy"] = accuracy(model, test, device)
-    return stats
+    return shapes(split)
 
 
-register_zoo(
-    ZooEntry(
-        name="shapes-resnet",
-        dataset="shapes",
-        build=_build_shapes_resnet,
-        train=_train_shapes_resnet,
-        description="Compact ResNet (16-32-64-128 channels) for 32x32 shapes, standard training.",
-    )
+register_small_resnet(
+    "shapes-resnet",
+    "shapes",
+    _shapes,
+    10,
+    seed=0,
+    epochs=6,
+    description="Compact ResNet (16-32-64-128 channels) for 32x32 shapes, standard training.",
 )
