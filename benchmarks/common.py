@@ -14,7 +14,9 @@ was allocated before it started.
   workspaces and everything else the caching allocator hands out).
 - CPU: a ``TorchDispatchMode`` sees every tensor every ATen operator returns, forward and backward,
   and keeps a weak reference to its storage; live bytes are the sum over storages not yet freed,
-  the peak is taken after every operator. This counts exactly the tensors (activations saved for
+  the peak is taken after every operator. Returns the operator's schema marks as aliases of an
+  argument (views such as ``detach``, in-place and ``out=`` writes) are not new memory and are not
+  counted: otherwise a tensor that existed before, like the input of the bare pass, would count. This counts exactly the tensors (activations saved for
   backward, gradients, attack state), independent of the process allocator's caching and of the
   other processes on the machine, which make RSS-based figures (``ru_maxrss``, ``tracemalloc``
   does not even see ATen's allocations) useless for ratios of a few percent. Kernel-internal
@@ -129,15 +131,23 @@ class LiveTensorBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self._sweep()
-        for t in tree_leaves(out):
+        returns = func._schema.returns
+        results = out if isinstance(out, tuple | list) and len(returns) > 1 else (out,)
+        for ret, value in zip(returns, results, strict=False):
+            if ret.alias_info is not None:
+                continue  # a view of, or an in-place / out= write to, an argument: no new memory
+            self._count(value)
+        self.peak = max(self.peak, self.current)
+        return out
+
+    def _count(self, value: Any) -> None:
+        for t in tree_leaves(value):
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                 storage = t.untyped_storage()
                 ref = StorageWeakRef(storage)
                 if ref.cdata not in self.refs:
                     self.refs[ref.cdata] = (ref, storage.nbytes())
                     self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
-        return out
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
@@ -180,6 +190,29 @@ def thawed(model: torch.nn.Module) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+FAST = {"channels_last": True, "amp": "bf16"}
+
+
+def fast_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` behind robustkit's fast path (``--channels-last --amp bf16``): what a user
+    gets from ``robustkit evaluate --channels-last --amp bf16``. The copy, because channels_last
+    rewrites the weights in place and the peers must see the model untouched. Robust accuracy is
+    still taken with the fp32 model (``robust_accuracy``), as the runner's recheck does."""
+    import copy
+
+    from robustkit.evaluate.fastpath import make_fastpath
+
+    return make_fastpath(**FAST).wrap(thawed(copy.deepcopy(model)))
+
+
+def bf16_note(device: torch.device | str) -> str:
+    """Whether this CPU runs bf16 natively (oneDNN); without it the fast path is slower, not faster."""
+    if torch.device(device).type == "cuda":
+        return "CUDA"
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "native bf16 on this CPU" if native else "this CPU emulates bf16: the fast path is slower here"
 
 
 def robust_accuracy(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:

@@ -41,6 +41,18 @@ def video_case(batch: int, device: torch.device) -> tuple[str, torch.nn.Module, 
     return "SmallVideoNet 3x8x32x32", SmallVideoNet(8).to(device).eval(), x.to(device)
 
 
+def x3d_case(batch: int, device: torch.device) -> tuple[str, torch.nn.Module, torch.Tensor]:
+    """pytorchvideo's X3D-XS at its own clip size (4 frames of 160x160), randomly initialized: a
+    video model of the size people attack, where activations dwarf the input (SmallVideoNet's are
+    only about 3.7 inputs, so any PGD's one iterate buffer is a fifth of its bare pass)."""
+    from benchmarks.common import frozen
+    from robustkit.models.video import video_model
+
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, 4, 160, 160, generator=torch.Generator().manual_seed(0))
+    return "X3D-XS 3x4x160x160", frozen(video_model("x3d_xs", 10)).to(device), x.to(device)
+
+
 def overhead(
     name: str,
     model: torch.nn.Module,

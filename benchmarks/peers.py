@@ -4,7 +4,8 @@
   L-inf, ``eps``, ``steps`` iterations of step ``2.5 eps / steps``, one random start, the whole set as
   one batch. robustkit's row is its public call (compaction on: samples already adversarial leave the
   working batch); a second row runs the same loop without compaction, to separate the per-step cost
-  from the work compaction saves.
+  from the work compaction saves; a third runs the public call behind the fast path
+  (``--channels-last --amp bf16``, ``common.fast_copy``), whose examples are judged in fp32 like all.
 - ``ensemble_vs_torchattacks``: robustkit ``autoattack`` (version standard) vs torchattacks
   ``AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T, Square with the same budgets: see
   the function's docstring).
@@ -24,8 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import compare, ratio, robust_accuracy, thawed
+from benchmarks.common import FAST, compare, fast_copy, ratio, robust_accuracy, thawed
 from robustkit.functional.random import sample_generators
+
+FAST_ROW = "robustkit fast path (" + ", ".join(f"{k}={v}" for k, v in FAST.items()) + ")"
 
 
 def has_torchattacks() -> bool:
@@ -71,12 +74,16 @@ def pgd_vs_peers(
     def robustkit_plain() -> None:  # the same loop, compaction off: every sample does every step
         threat = attack.threat
         with preserved(model):
-            delta = threat.clip(x, threat.init(x, gens()))
             adv, _ = rk.gradient_ascent(
                 model, x, y, threat, steps=steps, step_size=2.5 * eps / steps, objective=rk._objective("ce", y, None),
-                target=None, delta=delta, counter=rk.Counter(),
+                target=None, start=threat.init(x, gens()).add_(x), counter=rk.Counter(),
             )  # fmt: skip
         out["robustkit (no compaction)"] = adv
+
+    fast = fast_copy(model)
+
+    def robustkit_fast() -> None:
+        out[FAST_ROW] = attack(fast, x, y, generator=gens()).x_adv
 
     art = _art_pgd(model, x, eps, steps, k)
     x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
@@ -84,7 +91,12 @@ def pgd_vs_peers(
     def art_pgd() -> None:
         out["ART"] = torch.from_numpy(art.generate(x_np, y_np)).to(x.device)
 
-    fns = {"robustkit": robustkit_pgd, "robustkit (no compaction)": robustkit_plain, "ART": art_pgd}
+    fns = {
+        "robustkit": robustkit_pgd,
+        "robustkit (no compaction)": robustkit_plain,
+        FAST_ROW: robustkit_fast,
+        "ART": art_pgd,
+    }
     notes = []
     if has_torchattacks():
         import torchattacks
@@ -106,6 +118,7 @@ def pgd_vs_peers(
                 "library": name,
                 **t[name].as_dict(),
                 "time_ratio_vs_robustkit": ratio(t, name, "robustkit"),
+                "time_ratio_vs_fast_path": ratio(t, name, FAST_ROW),
                 "robust_accuracy": robust_accuracy(model, out[name], y),
                 **_check(out[name], x, eps),
             }
@@ -133,16 +146,23 @@ def ensemble_vs_torchattacks(
     theirs = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=k, seed=0)
     out: dict[str, Any] = {}
 
+    fast = fast_copy(model)
+
     def robustkit_aa() -> None:
         res = ours(model, x, y, generator=sample_generators(0, range(len(x))))
         out["robustkit"], out["cascade"] = res.x_adv, res.artifacts.get("cascade")
 
+    def robustkit_fast() -> None:
+        res = ours(fast, x, y, generator=sample_generators(0, range(len(x))))
+        out[FAST_ROW], out["cascade_fast"] = res.x_adv, res.artifacts.get("cascade")
+
     def ta_aa() -> None:
         out["torchattacks"] = theirs(x, y)
 
-    t = compare({"robustkit": robustkit_aa, "torchattacks": ta_aa}, device=x.device, reps=reps, warmup=0)
+    fns = {"robustkit": robustkit_aa, FAST_ROW: robustkit_fast, "torchattacks": ta_aa}
+    t = compare(fns, device=x.device, reps=reps, warmup=0)
     rows = []
-    for name in ("robustkit", "torchattacks"):
+    for name in fns:
         thawed(model)
         rows.append(
             {
@@ -153,4 +173,11 @@ def ensemble_vs_torchattacks(
                 **_check(out[name], x, eps),
             }
         )
-    return {"eps": eps, "n": len(x), "steps": steps, "rows": rows, "cascade": out.get("cascade")}
+    return {
+        "eps": eps,
+        "n": len(x),
+        "steps": steps,
+        "rows": rows,
+        "cascade": out.get("cascade"),
+        "cascade_fast": out.get("cascade_fast"),
+    }

@@ -4,10 +4,12 @@
 
 Sections (see each module's docstring for the method):
 
-1. ``overhead``  PGD-Linf, 10 steps, / 10 bare forward+input-gradient passes: CIFAR-size SmallResNet
-                 and the SmallVideoNet video model (``benchmarks/overhead.py``);
-2. ``pgd``       robustkit PGD vs ART ProjectedGradientDescent vs torchattacks PGD on the trained
-                 ``shapes-resnet`` zoo model (``benchmarks/peers.py``);
+1. ``overhead``  PGD-Linf, 10 steps, / 10 bare forward+input-gradient passes: CIFAR-size SmallResNet,
+                 pytorchvideo's X3D-XS and the small SmallVideoNet video model
+                 (``benchmarks/overhead.py``);
+2. ``pgd``       robustkit PGD (fp32, and behind the fast path ``--channels-last --amp bf16``) vs ART
+                 ProjectedGradientDescent vs torchattacks PGD on the trained ``shapes-resnet`` zoo
+                 model, at each ``--eps`` (default 2/255 and the standard 8/255; ``benchmarks/peers.py``);
 3. ``ensemble``  the standard ensemble vs torchattacks AutoAttack(version="standard") (``peers.py``);
 4. ``patch``     one EOT patch iteration, batch 16 x 8 EOT samples, vs ART AdversarialPatchPyTorch
                  (``benchmarks/patch_step.py``);
@@ -35,7 +37,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import environment, fmt_bytes, table  # noqa: E402
+from benchmarks.common import bf16_note, environment, fmt_bytes, table  # noqa: E402
+from benchmarks.peers import FAST_ROW  # noqa: E402
 
 TARGETS = {
     "overhead": ("PGD time / bare passes", "<=", 1.10),
@@ -73,18 +76,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device)
     res: dict[str, Any] = {"environment": environment(device), "args": vars(args), "sections": {}}
+    res["environment"]["bf16"] = bf16_note(device)
     sec = res["sections"]
     t0 = time.perf_counter()
     if "overhead" in args.only:
         cases = [
             overhead.cifar_case(args.batch, device),
+            overhead.x3d_case(args.x3d_batch, device),
             overhead.video_case(args.video_batch, device),
         ]
         sec["overhead"] = [overhead.overhead(n, m, x, reps=args.reps) for n, m, x in cases]
         logging.info("overhead done at %.0fs", time.perf_counter() - t0)
     model, x, y = _shapes(max(args.n, args.n_ensemble, 64), device)
     if "pgd" in args.only:
-        sec["pgd"] = peers.pgd_vs_peers(model, x[: args.n], y[: args.n], eps=args.eps, reps=args.reps)
+        sec["pgd"] = [
+            peers.pgd_vs_peers(model, x[: args.n], y[: args.n], eps=e, reps=args.reps) for e in args.eps
+        ]
         logging.info("pgd done at %.0fs", time.perf_counter() - t0)
     if "patch" in args.only:
         sec["patch"] = patch_step.patch_step(model, x, y, iters=args.patch_iters, reps=args.reps)
@@ -118,15 +125,24 @@ def rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         work = f"batch {case['batch']}, fwd {c.get('forward')} bwd {c.get('backward')}"
         add("1 overhead", f"PGD-10 / 10 bare passes, {case['case']}", r["median"], (r["min"], r["max"]), "overhead",
             f"{work}; pgd {case['pgd']['median_s']:.3f}s, bare {case['bare']['median_s']:.3f}s")  # fmt: skip
-    if "pgd" in sec:
-        p = sec["pgd"]
-        base = next(r for r in p["rows"] if r["library"] == "robustkit")
-        for r in p["rows"]:
-            tr = r["time_ratio_vs_robustkit"]
-            key = {"ART": "pgd_vs_art", "torchattacks": "pgd_vs_torchattacks"}.get(r["library"])
-            add("2 pgd", f"{r['library']}: time / robustkit", tr["median"], (tr["min"], tr["max"]), key,
-                f"{r['median_s']:.3f}s, robust acc {100 * r['robust_accuracy']:.1f}% "
-                f"(robustkit {100 * base['robust_accuracy']:.1f}%), n={p['n']}, eps={p['eps']:.4f}")  # fmt: skip
+    for p in sec.get("pgd", []):
+        rk = {r["library"]: r for r in p["rows"]}
+        base, fast = rk["robustkit"], rk[FAST_ROW]
+        where = f"n={p['n']}, eps={p['eps'] * 255:.0f}/255"
+        for ours, ratio_key, label in ((base, "time_ratio_vs_robustkit", "robustkit"),
+                                       (fast, "time_ratio_vs_fast_path", "robustkit fast path")):  # fmt: skip
+            for r in p["rows"]:
+                key = {"ART": "pgd_vs_art", "torchattacks": "pgd_vs_torchattacks"}.get(r["library"])
+                if key is None:
+                    continue
+                tr = r[ratio_key]
+                add("2 pgd", f"{r['library']} time / {label}, {where}", tr["median"], (tr["min"], tr["max"]), key,
+                    f"{r['median_s']:.3f}s vs {ours['median_s']:.3f}s; robust acc {100 * r['robust_accuracy']:.1f}% "
+                    f"vs {100 * ours['robust_accuracy']:.1f}%")  # fmt: skip
+        plain = rk["robustkit (no compaction)"]
+        tr = plain["time_ratio_vs_robustkit"]
+        add("2 pgd", f"no compaction / compaction, {where}", tr["median"], (tr["min"], tr["max"]),
+            note=f"robust acc {100 * plain['robust_accuracy']:.1f}% vs {100 * base['robust_accuracy']:.1f}%")  # fmt: skip
         for note in p.get("notes", []):
             add("2 pgd", "torchattacks", float("nan"), note=note)
     if "ensemble" in sec:
@@ -134,20 +150,23 @@ def rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         if "skipped" in e:
             add("3 ensemble", "robustkit / torchattacks AutoAttack", float("nan"), note=e["skipped"])
         else:
-            ours, theirs = e["rows"]
-            tr = ours["time_ratio_vs_torchattacks"]
-            add("3 ensemble", "robustkit standard / torchattacks AutoAttack", tr["median"], (tr["min"], tr["max"]),
-                "ensemble", f"{ours['median_s']:.1f}s vs {theirs['median_s']:.1f}s; robust acc "
-                f"{100 * ours['robust_accuracy']:.1f}% vs {100 * theirs['robust_accuracy']:.1f}%, n={e['n']}, "
-                f"eps={e['eps']:.4f}")  # fmt: skip
+            theirs = e["rows"][-1]
+            for ours in e["rows"][:-1]:
+                tr = ours["time_ratio_vs_torchattacks"]
+                add("3 ensemble", f"{ours['library']} standard / torchattacks AutoAttack", tr["median"],
+                    (tr["min"], tr["max"]), "ensemble", f"{ours['median_s']:.1f}s vs {theirs['median_s']:.1f}s; "
+                    f"robust acc {100 * ours['robust_accuracy']:.1f}% vs {100 * theirs['robust_accuracy']:.1f}%, "
+                    f"n={e['n']}, eps={e['eps'] * 255:.0f}/255")  # fmt: skip
     if "patch" in sec:
         pt = sec["patch"]
-        sp = pt["speedup_vs_art"]
         s = pt["seconds_per_iteration"]
-        add("4 patch", f"ART / robustkit per iteration, batch {pt['batch']} x {pt['eot_samples']} EOT",
-            sp["median"], (sp["min"], sp["max"]), "patch",
-            f"{s['robustkit']['median_s']:.3f}s vs {s['ART']['median_s']:.3f}s per iteration; robustkit / bare "
-            f"fwd+bwd of the same rows {pt['robustkit_vs_bare']['median']:.2f}")  # fmt: skip
+        for label, key, row in (("robustkit", "speedup_vs_art", "robustkit"),
+                                ("robustkit fast path", "speedup_vs_art_fast_path", "robustkit fast path")):  # fmt: skip
+            sp = pt[key]
+            add("4 patch", f"ART / {label} per iteration, batch {pt['batch']} x {pt['eot_samples']} EOT",
+                sp["median"], (sp["min"], sp["max"]), "patch",
+                f"{s[row]['median_s']:.3f}s vs {s['ART']['median_s']:.3f}s per iteration; bare fwd+bwd of the "
+                f"same rows {s['bare fwd+bwd']['median_s']:.3f}s")  # fmt: skip
     for case in sec.get("overhead", []):
         add("5 memory", f"PGD peak / one fwd+bwd, {case['case']}", case["memory_ratio"], None, "memory",
             f"{fmt_bytes(case['peak_bytes_pgd'])} vs {fmt_bytes(case['peak_bytes_bare'])}, "
@@ -162,9 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per comparison")
     p.add_argument("--batch", type=int, default=128, help="batch of the CIFAR-size overhead case")
-    p.add_argument("--video-batch", type=int, default=16, help="batch of the video overhead case")
+    p.add_argument("--video-batch", type=int, default=16, help="batch of the SmallVideoNet overhead case")
+    p.add_argument("--x3d-batch", type=int, default=2, help="batch of the X3D-XS overhead case")
     p.add_argument("--n", type=int, default=256, help="samples for PGD vs ART / torchattacks")
-    p.add_argument("--eps", type=_eps, default=_eps("2/255"), help="PGD eps (default 2/255)")
+    p.add_argument(
+        "--eps",
+        type=lambda t: [_eps(e) for e in t.split(",")],
+        default=[_eps("2/255"), _eps("8/255")],
+        help="comma-separated PGD eps values (default 2/255,8/255)",
+    )
     p.add_argument("--n-ensemble", type=int, default=32, help="samples for the ensemble comparison")
     p.add_argument("--eps-ensemble", type=_eps, default=_eps("2/255"))
     p.add_argument(
@@ -180,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.quick:
-        args.reps, args.batch, args.video_batch, args.n, args.n_ensemble, args.patch_iters = (
+        args.reps, args.batch, args.video_batch, args.x3d_batch, args.n, args.n_ensemble, args.patch_iters = (
             2,
             16,
             4,
+            1,
             32,
             8,
             2,
@@ -196,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["section", "figure", "value", "min", "max", "target", "note"]
     print(table(res["table"], cols))
     print(f"total {res['seconds']:.0f}s on {res['environment']['device']} "
-          f"({res['environment']['threads']} threads, load {res['environment'].get('load_average')})")  # fmt: skip
+          f"({res['environment']['threads']} threads, {res['environment']['bf16']}, "
+          f"load {res['environment'].get('load_average')})")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str))

@@ -17,8 +17,10 @@ def check_inputs(x: torch.Tensor, name: str = "x", *, ndims: tuple[int, ...] = (
         raise InputError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a floating point tensor with values in [0, 1], got dtype {x.dtype}")
-    if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-        lo, hi = float(x.min()), float(x.max())
+    if not x.numel():
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x))  # one pass, no copy; NaN propagates and fails below
+    if not (lo >= 0 and hi <= 1):
         raise InputError(
             f"{name} must hold values in [0, 1] (normalization belongs inside the model, "
             f"see robustkit.models.Normalized); got range [{lo:.4g}, {hi:.4g}]"

@@ -11,7 +11,7 @@ from torch import nn
 
 import robustkit
 from robustkit.attacks import pgd as pgd_mod
-from robustkit.attacks.base import Counter
+from robustkit.attacks.base import Counter, is_success
 from robustkit.errors import ConfigError
 from robustkit.evaluate.fastpath import FastModel, make_fastpath, reference
 from robustkit.functional.random import sample_generators
@@ -34,11 +34,11 @@ def _data(n: int = 24):
 
 def _ascend(model, x, y, *, compact: bool, steps: int = 9, eps: float = 0.03):
     threat = make_threat("Linf", eps)
-    delta = threat.clip(x, threat.init(x, sample_generators(0, range(len(x)))).to(x.dtype))
+    start = x + threat.init(x, sample_generators(0, range(len(x)))).to(x.dtype)
     obj = pgd_mod._objective("ce", y, None)
     counter = Counter()
     out = pgd_mod.gradient_ascent(
-        model, x, y, threat, steps=steps, step_size=eps / 4, objective=obj, target=None, delta=delta,
+        model, x, y, threat, steps=steps, step_size=eps / 4, objective=obj, target=None, start=start,
         counter=counter, objective_at=(lambda live: pgd_mod._objective("ce", y[live], None)) if compact else None,
     )  # fmt: skip
     return out, counter
@@ -62,10 +62,10 @@ def test_compaction_targeted_equals_plain_loop():
     full = atk(model, x, y, generator=gens())
     orig = pgd_mod.PGD._ascend
 
-    def plain(self, model, xs, ys, ts, delta, threat, step, counter):
+    def plain(self, model, xs, ys, ts, start, threat, step, counter):
         return pgd_mod.gradient_ascent(
             model, xs, ys, threat, steps=self.steps, step_size=step, objective=pgd_mod._objective(self.loss, ys, ts),
-            target=ts, delta=delta, counter=counter,
+            target=ts, start=start, counter=counter,
         )  # fmt: skip
 
     try:
@@ -168,6 +168,12 @@ def test_bf16_attack_success_is_rechecked_in_fp32():
     from robustkit.evaluate.execute import recheck
 
     assert (recheck(fast, x).argmax(1) == y).all()  # the runner's recheck uses the fp32 reference
+    # PGD behind the fast path gives its verdict in fp32 (this knife fools even its bf16 tolerance)
+    assert fast.success_tolerance > 0 and is_success(fast(x), y, None, fast.success_tolerance).all()
+    res = robustkit.create_attack("pgd", eps=1e-6, steps=2)(fast, x, y, generator=torch.Generator())
+    assert not res.success.any()
+    plain = robustkit.create_attack("pgd", eps=1e-6, steps=2)(net, x, y, generator=torch.Generator())
+    assert not plain.success.any()
 
 
 def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_test):
@@ -222,3 +228,28 @@ def test_benchmark_helpers_measure_memory_and_time():
     assert 0 < small < big
     t = compare({"a": lambda: input_gradient_pass(model, x, y), "b": lambda: None}, device="cpu", reps=3)
     assert len(t["a"].times) == 3 and ratio(t, "a", "a")["median"] == 1.0
+
+
+def test_peak_memory_counts_new_storage_only_and_pgd_holds_one_iterate():
+    """The tracker does not count views of tensors that existed before (the bare pass's input), and
+    PGD's peak is one bare pass plus its single iterate buffer: no best-iterate copy, no per-step
+    input-sized temporaries."""
+    from benchmarks.common import input_gradient_pass, peak_memory
+
+    model, (x, y) = _double_net(), _data(16)
+    assert peak_memory(lambda: x.detach().view(-1).add_(0), "cpu") == 0
+    assert peak_memory(lambda: x + 0, "cpu") == x.numel() * x.element_size()
+    bare = peak_memory(lambda: input_gradient_pass(model, x, y), "cpu")
+    attack = robustkit.create_attack("pgd", eps=1e-4, steps=6)
+    pgd = peak_memory(lambda: attack(model, x, y, generator=torch.Generator().manual_seed(0)), "cpu")
+    one_input = x.numel() * x.element_size()
+    assert bare + one_input <= pgd <= bare + one_input + 4096
+
+
+def test_success_tolerance_needs_a_clear_margin():
+    logits = torch.tensor([[1.0, 0.99, -10.0], [1.0, 2.0, 0.0], [1.0, 0.0, 0.9]])
+    y = torch.tensor([1, 0, 0])
+    assert is_success(logits, y, None).tolist() == [True, True, False]
+    assert is_success(logits, y, None, 0.03).tolist() == [False, True, False]  # 0.01 < 0.03 * 10
+    target = torch.tensor([0, 1, 2])
+    assert is_success(logits, y, target, 0.03).tolist() == [False, True, False]

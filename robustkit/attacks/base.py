@@ -78,9 +78,28 @@ def loss_and_grad(
     return loss.detach(), logits.detach(), grad
 
 
-def is_success(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def is_success(
+    logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, tolerance: float = 0.0
+) -> torch.Tensor:
+    """Misclassified (or classified as ``target``); with ``tolerance`` > 0, by a margin of at least
+    ``tolerance * max |logit|`` (a verdict that the rounding of a bf16 forward pass cannot flip)."""
+    if tolerance > 0:
+        from ..functional.losses import cw_margin
+
+        return cw_margin(logits, y, target) > tolerance * logits.abs().amax(1)
     pred = logits.argmax(1)
     return pred == target if target is not None else pred != y
+
+
+def success_tolerance(model: Callable) -> float:
+    """How sure a success verdict from ``model``'s logits must be to be final: 0 for an fp32 model;
+    the fast path's bf16 model (``robustkit.evaluate.fastpath.FastModel``) sets its own."""
+    return float(getattr(model, "success_tolerance", 0.0))
+
+
+def fp32_model(model: Callable) -> Callable:
+    """The full-precision model behind a fast-path model (the model itself otherwise)."""
+    return getattr(model, "reference", model)
 
 
 @dataclass(frozen=True, kw_only=True)

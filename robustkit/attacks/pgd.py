@@ -20,11 +20,13 @@ from .base import (
     Counter,
     choose_targets,
     forward,
+    fp32_model,
     is_success,
     loss_and_grad,
     positive,
     register,
     resolve_targets,
+    success_tolerance,
 )
 
 
@@ -33,10 +35,6 @@ def _objective(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     fn = get_loss(loss)
     return lambda logits: fn(logits, y, target)
-
-
-def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, *([1] * (a.ndim - 1))), a, b)
 
 
 def gradient_ascent(
@@ -49,11 +47,24 @@ def gradient_ascent(
     step_size: float,
     objective: Callable[[torch.Tensor], torch.Tensor],
     target: torch.Tensor | None,
-    delta: torch.Tensor,
+    start: torch.Tensor,
     counter: Counter,
     objective_at: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shared PGD loop. Returns (x_adv, success): first successful iterate, else the last one.
+    """The shared PGD loop. Returns (x_adv, success): per sample the first successful iterate, else
+    the last one.
+
+    ``start`` is the starting point; the loop projects it onto the threat ball around ``x`` and then
+    takes it over as its state (the caller hands over a tensor of its own, e.g. ``x + init``). The
+    state is that one input-sized buffer, the current iterate, updated in place; a sample is frozen
+    (its step scaled by 0) from the step it first succeeds, so the buffer ends up holding the result
+    without a copy of the best iterate. Beside one bare forward+backward the loop holds that buffer and
+    nothing else the size of the input: the step and the projection bounds are computed in the
+    memory of the gradient. Fresh input-sized allocations each step would also cost page faults on
+    CPU, which is why everything is in place.
+
+    Behind a bf16 fast path (``success_tolerance(model) > 0``) a sample is frozen only once it is
+    adversarial by a margin bf16 rounding cannot fake, and the final verdict is an fp32 forward pass.
 
     With ``objective_at`` (indices of the samples still in the working batch -> their objective),
     the loop compacts: after 2, 4, 8, ... steps (never after the last) it counts the samples done,
@@ -61,62 +72,76 @@ def gradient_ascent(
     working batch once they are a quarter of it. Results are those of the uncompacted loop.
     """
     n = x.shape[0]
-    best = x + delta
+    tol = success_tolerance(model)
+    x_adv = _project(threat, x, start)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
-    out_best, out_found, live = best, found, None  # live: working-batch indices once compacted
+    out, out_found, live = x_adv, found, None  # live: working-batch indices once compacted
     for i in range(steps):
-        x_adv = x + delta
         _, logits, grad = loss_and_grad(model, x_adv, objective, counter)
-        hit = is_success(logits, y, target) & ~found
-        best = _where(hit, x_adv, best)
-        found = found | hit
-        del x_adv, logits
-        delta = _step(threat, x, delta, grad, step_size)
+        found |= is_success(logits, y, target, tol)
+        del logits
+        _step(threat, x, x_adv, grad, step_size, found)
+        del grad
         if objective_at is None or i == 0 or i >= steps - 1 or (i + 1) & i:
             continue
         n_done = int(found.sum())  # the only host synchronizations of the loop: log2(steps) checks
         if n_done == found.numel():
-            return _merge(out_best, out_found, live, best, found)
+            return _merge(out, out_found, live, x_adv, found)
         if 4 * n_done >= found.numel():
             if live is None:
-                out_best, out_found, live = best.clone(), found.clone(), torch.arange(n, device=x.device)
-            out_best[live[found]], out_found[live[found]] = best[found], True
+                out_found, live = found.clone(), torch.arange(n, device=x.device)
+            else:
+                out[live[found]], out_found[live[found]] = x_adv[found], True
             keep = ~found
-            live, x, y, delta = live[keep], x[keep], y[keep], delta[keep]
-            best, found = best[keep], found[keep]
+            live, x, y, x_adv, found = live[keep], x[keep], y[keep], x_adv[keep], found[keep]
             target = target[keep] if target is not None else None
             objective = objective_at(live)
-    with torch.no_grad():
-        logits = forward(model, x + delta, counter)
-    hit = is_success(logits, y, target) & ~found
-    best = _where(hit | ~found, x + delta, best)
-    return _merge(out_best, out_found, live, best, found | hit)
+    with torch.no_grad():  # the verdict on the result: in fp32 behind a bf16 fast path
+        logits = forward(fp32_model(model) if tol else model, x_adv, counter)
+    found = is_success(logits, y, target) if tol else found | is_success(logits, y, target)
+    return _merge(out, out_found, live, x_adv, found)
+
+
+def _project(threat: ThreatModel, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """``point`` moved into the threat ball around ``x`` and the [0, 1] box, in place for L-inf. The
+    L-inf projection is idempotent bit for bit (min/max against the same bounds), which is what lets
+    a frozen sample stay exactly where it succeeded."""
+    if type(threat) is Linf:
+        bound = torch.sub(x, threat.eps).clamp_(min=0.0)
+        torch.maximum(point, bound, out=point)
+        torch.add(x, threat.eps, out=bound).clamp_(max=1.0)
+        return torch.minimum(point, bound, out=point)
+    return x + threat.clip(x, point - x)
 
 
 def _step(
-    threat: ThreatModel, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, step: float
-) -> torch.Tensor:
-    """``threat.clip(x, delta + step * threat.direction(grad))``, bit for bit, reusing ``grad``'s memory
-    (the same operations in place: no temporaries the size of the input)."""
+    threat: ThreatModel,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    step: float,
+    frozen: torch.Tensor,
+) -> None:
+    """One projected ascent step of ``x_adv`` in place; samples in ``frozen`` do not move. L-inf
+    allocates nothing the size of the input: the direction and then the bounds live in ``grad``."""
+    scale = (~frozen).to(x_adv.dtype).mul_(step).view(-1, *([1] * (x_adv.ndim - 1)))
     if type(threat) is Linf:
-        return (
-            grad.sign_()
-            .mul_(step)
-            .add_(delta)
-            .clamp_(-threat.eps, threat.eps)
-            .add_(x)
-            .clamp_(0.0, 1.0)
-            .sub_(x)
-        )
-    return threat.clip(x, threat.direction(grad).mul_(step).add_(delta))
+        x_adv.addcmul_(grad.sign_(), scale)
+        torch.sub(x, threat.eps, out=grad).clamp_(min=0.0)
+        torch.maximum(x_adv, grad, out=x_adv)
+        torch.add(x, threat.eps, out=grad).clamp_(max=1.0)
+        torch.minimum(x_adv, grad, out=x_adv)
+        return
+    moved = x + threat.clip(x, threat.direction(grad).mul_(scale).add_(x_adv).sub_(x))
+    x_adv.copy_(torch.where(frozen.view_as(scale), x_adv, moved))
 
 
-def _merge(out_best, out_found, live, best, found) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge(out, out_found, live, x_adv, found) -> tuple[torch.Tensor, torch.Tensor]:
     """Write the working batch back into the full-batch buffers (identity when never compacted)."""
     if live is None:
-        return best.detach(), found
-    out_best[live], out_found[live] = best, found
-    return out_best.detach(), out_found
+        return x_adv.detach(), found
+    out[live], out_found[live] = x_adv, found
+    return out.detach(), out_found
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,10 +203,8 @@ class PGD(Attack):
                 restore()  # from the same random draws
         for restart in range(self.restarts):
             if restart == 0:  # the whole batch: no copies
-                delta = (
-                    threat.clip(x, threat.init(x, generator)) if self.random_start else torch.zeros_like(x)
-                )
-                adv, ok = self._ascend(model, x, y, target, delta, threat, step, counter)
+                start = self._start(x, threat, generator)
+                adv, ok = self._ascend(model, x, y, target, start, threat, step, counter)
                 if self.restarts == 1:
                     return AttackResult(x_adv=adv, success=ok, counters=counter.as_dict())
                 x_adv, success = adv, ok
@@ -193,13 +216,16 @@ class PGD(Attack):
             xs, ys = x[idx], y[idx]
             ts = target[idx] if target is not None else None
             gens = subset(generator, todo)
-            delta = threat.clip(xs, threat.init(xs, gens)) if self.random_start else torch.zeros_like(xs)
-            adv, ok = self._ascend(model, xs, ys, ts, delta, threat, step, counter)
+            adv, ok = self._ascend(model, xs, ys, ts, self._start(xs, threat, gens), threat, step, counter)
             x_adv[idx] = adv
             success[idx] = ok
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
-    def _ascend(self, model, xs, ys, ts, delta, threat, step, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _start(self, x: torch.Tensor, threat: ThreatModel, generator: GeneratorLike) -> torch.Tensor:
+        """A fresh starting point: ``x`` plus a random draw from the ball, or a copy of ``x``."""
+        return threat.init(x, generator).add_(x) if self.random_start else x.clone()
+
+    def _ascend(self, model, xs, ys, ts, start, threat, step, counter) -> tuple[torch.Tensor, torch.Tensor]:
         def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
             return _objective(self.loss, ys[live], ts[live] if ts is not None else None)
 
@@ -212,7 +238,7 @@ class PGD(Attack):
             step_size=step,
             objective=_objective(self.loss, ys, ts),
             target=ts,
-            delta=delta,
+            start=start,
             counter=counter,
             objective_at=objective_at,
         )
@@ -225,13 +251,10 @@ class PGD(Attack):
         result as running the restarts one after the other on the samples still robust.
         """
         r, n = self.restarts, x.shape[0]
-        inits = [
-            threat.clip(x, threat.init(x, generator)) if self.random_start else torch.zeros_like(x)
-            for _ in range(r)
-        ]
+        starts = [self._start(x, threat, generator) for _ in range(r)]
         xs, ys = x.repeat(r, *([1] * (x.ndim - 1))), y.repeat(r)
         ts = target.repeat(r) if target is not None else None
-        adv, ok = self._ascend(model, xs, ys, ts, torch.cat(inits), threat, step, counter)
+        adv, ok = self._ascend(model, xs, ys, ts, torch.cat(starts), threat, step, counter)
         adv, ok = adv.view(r, *x.shape), ok.view(r, n)
         first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last
         x_adv = adv[first, torch.arange(n, device=x.device)]

@@ -30,7 +30,6 @@ def pgd_examples(
     """Adversarial examples for training: ``steps`` signed-gradient steps of CE inside the L-inf ball."""
     threat = make_threat("Linf", eps)
     with preserved(model):  # parameters frozen during the attack; BN buffers restored afterwards
-        delta = threat.clip(x, threat.init(x, generator))
         never = torch.full_like(
             y, -1
         )  # an impossible target: the loop never stops early, returns the last iterate
@@ -43,7 +42,7 @@ def pgd_examples(
             step_size=step_size,
             objective=lambda logits: F.cross_entropy(logits, y, reduction="none"),
             target=never,
-            delta=delta,
+            start=threat.init(x, generator).add_(x),
             counter=Counter(),
         )
     return x_adv.detach()

@@ -36,8 +36,7 @@ def unit_l2(g: torch.Tensor) -> torch.Tensor:
 
 
 def random_linf(x: torch.Tensor, eps: float, generator: GeneratorLike) -> torch.Tensor:
-    u = uniform(x.shape, generator, x.device, x.dtype)
-    return (2 * u - 1) * eps
+    return uniform(x.shape, generator, x.device, x.dtype).mul_(2).sub_(1).mul_(eps)
 
 
 def random_l2(x: torch.Tensor, eps: float, generator: GeneratorLike) -> torch.Tensor:
