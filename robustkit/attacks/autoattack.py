@@ -14,8 +14,11 @@ custom        ``attacks``: a list of registry keys or dicts ``{attack: key, name
 
 Every stage runs only on the samples still robust, always starting from the clean input; a sample's
 verdict is the AND over stages. A stage's claimed successes are re-checked with an independent fp32
-forward pass (autocast off, the model in the mode it was given: the runner gives eval mode) and a
-norm check with tolerance ``tolerance``; claims that fail stay robust and count as ``rejected``.
+forward pass (autocast off, the fp32 model behind a bf16 fast path, the model in the mode it was
+given: the runner gives eval mode) and a norm check with tolerance ``tolerance``; claims that fail
+stay robust and count as ``rejected``. Behind the fast path the stages themselves report the fp32
+verdict on their examples (``robustkit.attacks.base.verdict``), so a success too thin for bf16 to
+be sure of is still claimed.
 
 The fields ``steps``, ``n_targets``, ``queries``, ``restarts`` and ``eot_samples``, when set, are
 passed to every stage that has a field of that name: they override a version's presets (e.g.
@@ -42,7 +45,7 @@ from ..errors import ConfigError
 from ..functional.random import GeneratorLike, subset
 from ..registry import dataclass_fields, suggest
 from ..threat import ThreatModel, make_threat
-from .base import ATTACKS, Attack, AttackResult, Counter, forward, positive, register
+from .base import ATTACKS, Attack, AttackResult, Counter, forward, fp32_model, positive, register
 
 VERSIONS: dict[str, list[dict[str, Any]]] = {
     "standard": [
@@ -150,7 +153,7 @@ class AutoAttack(Attack):
         threat = self.threat
         n = x.shape[0]
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            robust = forward(model, x.float(), counter).argmax(1) == y
+            robust = forward(fp32_model(model), x.float(), counter).argmax(1) == y
         broken_by = torch.where(robust, -1, -2).to(torch.int64)
         x_adv = x.clone()
         cascade: list[dict[str, Any]] = []
@@ -169,7 +172,7 @@ class AutoAttack(Attack):
                 sel = robust.nonzero()[:, 0]
                 res = attack(model, x[sel], y[sel], generator=subset(generator, robust))
                 with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-                    pred = forward(model, res.x_adv.float(), counter).argmax(1)
+                    pred = forward(fp32_model(model), res.x_adv.float(), counter).argmax(1)
                 delta = res.x_adv - x[sel]
                 inside = threat.within(delta, self.tolerance) & (res.x_adv >= 0).flatten(1).all(1)
                 inside &= (res.x_adv <= 1).flatten(1).all(1)

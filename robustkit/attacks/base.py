@@ -102,6 +102,16 @@ def fp32_model(model: Callable) -> Callable:
     return getattr(model, "reference", model)
 
 
+def verdict(
+    model: Callable, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, counter: Counter
+) -> torch.Tensor:
+    """Whether ``x_adv`` succeeds, judged by one forward pass of the fp32 model (``fp32_model``): an
+    attack behind a bf16 fast path reports every example that is adversarial in fp32, claimed inside
+    the attack or not, and none that is not."""
+    with torch.no_grad():
+        return is_success(forward(fp32_model(model), x_adv, counter), y, target)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Attack:
     """Base class. Subclasses are frozen keyword-only dataclasses and implement ``run``."""

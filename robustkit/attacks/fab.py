@@ -30,7 +30,18 @@ from ..errors import ConfigError
 from ..functional.projection import flat_norm
 from ..functional.random import GeneratorLike, normal, subset, uniform
 from ..threat import ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, forward, positive, positive_ints, register
+from .base import (
+    Attack,
+    AttackResult,
+    Counter,
+    forward,
+    is_success,
+    positive,
+    positive_ints,
+    register,
+    success_tolerance,
+    verdict,
+)
 
 
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -120,6 +131,7 @@ def fab_run(
     """
     p = threat.p
     n = x0.shape[0]
+    tol = success_tolerance(model)  # bf16 fast path: only clear successes count (see is_success)
     out_adv, out_norm = x0.clone(), torch.full((n,), float("inf"), dtype=x0.dtype, device=x0.device)
     idx = torch.arange(n, device=x0.device)
     if random_start:
@@ -150,8 +162,7 @@ def fab_run(
         alpha = _bview((a1 / (a1 + a2)).clamp(0.0, alpha_max), x1)
         x1 = ((x1 + eta * d1) * (1 - alpha) + (xs + eta * d2) * alpha).clamp(0.0, 1.0)
         with torch.no_grad():
-            pred = forward(model, x1, counter).argmax(1)
-        is_adv = pred != ys if ts is None else pred == ts
+            is_adv = is_success(forward(model, x1, counter), ys, ts, tol)
         norm = flat_norm(x1 - xs, p)
         better = is_adv & (norm < best_norm)
         best_adv = torch.where(_bview(better, x1), x1, best_adv)
@@ -237,9 +248,7 @@ class FAB(Attack):
                 ok = threat.within(adv - x[sel], tol=0.0) & torch.isfinite(norm)
                 x_adv[sel[ok]] = x[sel[ok]] + threat.clip(x[sel[ok]], adv[ok] - x[sel[ok]])
                 success[sel] = ok
-        with torch.no_grad():
-            pred = forward(model, x_adv, counter).argmax(1)
-        success &= pred != y if target is None else pred == target
+        success &= verdict(model, x_adv, y, target, counter)  # in fp32 (behind a bf16 fast path too)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
 

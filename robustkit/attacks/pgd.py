@@ -20,13 +20,13 @@ from .base import (
     Counter,
     choose_targets,
     forward,
-    fp32_model,
     is_success,
     loss_and_grad,
     positive,
     register,
     resolve_targets,
     success_tolerance,
+    verdict,
 )
 
 
@@ -96,9 +96,11 @@ def gradient_ascent(
             live, x, y, x_adv, found = live[keep], x[keep], y[keep], x_adv[keep], found[keep]
             target = target[keep] if target is not None else None
             objective = objective_at(live)
-    with torch.no_grad():  # the verdict on the result: in fp32 behind a bf16 fast path
-        logits = forward(fp32_model(model) if tol else model, x_adv, counter)
-    found = is_success(logits, y, target) if tol else found | is_success(logits, y, target)
+    if tol:  # behind a bf16 fast path: the verdict on the result in fp32
+        found = verdict(model, x_adv, y, target, counter)
+    else:
+        with torch.no_grad():
+            found |= is_success(forward(model, x_adv, counter), y, target)
     return _merge(out, out_found, live, x_adv, found)
 
 
