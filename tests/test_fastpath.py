@@ -174,6 +174,19 @@ def test_bf16_attack_success_is_rechecked_in_fp32():
     assert not res.success.any()
     plain = robustkit.create_attack("pgd", eps=1e-6, steps=2)(net, x, y, generator=torch.Generator())
     assert not plain.success.any()
+    for name in ("apgd-ce", "fab"):  # likewise the other gradient attacks report the fp32 verdict
+        res = robustkit.create_attack(name, eps=1e-6, steps=2)(fast, x, y, generator=torch.Generator())
+        assert not res.success.any(), name
+
+
+def test_square_queries_the_fp32_model_behind_the_fast_path(monkeypatch):
+    model, (x, y) = _double_net(), _data(6)
+    atk = robustkit.create_attack("square", eps=0.05, queries=30)
+    ref = atk(model, x, y, generator=sample_generators(0, range(6)))
+    fast = make_fastpath(amp="bf16").wrap(model)
+    monkeypatch.setattr(FastModel, "forward", lambda self, x: pytest.fail("Square ran the bf16 model"))
+    res = atk(fast, x, y, generator=sample_generators(0, range(6)))
+    assert torch.equal(res.x_adv, ref.x_adv) and torch.equal(res.success, ref.success)
 
 
 def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_test):
