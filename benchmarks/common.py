@@ -192,12 +192,12 @@ def thawed(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-FAST = {"channels_last": True, "amp": "bf16"}
+FAST = {"fold_bn": True, "channels_last": True, "amp": "bf16"}
 
 
 def fast_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` behind robustkit's fast path (``--channels-last --amp bf16``): what a user
-    gets from ``robustkit evaluate --channels-last --amp bf16``. The copy, because channels_last
+    """A copy of ``model`` behind robustkit's fast path: what a user gets from
+    ``robustkit evaluate --fold-bn --channels-last --amp bf16``. The copy, because channels_last
     rewrites the weights in place and the peers must see the model untouched. Robust accuracy is
     still taken with the fp32 model (``robust_accuracy``), as the runner's recheck does."""
     import copy

@@ -10,7 +10,7 @@ Both train for ``iters`` iterations per timed call (ART: ``max_iter = iters`` ov
 batch); the figure is seconds per iteration. Both use a circle patch, rotation up to 22.5 degrees and
 Adam; the patch sides differ slightly by construction (robustkit: 10% of the image area at scale 1,
 ART: ``patch_shape`` of the same side, scaled by 0.3 to 0.4 of the image) which does not change the
-work per iteration. ``robustkit fast path`` is the same fit behind ``--channels-last --amp bf16``
+work per iteration. ``robustkit fast path`` is the same fit behind ``--fold-bn --channels-last --amp bf16``
 (``common.fast_copy``). ``bare fwd+bwd`` times the model alone on the same rows (one forward and one
 input-gradient backward per iteration): the bound both libraries sit above.
 """

@@ -5,7 +5,7 @@
   one batch. robustkit's row is its public call (compaction on: samples already adversarial leave the
   working batch); a second row runs the same loop without compaction, to separate the per-step cost
   from the work compaction saves; a third runs the public call behind the fast path
-  (``--channels-last --amp bf16``, ``common.fast_copy``), whose examples are judged in fp32 like all.
+  (``--fold-bn --channels-last --amp bf16``, ``common.fast_copy``), whose examples are judged in fp32 like all.
 - ``ensemble_vs_torchattacks``: robustkit ``autoattack`` (version standard) vs torchattacks
   ``AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T, Square with the same budgets: see
   the function's docstring).

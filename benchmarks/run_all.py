@@ -7,7 +7,7 @@ Sections (see each module's docstring for the method):
 1. ``overhead``  PGD-Linf, 10 steps, / 10 bare forward+input-gradient passes: CIFAR-size SmallResNet,
                  pytorchvideo's X3D-XS and the small SmallVideoNet video model
                  (``benchmarks/overhead.py``);
-2. ``pgd``       robustkit PGD (fp32, and behind the fast path ``--channels-last --amp bf16``) vs ART
+2. ``pgd``       robustkit PGD (fp32, and behind the fast path ``--fold-bn --channels-last --amp bf16``) vs ART
                  ProjectedGradientDescent vs torchattacks PGD on the trained ``shapes-resnet`` zoo
                  model, at each ``--eps`` (default 2/255 and the standard 8/255; ``benchmarks/peers.py``);
 3. ``ensemble``  the standard ensemble vs torchattacks AutoAttack(version="standard") (``peers.py``);

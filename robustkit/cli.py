@@ -42,6 +42,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         compile=args.compile,
         amp=args.amp,
+        fold_bn=args.fold_bn,
         profile=args.profile,
     )
     if args.defense:
@@ -192,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "bf16"],
         default=None,
         help="attacks run under bf16 autocast; every success is rechecked in fp32 (default: none)",
+    )
+    ev.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="attacks run a copy of the model with eval-mode BatchNorm folded into the convolutions "
+        "(the same function up to rounding; every success is rechecked with the model itself)",
     )
     ev.add_argument(
         "--profile", action="store_true", help="report time per attack and forward/backward pass counts"

@@ -218,7 +218,11 @@ def test_profile_and_evaluate_flags(tmp_path, shapes_model):
         "attacks": [{"attack": "pgd", "eps": 2 / 255, "steps": 3}, {"attack": "fgsm", "eps": 2 / 255}],
     }
     res = evaluate(shapes_model, "shapes", suite, out=tmp_path, limit=12, batch_size=6, progress=False,
-                   report=False, amp="bf16", channels_last=True, profile=True)  # fmt: skip
+                   report=False, amp="bf16", channels_last=True, fold_bn=True, profile=True)  # fmt: skip
+    import yaml
+
+    fastpath = yaml.safe_load((res.run_dir / "config.yaml").read_text())["fastpath"]
+    assert fastpath == {"channels_last": True, "compile": False, "amp": "bf16", "fold_bn": True}
     prof = json.loads((res.run_dir / "profile.json").read_text())
     names = [r["name"] for r in prof["rows"]]
     assert names[0] == "clean pass" and "pgd" in names[1] and names[-1].startswith("other")
@@ -266,3 +270,56 @@ def test_success_tolerance_needs_a_clear_margin():
     assert is_success(logits, y, None, 0.03).tolist() == [False, True, False]  # 0.01 < 0.03 * 10
     target = torch.tensor([0, 1, 2])
     assert is_success(logits, y, target, 0.03).tolist() == [False, True, False]
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(32, 4),
+    )  # fmt: skip
+    net.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            net(torch.rand(16, 3, 8, 8))
+    return net.eval()
+
+
+def test_fold_bn_same_function_refolds_on_change_and_respects_train_mode():
+    net = _bn_net()
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    fast = make_fastpath(fold_bn=True).wrap(net)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), net(x), atol=1e-5)
+    folded = fast._folded[0]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(not p.requires_grad for p in folded.parameters())
+    y = net(x).argmax(1)
+    robustkit.create_attack("pgd", eps=0.05, steps=3)(fast, x, y, generator=torch.Generator())
+    assert fast._folded[0] is folded  # the attack's state restore does not force a refold
+    assert all(p.grad is None for p in net.parameters())
+    with torch.no_grad():
+        net[1].running_var.mul_(4)  # a changed buffer: refolded
+        assert torch.allclose(fast(x), net(x), atol=1e-5) and fast._folded[0] is not folded
+        net[0].weight.mul_(-1)  # a changed parameter: refolded
+        assert torch.allclose(fast(x), net(x), atol=1e-5)
+    net.train()  # batch statistics cannot be folded: the reference runs
+    with torch.no_grad():
+        assert torch.equal(fast(x), net(x))
+
+
+def test_fold_bn_falls_back_on_a_model_fx_cannot_trace(caplog):
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _bn_net()
+
+        def forward(self, x):
+            return self.body(x) if x.sum() > 0 else -self.body(x)  # data-dependent: not traceable
+
+    net = Branchy().eval()
+    x = torch.rand(2, 3, 8, 8)
+    fast = make_fastpath(fold_bn=True).wrap(net)
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        assert torch.equal(fast(x), net(x))
+    assert "runs unfolded" in caplog.text

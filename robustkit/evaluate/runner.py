@@ -174,13 +174,14 @@ def evaluate(
     channels_last: bool = False,
     compile: bool | str = False,
     amp: str | None = None,
+    fold_bn: bool = False,
     profile: bool = False,
 ) -> RunResult:
     """Evaluate ``model`` on ``data`` under ``suite`` and write the run directory. Returns the summary.
 
     ``model_name`` names a model given as a Python object; ``defense_info`` (from
     ``robustkit.evaluate.defended.honor``) records a defense's capabilities and how they were honored.
-    ``channels_last`` / ``compile`` / ``amp`` ('bf16'): the attacks' fast path
+    ``fold_bn`` / ``channels_last`` / ``compile`` / ``amp`` ('bf16'): the attacks' fast path
     (``robustkit.evaluate.fastpath``; successes are still rechecked in fp32); ``profile`` writes
     ``profile.json`` (time per attack and pass counts, ``robustkit.evaluate.profile``) and adds it to the summary.
 
@@ -222,7 +223,7 @@ def evaluate(
     preflight(net, dataset, indices, len(classes) or None, dev)
     from .fastpath import make_fastpath
 
-    fast = make_fastpath(channels_last, compile, amp)
+    fast = make_fastpath(channels_last, compile, amp, fold_bn)
     model_name = model_name or model_info.get("name", _spec_name(model))
     config = {
         "model": model_name,
