@@ -1,7 +1,7 @@
 """PGD against its lower bound: time and peak memory relative to bare forward+input-gradient passes.
 
 An L-step gradient attack cannot cost less than L forward passes plus L input-gradient backward
-passes of the model. ``overhead`` times robustkit's ``PGD(steps=L)`` (the whole public call:
+passes of the model. ``overhead`` times robustkit's ``PGD(steps=L)`` (``VideoPGD`` on clips; the whole public call:
 validation, state preservation, random start, the step loop and the final check of the last
 iterate) against L bare ``input_gradient_pass`` calls on the same model and batch, interleaved
 round by round (``common.compare``). ``eps`` is tiny and the labels are the model's own clean
@@ -27,6 +27,7 @@ import torch
 
 from benchmarks.common import compare, frozen, input_gradient_pass, peak_memory, ratio, thawed
 from robustkit.attacks.pgd import PGD
+from robustkit.attacks.video_pgd import VideoPGD
 
 
 def cifar_case(batch: int, device: torch.device) -> tuple[str, torch.nn.Module, torch.Tensor]:
@@ -69,11 +70,15 @@ def overhead(
     reps: int = 5,
     warmup: int = 1,
 ) -> dict[str, Any]:
-    """PGD time / (steps bare passes), and PGD peak memory / one bare pass."""
+    """PGD time / (steps bare passes), and PGD peak memory / one bare pass. Clips (5-D ``x``) are
+    attacked with ``video-pgd`` (what the video suite runs), images with ``pgd``."""
     device = x.device
     with torch.no_grad():
         y = frozen(model)(x).argmax(1)
-    attack = PGD(eps=eps, steps=steps)
+    if x.ndim == 5:
+        attack = VideoPGD(eps=eps, steps=steps, step_size=None)
+    else:
+        attack = PGD(eps=eps, steps=steps)
     counters: dict[str, int] = {}
 
     def pgd() -> None:
@@ -101,6 +106,7 @@ def overhead(
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     return {
         "case": name,
+        "attack": "video-pgd" if x.ndim == 5 else "pgd",
         "batch": int(x.shape[0]),
         "steps": steps,
         "pgd": t["pgd"].as_dict(),

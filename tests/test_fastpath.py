@@ -261,6 +261,16 @@ def test_peak_memory_counts_new_storage_only_and_pgd_holds_one_iterate():
     pgd = peak_memory(lambda: attack(model, x, y, generator=torch.Generator().manual_seed(0)), "cpu")
     one_input = x.numel() * x.element_size()
     assert bare + one_input <= pgd <= bare + one_input + 4096
+    torch.manual_seed(0)  # the same for video-pgd on clips
+    video = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+                          nn.Linear(8, 4)).eval()  # fmt: skip
+    clips = torch.rand(6, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = video(clips).argmax(1)
+    bare = peak_memory(lambda: input_gradient_pass(video, clips, labels), "cpu")
+    attack = robustkit.create_attack("video-pgd", eps=1e-4, steps=4)
+    pgd = peak_memory(lambda: attack(video, clips, labels, generator=torch.Generator().manual_seed(0)), "cpu")
+    one_clip = clips.numel() * clips.element_size()
+    assert bare + one_clip <= pgd <= bare + one_clip + 4096
 
 
 def test_success_tolerance_needs_a_clear_margin():

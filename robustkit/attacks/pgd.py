@@ -50,6 +50,7 @@ def gradient_ascent(
     start: torch.Tensor,
     counter: Counter,
     objective_at: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared PGD loop. Returns (x_adv, success): per sample the first successful iterate, else
     the last one.
@@ -62,6 +63,10 @@ def gradient_ascent(
     nothing else the size of the input: the step and the projection bounds are computed in the
     memory of the gradient. Fresh input-sized allocations each step would also cost page faults on
     CPU, which is why everything is in place.
+
+    ``mask`` (broadcastable to ``x``, per sample; e.g. the frames a video attack may change) zeroes
+    the gradient outside it, so the iterate never moves there: where ``start`` equals ``x`` those
+    entries stay bit-identical to ``x``.
 
     Behind a bf16 fast path (``success_tolerance(model) > 0``) a sample is frozen only once it is
     adversarial by a margin bf16 rounding cannot fake, and the final verdict is an fp32 forward pass.
@@ -80,6 +85,8 @@ def gradient_ascent(
         _, logits, grad = loss_and_grad(model, x_adv, objective, counter)
         found |= is_success(logits, y, target, tol)
         del logits
+        if mask is not None:
+            grad.mul_(mask)
         _step(threat, x, x_adv, grad, step_size, found)
         del grad
         if objective_at is None or i == 0 or i >= steps - 1 or (i + 1) & i:
@@ -95,6 +102,7 @@ def gradient_ascent(
             keep = ~found
             live, x, y, x_adv, found = live[keep], x[keep], y[keep], x_adv[keep], found[keep]
             target = target[keep] if target is not None else None
+            mask = mask[keep] if mask is not None and mask.shape[0] == keep.shape[0] else mask
             objective = objective_at(live)
     if tol:  # behind a bf16 fast path: the verdict on the result in fp32
         found = verdict(model, x_adv, y, target, counter)

@@ -11,6 +11,7 @@ evenly spaced, random (from the generator) or the ``k`` frames where the loss gr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from ..functional.video import frame_mask_from_indices, uniform_frame_indices
 from ..registry import suggest
 from ..threat import ThreatModel, make_threat
 from .base import AttackResult, Counter, loss_and_grad, positive, register
+from .pgd import gradient_ascent
 from .video_base import VideoAttack, optimize
 
 
@@ -60,14 +62,15 @@ class VideoPGD(VideoAttack):
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
         counter = Counter()
         target = self.targets(model, x, y, target, generator, counter)
-        x_adv = x.clone()
-        success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         if self.eps == 0:
-            return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         mask = self.frame_mask(model, x, y, target, generator, counter)
-        for restart in range(self.restarts):
-            todo = ~success if restart else torch.ones_like(success)
-            if restart and not bool(todo.any()):
+        # the first run on the whole batch: no copies of the clips beside the attack's own iterate
+        x_adv, success = self._attack(model, x, y, target, mask, generator, counter)
+        for _ in range(1, self.restarts):
+            todo = ~success
+            if not bool(todo.any()):
                 break
             idx = todo.nonzero()[:, 0]
             ts = target[idx] if target is not None else None
@@ -95,17 +98,18 @@ class VideoPGD(VideoAttack):
             def update(p: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
                 return inner.project(p + (step / scale) * inner.direction(g))
 
-        else:
-            param = torch.zeros_like(x)
-            if self.random_start:
-                param = threat.clip(x, mask * _random(threat, param, generator))
+        else:  # robustkit's PGD loop (in place, compacting, fp32 verdicts behind the fast path)
+            start = (
+                x + threat.clip(x, mask * _random(threat, x, generator)) if self.random_start else x.clone()
+            )
 
-            def compose(p: torch.Tensor) -> torch.Tensor:
-                return x + mask * p  # p is kept inside the ball and the box by ``update``
+            def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+                return self.objective(y[live], None if target is None else target[live])
 
-            def update(p: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
-                return threat.clip(x, mask * (p + step * threat.direction(g)))
-
+            return gradient_ascent(
+                model, x, y, threat, steps=self.steps, step_size=step, objective=self.objective(y, target),
+                target=target, start=start, counter=counter, objective_at=objective_at, mask=mask,
+            )  # fmt: skip
         adv, ok, _ = optimize(
             model, y, param, compose=compose, update=update, steps=self.steps,
             objective=self.objective(y, target), target=target, counter=counter,
