@@ -28,6 +28,11 @@ def _positive_int(text: str) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate.runner import evaluate
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     common = dict(
         data=args.data,
         suite=args.suite,
@@ -161,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=128)
     ev.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N samples")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads torch may use (default: torch's, one per core); fewer leave cores to other work",
+    )
     ev.add_argument(
         "--overwrite", action="store_true", help="start over when the run directory holds a different run"
     )

@@ -13,8 +13,15 @@ from robustkit.cli import main
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, shapes_model):
     out = tmp_path_factory.mktemp("runs")
-    code = main(["evaluate", "--limit", "40", "--out", str(out), "--name", "q", "--quiet", "--device", "cpu"])
-    assert code == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    args = ["evaluate", "--limit", "40", "--out", str(out), "--name", "q", "--quiet", "--device", "cpu"]
+    try:
+        assert main([*args, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     return out / "q"
 
 
