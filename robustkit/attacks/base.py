@@ -102,6 +102,12 @@ def fp32_model(model: Callable) -> Callable:
     return getattr(model, "reference", model)
 
 
+def full_precision(model: Callable) -> Callable:
+    """``model`` without bf16 autocast: a bf16 fast path's fp32 form (folding and memory layout kept),
+    any other model itself."""
+    return getattr(model, "full_precision", model)
+
+
 def verdict(
     model: Callable, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, counter: Counter
 ) -> torch.Tensor:

@@ -168,17 +168,40 @@ class FastModel(nn.Module):
         """The wrapped fp32 model (the one every success is rechecked with)."""
         return self.model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def full_precision(self) -> nn.Module:
+        """This fast path without bf16 (folded BN and channels_last kept): for attacks whose decisions
+        hinge on loss differences smaller than bf16 rounding (Square's random search)."""
+        if self.options.amp_dtype is None:
+            return self
+        return _FullPrecision(self)
+
+    def forward(self, x: torch.Tensor, amp: bool = True) -> torch.Tensor:
         opts = self.options
         if opts.channels_last and x.ndim in (4, 5):
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         fn = self._runner()
-        dtype = opts.amp_dtype
+        dtype = opts.amp_dtype if amp else None
         if dtype is None:
             return fn(x)
         with torch.autocast(device_type=x.device.type, dtype=dtype):
             out = fn(x)
         return out.float()
+
+
+class _FullPrecision(nn.Module):
+    """A ``FastModel`` run with autocast off (see ``FastModel.full_precision``)."""
+
+    def __init__(self, fast: FastModel) -> None:
+        super().__init__()
+        self.fast = fast
+
+    @property
+    def reference(self) -> nn.Module:
+        return self.fast.reference
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fast(x, amp=False)
 
 
 def reference(model: Any) -> Any:
