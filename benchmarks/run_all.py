@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[_eps("2/255"), _eps("8/255")],
         help="comma-separated PGD eps values (default 2/255,8/255)",
     )
-    p.add_argument("--n-ensemble", type=int, default=32, help="samples for the ensemble comparison")
+    p.add_argument("--n-ensemble", type=int, default=64, help="samples for the ensemble comparison")
     p.add_argument("--eps-ensemble", type=_eps, default=_eps("2/255"))
     p.add_argument(
         "--ensemble-steps",
