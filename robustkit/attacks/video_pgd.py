@@ -99,9 +99,8 @@ class VideoPGD(VideoAttack):
                 return inner.project(p + (step / scale) * inner.direction(g))
 
         else:  # robustkit's PGD loop (in place, compacting, fp32 verdicts behind the fast path)
-            start = (
-                x + threat.clip(x, mask * _random(threat, x, generator)) if self.random_start else x.clone()
-            )
+            # x + a random draw in the frames that may change, in place; the loop projects it
+            start = _random(threat, x, generator).mul_(mask).add_(x) if self.random_start else x.clone()
 
             def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
                 return self.objective(y[live], None if target is None else target[live])
