@@ -236,6 +236,7 @@ def test_profile_and_evaluate_flags(tmp_path, shapes_model):
     assert pgd_row["backward"] >= 2 and pgd_row["forward"] >= pgd_row["backward"] and pgd_row["seconds"] > 0
     assert prof["pass_costs"]["t_fwd"] > 0 and pgd_row["overhead_est"] > 0
     assert res.summary["profile"]["rows"] == prof["rows"]
+    assert json.loads((res.run_dir / "summary.json").read_text())["profile"]["rows"] == prof["rows"]
     text = format_profile(profile_run(res.run_dir, write=False))
     assert "clean pass" in text and "total" in text
     assert shapes_model.training is False

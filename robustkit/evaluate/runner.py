@@ -296,18 +296,18 @@ def evaluate(
             )
     if rank == 0:
         summary = _finish(
-            run_dir,
-            net,
-            dataset,
-            indices,
-            dev,
-            classes,
-            run_name,
-            model_name,
-            data_name,
-            suite_obj,
-            seed,
-            defense_info,
+            run_dir=run_dir,
+            net=net,
+            dataset=dataset,
+            indices=indices,
+            dev=dev,
+            classes=classes,
+            run_name=run_name,
+            model_name=model_name,
+            data_name=data_name,
+            suite_obj=suite_obj,
+            seed=seed,
+            defense_info=defense_info,
         )
     distributed.barrier()
     if rank != 0:
@@ -317,6 +317,7 @@ def evaluate(
 
         px, py = get_batch(dataset, indices[:batch_size])
         summary["profile"] = profile_run(run_dir, net, px.to(dev), py.to(dev))
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
     report_path = None
     if report and rank == 0:
         from ..report import render_report
@@ -326,6 +327,7 @@ def evaluate(
 
 
 def _finish(
+    *,
     run_dir,
     net,
     dataset,
