@@ -340,3 +340,32 @@ def test_fold_bn_falls_back_on_a_model_fx_cannot_trace(caplog):
     with torch.no_grad(), caplog.at_level("WARNING"):
         assert torch.equal(fast(x), net(x))
     assert "runs unfolded" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "name,fields", [("apgd-t", {"n_targets": 3, "restarts": 2}), ("apgd-ce", {"restarts": 3})]
+)
+def test_apgd_stacked_runs_equal_one_by_one(monkeypatch, name, fields):
+    """On CUDA every (target, restart) run of APGD goes into one batch; the result is the one-by-one
+    loop's, sample for sample (checked here on the CPU by forcing the stacked path)."""
+    from robustkit.attacks import apgd as apgd_mod
+
+    model, (x, y) = _double_net(), _data(16)
+    atk = robustkit.create_attack(name, eps=0.03, steps=5, **fields)
+    one = atk(model, x, y, generator=sample_generators(5, range(len(x))))
+    assert 0 < int(one.success.sum()) < len(x)  # some broken, some not: both selection rules matter
+    monkeypatch.setattr(apgd_mod, "_stack_runs", lambda x: True)
+    stacked = atk(model, x, y, generator=sample_generators(5, range(len(x))))
+    assert torch.equal(one.success, stacked.success) and torch.equal(one.x_adv, stacked.x_adv)
+
+    real = apgd_mod.apgd_run
+
+    def stacked_runs_oom(*args, **kwargs):  # the stacked batch (after its draws) does not fit
+        if kwargs.get("start") is not None:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(apgd_mod, "apgd_run", stacked_runs_oom)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    again = atk(model, x, y, generator=sample_generators(5, range(len(x))))
+    assert torch.equal(one.x_adv, again.x_adv)  # one by one, from the same draws

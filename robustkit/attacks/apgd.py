@@ -49,6 +49,9 @@ from .base import (
     verdict,
 )
 from .expectation import expected_loss_and_grad
+from .pgd import _snapshot, _stack_restarts
+
+_stack_runs = _stack_restarts  # the same policy: stack on CUDA, one by one on CPU
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -106,8 +109,10 @@ def apgd_run(
     success_target: torch.Tensor | None = None,
     eot_samples: int = 1,
     compact: bool = True,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One APGD run from a random start. Returns (x_adv, success, best loss), all of batch size B.
+    """One APGD run from a random start (``start`` when given, else drawn from ``generator``).
+    Returns (x_adv, success, best loss), all of batch size B.
 
     ``objective(logits, y, loss_target)`` is maximized; success is misclassification, or
     ``pred == success_target`` when given. Samples that succeed are removed from the working batch at
@@ -125,7 +130,7 @@ def apgd_run(
         return expected_loss_and_grad(model, point, obj, counter, eot_samples)
 
     tol = success_tolerance(model)  # bf16 fast path: only clear successes count (see is_success)
-    x_adv = random_start(x, threat, generator)
+    x_adv = random_start(x, threat, generator) if start is None else start
     loss, logits, grad = grad_at(x_adv)
     ok = is_success(logits, y, success_target, tol)
     s |= {
@@ -252,6 +257,15 @@ class APGD(Attack):
             plans = [(order[:, r], None) for r in ranks]
         else:
             plans = [(None, None)]
+        runs = [plan for plan in plans for _ in range(self.restarts)]
+        if len(runs) > 1 and _stack_runs(x):
+            restore = _snapshot(generator)
+            try:
+                x_adv, success = self._stacked(model, x, y, runs, loss_fn, generator, counter)
+                return self._result(model, x_adv, success, y, target, counter)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()  # not enough memory for every run at once: one by one,
+                restore()  # from the same random draws
         best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
         for loss_target, success_target in plans:
             for _ in range(self.restarts):
@@ -270,9 +284,34 @@ class APGD(Attack):
                 x_adv[sel[take]] = adv[take]
                 best_loss[sel] = torch.maximum(best_loss[sel], loss)
                 success[sel] = ok
+        return self._result(model, x_adv, success, y, target, counter)
+
+    def _result(self, model, x_adv, success, y, target, counter) -> AttackResult:
         if success_tolerance(model):  # bf16 fast path: report what is adversarial in fp32
             success = verdict(model, x_adv, y, target, counter)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+
+    def _stacked(self, model, x, y, runs, loss_fn, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
+
+        Run r of sample i starts from the r-th draw of sample i's generator, as in the one-by-one
+        loop, and a sample's result is its first successful run, else the run of highest loss (the
+        first of equals): the one-by-one loop's result, which runs each run only on the samples no
+        earlier run broke (with one generator per sample, as the runner gives; a shared generator
+        draws differently, equally at random).
+        """
+        r, n = len(runs), x.shape[0]
+        starts = torch.cat([random_start(x, self.threat, generator) for _ in runs])
+        stack = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        adv, ok, loss = apgd_run(
+            model, x.repeat(r, *([1] * (x.ndim - 1))), y.repeat(r), self.threat, loss_fn,
+            steps=self.steps, rho=self.rho, counter=counter, generator=None,
+            loss_target=stack([lt for lt, _ in runs]), success_target=stack([st for _, st in runs]),
+            eot_samples=self.eot_samples, start=starts,
+        )  # fmt: skip
+        adv, ok, loss = adv.view(r, *x.shape), ok.view(r, n), loss.view(r, n)
+        pick = torch.where(ok.any(0), ok.float().argmax(0), loss.argmax(0))
+        return adv[pick, torch.arange(n, device=x.device)], ok.any(0)
 
 
 @dataclass(frozen=True, kw_only=True)
