@@ -46,7 +46,19 @@ def test_fast_path_on_cuda_is_rechecked_in_fp32(tmp_path, shapes_model):
         suite=SUITE, out=tmp_path, limit=256, batch_size=64, device="cuda", progress=False, report=False
     )
     plain = evaluate(name="plain", **common).summary
-    fast = evaluate(name="fast", channels_last=True, amp="bf16", **common).summary
+    fast = evaluate(name="fast", fold_bn=True, channels_last=True, amp="bf16", **common).summary
     for a, b in zip(plain["attacks"], fast["attacks"], strict=True):
         # bf16 attacks may be a little weaker, never "stronger" by false successes: all are rechecked
         assert b["robust_accuracy"] == pytest.approx(a["robust_accuracy"], abs=0.03), a["name"]
+
+
+def test_apgd_t_stacked_on_cuda_matches_cpu(shapes_model, shapes_test):
+    """APGD-T stacks its target runs into one batch on CUDA; the CPU runs them one by one."""
+    x, y = shapes_test.x[:64], shapes_test.y[:64]
+    attack = create_attack("apgd-t", eps=4 / 255, steps=10, n_targets=3)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(64)]  # noqa: E731
+    cpu = attack(shapes_model.to("cpu"), x, y, generator=gens())
+    gpu = attack(shapes_model.to("cuda"), x.cuda(), y.cuda(), generator=gens())
+    assert abs(int(cpu.success.sum()) - int(gpu.success.sum().cpu())) <= 1
+    assert (gpu.x_adv.cpu() - x).abs().max() <= 4 / 255 + 1e-6
+    shapes_model.to("cpu")
