@@ -16,8 +16,15 @@ pytestmark = pytest.mark.gpu
 SUITE = {"name": "gpu", "attacks": [{"attack": "pgd", "eps": ["2/255", "8/255"], "steps": 10}]}
 
 
-def test_pgd_on_cuda_keeps_the_contract(shapes_model, shapes_test):
-    model = shapes_model.to("cuda")
+@pytest.fixture
+def on_cuda(shapes_model):
+    """The session's shapes model on the GPU for one test, back on the CPU for the tests after it."""
+    yield shapes_model.to("cuda")
+    shapes_model.to("cpu")
+
+
+def test_pgd_on_cuda_keeps_the_contract(on_cuda, shapes_test):
+    model = on_cuda
     x, y = shapes_test.x[:64].cuda(), shapes_test.y[:64].cuda()
     attack = create_attack("pgd", norm="Linf", eps=8 / 255, steps=10)
     result = attack(model, x, y, generator=[torch.Generator().manual_seed(i) for i in range(64)])
@@ -52,13 +59,12 @@ def test_fast_path_on_cuda_is_rechecked_in_fp32(tmp_path, shapes_model):
         assert b["robust_accuracy"] == pytest.approx(a["robust_accuracy"], abs=0.03), a["name"]
 
 
-def test_apgd_t_stacked_on_cuda_matches_cpu(shapes_model, shapes_test):
+def test_apgd_t_stacked_on_cuda_matches_cpu(on_cuda, shapes_test):
     """APGD-T stacks its target runs into one batch on CUDA; the CPU runs them one by one."""
     x, y = shapes_test.x[:64], shapes_test.y[:64]
     attack = create_attack("apgd-t", eps=4 / 255, steps=10, n_targets=3)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(64)]  # noqa: E731
-    cpu = attack(shapes_model.to("cpu"), x, y, generator=gens())
-    gpu = attack(shapes_model.to("cuda"), x.cuda(), y.cuda(), generator=gens())
+    gpu = attack(on_cuda, x.cuda(), y.cuda(), generator=gens())
+    cpu = attack(on_cuda.to("cpu"), x, y, generator=gens())
     assert abs(int(cpu.success.sum()) - int(gpu.success.sum().cpu())) <= 1
     assert (gpu.x_adv.cpu() - x).abs().max() <= 4 / 255 + 1e-6
-    shapes_model.to("cpu")
