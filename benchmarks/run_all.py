@@ -99,7 +99,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "ensemble" in args.only:
         m = args.n_ensemble
         sec["ensemble"] = peers.ensemble_vs_torchattacks(
-            model, x[:m], y[:m], eps=args.eps_ensemble, k=10, steps=args.ensemble_steps
+            model,
+            x[:m],
+            y[:m],
+            eps=args.eps_ensemble,
+            k=10,
+            steps=args.ensemble_steps,
+            reps=args.ensemble_reps,
         )
         logging.info("ensemble done at %.0fs", time.perf_counter() - t0)
     res["seconds"] = time.perf_counter() - t0
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per comparison")
+    p.add_argument(
+        "--ensemble-reps", type=int, default=3, help="timed rounds of the (slow) ensemble comparison"
+    )
     p.add_argument("--batch", type=int, default=128, help="batch of the CIFAR-size overhead case")
     p.add_argument("--video-batch", type=int, default=16, help="batch of the SmallVideoNet overhead case")
     p.add_argument("--x3d-batch", type=int, default=2, help="batch of the X3D-XS overhead case")
@@ -205,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.quick:
+        args.ensemble_reps = 1
         args.reps, args.batch, args.video_batch, args.x3d_batch, args.n, args.n_ensemble, args.patch_iters = (
             2,
             16,
@@ -227,8 +237,29 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str))
-    print(f"JSON: {out}")
+    out.with_suffix(".md").write_text(markdown(res, argv if argv is not None else sys.argv[1:]))
+    print(f"JSON: {out}, table: {out.with_suffix('.md')}")
     return 0
+
+
+def markdown(res: dict[str, Any], argv: list[str]) -> str:
+    """The summary table as Markdown, with the command and the machine it was measured on."""
+    env = res["environment"]
+
+    def num(v: Any) -> str:
+        return "-" if v is None or v != v else f"{v:.2f}"
+
+    lines = [
+        f"`python benchmarks/run_all.py {' '.join(argv)}`: {res['seconds']:.0f} s on {env['device']}, "
+        f"{env['threads']} threads, torch {env['torch']}, {env['bf16']}.",
+        "",
+        "| section | figure | median | min | max | target | details |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in res["table"]:
+        lines.append(f"| {r['section']} | {r['figure']} | {num(r['value'])} | {num(r['min'])} | "
+                     f"{num(r['max'])} | {r['target']} | {r['note']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -369,3 +369,22 @@ def test_apgd_stacked_runs_equal_one_by_one(monkeypatch, name, fields):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     again = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert torch.equal(one.x_adv, again.x_adv)  # one by one, from the same draws
+
+
+def test_benchmark_table_of_the_recorded_run():
+    """The recorded run_all.json re-tabulates to the table it holds, verdicts included."""
+    from pathlib import Path
+
+    from benchmarks.run_all import TARGETS, markdown, rows
+
+    res = json.loads((Path(__file__).parent.parent / "benchmarks/results/run_all.json").read_text())
+    table = rows(res)
+    assert table == res["table"]
+    assert {r["section"] for r in table} == {"1 overhead", "2 pgd", "3 ensemble", "4 patch", "5 memory"}
+    for r in table:
+        if r["target"]:
+            op, bound = next((op, b) for what, op, b in TARGETS.values() if f"{op} {b:g}" in r["target"])
+            ok = r["value"] <= bound if op == "<=" else r["value"] >= bound
+            assert r["target"].startswith("ok" if ok else "MISS"), r
+    text = markdown(res, ["--threads", "2"])
+    assert text.count("\n| ") == len(table) + 2 and res["environment"]["bf16"] in text
