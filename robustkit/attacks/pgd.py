@@ -78,6 +78,7 @@ def gradient_ascent(
     """
     n = x.shape[0]
     tol = success_tolerance(model)
+    y_all, target_all = y, target  # the working batch shrinks when it compacts
     x_adv = _project(threat, x, start)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     out, out_found, live = x_adv, found, None  # live: working-batch indices once compacted
@@ -93,7 +94,7 @@ def gradient_ascent(
             continue
         n_done = int(found.sum())  # the only host synchronizations of the loop: log2(steps) checks
         if n_done == found.numel():
-            return _merge(out, out_found, live, x_adv, found)
+            break
         if 4 * n_done >= found.numel():
             if live is None:
                 out_found, live = found.clone(), torch.arange(n, device=x.device)
@@ -104,12 +105,14 @@ def gradient_ascent(
             target = target[keep] if target is not None else None
             mask = mask[keep] if mask is not None and mask.shape[0] == keep.shape[0] else mask
             objective = objective_at(live)
-    if tol:  # behind a bf16 fast path: the verdict on the result in fp32
-        found = verdict(model, x_adv, y, target, counter)
-    else:
-        with torch.no_grad():
-            found |= is_success(forward(model, x_adv, counter), y, target)
-    return _merge(out, out_found, live, x_adv, found)
+    else:  # the last iterate of the samples still running: one more forward pass
+        if not tol:
+            with torch.no_grad():
+                found |= is_success(forward(model, x_adv, counter), y, target)
+    adv, success = _merge(out, out_found, live, x_adv, found)
+    if tol:  # behind a bf16 fast path: the verdict on every result in fp32
+        success = verdict(model, adv, y_all, target_all, counter)
+    return adv, success
 
 
 def _project(threat: ThreatModel, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
