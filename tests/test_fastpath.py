@@ -320,6 +320,8 @@ def test_fold_bn_same_function_refolds_on_change_and_respects_train_mode():
         assert torch.allclose(fast(x), net(x), atol=1e-5) and fast._folded[0] is not folded
         net[0].weight.mul_(-1)  # a changed parameter: refolded
         assert torch.allclose(fast(x), net(x), atol=1e-5)
+        net[0].bias = nn.Parameter(net[0].bias + 1)  # a replaced parameter: refolded
+        assert torch.allclose(fast(x), net(x), atol=1e-5)
     net.train()  # batch statistics cannot be folded: the reference runs
     with torch.no_grad():
         assert torch.equal(fast(x), net(x))

@@ -121,9 +121,10 @@ class FastModel(nn.Module):
 
     def _refold_if_changed(self) -> bool:
         """Fold again if the reference's parameters or buffers changed since the last fold; False when
-        the model cannot be folded. Cheap when nothing changed: one version number per tensor."""
+        the model cannot be folded. Cheap when nothing changed: the storage and the version counter
+        of each tensor (a tensor replaced, or written in place)."""
         buffers = list(self.model.buffers())
-        versions = [t._version for t in (*self.model.parameters(), *buffers)]
+        versions = [(t.data_ptr(), t._version) for t in (*self.model.parameters(), *buffers)]
         if self._folded_from is not None and versions != self._folded_from[0]:
             # buffers are written in place with the same values by every attack (``preserved``);
             # a parameter written in place (an optimizer step) always means a refold
