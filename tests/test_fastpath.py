@@ -345,29 +345,39 @@ def test_fold_bn_falls_back_on_a_model_fx_cannot_trace(caplog):
 
 
 @pytest.mark.parametrize(
-    "name,fields", [("apgd-t", {"n_targets": 3, "restarts": 2}), ("apgd-ce", {"restarts": 3})]
+    "name,fields,eps",
+    [
+        ("apgd-t", {"n_targets": 3, "restarts": 2}, 0.03),
+        ("apgd-ce", {"restarts": 3}, 0.03),
+        ("fab-t", {"n_targets": 3, "restarts": 2}, 0.06),
+        ("fab", {"restarts": 3}, 0.06),
+    ],
 )
-def test_apgd_stacked_runs_equal_one_by_one(monkeypatch, name, fields):
-    """On CUDA every (target, restart) run of APGD goes into one batch; the result is the one-by-one
-    loop's, sample for sample (checked here on the CPU by forcing the stacked path)."""
+def test_stacked_runs_equal_one_by_one(monkeypatch, name, fields, eps):
+    """On CUDA every (target, restart) run of APGD and FAB goes into one batch; the result is the
+    one-by-one loop's, sample for sample (checked here on the CPU by forcing the stacked path)."""
     from robustkit.attacks import apgd as apgd_mod
+    from robustkit.attacks import fab as fab_mod
 
+    mod, run, stacked_arg = (
+        (fab_mod, "fab_run", "offset") if "fab" in name else (apgd_mod, "apgd_run", "start")
+    )
     model, (x, y) = _double_net(), _data(16)
-    atk = robustkit.create_attack(name, eps=0.03, steps=5, **fields)
+    atk = robustkit.create_attack(name, eps=eps, steps=5, **fields)
     one = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert 0 < int(one.success.sum()) < len(x)  # some broken, some not: both selection rules matter
-    monkeypatch.setattr(apgd_mod, "_stack_runs", lambda x: True)
+    monkeypatch.setattr(mod, "_stack_runs", lambda x: True)
     stacked = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert torch.equal(one.success, stacked.success) and torch.equal(one.x_adv, stacked.x_adv)
 
-    real = apgd_mod.apgd_run
+    real = getattr(mod, run)
 
     def stacked_runs_oom(*args, **kwargs):  # the stacked batch (after its draws) does not fit
-        if kwargs.get("start") is not None:
+        if kwargs.get(stacked_arg) is not None:
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(apgd_mod, "apgd_run", stacked_runs_oom)
+    monkeypatch.setattr(mod, run, stacked_runs_oom)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     again = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert torch.equal(one.x_adv, again.x_adv)  # one by one, from the same draws

@@ -42,6 +42,9 @@ from .base import (
     success_tolerance,
     verdict,
 )
+from .pgd import _snapshot, _stack_restarts
+
+_stack_runs = _stack_restarts  # the same policy: stack on CUDA, one by one on CPU
 
 
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -108,6 +111,15 @@ def _diffs(
     return diff.detach(), torch.stack(grads, 1), logits.detach()
 
 
+def random_offset(x0: torch.Tensor, threat: ThreatModel, generator: GeneratorLike) -> torch.Tensor:
+    """FAB's random start: a random direction scaled to half the radius."""
+    if threat.p == float("inf"):
+        draw = uniform(x0.shape, generator, x0.device, x0.dtype) * 2 - 1
+    else:
+        draw = normal(x0.shape, generator, x0.device, x0.dtype)
+    return draw / _bview(flat_norm(draw, threat.p) + 1e-12, draw) * 0.5 * threat.eps
+
+
 def fab_run(
     model: Callable,
     x0: torch.Tensor,
@@ -123,8 +135,11 @@ def fab_run(
     generator: GeneratorLike,
     counter: Counter,
     check_every: int = 10,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One FAB run. Returns (best adversarial found, its norm; inf where none was found).
+    """One FAB run. Returns (best adversarial found, its norm; inf where none was found). The run
+    starts from ``x0``, or from ``x0 + offset`` (clipped to [0, 1]) when ``offset`` is given, or from a
+    random point at half the radius (``random_start``, drawn from ``generator``).
 
     Samples whose best norm is already within ``threat.eps`` leave the batch every ``check_every``
     steps (a host synchronization), since their verdict cannot change.
@@ -134,13 +149,9 @@ def fab_run(
     tol = success_tolerance(model)  # bf16 fast path: only clear successes count (see is_success)
     out_adv, out_norm = x0.clone(), torch.full((n,), float("inf"), dtype=x0.dtype, device=x0.device)
     idx = torch.arange(n, device=x0.device)
-    if random_start:
-        draw = uniform(x0.shape, generator, x0.device, x0.dtype) * 2 - 1 if p == float("inf") else None
-        draw = normal(x0.shape, generator, x0.device, x0.dtype) if draw is None else draw
-        start = draw / _bview(flat_norm(draw, p) + 1e-12, draw) * 0.5 * threat.eps
-        x1 = (x0 + start).clamp(0.0, 1.0)
-    else:
-        x1 = x0.clone()
+    if offset is None and random_start:
+        offset = random_offset(x0, threat, generator)
+    x1 = x0.clone() if offset is None else (x0 + offset).clamp(0.0, 1.0)
     best_adv, best_norm = x0.clone(), out_norm.clone()
     xs, ys, ts = x0, y, target
     for i in range(steps):
@@ -234,6 +245,16 @@ class FAB(Attack):
             plans = [order[:, r] for r in range(1, min(self.n_targets, order.shape[1] - 1) + 1)]
         else:
             plans = [None]
+        runs = [(tgt, restart) for tgt in plans for restart in range(self.restarts)]
+        if len(runs) > 1 and _stack_runs(x):
+            restore = _snapshot(generator)
+            try:
+                x_adv, success = self._stacked(model, x, y, runs, generator, counter)
+                success &= verdict(model, x_adv, y, target, counter)
+                return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()  # not enough memory for every run at once: one by one,
+                restore()  # from the same random draws
         for tgt in plans:
             for restart in range(self.restarts):
                 todo = ~success
@@ -250,6 +271,33 @@ class FAB(Attack):
                 success[sel] = ok
         success &= verdict(model, x_adv, y, target, counter)  # in fp32 (behind a bf16 fast path too)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+
+    def _stacked(self, model, x, y, runs, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
+
+        Restart 0 of a target starts from the clean input, restart r > 0 from sample i's next draw, as
+        in the one-by-one loop; a sample's result is its first run that found an example within the
+        budget: the one-by-one loop's result (with one generator per sample, as the runner gives).
+        """
+        r, n, threat = len(runs), x.shape[0], self.threat
+        offsets = torch.cat(
+            [
+                torch.zeros_like(x) if restart == 0 else random_offset(x, threat, generator)
+                for _, restart in runs
+            ]
+        )
+        xs = x.repeat(r, *([1] * (x.ndim - 1)))
+        targets = None if runs[0][0] is None else torch.cat([tgt for tgt, _ in runs])
+        adv, norm = fab_run(
+            model, xs, y.repeat(r), threat, target=targets, steps=self.steps, alpha_max=self.alpha_max,
+            eta=self.eta, beta=self.beta, random_start=False, generator=None, counter=counter, offset=offsets,
+        )  # fmt: skip
+        ok = (threat.within(adv - xs, tol=0.0) & torch.isfinite(norm)).view(r, n)
+        adv = adv.view(r, *x.shape)[ok.float().argmax(0), torch.arange(n, device=x.device)]
+        found = ok.any(0)
+        x_adv = x.clone()
+        x_adv[found] = x[found] + threat.clip(x[found], adv[found] - x[found])
+        return x_adv, found
 
 
 @dataclass(frozen=True, kw_only=True)
