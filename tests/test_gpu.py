@@ -59,10 +59,11 @@ def test_fast_path_on_cuda_is_rechecked_in_fp32(tmp_path, shapes_model):
         assert b["robust_accuracy"] == pytest.approx(a["robust_accuracy"], abs=0.03), a["name"]
 
 
-def test_apgd_t_stacked_on_cuda_matches_cpu(on_cuda, shapes_test):
-    """APGD-T stacks its target runs into one batch on CUDA; the CPU runs them one by one."""
+@pytest.mark.parametrize("name", ["apgd-t", "fab-t"])
+def test_targeted_stages_stacked_on_cuda_match_cpu(on_cuda, shapes_test, name):
+    """APGD-T and FAB-T stack their target runs into one batch on CUDA; the CPU runs them one by one."""
     x, y = shapes_test.x[:64], shapes_test.y[:64]
-    attack = create_attack("apgd-t", eps=4 / 255, steps=10, n_targets=3)
+    attack = create_attack(name, eps=4 / 255, steps=10, n_targets=3)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(64)]  # noqa: E731
     gpu = attack(on_cuda, x.cuda(), y.cuda(), generator=gens())
     cpu = attack(on_cuda.to("cpu"), x, y, generator=gens())
