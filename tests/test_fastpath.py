@@ -80,7 +80,7 @@ def test_stacked_restarts_equal_one_by_one(monkeypatch):
     model, (x, y) = _double_net(), _data(16)
     atk = robustkit.create_attack("pgd", eps=0.02, steps=4, restarts=3)
     one = atk(model, x, y, generator=sample_generators(2, range(len(x))))
-    monkeypatch.setattr(pgd_mod, "_stack_restarts", lambda x: True)
+    monkeypatch.setattr(pgd_mod, "stack_in_batch", lambda x: True)
     stacked = atk(model, x, y, generator=sample_generators(2, range(len(x))))
     assert torch.equal(one.success, stacked.success)
     assert torch.equal(one.x_adv, stacked.x_adv)
@@ -96,7 +96,7 @@ def test_stacked_restarts_fall_back_on_oom_with_same_draws(monkeypatch):
         pgd_mod.make_threat("Linf", 0.02).init(x_, args[5])  # consumes the generators, then fails
         raise torch.cuda.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(pgd_mod, "_stack_restarts", lambda x: True)
+    monkeypatch.setattr(pgd_mod, "stack_in_batch", lambda x: True)
     monkeypatch.setattr(pgd_mod.PGD, "_stacked", lambda self, *a: oom(self, *a))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     again = atk(model, x, y, generator=sample_generators(4, range(len(x))))
@@ -366,7 +366,7 @@ def test_stacked_runs_equal_one_by_one(monkeypatch, name, fields, eps):
     atk = robustkit.create_attack(name, eps=eps, steps=5, **fields)
     one = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert 0 < int(one.success.sum()) < len(x)  # some broken, some not: both selection rules matter
-    monkeypatch.setattr(mod, "_stack_runs", lambda x: True)
+    monkeypatch.setattr(mod, "stack_in_batch", lambda x: True)
     stacked = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert torch.equal(one.success, stacked.success) and torch.equal(one.x_adv, stacked.x_adv)
 

@@ -42,16 +42,15 @@ from .base import (
     AttackResult,
     Counter,
     forward,
+    generator_snapshot,
     is_success,
     positive_ints,
     register,
+    stack_in_batch,
     success_tolerance,
     verdict,
 )
 from .expectation import expected_loss_and_grad
-from .pgd import _snapshot, _stack_restarts
-
-_stack_runs = _stack_restarts  # the same policy: stack on CUDA, one by one on CPU
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -258,8 +257,8 @@ class APGD(Attack):
         else:
             plans = [(None, None)]
         runs = [plan for plan in plans for _ in range(self.restarts)]
-        if len(runs) > 1 and _stack_runs(x):
-            restore = _snapshot(generator)
+        if len(runs) > 1 and stack_in_batch(x):
+            restore = generator_snapshot(generator)
             try:
                 x_adv, success = self._stacked(model, x, y, runs, loss_fn, generator, counter)
                 return self._result(model, x_adv, success, y, target, counter)

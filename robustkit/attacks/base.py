@@ -217,3 +217,28 @@ def choose_targets(
         offset = (uniform((y.shape[0],), generator, y.device) * (k - 1)).long().clamp_max(k - 2) + 1
         return (y + offset) % k
     raise ConfigError(f"target must be 'random', 'least-likely' or a class index, got {mode!r}")
+
+
+def generator_snapshot(generator: GeneratorLike) -> Callable[[], None]:
+    """A function that puts the generator(s) back into their current state."""
+    gens = (
+        []
+        if generator is None
+        else [generator]
+        if isinstance(generator, torch.Generator)
+        else list(generator)
+    )
+    states = [g.get_state() for g in gens]
+
+    def restore() -> None:
+        for g, state in zip(gens, states, strict=True):
+            g.set_state(state)
+
+    return restore
+
+
+def stack_in_batch(x: torch.Tensor) -> bool:
+    """Whether an attack runs its restarts (and targets) stacked in one batch: on CUDA, where
+    throughput grows with batch size; one by one on the CPU, where compute is already saturated and
+    each run after the first skips the samples already broken."""
+    return x.device.type == "cuda"

@@ -35,16 +35,15 @@ from .base import (
     AttackResult,
     Counter,
     forward,
+    generator_snapshot,
     is_success,
     positive,
     positive_ints,
     register,
+    stack_in_batch,
     success_tolerance,
     verdict,
 )
-from .pgd import _snapshot, _stack_restarts
-
-_stack_runs = _stack_restarts  # the same policy: stack on CUDA, one by one on CPU
 
 
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -246,8 +245,8 @@ class FAB(Attack):
         else:
             plans = [None]
         runs = [(tgt, restart) for tgt in plans for restart in range(self.restarts)]
-        if len(runs) > 1 and _stack_runs(x):
-            restore = _snapshot(generator)
+        if len(runs) > 1 and stack_in_batch(x):
+            restore = generator_snapshot(generator)
             try:
                 x_adv, success = self._stacked(model, x, y, runs, generator, counter)
                 success &= verdict(model, x_adv, y, target, counter)

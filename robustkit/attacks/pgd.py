@@ -20,11 +20,13 @@ from .base import (
     Counter,
     choose_targets,
     forward,
+    generator_snapshot,
     is_success,
     loss_and_grad,
     positive,
     register,
     resolve_targets,
+    stack_in_batch,
     success_tolerance,
     verdict,
 )
@@ -207,8 +209,8 @@ class PGD(Attack):
             success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-        if self.restarts > 1 and _stack_restarts(x):
-            restore = _snapshot(generator)
+        if self.restarts > 1 and stack_in_batch(x):
+            restore = generator_snapshot(generator)
             try:
                 return self._stacked(model, x, y, target, generator, counter, threat, step)
             except torch.cuda.OutOfMemoryError:
@@ -272,30 +274,6 @@ class PGD(Attack):
         first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last
         x_adv = adv[first, torch.arange(n, device=x.device)]
         return AttackResult(x_adv=x_adv, success=ok.any(0), counters=counter.as_dict())
-
-
-def _snapshot(generator: GeneratorLike) -> Callable[[], None]:
-    """A function that puts the generator(s) back into their current state."""
-    gens = (
-        []
-        if generator is None
-        else [generator]
-        if isinstance(generator, torch.Generator)
-        else list(generator)
-    )
-    states = [g.get_state() for g in gens]
-
-    def restore() -> None:
-        for g, state in zip(gens, states, strict=True):
-            g.set_state(state)
-
-    return restore
-
-
-def _stack_restarts(x: torch.Tensor) -> bool:
-    """Stack restarts into the batch on CUDA (throughput grows with batch size); one by one on CPU,
-    where compute is already saturated and the one-by-one loop skips samples already broken."""
-    return x.device.type == "cuda"
 
 
 @dataclass(frozen=True, kw_only=True)
