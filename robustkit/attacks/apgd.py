@@ -42,11 +42,13 @@ from .base import (
     AttackResult,
     Counter,
     forward,
-    generator_snapshot,
     is_success,
+    pick_runs,
     positive_ints,
     register,
+    repeat_runs,
     stack_in_batch,
+    stacked_or_none,
     success_tolerance,
     verdict,
 )
@@ -239,11 +241,9 @@ class APGD(Attack):
 
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
         counter = Counter()
-        n = x.shape[0]
-        success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        x_adv = x.clone()
-        if self.eps == 0 or n == 0:
-            return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+        if self.eps == 0 or x.shape[0] == 0:
+            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         with torch.no_grad():
             clean = forward(model, x, counter)
         targeted = self.targeted or target is not None
@@ -257,14 +257,24 @@ class APGD(Attack):
         else:
             plans = [(None, None)]
         runs = [plan for plan in plans for _ in range(self.restarts)]
+        stacked = None
         if len(runs) > 1 and stack_in_batch(x):
-            restore = generator_snapshot(generator)
-            try:
-                x_adv, success = self._stacked(model, x, y, runs, loss_fn, generator, counter)
-                return self._result(model, x_adv, success, y, target, counter)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()  # not enough memory for every run at once: one by one,
-                restore()  # from the same random draws
+            stacked = stacked_or_none(
+                lambda: self._stacked(model, x, y, runs, loss_fn, generator, counter), generator
+            )
+        x_adv, success = stacked or self._one_by_one(model, x, y, plans, loss_fn, generator, counter)
+        if success_tolerance(model):  # bf16 fast path: report what is adversarial in fp32
+            success = verdict(model, x_adv, y, target, counter)
+        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+
+    def _one_by_one(
+        self, model, x, y, plans, loss_fn, generator, counter
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
+        success, else the result of highest loss."""
+        n = x.shape[0]
+        success = torch.zeros(n, dtype=torch.bool, device=x.device)
+        x_adv = x.clone()
         best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
         for loss_target, success_target in plans:
             for _ in range(self.restarts):
@@ -283,12 +293,7 @@ class APGD(Attack):
                 x_adv[sel[take]] = adv[take]
                 best_loss[sel] = torch.maximum(best_loss[sel], loss)
                 success[sel] = ok
-        return self._result(model, x_adv, success, y, target, counter)
-
-    def _result(self, model, x_adv, success, y, target, counter) -> AttackResult:
-        if success_tolerance(model):  # bf16 fast path: report what is adversarial in fp32
-            success = verdict(model, x_adv, y, target, counter)
-        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+        return x_adv, success
 
     def _stacked(self, model, x, y, runs, loss_fn, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
@@ -303,14 +308,13 @@ class APGD(Attack):
         starts = torch.cat([random_start(x, self.threat, generator) for _ in runs])
         stack = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
         adv, ok, loss = apgd_run(
-            model, x.repeat(r, *([1] * (x.ndim - 1))), y.repeat(r), self.threat, loss_fn,
+            model, repeat_runs(x, r), repeat_runs(y, r), self.threat, loss_fn,
             steps=self.steps, rho=self.rho, counter=counter, generator=None,
             loss_target=stack([lt for lt, _ in runs]), success_target=stack([st for _, st in runs]),
             eot_samples=self.eot_samples, start=starts,
         )  # fmt: skip
-        adv, ok, loss = adv.view(r, *x.shape), ok.view(r, n), loss.view(r, n)
-        pick = torch.where(ok.any(0), ok.float().argmax(0), loss.argmax(0))
-        return adv[pick, torch.arange(n, device=x.device)], ok.any(0)
+        ok, loss = ok.view(r, n), loss.view(r, n)
+        return pick_runs(adv, torch.where(ok.any(0), ok.float().argmax(0), loss.argmax(0))), ok.any(0)
 
 
 @dataclass(frozen=True, kw_only=True)

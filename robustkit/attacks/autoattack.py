@@ -45,7 +45,7 @@ from ..errors import ConfigError
 from ..functional.random import GeneratorLike, subset
 from ..registry import dataclass_fields, suggest
 from ..threat import ThreatModel, make_threat
-from .base import ATTACKS, Attack, AttackResult, Counter, forward, fp32_model, positive, register
+from .base import ATTACKS, Attack, AttackResult, Counter, positive, register, verdict
 
 VERSIONS: dict[str, list[dict[str, Any]]] = {
     "standard": [
@@ -152,8 +152,7 @@ class AutoAttack(Attack):
         counter = Counter()
         threat = self.threat
         n = x.shape[0]
-        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            robust = forward(fp32_model(model), x.float(), counter).argmax(1) == y
+        robust = ~verdict(model, x.float(), y, None, counter)
         broken_by = torch.where(robust, -1, -2).to(torch.int64)
         x_adv = x.clone()
         cascade: list[dict[str, Any]] = []
@@ -171,12 +170,10 @@ class AutoAttack(Attack):
             if todo:
                 sel = robust.nonzero()[:, 0]
                 res = attack(model, x[sel], y[sel], generator=subset(generator, robust))
-                with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-                    pred = forward(fp32_model(model), res.x_adv.float(), counter).argmax(1)
                 delta = res.x_adv - x[sel]
                 inside = threat.within(delta, self.tolerance) & (res.x_adv >= 0).flatten(1).all(1)
                 inside &= (res.x_adv <= 1).flatten(1).all(1)
-                confirmed = res.success & (pred != y[sel]) & inside
+                confirmed = res.success & verdict(model, res.x_adv.float(), y[sel], None, counter) & inside
                 hit = sel[confirmed]
                 robust[hit] = False
                 broken_by[hit] = k

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -17,6 +17,7 @@ from ..validate import check_inputs, check_labels
 
 ATTACKS: Registry[Attack] = Registry("attack", autoload=("robustkit.attacks",))
 register = ATTACKS.register
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,10 +112,10 @@ def full_precision(model: Callable) -> Callable:
 def verdict(
     model: Callable, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, counter: Counter
 ) -> torch.Tensor:
-    """Whether ``x_adv`` succeeds, judged by one forward pass of the fp32 model (``fp32_model``): an
-    attack behind a bf16 fast path reports every example that is adversarial in fp32, claimed inside
-    the attack or not, and none that is not."""
-    with torch.no_grad():
+    """Whether ``x_adv`` succeeds, judged by one forward pass of the fp32 model (``fp32_model``, with
+    autocast off): an attack behind a bf16 fast path reports every example that is adversarial in
+    fp32, claimed inside the attack or not, and none that is not."""
+    with torch.no_grad(), torch.autocast(device_type=x_adv.device.type, enabled=False):
         return is_success(forward(fp32_model(model), x_adv, counter), y, target)
 
 
@@ -235,6 +236,30 @@ def generator_snapshot(generator: GeneratorLike) -> Callable[[], None]:
             g.set_state(state)
 
     return restore
+
+
+def stacked_or_none(run: Callable[[], T], generator: GeneratorLike) -> T | None:
+    """``run()``, the stacked form of an attack's runs (see ``stack_in_batch``); None, with the
+    generators put back, when it does not fit in GPU memory, so that the caller runs them one by one
+    from the same random draws."""
+    restore = generator_snapshot(generator)
+    try:
+        return run()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        restore()
+        return None
+
+
+def repeat_runs(t: torch.Tensor, runs: int) -> torch.Tensor:
+    """``runs`` copies of a batch, one after the other: the batch of a stacked attack."""
+    return t.repeat(runs, *([1] * (t.ndim - 1)))
+
+
+def pick_runs(stacked: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    """Per sample ``i``, row ``i`` of copy ``pick[i]`` of a stacked batch (``repeat_runs``)."""
+    n = pick.shape[0]
+    return stacked.view(-1, n, *stacked.shape[1:])[pick, torch.arange(n, device=stacked.device)]
 
 
 def stack_in_batch(x: torch.Tensor) -> bool:

@@ -35,12 +35,14 @@ from .base import (
     AttackResult,
     Counter,
     forward,
-    generator_snapshot,
     is_success,
+    pick_runs,
     positive,
     positive_ints,
     register,
+    repeat_runs,
     stack_in_batch,
+    stacked_or_none,
     success_tolerance,
     verdict,
 )
@@ -230,12 +232,9 @@ class FAB(Attack):
 
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
         counter = Counter()
-        n = x.shape[0]
-        success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        x_adv = x.clone()
-        if self.eps == 0 or n == 0:
-            return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
-        threat = self.threat
+        if self.eps == 0 or x.shape[0] == 0:
+            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         if target is not None:
             plans = [target]
         elif self.targeted:
@@ -245,15 +244,19 @@ class FAB(Attack):
         else:
             plans = [None]
         runs = [(tgt, restart) for tgt in plans for restart in range(self.restarts)]
+        stacked = None
         if len(runs) > 1 and stack_in_batch(x):
-            restore = generator_snapshot(generator)
-            try:
-                x_adv, success = self._stacked(model, x, y, runs, generator, counter)
-                success &= verdict(model, x_adv, y, target, counter)
-                return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()  # not enough memory for every run at once: one by one,
-                restore()  # from the same random draws
+            stacked = stacked_or_none(lambda: self._stacked(model, x, y, runs, generator, counter), generator)
+        x_adv, success = stacked or self._one_by_one(model, x, y, plans, generator, counter)
+        success &= verdict(model, x_adv, y, target, counter)  # in fp32 (behind a bf16 fast path too)
+        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+
+    def _one_by_one(self, model, x, y, plans, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
+        example within the budget, else the clean input."""
+        threat = self.threat
+        success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        x_adv = x.clone()
         for tgt in plans:
             for restart in range(self.restarts):
                 todo = ~success
@@ -268,8 +271,7 @@ class FAB(Attack):
                 ok = threat.within(adv - x[sel], tol=0.0) & torch.isfinite(norm)
                 x_adv[sel[ok]] = x[sel[ok]] + threat.clip(x[sel[ok]], adv[ok] - x[sel[ok]])
                 success[sel] = ok
-        success &= verdict(model, x_adv, y, target, counter)  # in fp32 (behind a bf16 fast path too)
-        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+        return x_adv, success
 
     def _stacked(self, model, x, y, runs, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
@@ -285,14 +287,14 @@ class FAB(Attack):
                 for _, restart in runs
             ]
         )
-        xs = x.repeat(r, *([1] * (x.ndim - 1)))
+        xs = repeat_runs(x, r)
         targets = None if runs[0][0] is None else torch.cat([tgt for tgt, _ in runs])
         adv, norm = fab_run(
-            model, xs, y.repeat(r), threat, target=targets, steps=self.steps, alpha_max=self.alpha_max,
+            model, xs, repeat_runs(y, r), threat, target=targets, steps=self.steps, alpha_max=self.alpha_max,
             eta=self.eta, beta=self.beta, random_start=False, generator=None, counter=counter, offset=offsets,
         )  # fmt: skip
         ok = (threat.within(adv - xs, tol=0.0) & torch.isfinite(norm)).view(r, n)
-        adv = adv.view(r, *x.shape)[ok.float().argmax(0), torch.arange(n, device=x.device)]
+        adv = pick_runs(adv, ok.float().argmax(0))
         found = ok.any(0)
         x_adv = x.clone()
         x_adv[found] = x[found] + threat.clip(x[found], adv[found] - x[found])

@@ -20,13 +20,15 @@ from .base import (
     Counter,
     choose_targets,
     forward,
-    generator_snapshot,
     is_success,
     loss_and_grad,
+    pick_runs,
     positive,
     register,
+    repeat_runs,
     resolve_targets,
     stack_in_batch,
+    stacked_or_none,
     success_tolerance,
     verdict,
 )
@@ -210,12 +212,11 @@ class PGD(Attack):
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
         if self.restarts > 1 and stack_in_batch(x):
-            restore = generator_snapshot(generator)
-            try:
-                return self._stacked(model, x, y, target, generator, counter, threat, step)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()  # not enough memory for all restarts at once: one by one,
-                restore()  # from the same random draws
+            stacked = stacked_or_none(
+                lambda: self._stacked(model, x, y, target, generator, counter, threat, step), generator
+            )
+            if stacked is not None:
+                return stacked
         for restart in range(self.restarts):
             if restart == 0:  # the whole batch: no copies
                 start = self._start(x, threat, generator)
@@ -267,13 +268,13 @@ class PGD(Attack):
         """
         r, n = self.restarts, x.shape[0]
         starts = [self._start(x, threat, generator) for _ in range(r)]
-        xs, ys = x.repeat(r, *([1] * (x.ndim - 1))), y.repeat(r)
-        ts = target.repeat(r) if target is not None else None
-        adv, ok = self._ascend(model, xs, ys, ts, torch.cat(starts), threat, step, counter)
-        adv, ok = adv.view(r, *x.shape), ok.view(r, n)
+        ts = repeat_runs(target, r) if target is not None else None
+        adv, ok = self._ascend(
+            model, repeat_runs(x, r), repeat_runs(y, r), ts, torch.cat(starts), threat, step, counter
+        )
+        ok = ok.view(r, n)
         first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last
-        x_adv = adv[first, torch.arange(n, device=x.device)]
-        return AttackResult(x_adv=x_adv, success=ok.any(0), counters=counter.as_dict())
+        return AttackResult(x_adv=pick_runs(adv, first), success=ok.any(0), counters=counter.as_dict())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attacks.base import fp32_model
 from ..errors import InputError, ModelError
 from ..functional.random import sample_generators
 from ..validate import check_inputs, check_labels, check_logits
-from .fastpath import reference
 from .store import Store, pack_tensors
 from .suite import Suite, SuiteEntry
 
@@ -70,7 +70,7 @@ def recheck(net, x_adv: torch.Tensor) -> torch.Tensor:
         if isinstance(net, nn.Module):
             net.eval()
         with torch.no_grad(), torch.autocast(x_adv.device.type, enabled=False):
-            return reference(net)(x_adv.float()).float()
+            return fp32_model(net)(x_adv.float()).float()
     finally:
         for m, mode in modes:
             m.training = mode

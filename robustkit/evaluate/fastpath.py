@@ -37,11 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attacks.base import fp32_model
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 BF16_TOLERANCE = 0.03
+reference = fp32_model  # the fp32 model behind a FastModel (the model itself otherwise)
 AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
@@ -102,7 +104,11 @@ class FastModel(nn.Module):
         object.__setattr__(self, "_compiled", self._compile(model))
         object.__setattr__(self, "_folded", None)  # (folded copy, its compiled form)
         object.__setattr__(self, "_folded_from", None)  # (versions, buffer copies) at the last fold
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # the module list once: ``parameters()`` / ``buffers()`` walk the tree on every call, five times
+        # the cost of reading the modules' own tensors, and the fold check runs on every forward pass
+        modules = list(model.modules())
+        object.__setattr__(self, "_all_modules", modules)
+        norms = [m for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         object.__setattr__(self, "_norms", norms)
         object.__setattr__(self, "_fold", bool(options.fold_bn and norms))
 
@@ -123,13 +129,14 @@ class FastModel(nn.Module):
         """Fold again if the reference's parameters or buffers changed since the last fold; False when
         the model cannot be folded. Cheap when nothing changed: the storage and the version counter
         of each tensor (a tensor replaced, or written in place)."""
-        buffers = list(self.model.buffers())
-        versions = [(t.data_ptr(), t._version) for t in (*self.model.parameters(), *buffers)]
+        params = [t for m in self._all_modules for t in m._parameters.values() if t is not None]
+        buffers = [t for m in self._all_modules for t in m._buffers.values() if t is not None]
+        versions = [(t.data_ptr(), t._version) for t in (*params, *buffers)]
         if self._folded_from is not None and versions != self._folded_from[0]:
             # buffers are written in place with the same values by every attack (``preserved``);
             # a parameter written in place (an optimizer step) always means a refold
             old, saved = self._folded_from
-            n_params = len(versions) - len(buffers)
+            n_params = len(params)
             if versions[:n_params] == old[:n_params] and all(
                 torch.equal(t, c) for t, c in zip(buffers, saved, strict=True)
             ):
@@ -203,11 +210,6 @@ class _FullPrecision(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fast(x, amp=False)
-
-
-def reference(model: Any) -> Any:
-    """The fp32 model behind a ``FastModel`` (the model itself otherwise)."""
-    return model.reference if isinstance(model, FastModel) else model
 
 
 def make_fastpath(

@@ -118,10 +118,8 @@ def _stages(store: Store, attack_id: int, total: float, costs) -> list[dict[str,
     seconds: dict[str, float] = defaultdict(float)
     counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     attacked: dict[str, int] = defaultdict(int)
-    for _, key, kind, data in store.artifacts(attack_id):
-        if key.split("#")[0] != "cascade" or kind != "json":
-            continue
-        for entry in json.loads(data):
+    for cascade in store.json_artifacts(attack_id, "cascade"):
+        for entry in cascade:
             name = str(entry.get("attack"))
             seconds[name] += float(entry.get("seconds", 0.0))
             attacked[name] += int(entry.get("attacked", 0))

@@ -371,10 +371,7 @@ def _finish(
 def _cascades(store: Store) -> list[list[dict[str, Any]]]:
     """Every batch's ensemble cascade (AutoAttack's ``cascade`` artifact), for the black-box check."""
     return [
-        json.loads(data)
-        for attack in store.attacks()
-        for _, key, kind, data in store.artifacts(attack["id"])
-        if key == "cascade" and kind == "json"
+        cascade for attack in store.attacks() for cascade in store.json_artifacts(attack["id"], "cascade")
     ]
 
 

@@ -182,6 +182,15 @@ class Store:
             (attack_id,),
         ).fetchall()
 
+    def json_artifacts(self, attack_id: int, name: str) -> list[Any]:
+        """The decoded JSON artifacts called ``name`` of every batch, in batch order, including the
+        ``name#2`` of a batch split in two after running out of memory."""
+        return [
+            json.loads(data)
+            for _, key, kind, data in self.artifacts(attack_id)
+            if kind == "json" and key.split("#")[0] == name
+        ]
+
     def examples(self, attack_id: int) -> dict[int, bytes]:
         return dict(
             self.db.execute(
