@@ -202,7 +202,7 @@ def fast_copy(model: torch.nn.Module) -> torch.nn.Module:
     still taken with the fp32 model (``robust_accuracy``), as the runner's recheck does."""
     import copy
 
-    from robustkit.evaluate.fastpath import make_fastpath
+    from robustkit.evaluation.fastpath import make_fastpath
 
     return make_fastpath(**FAST).wrap(thawed(copy.deepcopy(model)))
 

@@ -19,7 +19,7 @@ import time
 import torch
 
 from robustkit.data.shapes_video import shapes_video
-from robustkit.evaluate.suite import load_suite
+from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
 from robustkit.models.zoo import load_zoo_model
 

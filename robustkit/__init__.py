@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
 from .data.loading import load_dataset
 from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
-from .evaluate.runner import RunResult, evaluate
-from .evaluate.suite import load_suite
+from .evaluation.runner import RunResult, evaluate
+from .evaluation.suite import load_suite
 from .models.loading import load_model
 from .models.normalized import Normalized
 from .models.state import preserved

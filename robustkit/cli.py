@@ -26,7 +26,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate.runner import evaluate
+    from .evaluation.runner import evaluate
 
     if args.threads is not None:
         import torch
@@ -59,7 +59,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_defenses(args: argparse.Namespace, common: dict) -> int:
     from .errors import ConfigError
-    from .evaluate.defended import evaluate_defenses
+    from .evaluation.defended import evaluate_defenses
 
     if args.model or args.weights:
         raise ConfigError("--defense builds its own models: drop --model/--weights, or drop --defense")
@@ -79,7 +79,7 @@ def _print_summary(result) -> None:
         print(f"  {a['name']:<28} robust {100 * a['robust_accuracy']:5.1f}%   {a['seconds']:.1f}s")
     print(f"robust accuracy  {100 * s['robust_accuracy']:.1f}%  (worst case over the suite)")
     if "profile" in s:
-        from .evaluate.profile import format_profile
+        from .evaluation.profile import format_profile
 
         print(format_profile(s["profile"]))
     print(f"results: {result.run_dir}")
@@ -101,7 +101,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .data.loading import manifest_names
     from .data.synthetic import BUILTIN
     from .defenses.base import DEFENSES
-    from .evaluate.suite import builtin_suites
+    from .evaluation.suite import builtin_suites
     from .models.zoo import ZOO
 
     print("attacks:  " + ", ".join(ATTACKS.names()))

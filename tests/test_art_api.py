@@ -278,7 +278,7 @@ def test_load_model_accepts_estimators(clf, tiny_model, tiny_batch):
 
 # ---------------------------------------------------------------------------------------- recipes
 def test_art_attacks_in_recipes(tiny_model, tiny_batch):
-    from robustkit.evaluate.suite import load_suite
+    from robustkit.evaluation.suite import load_suite
     from robustkit.models.state import preserved  # noqa: F401  (the contract the attack call relies on)
 
     suite = load_suite({"name": "t", "attacks": [

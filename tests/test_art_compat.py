@@ -196,7 +196,7 @@ def factory_module(src: str, classifier: PyTorchClassifier, monkeypatch: pytest.
 
 
 def test_the_art_page_snippets_run(doc_blocks, tmp_path, monkeypatch, capsys):
-    from robustkit.evaluate.suite import load_suite
+    from robustkit.evaluation.suite import load_suite
     from robustkit.models.loading import load_model
 
     monkeypatch.chdir(tmp_path)  # the snippets write reports/ where they run

@@ -59,7 +59,7 @@ def test_plus_rand_and_overrides():
 
 
 def test_recipes_build_the_documented_attacks():
-    from robustkit.evaluate.suite import load_suite
+    from robustkit.evaluation.suite import load_suite
 
     std, plus, rand = (load_suite(f"autoattack-{v}").entries for v in ("standard", "plus", "rand"))
     assert [e.attack.version for e in (*std, *plus, *rand)] == ["standard", "plus", "rand"]

@@ -14,8 +14,8 @@ from torch import nn
 
 from robustkit.cli import main
 from robustkit.errors import ConfigError, InputError
-from robustkit.evaluate.files import inside
-from robustkit.evaluate.runner import evaluate
+from robustkit.evaluation.files import inside
+from robustkit.evaluation.runner import evaluate
 
 
 def _run(tmp_path, capsys, *args):
@@ -203,7 +203,7 @@ def test_output_paths_cannot_escape(tmp_path):
 
 
 def test_full_disk_while_writing(tmp_path, capsys, monkeypatch, shapes_model):
-    from robustkit.evaluate import runner
+    from robustkit.evaluation import runner
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -217,7 +217,7 @@ def test_full_disk_while_writing(tmp_path, capsys, monkeypatch, shapes_model):
 
 
 def test_internal_errors_exit_1_and_debug_shows_traceback(tmp_path, capsys, monkeypatch):
-    from robustkit.evaluate import runner
+    from robustkit.evaluation import runner
 
     def boom(*a, **k):
         raise ZeroDivisionError("bug")

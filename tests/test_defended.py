@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from robustkit.defenses.base import Capabilities, as_defense
-from robustkit.evaluate.defended import evaluate_defenses, honor
+from robustkit.evaluation.defended import evaluate_defenses, honor
 
 
 class Quantize(nn.Module):

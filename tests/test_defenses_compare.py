@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from robustkit.errors import ConfigError
-from robustkit.evaluate.compare import compare, format_table
+from robustkit.evaluation.compare import compare, format_table
 
 
 def summary(name, clean, attacks, **extra):

@@ -13,7 +13,7 @@ import robustkit
 from robustkit.attacks import pgd as pgd_mod
 from robustkit.attacks.base import Counter, is_success
 from robustkit.errors import ConfigError
-from robustkit.evaluate.fastpath import FastModel, make_fastpath, reference
+from robustkit.evaluation.fastpath import FastModel, make_fastpath, reference
 from robustkit.functional.random import sample_generators
 from robustkit.threat import make_threat
 
@@ -165,7 +165,7 @@ def test_bf16_attack_success_is_rechecked_in_fp32():
     with torch.no_grad():
         assert (net(x).argmax(1) == y).all()
         assert (fast(x).argmax(1) != y).all()  # bf16 rounds the sum down: a false "success"
-    from robustkit.evaluate.execute import recheck
+    from robustkit.evaluation.execute import recheck
 
     assert (recheck(fast, x).argmax(1) == y).all()  # the runner's recheck uses the fp32 reference
     # PGD behind the fast path gives its verdict in fp32 (this knife fools even its bf16 tolerance)
@@ -203,7 +203,7 @@ def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_
     res = robustkit.create_attack("pgd", eps=8 / 255, steps=5)(
         fast, x, y, generator=sample_generators(0, range(16))
     )
-    from robustkit.evaluate.execute import recheck
+    from robustkit.evaluation.execute import recheck
 
     pred = recheck(fast, res.x_adv).argmax(1)
     assert ((res.x_adv - x).abs().amax() <= 8 / 255 + 1e-6) and (pred != y).float().mean() > 0.5
@@ -216,8 +216,8 @@ def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_
 
 
 def test_profile_and_evaluate_flags(tmp_path, shapes_model):
-    from robustkit.evaluate.profile import format_profile, profile_run
-    from robustkit.evaluate.runner import evaluate
+    from robustkit.evaluation.profile import format_profile, profile_run
+    from robustkit.evaluation.runner import evaluate
 
     suite = {
         "name": "t",

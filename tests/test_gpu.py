@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robustkit.attacks import create_attack
-from robustkit.evaluate.runner import evaluate
+from robustkit.evaluation.runner import evaluate
 
 pytestmark = pytest.mark.gpu
 

@@ -232,7 +232,7 @@ def test_eyeglass_on_the_faces_model_dodges():
 # ------------------------------------------------------------------------- done criteria (slow)
 # The shipped recipes on the demo models, as `robustkit evaluate --suite <recipe>` runs them.
 def recipe_attack(suite: str, entry: int = 0):
-    from robustkit.evaluate.suite import load_suite
+    from robustkit.evaluation.suite import load_suite
 
     return replace(load_suite(suite).entries[entry].attack, eval_grid=False)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustkit.evaluate.runner import evaluate
+from robustkit.evaluation.runner import evaluate
 
 SUITE = {
     "name": "mini",

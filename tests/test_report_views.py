@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from robustkit.eot import EvalGrid
-from robustkit.evaluate.metrics import summarize
-from robustkit.evaluate.store import Store, pack_tensors
+from robustkit.evaluation.metrics import summarize
+from robustkit.evaluation.store import Store, pack_tensors
 from robustkit.report import render_report
 from robustkit.report.load import load_run
 from robustkit.report.render import SECTIONS, render_html, run_view

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from robustkit.evaluate.runner import evaluate
+from robustkit.evaluation.runner import evaluate
 
 
 class TwoClips(Dataset):

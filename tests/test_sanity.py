@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robustkit.attacks import create_attack
-from robustkit.evaluate.sanity import CHECKS, Finding, checks_markdown, run_sanity_checks
+from robustkit.evaluation.sanity import CHECKS, Finding, checks_markdown, run_sanity_checks
 from robustkit.functional.random import sample_generators
 
 N = 16  # samples the checks look at
@@ -213,15 +213,15 @@ def test_finding_contract():
 def test_docs_page_is_the_check_table():
     page = (Path(__file__).resolve().parents[1] / "docs" / "sanity-checks.md").read_text()
     assert checks_markdown() in page
-    sanity = sys.modules[run_sanity_checks.__module__]  # robustkit.evaluate is shadowed by a function
+    import robustkit.evaluation.sanity as sanity
     for c in CHECKS:
         assert c.name in sanity.__doc__
 
 
 def test_runner_hands_the_stored_cascade_to_the_black_box_check(tmp_path, shapes_model):
     """In a real run, the cascade stored per batch reaches the check (not only in direct calls)."""
-    from robustkit.evaluate.runner import evaluate
-    from robustkit.evaluate.store import Store
+    from robustkit.evaluation.runner import evaluate
+    from robustkit.evaluation.store import Store
 
     suite = {"name": "masked", "attacks": [
         {"attack": "autoattack", "version": ["apgd-ce", "square"], "eps": "8/255", "steps": 5, "queries": 60}]}  # fmt: skip

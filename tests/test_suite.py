@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from robustkit.errors import ConfigError
-from robustkit.evaluate.suite import builtin_suites, load_suite, parse_number
+from robustkit.evaluation.suite import builtin_suites, load_suite, parse_number
 
 
 def test_quick_suite_expands_eps():

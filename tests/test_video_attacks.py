@@ -12,7 +12,7 @@ from PIL import Image
 from robustkit.attacks import ATTACKS, create_attack
 from robustkit.data.shapes_video import shapes_video
 from robustkit.errors import ConfigError, InputError
-from robustkit.evaluate.suite import load_suite
+from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
 from robustkit.functional.video import border_mask, drop_index, frame_metrics, shift_index
 from robustkit.models.normalized import Normalized
@@ -356,7 +356,7 @@ def test_autoattack_stages_run_on_clips(model, data, name, kw):
 
 
 def test_sanity_checks_run_on_clips(model, data):
-    from robustkit.evaluate.sanity import run_sanity_checks
+    from robustkit.evaluation.sanity import run_sanity_checks
 
     findings = run_sanity_checks(model, data[0][:8], data[1][:8], context={})
     assert findings

@@ -94,7 +94,7 @@ def is_success(
 
 def success_tolerance(model: Callable) -> float:
     """How sure a success verdict from ``model``'s logits must be to be final: 0 for an fp32 model;
-    the fast path's bf16 model (``robustkit.evaluate.fastpath.FastModel``) sets its own."""
+    the fast path's bf16 model (``robustkit.evaluation.fastpath.FastModel``) sets its own."""
     return float(getattr(model, "success_tolerance", 0.0))
 
 

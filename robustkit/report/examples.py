@@ -48,7 +48,7 @@ EXAMPLES = (
 def available(ex: Example) -> str | None:
     """Why ``ex`` cannot run here, or None when its recipe and dataset both exist."""
     from ..data.loading import load_dataset
-    from ..evaluate.suite import load_suite
+    from ..evaluation.suite import load_suite
 
     try:
         load_suite(ex.suite)
@@ -71,7 +71,7 @@ def regenerate(
     progress: bool = True,
 ) -> list[Path]:
     """Run every available example, copy its report to ``out`` and render the comparison."""
-    from ..evaluate.runner import evaluate
+    from ..evaluation.runner import evaluate
 
     out.mkdir(parents=True, exist_ok=True)
     done: list[Path] = []

@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from ..errors import InputError
-from ..evaluate.metrics import summarize
-from ..evaluate.store import Store, unpack_tensors
+from ..evaluation.metrics import summarize
+from ..evaluation.store import Store, unpack_tensors
 
 TENSOR_BATCHES = 4
 

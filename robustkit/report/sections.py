@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..evaluate.metrics import wilson
+from ..evaluation.metrics import wilson
 from .load import Run
 
 # Per-sample metrics that are labels or indices, not quantities to average.

@@ -21,7 +21,7 @@ model itself. Its forward pass
 bf16 has 8 bits of mantissa: near 1.0 it cannot represent a step of 1/255, so a bf16 forward pass can
 call an input adversarial that is not. Every verdict that counts is therefore taken with the fp32
 reference model: ``reference(model)`` unwraps a ``FastModel`` (and is the identity otherwise), and
-the runner's recheck (``robustkit.evaluate.execute.recheck``) runs it with autocast off.
+the runner's recheck (``robustkit.evaluation.execute.recheck``) runs it with autocast off.
 
 The wrapper shares parameters and buffers with the reference model (no copy); attacks' state
 preservation (``robustkit.models.state.preserved``) sees the reference model's parameters as the

@@ -180,10 +180,10 @@ def evaluate(
     """Evaluate ``model`` on ``data`` under ``suite`` and write the run directory. Returns the summary.
 
     ``model_name`` names a model given as a Python object; ``defense_info`` (from
-    ``robustkit.evaluate.defended.honor``) records a defense's capabilities and how they were honored.
+    ``robustkit.evaluation.defended.honor``) records a defense's capabilities and how they were honored.
     ``fold_bn`` / ``channels_last`` / ``compile`` / ``amp`` ('bf16'): the attacks' fast path
-    (``robustkit.evaluate.fastpath``; successes are still rechecked in fp32); ``profile`` writes
-    ``profile.json`` (time per attack and pass counts, ``robustkit.evaluate.profile``) and adds it to the summary.
+    (``robustkit.evaluation.fastpath``; successes are still rechecked in fp32); ``profile`` writes
+    ``profile.json`` (time per attack and pass counts, ``robustkit.evaluation.profile``) and adds it to the summary.
 
     Started by ``torchrun``, every rank evaluates its shard and rank 0 merges and renders.
     """
