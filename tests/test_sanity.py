@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
@@ -214,6 +213,7 @@ def test_docs_page_is_the_check_table():
     page = (Path(__file__).resolve().parents[1] / "docs" / "sanity-checks.md").read_text()
     assert checks_markdown() in page
     import robustkit.evaluation.sanity as sanity
+
     for c in CHECKS:
         assert c.name in sanity.__doc__
 
