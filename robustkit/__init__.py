@@ -10,18 +10,20 @@ Quick use::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
 from .data.loading import load_dataset
 from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
 from .evaluation.runner import RunResult, evaluate
 from .evaluation.suite import load_suite
-from .models.loading import load_model
+from .models.loading import load_model, register_adapter
 from .models.normalized import Normalized
 from .models.state import preserved
 from .models.zoo import load_zoo_model
 from .threat import L2, Linf, make_threat
+from .version import __version__
+
+# ART estimators passed as models become nn.Modules; robustkit.art (and ART) load on first use.
+register_adapter("art.estimators", "robustkit.art:from_estimator")
 
 __all__ = [
     "ATTACKS",

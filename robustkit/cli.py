@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
 from .errors import RobustkitError
+from .version import __version__
 
 
 def _positive_int(text: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..models.loading import register_adapter
 from .boundary import LAYOUTS
 from .estimator import EstimatorModel, RobustkitModel, from_estimator, is_art_estimator, to_estimator
 from .evasion import RobustkitEvasionAttack
@@ -38,6 +39,8 @@ __all__ = [
     "recipe_attack",
     "to_estimator",
 ]
+
+register_adapter("art.estimators", from_estimator)  # robustkit.evaluate(model=classifier)
 
 
 def __getattr__(name: str) -> Any:

@@ -260,16 +260,20 @@ class RobustkitEvasionAttack(EvasionAttack):
             return self._predict(model, xt), given
         return (given if given is not None else self._predict(model, xt)), None
 
+    def _start(self, x: np.ndarray, unused: dict[str, Any]) -> tuple[Attack, EstimatorModel, torch.Tensor]:
+        """The attack, the model and ``x`` as a tensor, after refusing arguments ``generate`` does not take."""
+        if unused:
+            raise ConfigError(f"{type(self).__name__}.generate got unexpected arguments: {', '.join(unused)}")
+        attack = self.robustkit_attack()
+        xt = self._inputs(x)
+        self._check_kind(attack, xt)
+        return attack, self._model(), xt
+
     # ------------------------------------------------------------------ ART API
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """Adversarial examples for ``x`` (estimator layout and range), as a float32 array like ``x``."""
         mask = kwargs.pop("mask", None)
-        if kwargs:
-            raise ConfigError(f"{type(self).__name__}.generate got unexpected arguments: {', '.join(kwargs)}")
-        attack = self.robustkit_attack()
-        model = self._model()
-        xt = self._inputs(x)
-        self._check_kind(attack, xt)
+        attack, model, xt = self._start(x, kwargs)
         n = xt.shape[0]
         seed = self._seed()
         gens = sample_generators(seed, range(n))

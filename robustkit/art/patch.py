@@ -67,12 +67,7 @@ class RobustkitPatchAttack(RobustkitEvasionAttack):
             )
         kwargs.pop("mask", None)
         kwargs.pop("shuffle", None)
-        if kwargs:
-            raise ConfigError(f"{type(self).__name__}.generate got unexpected arguments: {', '.join(kwargs)}")
-        attack = self.robustkit_attack()
-        model = self._model()
-        xt = self._inputs(x)
-        self._check_kind(attack, xt)
+        attack, model, xt = self._start(x, kwargs)
         n = xt.shape[0]
         with eval_mode(model):
             labels = self._predict(model, xt)

@@ -1,11 +1,18 @@
-"""Resolve ``--model`` specs: a zoo name, a torchvision or timm architecture with local weights, or a
-Python factory ``package.module:function``. Weights load only through safetensors or
-``torch.load(weights_only=True)``."""
+"""Resolve ``--model`` specs through a registry of model sources.
+
+A spec is a zoo name, a torchvision or timm architecture with local weights (``resnet18``,
+``torchvision:r3d_18``, ``timm:resnet18``), a Python factory ``package.module:function``, or a model
+object. Each kind is a ``ModelSource`` registered with ``register_source``; the sources of the layers
+above (the built-in zoo) register themselves, so this module imports nothing above ``models``.
+Objects of other libraries (ART estimators) are turned into ``nn.Module`` by adapters registered with
+``register_adapter``. Weights load only through safetensors or ``torch.load(weights_only=True)``.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +23,109 @@ from ..errors import ConfigError, ModelError
 from ..registry import suggest
 from .checkpoint import load_into
 from .normalized import Normalized
-from .zoo import ZOO, load_zoo_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+Normalize = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What the caller asked for besides the spec."""
+
+    dataset: str | None = None
+    weights: str | Path | None = None
+    num_classes: int | None = None
+    normalize: Normalize | None = None
+    device: torch.device | str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class Resolved:
+    """A source's answer: the model, its provenance, and whether it already consumed ``weights`` and
+    ``normalize`` from the request (otherwise ``load_model`` applies them)."""
+
+    model: Any
+    info: dict[str, Any] = field(default_factory=dict)
+    used_weights: bool = False
+    used_normalize: bool = False
+
+
+class ModelSource:
+    """One way to turn a spec string into a model. Subclasses set ``scheme`` and implement ``claims``
+    and ``resolve``; ``names`` feeds "did you mean" suggestions; ``default_for`` picks a model for a
+    dataset (the zoo does)."""
+
+    scheme = ""
+
+    def claims(self, spec: str) -> bool:
+        raise NotImplementedError
+
+    def resolve(self, spec: str, request: ModelRequest) -> Resolved:
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        return []
+
+    def default_for(self, dataset: str) -> str | None:
+        return None
+
+
+_SOURCES: list[ModelSource] = []
+_ADAPTERS: list[tuple[str, Callable[[Any], Any] | str]] = []
+
+
+def register_source(source: ModelSource, *, first: bool = False) -> ModelSource:
+    """Add a model source (once per scheme); ``first`` puts it before the others."""
+    if any(s.scheme == source.scheme for s in _SOURCES):
+        return source
+    _SOURCES.insert(0, source) if first else _SOURCES.append(source)
+    return source
+
+
+def register_adapter(module_prefix: str, convert: Callable[[Any], Any] | str) -> None:
+    """Objects whose class (or a base class) is defined in a module starting with ``module_prefix`` are
+    passed through ``convert`` (a callable, or ``'package.module:function'`` imported on first use)."""
+    if all(prefix != module_prefix for prefix, _ in _ADAPTERS):
+        _ADAPTERS.append((module_prefix, convert))
+
+
+def _import_object(path: str, what: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{what} {path}: expected package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{what} {path}: cannot import module '{module_name}' ({exc})") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{what} {path}: module '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    return obj
+
+
+def adapt(obj: Any) -> Any:
+    """``obj`` converted by the first adapter whose module prefix its class ancestry matches."""
+    for prefix, convert in _ADAPTERS:
+        if any(c.__module__.startswith(prefix) for c in type(obj).__mro__):
+            fn = _import_object(convert, "adapter") if isinstance(convert, str) else convert
+            return fn(obj)
+    return obj
+
+
+def sources() -> list[ModelSource]:
+    return list(_SOURCES)
+
 
 def default_model_for(dataset: str) -> str:
-    """The zoo model trained on a built-in dataset."""
-    for name in ZOO.names():
-        if ZOO.create(name).dataset == dataset:
+    """The model a source offers for ``dataset`` (the zoo model trained on a built-in dataset)."""
+    for source in _SOURCES:
+        name = source.default_for(dataset)
+        if name:
             return name
     raise ConfigError(
         f"no zoo model is trained on '{dataset}'; pass --model (a zoo name, an architecture with --weights, "
@@ -33,43 +133,135 @@ def default_model_for(dataset: str) -> str:
     )
 
 
-def _factory(spec: str) -> Callable[[], Any]:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--model {spec}: cannot import module '{module_name}' ({exc})") from exc
-    fn = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise ConfigError(f"--model {spec}: module '{module_name}' has no attribute '{attr}'")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise ConfigError(f"--model {spec}: '{attr}' is not callable")
-    return fn
+class FactorySource(ModelSource):
+    """``package.module:function``: the function is called without arguments; it may return an
+    ``nn.Module``, a callable, or an object an adapter knows (an ART estimator)."""
+
+    scheme = "module"
+
+    def claims(self, spec: str) -> bool:
+        head = spec.partition(":")[0]
+        return ":" in spec and all(head != s.scheme for s in _SOURCES)
+
+    def resolve(self, spec: str, request: ModelRequest) -> Resolved:
+        fn = _import_object(spec, "--model")
+        if not callable(fn):
+            raise ConfigError(f"--model {spec}: '{spec.partition(':')[2]}' is not callable")
+        result = adapt(fn())
+        if not isinstance(result, nn.Module) and not callable(result):
+            raise ConfigError(f"--model {spec}: the factory returned {type(result).__name__}, not a model")
+        return Resolved(result, {"kind": "factory", "name": spec})
 
 
-def _architecture(name: str, num_classes: int | None) -> nn.Module | None:
-    import torchvision
-
-    kwargs = {"num_classes": num_classes} if num_classes else {}
-    tv_name = name.removeprefix("torchvision:")
-    if tv_name in torchvision.models.list_models():
-        return torchvision.models.get_model(tv_name, weights=None, **kwargs)
-    import timm
-
-    timm_name = name.removeprefix("timm:")
-    if name.startswith("timm:") or timm.is_model(timm_name):
-        if not timm.is_model(timm_name):
-            raise ConfigError(f"--model {name}: timm has no architecture '{timm_name}'")
-        return timm.create_model(timm_name, pretrained=False, **kwargs)
-    return None
+def _need_weights(spec: str, request: ModelRequest, video: bool = False) -> None:
+    if video and (request.weights is None or not request.num_classes):
+        raise ConfigError(
+            f"--model {spec} is a video architecture: pass --weights FILE and a dataset with classes. "
+            "Nothing is downloaded."
+        )
+    if request.weights is None:
+        raise ConfigError(
+            f"--model {spec} is an architecture without weights; pass --weights FILE (.safetensors or a state dict). "
+            "Nothing is downloaded."
+        )
 
 
-def _is_video_architecture(spec: str) -> bool:
-    from .video import VIDEO_MODELS
+class ArchitectureSource(ModelSource):
+    """An image architecture of a library by name, with local weights, ImageNet normalisation unless
+    ``normalize`` says otherwise."""
 
-    return spec.removeprefix("torchvision:") in VIDEO_MODELS and not spec.startswith("timm:")
+    def _exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def _build(self, name: str, kwargs: dict[str, Any]) -> nn.Module:
+        raise NotImplementedError
+
+    def claims(self, spec: str) -> bool:
+        if spec.startswith(f"{self.scheme}:"):
+            return True
+        return ":" not in spec and self._exists(spec)
+
+    def resolve(self, spec: str, request: ModelRequest) -> Resolved:
+        name = spec.removeprefix(f"{self.scheme}:")
+        if not self._exists(name):
+            raise ConfigError(f"--model {spec}: {self.scheme} has no architecture '{name}'")
+        _need_weights(spec, request)
+        kwargs = {"num_classes": request.num_classes} if request.num_classes else {}
+        arch = self._build(name, kwargs)
+        mean, std = request.normalize or (IMAGENET_MEAN, IMAGENET_STD)
+        load_into(arch, request.weights)
+        info = {"kind": "architecture", "name": spec, "weights": str(request.weights)}
+        info.update(mean=list(mean), std=list(std))
+        return Resolved(Normalized(arch, mean, std), info, used_weights=True, used_normalize=True)
+
+
+class TorchvisionSource(ArchitectureSource):
+    scheme = "torchvision"
+
+    def _exists(self, name: str) -> bool:
+        import torchvision
+
+        from .video import VIDEO_MODELS
+
+        return name in torchvision.models.list_models() and name not in VIDEO_MODELS
+
+    def _build(self, name: str, kwargs: dict[str, Any]) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+class TimmSource(ArchitectureSource):
+    scheme = "timm"
+
+    def _exists(self, name: str) -> bool:
+        import timm
+
+        return timm.is_model(name)
+
+    def _build(self, name: str, kwargs: dict[str, Any]) -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
+class VideoSource(ModelSource):
+    """torchvision and pytorchvideo video architectures (Kinetics / pytorchvideo statistics, SlowFast
+    pathway packing), with local weights."""
+
+    scheme = "video"
+
+    def claims(self, spec: str) -> bool:
+        from .video import VIDEO_MODELS
+
+        return spec.removeprefix("torchvision:").removeprefix("video:") in VIDEO_MODELS
+
+    def resolve(self, spec: str, request: ModelRequest) -> Resolved:
+        from .video import video_model
+
+        _need_weights(spec, request, video=True)
+        mean, std = request.normalize or (None, None)
+        name = spec.removeprefix("torchvision:").removeprefix("video:")
+        model = video_model(name, request.num_classes, weights=request.weights, mean=mean, std=std)
+        info = {"kind": "architecture", "name": spec, "weights": str(request.weights), "video": True}
+        if isinstance(model, Normalized):
+            info.update(mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
+        return Resolved(model, info, used_weights=True, used_normalize=True)
+
+
+for _source in (VideoSource(), TorchvisionSource(), TimmSource(), FactorySource()):
+    register_source(_source)
+
+
+def _resolve(spec: str, request: ModelRequest) -> Resolved:
+    for source in _SOURCES:
+        if source.claims(spec):
+            return source.resolve(spec, request)
+    known = [n for s in _SOURCES for n in s.names()]
+    raise ConfigError(
+        f"unknown model '{spec}'{suggest(spec, known)}: not a zoo model ({', '.join(known)}), "
+        "a torchvision or timm architecture, or package.module:function"
+    )
 
 
 def load_model(
@@ -78,77 +270,28 @@ def load_model(
     dataset: str | None = None,
     weights: str | Path | None = None,
     num_classes: int | None = None,
-    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    normalize: Normalize | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return (model in eval mode on ``device``, provenance info)."""
-    info: dict[str, Any] = {}
+    request = ModelRequest(dataset, weights, num_classes, normalize, device, progress)
     if spec is None:
         if dataset is None:
             raise ConfigError("no model given and no built-in dataset to pick a zoo model for")
         spec = default_model_for(dataset)
-    if any(c.__module__.startswith("art.estimators") for c in type(spec).__mro__):
-        from ..art import from_estimator  # an ART estimator: its torch model, preprocessing and clip_values
-
-        spec = from_estimator(spec)
-    if isinstance(spec, nn.Module) or (callable(spec) and not isinstance(spec, str)):
-        model = spec
-        info["kind"] = "object"
-        info["name"] = type(spec).__name__
-    elif spec in ZOO:
-        model = load_zoo_model(spec, device=device, progress=progress)
-        info.update(kind="zoo", name=spec)
-    elif ":" in spec and not spec.startswith(("timm:", "torchvision:")):
-        result = _factory(spec)()
-        if any(c.__module__.startswith("art.estimators") for c in type(result).__mro__):
-            from ..art import from_estimator  # a factory may return an ART estimator too
-
-            result = from_estimator(result)
-        if not isinstance(result, nn.Module) and not callable(result):
-            raise ConfigError(f"--model {spec}: the factory returned {type(result).__name__}, not a model")
-        model = result
-        info.update(kind="factory", name=spec)
-    elif _is_video_architecture(spec):
-        from .video import video_model  # Kinetics / pytorchvideo statistics, SlowFast pathway packing
-
-        if weights is None or not num_classes:
-            raise ConfigError(
-                f"--model {spec} is a video architecture: pass --weights FILE and a dataset with classes. "
-                "Nothing is downloaded."
-            )
-        mean, std = normalize or (None, None)
-        model = video_model(
-            spec.removeprefix("torchvision:"), num_classes, weights=weights, mean=mean, std=std
-        )
-        info.update(kind="architecture", name=spec, weights=str(weights), video=True)
-        if isinstance(model, Normalized):
-            info.update(mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
-        weights, normalize = None, None
+    spec = adapt(spec)
+    if isinstance(spec, str):
+        resolved = _resolve(spec, request)
     else:
-        arch = _architecture(spec, num_classes)
-        if arch is None:
-            raise ConfigError(
-                f"unknown model '{spec}'{suggest(spec, ZOO.names())}: not a zoo model ({', '.join(ZOO.names())}), "
-                "a torchvision or timm architecture, or package.module:function"
-            )
-        if weights is None:
-            raise ConfigError(
-                f"--model {spec} is an architecture without weights; pass --weights FILE (.safetensors or a state dict). "
-                "Nothing is downloaded."
-            )
-        mean, std = normalize or (IMAGENET_MEAN, IMAGENET_STD)
-        load_into(arch, weights)
-        model = Normalized(arch, mean, std)
-        info.update(kind="architecture", name=spec, weights=str(weights), mean=list(mean), std=list(std))
-        weights = None
-    if weights is not None:
+        resolved = Resolved(spec, {"kind": "object", "name": type(spec).__name__})
+    model, info = resolved.model, resolved.info
+    if weights is not None and not resolved.used_weights:
         if not isinstance(model, nn.Module):
             raise ConfigError("--weights needs a model that is an nn.Module")
-        target = model.model if isinstance(model, Normalized) else model
-        load_into(target, weights)
+        load_into(model.model if isinstance(model, Normalized) else model, weights)
         info["weights"] = str(weights)
-    if normalize is not None and info.get("kind") != "architecture":
+    if normalize is not None and not resolved.used_normalize:
         model = Normalized(model, *normalize)
     if isinstance(model, nn.Module):
         model = model.to(device).eval()

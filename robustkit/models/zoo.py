@@ -19,6 +19,7 @@ from torch import nn
 
 from ..registry import Registry
 from .checkpoint import load_into, save_weights, sha256
+from .loading import ModelRequest, ModelSource, Resolved, register_source
 from .normalized import Normalized
 from .resnet import SmallResNet
 
@@ -154,3 +155,26 @@ register_small_resnet(
     epochs=6,
     description="Compact ResNet (16-32-64-128 channels) for 32x32 shapes, standard training.",
 )
+
+
+class ZooSource(ModelSource):
+    """Zoo names: the built-in models, trained on first use."""
+
+    scheme = "zoo"
+
+    def claims(self, spec: str) -> bool:
+        return spec.removeprefix("zoo:") in ZOO
+
+    def resolve(self, spec: str, request: ModelRequest) -> Resolved:
+        name = spec.removeprefix("zoo:")
+        model = load_zoo_model(name, device=request.device, progress=request.progress)
+        return Resolved(model, {"kind": "zoo", "name": name})
+
+    def names(self) -> list[str]:
+        return ZOO.names()
+
+    def default_for(self, dataset: str) -> str | None:
+        return next((n for n in ZOO.names() if ZOO.create(n).dataset == dataset), None)
+
+
+register_source(ZooSource(), first=True)

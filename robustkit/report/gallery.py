@@ -9,6 +9,7 @@ frame) and a sparkline of the per-frame perturbation norms of the stored 8-bit c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,55 +44,49 @@ def _sample_head(run: Run, idx: int) -> dict[str, Any]:
     }
 
 
-def image_gallery(run: Run) -> list[dict[str, Any]]:
-    """Per sample: clean thumbnail and, per attack, adversarial and amplified perturbation."""
+def _gallery(
+    run: Run, ndim: int, clean: Callable[[Any], dict[str, Any]], shot: Callable[[Any], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One card per sample with examples of ``ndim`` dimensions: its head, ``clean(example)`` once, and
+    per attack the caption and ``shot(example)``."""
     cards: dict[int, dict[str, Any]] = {}
     for a in run.attacks:
         for ex in run.examples.get(a["name"], []):
-            if ex.clean.ndim != 3:
+            if ex.clean.ndim != ndim:
                 continue
-            card = cards.get(ex.idx)
-            if card is None:
-                card = cards[ex.idx] = {
-                    **_sample_head(run, ex.idx),
-                    "clean": png_data_uri(ex.clean),
-                    "shots": [],
-                }
-            diff, scale = amplified(ex.clean, ex.adv)
-            card["shots"].append(
-                {
-                    **_caption(run, ex.idx, a["name"]),
-                    "adv": png_data_uri(ex.adv),
-                    "diff": png_data_uri(diff),
-                    "max_change": scale,
-                }
-            )
+            if ex.idx not in cards:
+                cards[ex.idx] = {**_sample_head(run, ex.idx), **clean(ex), "shots": []}
+            cards[ex.idx]["shots"].append({**_caption(run, ex.idx, a["name"]), **shot(ex)})
     return [cards[i] for i in sorted(cards)]
+
+
+def _image_shot(ex: Any) -> dict[str, Any]:
+    diff, scale = amplified(ex.clean, ex.adv)
+    return {"adv": png_data_uri(ex.adv), "diff": png_data_uri(diff), "max_change": scale}
+
+
+def image_gallery(run: Run) -> list[dict[str, Any]]:
+    """Per sample: clean thumbnail and, per attack, adversarial and amplified perturbation."""
+    return _gallery(run, 3, lambda ex: {"clean": png_data_uri(ex.clean)}, _image_shot)
+
+
+def _video_shot(ex: Any) -> dict[str, Any]:
+    uri, animated = clip_uri(ex.clean, ex.adv)
+    linf, l2 = frame_norms(ex.clean, ex.adv)
+    return {
+        "clip": uri,
+        "animated": animated,
+        "frames": len(linf),
+        "linf": linf,
+        "l2": l2,
+        "spark": sparkline(linf),
+        "linf_max": max(linf) if linf else 0.0,
+    }
 
 
 def video_gallery(run: Run) -> list[dict[str, Any]]:
     """Per sample: per attack an animated clip (clean | adversarial | perturbation) and frame norms."""
-    cards: dict[int, dict[str, Any]] = {}
-    for a in run.attacks:
-        for ex in run.examples.get(a["name"], []):
-            if ex.clean.ndim != 4:
-                continue
-            card = cards.setdefault(ex.idx, {**_sample_head(run, ex.idx), "shots": []})
-            uri, animated = clip_uri(ex.clean, ex.adv)
-            linf, l2 = frame_norms(ex.clean, ex.adv)
-            card["shots"].append(
-                {
-                    **_caption(run, ex.idx, a["name"]),
-                    "clip": uri,
-                    "animated": animated,
-                    "frames": len(linf),
-                    "linf": linf,
-                    "l2": l2,
-                    "spark": sparkline(linf),
-                    "linf_max": max(linf) if linf else 0.0,
-                }
-            )
-    return [cards[i] for i in sorted(cards)]
+    return _gallery(run, 4, lambda ex: {}, _video_shot)
 
 
 def _distinct(tensors: list[torch.Tensor], limit: int) -> list[torch.Tensor]:
