@@ -22,7 +22,8 @@ import torch
 from ..functional.random import GeneratorLike
 from ..threat import ThreatModel, make_threat
 from .base import AttackResult, Counter, positive, register
-from .video_base import Adam, VideoAttack, final_result, optimize
+from .loop import Ascent, until_success
+from .video_base import Adam, VideoAttack, final_result
 
 
 def temporal_derivatives(delta: torch.Tensor, cyclic: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,10 +102,11 @@ class Flicker(VideoAttack):
         def update(d: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
             return (d + adam.step(g)).clamp(-self.eps, self.eps)
 
-        x_adv, success, _ = optimize(
-            model, y, delta, compose=compose, update=update, steps=self.steps, objective=objective,
-            target=target, counter=counter, penalty=self.penalty, keep="last",
-        )  # fmt: skip
+        def regularize(gain: torch.Tensor, d: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            return gain - self.penalty(d)
+
+        ascent = Ascent(objective=objective, update=update, compose=compose, regularize=regularize)
+        x_adv, _, _ = until_success(model, delta, ascent, y, target, counter, steps=self.steps, last=True)
         result = final_result(model, x_adv, y, target, counter)
         # the applied offsets (after the [0, 1] box), averaged over each frame's pixels
         result.artifacts = self._artifacts((x_adv - x).mean(dim=(3, 4), keepdim=True))
