@@ -98,15 +98,23 @@ class Keep:
 
 
 def ascend(
-    model: Callable, param: torch.Tensor, ascent: Ascent, keep: Keep, *, steps: int, counter: Counter
+    model: Callable,
+    param: torch.Tensor,
+    ascent: Ascent | Callable[[int], Ascent],
+    keep: Keep,
+    *,
+    steps: int,
+    counter: Counter,
 ) -> Any:
-    """Run ``steps`` steps of ``ascent`` from ``param``; returns ``keep.result(...)``."""
+    """Run ``steps`` steps of ``ascent`` from ``param``; returns ``keep.result(...)``. A function of the
+    step in place of ``ascent`` gives each step its own (a universal attack's minibatch)."""
     for i in range(steps):
-        x_adv, gain, logits, grad = ascent.evaluate(model, param, counter)
+        step = ascent if isinstance(ascent, Ascent) else ascent(i)
+        x_adv, gain, logits, grad = step.evaluate(model, param, counter)
         if keep.observe(i, param, x_adv, gain, logits):
             return keep.result(param, stopped=True)
         del x_adv, logits
-        param = ascent.update(param, grad, i)
+        param = step.update(param, grad, i)
         del grad
         settled = keep.settle(i, param)
         if settled is None:
@@ -189,9 +197,19 @@ class KeepBest(Keep):
         return where_batch(self.final(param) > self.best_gain, param, self.best)
 
 
-class KeepLast(Keep):
+class Final(Keep):
+    """The final parameter, after every step (universal patches and frames: no per-sample choice)."""
+
+    def observe(self, step, param, x_adv, gain, logits) -> bool:
+        return False
+
+    def result(self, param: torch.Tensor, stopped: bool) -> torch.Tensor:
+        return param
+
+
+class KeepLast(Final):
     """The final parameter; tracks which samples succeeded (``found``, e.g. for an update that stops
-    changing them) and stops once all did. ``result`` is the parameter."""
+    changing them) and stops once all did."""
 
     def __init__(self, y: torch.Tensor, target: torch.Tensor | None) -> None:
         self.y, self.target = y, target
@@ -200,9 +218,6 @@ class KeepLast(Keep):
     def observe(self, step, param, x_adv, gain, logits) -> bool:
         self.found = self.found | is_success(logits, self.y, self.target)
         return bool(self.found.all())
-
-    def result(self, param: torch.Tensor, stopped: bool) -> torch.Tensor:
-        return param
 
 
 class Freeze(Keep):
