@@ -18,7 +18,7 @@ The keep strategies are below; PGD's in-place, compacting form is :class:`Freeze
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,3 +350,16 @@ def until_success(
     options ``keep`` passes on); returns ``(x_adv, success, param)``."""
     return ascend(model, param, ascent, KeepSuccess(model, ascent, y, target, counter, **keep), steps=steps,
                   counter=counter)  # fmt: skip
+
+
+def minibatches(
+    n: int, batch_size: int, generator: torch.Generator | None, device: torch.device | str
+) -> Iterator[torch.Tensor]:
+    """Endless minibatch indices into ``n`` training samples (universal attacks): every epoch a new
+    order from ``generator``, drawn when the epoch starts; full batches only, except that an epoch
+    always yields at least one (all ``n`` when ``batch_size > n``)."""
+    while True:
+        where = generator.device if generator is not None else "cpu"
+        order = torch.randperm(n, generator=generator, device=where).to(device)
+        for pos in range(0, max(n - batch_size, 0) + 1, batch_size):
+            yield order[pos : pos + batch_size]

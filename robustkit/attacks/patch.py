@@ -30,6 +30,7 @@ from ..functional.placement import paste, placement_matrix, sample_placement, sh
 from ..functional.random import GeneratorLike, shared, uniform
 from ..validate import check_inputs, check_labels
 from .base import AttackResult, Counter, forward, positive, register
+from .loop import Ascent, Final, ascend, minibatches
 from .physical import PhysicalAttack, chunked_logits, quantize
 
 log = logging.getLogger(__name__)
@@ -151,28 +152,28 @@ class Patch(PhysicalAttack):
         param = uniform(self.texture_shape(c, h, w), g, x.device, x.dtype).requires_grad_(True)
         opt = torch.optim.Adam([param], lr=self.learning_rate)
         target = torch.full((min(self.batch_size, n),), self.target_class, device=x.device, dtype=torch.long)
-        order, pos = torch.empty(0, dtype=torch.long), n
-        for _ in range(self.max_iter):
-            if pos + self.batch_size > n:  # a new epoch in a new order
-                order, pos = (
-                    torch.randperm(n, generator=g, device=g.device if g is not None else "cpu").to(x.device),
-                    0,
-                )
-            idx = order[pos : pos + self.batch_size]
-            pos += self.batch_size
-            xb, yb = x[idx], y[idx]
-            tb = target[: xb.shape[0]] if self.targeted else None
-            with torch.enable_grad():
-                rows, _ = self._render(xb, param, g, reps)
-                if not eot.identity:
-                    rows = eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device))
-                loss = self.objective(yb, tb)(forward(model, rows, counter)).mean()
-                (grad,) = torch.autograd.grad(-loss, param)
-            counter.backward += 1
-            param.grad = grad
+        batches = minibatches(n, self.batch_size, g, x.device)
+
+        def update(p: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            param.grad = grad.neg_()  # torch's Adam descends
             opt.step()
             with torch.no_grad():
-                param.clamp_(0, 1)
+                return param.clamp_(0, 1)
+
+        def minibatch(_: int) -> Ascent:
+            idx = next(batches)
+            xb, yb = x[idx], y[idx]
+            objective = self.objective(yb, target[: xb.shape[0]] if self.targeted else None)
+
+            def compose(texture: torch.Tensor) -> torch.Tensor:
+                rows, _ = self._render(xb, texture, g, reps)
+                return (
+                    rows if eot.identity else eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device))
+                )
+
+            return Ascent(compose=compose, objective=lambda logits: objective(logits).mean(), update=update)
+
+        ascend(model, param, minibatch, Final(), steps=self.max_iter, counter=counter)
         return quantize(param.detach())
 
     # ------------------------------------------------------------------ evaluation

@@ -39,7 +39,8 @@ from ..functional.random import GeneratorLike, shared, uniform
 from ..functional.video import check_video, drop_index, gather_frames, quantize8, shift_index
 from ..models.state import preserved
 from ..validate import check_labels
-from .base import AttackResult, Counter, forward, positive, register
+from .base import AttackResult, Counter, positive, register
+from .loop import Ascent, Final, ascend, minibatches
 from .video_base import Adam, VideoAttack, final_result
 
 log = logging.getLogger(__name__)
@@ -194,26 +195,23 @@ class VideoPatch(VideoAttack):
         n, c, t, h, w = x.shape
         param = uniform(self.texture_shape(c, t, h, w), g, x.device, x.dtype)
         adam = Adam(self.learning_rate)
-        order, pos = torch.empty(0, dtype=torch.long), n
-        for _ in range(self.max_iter):
-            if pos + min(self.batch_size, n) > n:  # a new epoch in a new order
-                order = torch.randperm(n, generator=g, device=g.device if g is not None else "cpu").to(
-                    x.device
-                )
-                pos = 0
-            idx = order[pos : pos + self.batch_size]
-            pos += self.batch_size
+        batches = minibatches(n, self.batch_size, g, x.device)
+
+        def update(p: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            return (p + adam.step(grad)).clamp(0, 1)
+
+        def minibatch(_: int) -> Ascent:
+            idx = next(batches)
             xb = x[idx].repeat(self.n_samples, 1, 1, 1, 1)
             yb = y[idx].repeat(self.n_samples)
-            tb = torch.full_like(yb, self.target_class) if self.targeted else None
+            objective = self.objective(yb, torch.full_like(yb, self.target_class) if self.targeted else None)
             eot = self.sample(xb.shape[0], t, (h, w), g, x.device)
-            with torch.enable_grad():
-                leaf = param.detach().requires_grad_(True)
-                rows = self.render(xb, leaf, eot, temporal=True)
-                loss = self.objective(yb, tb)(forward(model, rows, counter)).mean()
-                (grad,) = torch.autograd.grad(loss, leaf)
-            counter.backward += 1
-            param = (param + adam.step(grad)).clamp(0, 1)
+            return Ascent(
+                compose=lambda texture: self.render(xb, texture, eot, temporal=True),
+                objective=lambda logits: objective(logits).mean(), update=update,
+            )  # fmt: skip
+
+        param = ascend(model, param, minibatch, Final(), steps=self.max_iter, counter=counter)
         return (param * 255).round() / 255
 
     # ------------------------------------------------------------------ evaluation
