@@ -23,7 +23,8 @@ from ..functional.random import GeneratorLike
 from ..threat import ThreatModel, make_threat
 from .base import AttackResult, Counter, positive, register
 from .loop import Ascent, until_success
-from .video_base import Adam, VideoAttack, final_result
+from .lp import final_result
+from .video_base import Adam, VideoAttack
 
 
 def temporal_derivatives(delta: torch.Tensor, cyclic: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,8 @@ from ..functional.random import GeneratorLike, uniform
 from ..functional.video import border_mask, from_frames, quantize8, to_frames
 from .base import AttackResult, Counter, positive, register
 from .loop import Ascent, until_success
-from .video_base import Adam, VideoAttack, final_result
+from .lp import final_result
+from .video_base import Adam, VideoAttack
 
 
 def scaled_width(width: int, height: int, frame_width: int, reference_size: int | None) -> int:

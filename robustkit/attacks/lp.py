@@ -1,5 +1,6 @@
-"""The bases of the gradient attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted) and
-``LpAttack`` (that, inside an Lp ball: ``norm`` / ``eps`` and the threat they name, held once)."""
+"""The bases of the gradient attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted),
+``LpAttack`` (that, inside an Lp ball: ``norm`` / ``eps`` and the threat they name, held once) and
+``IterativeLpAttack`` (PGD's steps, random start and restarts)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from ..functional.losses import get_loss
-from ..functional.random import GeneratorLike
+from ..functional.random import GeneratorLike, subset
 from ..threat import ThreatModel, make_threat
-from .base import Attack, Counter, resolve_targets
+from .base import Attack, AttackResult, Counter, forward, is_success, positive, resolve_targets
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,3 +73,64 @@ class LpAttack(LossAttack):
     @property
     def threat(self) -> ThreatModel:
         return make_threat(self.norm, self.eps)
+
+
+Attempt = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IterativeLpAttack(LpAttack):
+    """An ``LpAttack`` of ``steps`` projected steps of ``step_size`` (None: 2.5 * eps / steps) from a
+    random start (``random_start``), repeated ``restarts`` times on the samples still robust."""
+
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self.steps, "steps")
+        positive(self.restarts, "restarts")
+        if self.step_size is not None:
+            positive(self.step_size, "step_size")
+
+    @property
+    def step(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def restarted(
+        self, attempt: Attempt, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+        generator: GeneratorLike, *per_sample: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``attempt(x, y, target, generator, *per_sample) -> (x_adv, success)`` on the whole batch (no
+        copies), then once per further restart on the samples still robust, with their generators."""
+        x_adv, success = attempt(x, y, target, generator, *per_sample)
+        for _ in range(1, self.restarts):
+            todo = ~success
+            if not bool(todo.any()):
+                break
+            idx = todo.nonzero()[:, 0]
+            ts = target[idx] if target is not None else None
+            extra = [t[idx] for t in per_sample]
+            adv, ok = attempt(x[idx], y[idx], ts, subset(generator, todo), *extra)
+            x_adv[idx] = adv
+            success[idx] = ok
+        return x_adv, success
+
+
+def final_result(
+    model: Callable,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    counter: Counter,
+    **extra,
+) -> AttackResult:
+    """Judge the final adversarial inputs with one forward pass and package the result."""
+    with torch.no_grad():
+        logits = forward(model, x_adv, counter)
+    return AttackResult(
+        x_adv=x_adv.detach(), success=is_success(logits, y, target), logits=logits, counters=counter.as_dict(),
+        **extra,
+    )  # fmt: skip

@@ -11,46 +11,31 @@ from dataclasses import dataclass
 
 import torch
 
-from ..functional.random import GeneratorLike, subset
+from ..functional.random import GeneratorLike
 from ..threat import ThreatModel
 from .base import (
     AttackResult,
     Counter,
-    forward,
-    is_success,
     loss_and_grad,
     pick_runs,
-    positive,
     register,
     repeat_runs,
     stack_in_batch,
     stacked_or_none,
 )
 from .loop import gradient_ascent
-from .lp import LpAttack
+from .lp import IterativeLpAttack, LpAttack, final_result
 
 __all__ = ["FGSM", "PGD", "gradient_ascent"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class PGD(LpAttack):
+class PGD(IterativeLpAttack):
     """PGD with random start and restarts.
 
     ``step_size`` defaults to 2.5 * eps / steps. ``targeted`` uses ``target`` passed at call time,
     else picks targets by ``target_mode`` ('random', 'least-likely' or a class index).
     """
-
-    steps: int = 10
-    step_size: float | None = None
-    random_start: bool = True
-    restarts: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive(self.steps, "steps")
-        positive(self.restarts, "restarts")
-        if self.step_size is not None:
-            positive(self.step_size, "step_size")
 
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
         counter = Counter()
@@ -59,31 +44,18 @@ class PGD(LpAttack):
         if self.eps == 0:
             success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
-        step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        step = self.step
         if self.restarts > 1 and stack_in_batch(x):
             stacked = stacked_or_none(
                 lambda: self._stacked(model, x, y, target, generator, counter, threat, step), generator
             )
             if stacked is not None:
                 return stacked
-        for restart in range(self.restarts):
-            if restart == 0:  # the whole batch: no copies
-                start = self._start(x, threat, generator)
-                adv, ok = self._ascend(model, x, y, target, start, threat, step, counter)
-                if self.restarts == 1:
-                    return AttackResult(x_adv=adv, success=ok, counters=counter.as_dict())
-                x_adv, success = adv, ok
-                continue
-            todo = ~success
-            if not bool(todo.any()):
-                break
-            idx = todo.nonzero()[:, 0]
-            xs, ys = x[idx], y[idx]
-            ts = target[idx] if target is not None else None
-            gens = subset(generator, todo)
-            adv, ok = self._ascend(model, xs, ys, ts, self._start(xs, threat, gens), threat, step, counter)
-            x_adv[idx] = adv
-            success[idx] = ok
+
+        def attempt(xs, ys, ts, gens) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._ascend(model, xs, ys, ts, self._start(xs, threat, gens), threat, step, counter)
+
+        x_adv, success = self.restarted(attempt, x, y, target, generator)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
     def _start(self, x: torch.Tensor, threat: ThreatModel, generator: GeneratorLike) -> torch.Tensor:
@@ -135,15 +107,7 @@ class FGSM(LpAttack):
         threat = self.threat
         target = self.targets(model, x, y, target, generator, counter)
         _, _, grad = loss_and_grad(model, x, self.objective(y, target), counter)
-        x_adv = x + threat.clip(x, self.eps * threat.direction(grad))
-        with torch.no_grad():
-            logits = forward(model, x_adv, counter)
-        return AttackResult(
-            x_adv=x_adv.detach(),
-            success=is_success(logits, y, target),
-            logits=logits,
-            counters=counter.as_dict(),
-        )
+        return final_result(model, x + threat.clip(x, self.eps * threat.direction(grad)), y, target, counter)
 
 
 register("pgd")(PGD)

@@ -21,7 +21,8 @@ from ..errors import ConfigError
 from ..functional.random import GeneratorLike
 from .base import AttackResult, Counter, positive, register
 from .loop import Ascent, KeepLast, ascend
-from .video_base import VideoAttack, final_result
+from .lp import final_result
+from .video_base import VideoAttack
 
 
 def pixel_budget(pixels: int, height: int, width: int, max_fraction: float) -> int:

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from ..functional.video import check_video, frame_metrics
-from .base import AttackResult, Counter, forward, is_success
+from .base import AttackResult
 from .lp import LossAttack
 
 
@@ -56,23 +56,3 @@ class Adam:
         m_hat = self.m / (1 - b1**self.t)
         v_hat = self.v / (1 - b2**self.t)
         return self.lr * m_hat / (v_hat.sqrt() + self.eps)
-
-
-def final_result(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    x_adv: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None,
-    counter: Counter,
-    **extra,
-) -> AttackResult:
-    """Evaluate the final adversarial clips once and package the result."""
-    with torch.no_grad():
-        logits = forward(model, x_adv, counter)
-    return AttackResult(
-        x_adv=x_adv.detach(),
-        success=is_success(logits, y, target),
-        logits=logits,
-        counters=counter.as_dict(),
-        **extra,
-    )

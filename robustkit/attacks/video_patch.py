@@ -41,7 +41,8 @@ from ..models.state import preserved
 from ..validate import check_labels
 from .base import AttackResult, Counter, positive, register
 from .loop import Ascent, Final, ascend, minibatches
-from .video_base import Adam, VideoAttack, final_result
+from .lp import final_result
+from .video_base import Adam, VideoAttack
 
 log = logging.getLogger(__name__)
 

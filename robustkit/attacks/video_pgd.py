@@ -17,18 +17,18 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..functional.random import GeneratorLike, subset, uniform
+from ..functional.random import GeneratorLike, uniform
 from ..functional.video import frame_mask_from_indices, uniform_frame_indices
 from ..registry import suggest
 from ..threat import make_threat
 from .base import AttackResult, Counter, loss_and_grad, positive, register
 from .loop import Ascent, gradient_ascent, until_success
-from .lp import LpAttack
+from .lp import IterativeLpAttack
 from .video_base import VideoAttack
 
 
 @dataclass(frozen=True, kw_only=True)
-class VideoPGD(LpAttack, VideoAttack):
+class VideoPGD(IterativeLpAttack, VideoAttack):
     """PGD on clips with random start and restarts (restarts run only on samples still robust).
 
     Defaults follow the adversarial-video literature: eps = 4/255, step 1/255, 5 steps. ``step_size``
@@ -38,16 +38,7 @@ class VideoPGD(LpAttack, VideoAttack):
     eps: float = 4 / 255
     steps: int = 5
     step_size: float | None = 1 / 255
-    random_start: bool = True
-    restarts: int = 1
     shared_frames: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive(self.steps, "steps")
-        positive(self.restarts, "restarts")
-        if self.step_size is not None:
-            positive(self.step_size, "step_size")
 
     def frame_mask(self, model, x, y, target, generator: GeneratorLike, counter: Counter) -> torch.Tensor:
         """``(B, 1, T, 1, 1)`` float mask of the frames this attack may change: all of them."""
@@ -60,23 +51,17 @@ class VideoPGD(LpAttack, VideoAttack):
             success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         mask = self.frame_mask(model, x, y, target, generator, counter)
-        # the first run on the whole batch: no copies of the clips beside the attack's own iterate
-        x_adv, success = self._attack(model, x, y, target, mask, generator, counter)
-        for _ in range(1, self.restarts):
-            todo = ~success
-            if not bool(todo.any()):
-                break
-            idx = todo.nonzero()[:, 0]
-            ts = target[idx] if target is not None else None
-            adv, ok = self._attack(model, x[idx], y[idx], ts, mask[idx], subset(generator, todo), counter)
-            x_adv[idx] = adv
-            success[idx] = ok
+
+        def attempt(xs, ys, ts, gens, ms) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._attack(model, xs, ys, ts, ms, gens, counter)
+
+        x_adv, success = self.restarted(attempt, x, y, target, generator, mask)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
     def _attack(self, model, x, y, target, mask, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
         threat = self.threat
         active = int(mask[0].sum())  # frames perturbed, the same for every sample
-        step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        step = self.step
         if self.shared_frames:
             # one (C, 1, H, W) perturbation; under L2 the clip norm is sqrt(active) times its norm
             scale = math.sqrt(active) if threat.p == 2 else 1.0

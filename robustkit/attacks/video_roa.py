@@ -26,7 +26,8 @@ from ..functional.random import GeneratorLike
 from ..functional.video import box_mask, quantize8
 from .base import AttackResult, Counter, forward, loss_and_grad, positive, register
 from .loop import Ascent, until_success
-from .video_base import VideoAttack, final_result
+from .lp import final_result
+from .video_base import VideoAttack
 
 
 def rectangle_size(height: int, width: int, area: float, aspect: float) -> tuple[int, int]:
