@@ -37,50 +37,65 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Patch(PhysicalAttack):
+class UniversalPatch:
+    """The configuration every universal patch shares, on images or clips: its shape (``patch_type``,
+    ``size`` a fraction of the ``surface`` area), placement ranges, Adam training over a training split,
+    the class a targeted patch pushes to, and the trained ``patch`` (a result, not a recipe key)."""
+
+    surface: ClassVar[str] = "image"
+
+    patch_type: str = "circle"
+    size: float | None = 0.1
+    rotation_max: float = 22.5
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    learning_rate: float = 0.1
+    max_iter: int = 300
+    batch_size: int = 16
+    train_samples: int = 256
+    target_class: int = 0
+    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def check_patch(self, *positives: str) -> None:
+        """ConfigErrors for a bad shape, size, scale range, training budget or target class; the
+        fields named in ``positives`` must be > 0 too."""
+        if self.patch_type not in ("circle", "square"):
+            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
+        if self.size is not None and not 0 < self.size <= 1:
+            raise ConfigError(
+                f"size is the fraction of the {self.surface} area the patch covers, in (0, 1]; got {self.size}"
+            )
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        for what in ("learning_rate", "max_iter", "batch_size", "train_samples", *positives):
+            positive(getattr(self, what), what)
+        positive(self.rotation_max, "rotation_max", allow_zero=True)
+        if not isinstance(self.target_class, int) or self.target_class < 0:
+            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Patch(PhysicalAttack, UniversalPatch):
     """Universal adversarial patch; see the module docstring. ``target_class`` is the class the patch
     pushes every image to when ``targeted``; ``eot`` configures photometric EOT on the composite and
     ``n_samples`` (placements per image per step, default 8)."""
 
     name: ClassVar[str] = "patch"
 
-    patch_type: str = "circle"
-    size: float | None = 0.1
     patch_shape: tuple[int, int, int] | None = None
-    rotation_max: float = 22.5
-    scale_min: float = 1.0
-    scale_max: float = 1.0
     distortion_scale_max: float = 0.0
-    learning_rate: float = 0.1
-    max_iter: int = 300
-    batch_size: int = 16
-    train_samples: int = 256
     eot: dict | None = None
     targeted: bool = True
-    target_class: int = 0
-    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.patch_type not in ("circle", "square"):
-            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
-        if self.size is not None and not 0 < self.size <= 1:
-            raise ConfigError(
-                f"size is the fraction of the image area the patch covers, in (0, 1]; got {self.size}"
-            )
-        if not 0 < self.scale_min <= self.scale_max:
-            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        self.check_patch()
         if not 0 <= self.distortion_scale_max < 1:
             raise ConfigError(f"distortion_scale_max must be in [0, 1), got {self.distortion_scale_max}")
-        for what in ("learning_rate", "max_iter", "batch_size", "train_samples"):
-            positive(getattr(self, what), what)
-        positive(self.rotation_max, "rotation_max", allow_zero=True)
         if self.patch_shape is not None and (
             len(self.patch_shape) != 3 or self.patch_shape[1] != self.patch_shape[2]
         ):
             raise ConfigError(f"patch_shape must be (C, S, S), got {self.patch_shape}")
-        if not isinstance(self.target_class, int) or self.target_class < 0:
-            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
         eot = self.photometric
         extra = set(eot.active) - set(PHOTOMETRIC)
         if extra:

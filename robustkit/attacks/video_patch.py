@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import kornia.augmentation as K
 import torch
@@ -42,6 +42,7 @@ from ..validate import check_labels
 from .base import AttackResult, Counter, positive, register
 from .loop import Ascent, Final, ascend, minibatches
 from .lp import final_result
+from .patch import UniversalPatch
 from .video_base import Adam, VideoAttack
 
 log = logging.getLogger(__name__)
@@ -67,45 +68,31 @@ def _kornia_params(
 
 
 @dataclass(frozen=True, kw_only=True)
-class VideoPatch(VideoAttack):
+class VideoPatch(VideoAttack, UniversalPatch):
     """Universal video patch; see the module docstring. ``target_class`` when ``targeted``."""
 
+    surface: ClassVar[str] = "frame"
+
     patch_type: str = "square"
-    size: float = 0.1
-    dynamic: bool = False
     rotation_max: float = 15.0
     scale_min: float = 0.8
-    scale_max: float = 1.0
+    learning_rate: float = 0.05
+    max_iter: int = 200
+    batch_size: int = 32
+    dynamic: bool = False
     brightness: float = 0.1
     frame_drop: float = 0.1
     max_shift: int = 1
     eval_temporal: bool = False
-    learning_rate: float = 0.05
-    max_iter: int = 200
-    batch_size: int = 32
     n_samples: int = 1
-    train_samples: int = 256
-    target_class: int = 0
-    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.patch_type not in ("circle", "square"):
-            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
-        if not 0 < self.size <= 1:
-            raise ConfigError(
-                f"size is the fraction of the frame area the patch covers, in (0, 1]; got {self.size}"
-            )
-        if not 0 < self.scale_min <= self.scale_max:
-            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        self.check_patch("n_samples")
         if not 0 <= self.frame_drop < 1:
             raise ConfigError(f"frame_drop is a probability in [0, 1), got {self.frame_drop}")
-        for what in ("rotation_max", "brightness", "max_shift"):
+        for what in ("brightness", "max_shift"):
             positive(getattr(self, what), what, allow_zero=True)
-        for what in ("learning_rate", "max_iter", "batch_size", "n_samples", "train_samples"):
-            positive(getattr(self, what), what)
-        if not isinstance(self.target_class, int) or self.target_class < 0:
-            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
 
     def params(self) -> dict[str, Any]:
         """Configuration only: the fitted patch is a result, not a recipe key."""
