@@ -28,6 +28,7 @@ from ..eot import PHOTOMETRIC, EvalGrid, per_row
 from ..errors import ConfigError
 from ..functional.placement import paste, placement_matrix, sample_placement, shape_mask, side_for_area
 from ..functional.random import GeneratorLike, shared, uniform
+from ..models.state import preserved
 from ..validate import check_inputs, check_labels
 from .base import AttackResult, Counter, forward, positive, register
 from .loop import Ascent, Final, ascend, minibatches
@@ -72,6 +73,28 @@ class UniversalPatch:
         positive(self.rotation_max, "rotation_max", allow_zero=True)
         if not isinstance(self.target_class, int) or self.target_class < 0:
             raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
+
+    def check_training(self, x_train: torch.Tensor) -> None:
+        """ConfigError unless ``x_train`` is a batch of what the patch attacks."""
+        raise NotImplementedError
+
+    def _optimize(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter):
+        raise NotImplementedError
+
+    def fit(self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None):
+        """Optimize the universal patch on a training split; returns this attack holding it."""
+        self.check_training(x_train)
+        check_labels(y_train, x_train.shape[0], "y_train")
+        if self.targeted:
+            keep = y_train != self.target_class
+            x_train, y_train = x_train[keep], y_train[keep]
+        if x_train.shape[0] == 0:
+            what = "clip" if self.surface == "frame" else self.surface
+            raise ConfigError(f"the training split holds no {what} outside the target class")
+        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
+        with preserved(model):
+            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
+        return replace(self, patch=texture)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,21 +165,8 @@ class Patch(PhysicalAttack, UniversalPatch):
         return out
 
     # ------------------------------------------------------------------ training
-    def fit(
-        self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None
-    ) -> Patch:
-        """Optimize the universal patch on a training split; returns this attack holding it."""
+    def check_training(self, x_train: torch.Tensor) -> None:
         check_inputs(x_train, "x_train", ndims=(4,))
-        check_labels(y_train, x_train.shape[0], "y_train")
-        if self.targeted:
-            keep = y_train != self.target_class
-            x_train, y_train = x_train[keep], y_train[keep]
-        if x_train.shape[0] == 0:
-            raise ConfigError("the training split holds no image outside the target class")
-        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
-        with self.guarded(model):
-            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
-        return replace(self, patch=texture)
 
     def _optimize(
         self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter

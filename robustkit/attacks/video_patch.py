@@ -37,8 +37,6 @@ from ..errors import ConfigError
 from ..functional.placement import shape_mask, side_for_area
 from ..functional.random import GeneratorLike, shared, uniform
 from ..functional.video import check_video, drop_index, gather_frames, quantize8, shift_index
-from ..models.state import preserved
-from ..validate import check_labels
 from .base import AttackResult, Counter, positive, register
 from .loop import Ascent, Final, ascend, minibatches
 from .lp import final_result
@@ -161,21 +159,8 @@ class VideoPatch(VideoAttack, UniversalPatch):
         return out
 
     # ------------------------------------------------------------------ training
-    def fit(
-        self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None
-    ) -> VideoPatch:
-        """Optimize the universal patch on a training split; returns this attack holding it."""
+    def check_training(self, x_train: torch.Tensor) -> None:
         check_video(x_train, "x_train")
-        check_labels(y_train, x_train.shape[0], "y_train")
-        if self.targeted:
-            keep = y_train != self.target_class
-            x_train, y_train = x_train[keep], y_train[keep]
-        if x_train.shape[0] == 0:
-            raise ConfigError("the training split holds no clip outside the target class")
-        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
-        with preserved(model):
-            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
-        return dataclasses.replace(self, patch=texture)
 
     def _optimize(
         self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter
