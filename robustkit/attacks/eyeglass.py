@@ -25,8 +25,9 @@ from ..functional.penalties import non_printability, total_variation
 from ..functional.placement import replace as replace_pixels
 from ..functional.random import GeneratorLike, shared
 from ..validate import check_inputs, check_labels
-from .base import AttackResult, Counter, forward, positive, register
+from .base import AttackResult, Counter, forward, register
 from .loop import Ascent, Final, KeepBest, ascend
+from .lp import check_fields
 from .physical import PhysicalAttack, quantize
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,7 @@ class Eyeglass(PhysicalAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self.steps, "steps")
-        positive(self.step_size, "step_size")
-        positive(self.tv_weight, "tv_weight", allow_zero=True)
-        positive(self.nps_weight, "nps_weight", allow_zero=True)
+        check_fields(self, above_zero=("steps", "step_size"), at_least_zero=("tv_weight", "nps_weight"))
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.eyes not in ("canonical", "detect"):

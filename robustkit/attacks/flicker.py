@@ -21,9 +21,9 @@ import torch
 
 from ..functional.random import GeneratorLike
 from ..threat import ThreatModel, make_threat
-from .base import AttackResult, Counter, positive, register
+from .base import AttackResult, Counter, register
 from .loop import Ascent, until_success
-from .lp import final_result
+from .lp import check_fields, final_result
 from .video_base import Adam, VideoAttack
 
 
@@ -68,10 +68,8 @@ class Flicker(VideoAttack):
     def __post_init__(self) -> None:
         super().__post_init__()
         make_threat("Linf", self.eps)
-        positive(self.steps, "steps")
-        positive(self.learning_rate, "learning_rate")
-        for name in ("regularization", "beta_thickness", "beta_roughness"):
-            positive(getattr(self, name), name, allow_zero=True)
+        check_fields(self, above_zero=("steps", "learning_rate"),
+                     at_least_zero=("regularization", "beta_thickness", "beta_roughness"))  # fmt: skip
 
     @property
     def threat(self) -> ThreatModel:
@@ -91,7 +89,7 @@ class Flicker(VideoAttack):
             return final_result(model, x.clone(), y, target, counter, artifacts=self._artifacts(delta))
         loss = self.objective(y, target)
         kappa = self.kappa if math.isfinite(self.kappa) else None
-        adam = Adam(self.learning_rate)
+        adam, threat = Adam(self.learning_rate), self.threat
 
         def objective(logits: torch.Tensor) -> torch.Tensor:
             value = loss(logits)
@@ -101,7 +99,7 @@ class Flicker(VideoAttack):
             return (x + d).clamp(0, 1)
 
         def update(d: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
-            return (d + adam.step(g)).clamp(-self.eps, self.eps)
+            return threat.project(d + adam.step(g))
 
         def regularize(gain: torch.Tensor, d: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
             return gain - self.penalty(d)

@@ -134,3 +134,14 @@ def final_result(
         x_adv=x_adv.detach(), success=is_success(logits, y, target), logits=logits, counters=counter.as_dict(),
         **extra,
     )  # fmt: skip
+
+
+def check_fields(
+    attack: Attack, *, above_zero: tuple[str, ...] = (), at_least_zero: tuple[str, ...] = ()
+) -> None:
+    """ConfigError naming the first field of ``attack`` that is not a number > 0 (``above_zero``) or
+    >= 0 (``at_least_zero``), checked in that order."""
+    for what in above_zero:
+        positive(getattr(attack, what), what)
+    for what in at_least_zero:
+        positive(getattr(attack, what), what, allow_zero=True)

@@ -20,8 +20,9 @@ from ..eot import mean_over_draws
 from ..functional.penalties import non_printability
 from ..functional.placement import masked_add
 from ..functional.random import GeneratorLike, normal, shared
-from .base import AttackResult, Counter, positive, register
+from .base import AttackResult, Counter, register
 from .loop import Ascent, KeepBest, ascend
+from .lp import check_fields
 from .physical import PhysicalAttack
 
 DEFAULT_EOT = {"rotation": 15.0, "scale": (0.85, 1.15), "translate": 0.05, "perspective": 0.2,
@@ -46,11 +47,9 @@ class Sticker(PhysicalAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self.steps, "steps")
-        positive(self.learning_rate, "learning_rate")
-        positive(self.nps_weight, "nps_weight", allow_zero=True)
-        positive(self.l2_weight, "l2_weight", allow_zero=True)
-        positive(self.init_std, "init_std", allow_zero=True)
+        check_fields(
+            self, above_zero=("steps", "learning_rate"), at_least_zero=("nps_weight", "l2_weight", "init_std")
+        )
         self.make_eot(self.eot, **DEFAULT_EOT)
 
     def sticker_mask(self, x: torch.Tensor) -> torch.Tensor:
