@@ -98,3 +98,16 @@ def test_make_threat_names_the_lp_balls_only():
     assert isinstance(make_threat("linf", 0.1), Linf) and isinstance(make_threat("l2", 1.0), L2)
     with pytest.raises(ConfigError):
         make_threat("L0", 3)
+
+
+def test_lp_attack_holds_norm_eps_and_threat_once():
+    from robustkit.attacks import create_attack
+    from robustkit.attacks.lp import LossAttack, LpAttack
+
+    ball = LpAttack(norm="l2", eps=0.5)
+    assert isinstance(ball.threat, L2) and ball.threat.eps == 0.5 and not isinstance(ball, LossAttack)
+    with pytest.raises(ConfigError):
+        LpAttack(norm="L1", eps=0.5)
+    for name in ("pgd", "fgsm", "video-pgd", "sparse-frames"):
+        attack = create_attack(name, norm="L2", eps=0.25)
+        assert isinstance(attack, LpAttack) and attack.threat == L2(eps=0.25)

@@ -1,11 +1,12 @@
 """The bases of the gradient attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted),
-``LpAttack`` (that, inside an Lp ball: ``norm`` / ``eps`` and the threat they name, held once) and
-``IterativeLpAttack`` (PGD's steps, random start and restarts)."""
+``LpAttack`` (an Lp ball: ``norm`` / ``eps`` and the threat they name, held once; APGD, FAB and Square
+can take it as it is) and ``IterativeLpAttack`` (both, with PGD's steps, random start and restarts)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -15,6 +16,14 @@ from ..threat import ThreatModel, make_threat
 from .base import Attack, AttackResult, Counter, forward, is_success, positive, resolve_targets
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _next_post_init(after: Any) -> None:
+    """Cooperative ``__post_init__``: call the next one in the MRO (``super()``), if any (``Attack``
+    has none), so that the bases combine in any order."""
+    post = getattr(after, "__post_init__", None)
+    if post is not None:
+        post()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +38,7 @@ class LossAttack(Attack):
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
+        _next_post_init(super())
 
     def objective(self, y: torch.Tensor, target: torch.Tensor | None) -> Objective:
         """Per-row loss that rises as the attack succeeds. Logits of several rows per sample (EOT
@@ -60,15 +70,16 @@ class LossAttack(Attack):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LpAttack(LossAttack):
-    """A ``LossAttack`` inside the ``norm`` ball ('Linf' or 'L2') of radius ``eps``."""
+class LpAttack(Attack):
+    """An attack inside the ``norm`` ball ('Linf' or 'L2') of radius ``eps`` (and the [0, 1] box):
+    the two fields and the ``threat`` they name, checked once."""
 
     norm: str = "Linf"
     eps: float = 8 / 255
 
     def __post_init__(self) -> None:
         make_threat(self.norm, self.eps)
-        super().__post_init__()
+        _next_post_init(super())
 
     @property
     def threat(self) -> ThreatModel:
@@ -79,8 +90,8 @@ Attempt = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True, kw_only=True)
-class IterativeLpAttack(LpAttack):
-    """An ``LpAttack`` of ``steps`` projected steps of ``step_size`` (None: 2.5 * eps / steps) from a
+class IterativeLpAttack(LpAttack, LossAttack):
+    """An ``LpAttack`` ascending a ``LossAttack``'s loss in ``steps`` projected steps of ``step_size`` (None: 2.5 * eps / steps) from a
     random start (``random_start``), repeated ``restarts`` times on the samples still robust."""
 
     steps: int = 10

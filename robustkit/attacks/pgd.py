@@ -24,7 +24,7 @@ from .base import (
     stacked_or_none,
 )
 from .loop import gradient_ascent
-from .lp import IterativeLpAttack, LpAttack, final_result
+from .lp import IterativeLpAttack, LossAttack, LpAttack, final_result
 
 __all__ = ["FGSM", "PGD", "gradient_ascent"]
 
@@ -99,7 +99,7 @@ class PGD(IterativeLpAttack):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FGSM(LpAttack):
+class FGSM(LpAttack, LossAttack):
     """One signed-gradient (L-inf) or normalized-gradient (L2) step of size eps from the clean input."""
 
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
