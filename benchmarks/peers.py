@@ -75,7 +75,7 @@ def pgd_vs_peers(
         threat = attack.threat
         with preserved(model):
             adv, _ = rk.gradient_ascent(
-                model, x, y, threat, steps=steps, step_size=2.5 * eps / steps, objective=rk._objective("ce", y, None),
+                model, x, y, threat, steps=steps, step_size=2.5 * eps / steps, objective=attack.objective(y, None),
                 target=None, start=threat.init(x, gens()).add_(x), counter=rk.Counter(),
             )  # fmt: skip
         out["robustkit (no compaction)"] = adv

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -36,7 +36,6 @@ from .registry import check_keys
 
 GEOMETRIC = ("affine", "perspective")
 PHOTOMETRIC = ("brightness", "contrast", "gamma", "hue", "saturation", "noise", "blur", "jpeg")
-ORDER = GEOMETRIC + PHOTOMETRIC
 
 
 def _pair(value: Any, what: str) -> tuple[float, float]:
@@ -48,6 +47,128 @@ def _pair(value: Any, what: str) -> tuple[float, float]:
             raise ConfigError(f"{what} must be [low, high] with low <= high, got {list(value)}")
         return lo, hi
     raise ConfigError(f"{what} must be a number or a [low, high] pair, got {value!r}")
+
+
+class Draw:
+    """Uniform draws for ``n`` rows of spatial ``size`` from the row generators (``EOT.sample``)."""
+
+    def __init__(self, n: int, generator: GeneratorLike, size: tuple[int, int], device: torch.device) -> None:
+        self.n, self.generator, (self.h, self.w), self.device = n, generator, size, device
+
+    def u(self, *shape: int) -> torch.Tensor:
+        return uniform((self.n, *shape), self.generator, self.device, torch.float32)
+
+    def between(self, lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * self.u()
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One EOT transform: the ``EOT`` fields that configure it (``off``: their values when it is off,
+    the first one deciding), its kornia ``module`` (``p=1.0``), its ``sample``r of recorded parameters
+    (named as kornia names them) and, for replay, the kornia parameters it derives from them
+    (``replay(data, x, eot)``, default: none)."""
+
+    off: Mapping[str, Any]
+    module: Callable[[EOT], torch.nn.Module]
+    sample: Callable[[EOT, Draw], dict[str, torch.Tensor]]
+    replay: Callable[[dict[str, torch.Tensor], torch.Tensor, EOT], dict[str, torch.Tensor]] | None = None
+
+    def active(self, eot: EOT) -> bool:
+        return any(getattr(eot, k) != v for k, v in self.off.items())
+
+
+def _factor(name: str, kornia_name: str, module: Callable[..., torch.nn.Module]) -> Transform:
+    """A photometric factor drawn from [1 - v, 1 + v] for the field ``name``."""
+    return Transform(
+        off={name: 0.0},
+        module=lambda e: module(**{name: (1 - getattr(e, name), 1 + getattr(e, name))}, p=1.0),
+        sample=lambda e, d: {kornia_name: d.between(1 - getattr(e, name), 1 + getattr(e, name))},
+    )
+
+
+def _affine(e: EOT, d: Draw) -> dict[str, torch.Tensor]:
+    s = d.between(*e.scale)
+    return {
+        "angle": d.between(-e.rotation, e.rotation),
+        "scale": torch.stack([s, s], 1),
+        "translations": (d.u(2) * 2 - 1) * e.translate * torch.tensor([d.w, d.h], device=d.device),
+    }
+
+
+def _affine_replay(data: dict[str, torch.Tensor], x: torch.Tensor, e: EOT) -> dict[str, torch.Tensor]:
+    n, _, h, w = x.shape
+    center = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device).expand(n, 2).clone()
+    return data | {"center": center, "shear_x": torch.zeros(n, device=x.device),
+                   "shear_y": torch.zeros(n, device=x.device)}  # fmt: skip
+
+
+def _perspective(e: EOT, d: Draw) -> dict[str, torch.Tensor]:
+    start = _corners(d.h, d.w, d.device).expand(d.n, 4, 2)
+    reach = torch.tensor([e.perspective * (d.w - 1) / 2, e.perspective * (d.h - 1) / 2], device=d.device)
+    inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32, device=d.device)
+    return {"start_points": start.clone(), "end_points": start + inward * d.u(4, 2) * reach}
+
+
+def _noise_replay(data: dict[str, torch.Tensor], x: torch.Tensor, e: EOT) -> dict[str, torch.Tensor]:
+    return {"gaussian_noise": _noise(data["seed"], tuple(x.shape[1:]), e.noise, x.device, x.dtype)}
+
+
+# The transforms in application order: geometric first, then photometric.
+TRANSFORMS: dict[str, Transform] = {
+    "affine": Transform(
+        off={"rotation": 0.0, "scale": (1.0, 1.0), "translate": 0.0},
+        module=lambda e: K.RandomAffine(
+            degrees=e.rotation,
+            translate=(e.translate, e.translate),
+            scale=e.scale,
+            padding_mode=e.padding_mode,
+            p=1.0,
+        ),  # fmt: skip
+        sample=_affine,
+        replay=_affine_replay,
+    ),
+    "perspective": Transform(
+        off={"perspective": 0.0},
+        module=lambda e: K.RandomPerspective(distortion_scale=e.perspective, p=1.0),
+        sample=_perspective,
+    ),
+    "brightness": _factor("brightness", "brightness_factor", K.RandomBrightness),
+    "contrast": _factor("contrast", "contrast_factor", K.RandomContrast),
+    "gamma": Transform(
+        off={"gamma": 0.0},
+        module=lambda e: K.RandomGamma(gamma=(1 - e.gamma, 1 + e.gamma), p=1.0),
+        sample=lambda e, d: {
+            "gamma_factor": d.between(1 - e.gamma, 1 + e.gamma),
+            "gain_factor": torch.ones(d.n, device=d.device),
+        },  # fmt: skip
+    ),
+    "hue": Transform(
+        off={"hue": 0.0},
+        module=lambda e: K.RandomHue(hue=(-e.hue, e.hue), p=1.0),
+        sample=lambda e, d: {"hue_factor": d.between(-e.hue, e.hue)},
+    ),
+    "saturation": _factor("saturation", "saturation_factor", K.RandomSaturation),
+    "noise": Transform(
+        off={"noise": 0.0},
+        module=lambda e: K.RandomGaussianNoise(std=e.noise, p=1.0),
+        sample=lambda e, d: {"seed": (d.u() * 2**31).long()},
+        replay=_noise_replay,
+    ),
+    "blur": Transform(
+        off={"blur": 0.0},
+        module=lambda e: K.RandomGaussianBlur(
+            kernel_size=(e.blur_kernel(),) * 2, sigma=(0.1, e.blur), border_type="reflect", p=1.0
+        ),  # fmt: skip
+        sample=lambda e, d: {"sigma": d.between(0.1, e.blur)},
+    ),
+    "jpeg": Transform(
+        off={"jpeg": None},
+        module=lambda e: K.RandomJPEG(jpeg_quality=e.jpeg, p=1.0),
+        sample=lambda e, d: {"jpeg_quality": d.between(*e.jpeg)},
+    ),
+}
+ORDER = tuple(TRANSFORMS)
 
 
 @dataclass
@@ -154,19 +275,7 @@ class EOT:
     @property
     def active(self) -> tuple[str, ...]:
         """The transforms that apply, in application order."""
-        on = {
-            "affine": self.rotation > 0 or self.scale != (1.0, 1.0) or self.translate > 0,
-            "perspective": self.perspective > 0,
-            "brightness": self.brightness > 0,
-            "contrast": self.contrast > 0,
-            "gamma": self.gamma > 0,
-            "hue": self.hue > 0,
-            "saturation": self.saturation > 0,
-            "noise": self.noise > 0,
-            "blur": self.blur > 0,
-            "jpeg": self.jpeg is not None,
-        }
-        return tuple(t for t in ORDER if on[t])
+        return tuple(name for name, t in TRANSFORMS.items() if t.active(self))
 
     @property
     def identity(self) -> bool:
@@ -175,14 +284,7 @@ class EOT:
     def only(self, kinds: Iterable[str]) -> EOT:
         """The same distribution restricted to some transforms (``GEOMETRIC`` / ``PHOTOMETRIC``)."""
         keep = set(kinds)
-        off: dict[str, Any] = {}
-        if "affine" not in keep:
-            off |= {"rotation": 0.0, "scale": (1.0, 1.0), "translate": 0.0}
-        for name in ("perspective", "brightness", "contrast", "gamma", "hue", "saturation", "noise", "blur"):
-            if name not in keep:
-                off[name] = 0.0
-        if "jpeg" not in keep:
-            off["jpeg"] = None
+        off = {k: v for name, t in TRANSFORMS.items() if name not in keep for k, v in t.off.items()}
         return dataclasses.replace(self, **off)
 
     def heldout(self, widen: float = 1.25) -> EOT:
@@ -207,40 +309,12 @@ class EOT:
     def blur_kernel(self) -> int:
         return 2 * max(1, math.ceil(2.0 * self.blur)) + 1
 
-    def _module(self, kind: str) -> torch.nn.Module:
-        if kind == "affine":
-            return K.RandomAffine(
-                degrees=self.rotation, translate=(self.translate, self.translate), scale=self.scale,
-                padding_mode=self.padding_mode, p=1.0,
-            )  # fmt: skip
-        if kind == "perspective":
-            return K.RandomPerspective(distortion_scale=self.perspective, p=1.0)
-        if kind == "brightness":
-            return K.RandomBrightness(brightness=(1 - self.brightness, 1 + self.brightness), p=1.0)
-        if kind == "contrast":
-            return K.RandomContrast(contrast=(1 - self.contrast, 1 + self.contrast), p=1.0)
-        if kind == "gamma":
-            return K.RandomGamma(gamma=(1 - self.gamma, 1 + self.gamma), p=1.0)
-        if kind == "hue":
-            return K.RandomHue(hue=(-self.hue, self.hue), p=1.0)
-        if kind == "saturation":
-            return K.RandomSaturation(saturation=(1 - self.saturation, 1 + self.saturation), p=1.0)
-        if kind == "noise":
-            return K.RandomGaussianNoise(std=self.noise, p=1.0)
-        if kind == "blur":
-            k = self.blur_kernel()
-            return K.RandomGaussianBlur(
-                kernel_size=(k, k), sigma=(0.1, self.blur), border_type="reflect", p=1.0
-            )
-        if kind == "jpeg":
-            assert self.jpeg is not None
-            return K.RandomJPEG(jpeg_quality=self.jpeg, p=1.0)
-        raise ConfigError(f"unknown EOT transform {kind!r}")
-
     @cached_property
     def container(self) -> K.AugmentationSequential:
         """The kornia container, one ``p=1.0`` module per active transform (never sampled from directly)."""
-        return K.AugmentationSequential(*[self._module(k) for k in self.active], data_keys=["input"])
+        return K.AugmentationSequential(
+            *[TRANSFORMS[k].module(self) for k in self.active], data_keys=["input"]
+        )
 
     # ----------------------------------------------------------------- sampling
     def sample(
@@ -251,52 +325,8 @@ class EOT:
         A list of per-sample generators whose length divides ``n`` draws row ``r`` from generator
         ``r % len(list)`` (sample-major rows), so each image's draws do not depend on its batch.
         """
-        g = per_row(generator, n)
-        h, w = size
-        dev = torch.device(device)
-
-        def u(*shape: int) -> torch.Tensor:
-            return uniform((n, *shape), g, dev, torch.float32)
-
-        def between(lo: float, hi: float) -> torch.Tensor:
-            return lo + (hi - lo) * u()
-
-        values: dict[str, dict[str, torch.Tensor]] = {}
-        for kind in self.active:
-            if kind == "affine":
-                s = between(*self.scale)
-                values[kind] = {
-                    "angle": between(-self.rotation, self.rotation),
-                    "scale": torch.stack([s, s], 1),
-                    "translations": (u(2) * 2 - 1) * self.translate * torch.tensor([w, h], device=dev),
-                }
-            elif kind == "perspective":
-                start = _corners(h, w, dev).expand(n, 4, 2)
-                reach = torch.tensor(
-                    [self.perspective * (w - 1) / 2, self.perspective * (h - 1) / 2], device=dev
-                )
-                inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32, device=dev)
-                values[kind] = {"start_points": start.clone(), "end_points": start + inward * u(4, 2) * reach}
-            elif kind == "brightness":
-                values[kind] = {"brightness_factor": between(1 - self.brightness, 1 + self.brightness)}
-            elif kind == "contrast":
-                values[kind] = {"contrast_factor": between(1 - self.contrast, 1 + self.contrast)}
-            elif kind == "gamma":
-                values[kind] = {
-                    "gamma_factor": between(1 - self.gamma, 1 + self.gamma),
-                    "gain_factor": torch.ones(n, device=dev),
-                }
-            elif kind == "hue":
-                values[kind] = {"hue_factor": between(-self.hue, self.hue)}
-            elif kind == "saturation":
-                values[kind] = {"saturation_factor": between(1 - self.saturation, 1 + self.saturation)}
-            elif kind == "noise":
-                values[kind] = {"seed": (u() * 2**31).long()}
-            elif kind == "blur":
-                values[kind] = {"sigma": between(0.1, self.blur)}
-            elif kind == "jpeg":
-                assert self.jpeg is not None
-                values[kind] = {"jpeg_quality": between(*self.jpeg)}
+        draw = Draw(n, per_row(generator, n), size, torch.device(device))
+        values = {kind: TRANSFORMS[kind].sample(self, draw) for kind in self.active}
         return EOTParams(n=n, values=values)
 
     # ----------------------------------------------------------------- applying
@@ -310,14 +340,9 @@ class EOT:
                     f"the recorded EOT parameters lack '{kind}'; they were sampled from another distribution"
                 )
             data = dict(params.values[kind])
-            if kind == "affine":
-                data["center"] = (
-                    torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device).expand(n, 2).clone()
-                )
-                data["shear_x"] = torch.zeros(n, device=x.device)
-                data["shear_y"] = torch.zeros(n, device=x.device)
-            if kind == "noise":
-                data = {"gaussian_noise": _noise(data["seed"], (c, h, w), self.noise, x.device, x.dtype)}
+            replay = TRANSFORMS[kind].replay
+            if replay is not None:
+                data = replay(data, x, self)
             data["batch_prob"] = torch.ones(n, device=x.device)
             data["forward_input_shape"] = shape
             items.append(ParamItem(name, data))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from robustkit.eot import EOT, ORDER, EOTParams, EvalGrid, make_eot, mean_over_draws
+from robustkit.eot import EOT, ORDER, TRANSFORMS, EOTParams, EvalGrid, make_eot, mean_over_draws
 from robustkit.errors import ConfigError
 
 FULL = EOT(
@@ -121,3 +121,19 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="jpeg"):
         EOT(jpeg=(0, 120))
     assert make_eot({"scale": [0.9, 1.1]}, n_samples=5).n_samples == 5
+
+
+@pytest.mark.parametrize("kind", list(TRANSFORMS))
+def test_each_transform_is_one_spec(kind):
+    """A transform's spec switches it on and off, builds its kornia module, samples parameters that
+    replay bit for bit through the artifact."""
+    spec = TRANSFORMS[kind]
+    alone = FULL.only([kind])
+    assert alone.active == (kind,) and spec.active(alone)
+    assert not spec.active(FULL.only([k for k in TRANSFORMS if k != kind]))
+    assert [type(m) for m in alone.container.children()] == [type(spec.module(FULL))]
+    x = torch.rand(3, 3, 12, 12, generator=gen(4))
+    rows, params = alone.draw(x, gen(5))
+    assert set(params.values) == {kind}
+    replayed = alone.apply(x.repeat(alone.n_samples, 1, 1, 1), EOTParams.from_artifact(params.as_artifact()))
+    assert torch.equal(rows, replayed)

@@ -35,11 +35,11 @@ def _data(n: int = 24):
 def _ascend(model, x, y, *, compact: bool, steps: int = 9, eps: float = 0.03):
     threat = make_threat("Linf", eps)
     start = x + threat.init(x, sample_generators(0, range(len(x)))).to(x.dtype)
-    obj = pgd_mod._objective("ce", y, None)
+    obj = pgd_mod.PGD(loss="ce").objective(y, None)
     counter = Counter()
     out = pgd_mod.gradient_ascent(
         model, x, y, threat, steps=steps, step_size=eps / 4, objective=obj, target=None, start=start,
-        counter=counter, objective_at=(lambda live: pgd_mod._objective("ce", y[live], None)) if compact else None,
+        counter=counter, objective_at=(lambda live: pgd_mod.PGD(loss="ce").objective(y[live], None)) if compact else None,
     )  # fmt: skip
     return out, counter
 
@@ -64,7 +64,7 @@ def test_compaction_targeted_equals_plain_loop():
 
     def plain(self, model, xs, ys, ts, start, threat, step, counter):
         return pgd_mod.gradient_ascent(
-            model, xs, ys, threat, steps=self.steps, step_size=step, objective=pgd_mod._objective(self.loss, ys, ts),
+            model, xs, ys, threat, steps=self.steps, step_size=step, objective=self.objective(ys, ts),
             target=ts, start=start, counter=counter,
         )  # fmt: skip
 
@@ -93,7 +93,7 @@ def test_stacked_restarts_fall_back_on_oom_with_same_draws(monkeypatch):
 
     def oom(*args, **kwargs):
         x_ = args[2]
-        pgd_mod.make_threat("Linf", 0.02).init(x_, args[5])  # consumes the generators, then fails
+        make_threat("Linf", 0.02).init(x_, args[5])  # consumes the generators, then fails
         raise torch.cuda.OutOfMemoryError("simulated")
 
     monkeypatch.setattr(pgd_mod, "stack_in_batch", lambda x: True)

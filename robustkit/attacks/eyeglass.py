@@ -19,12 +19,15 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..eot import mean_over_draws
 from ..errors import ConfigError
 from ..functional.penalties import non_printability, total_variation
 from ..functional.placement import replace as replace_pixels
 from ..functional.random import GeneratorLike, shared
 from ..validate import check_inputs, check_labels
-from .base import AttackResult, Counter, forward, positive, register
+from .base import AttackResult, Counter, forward, register
+from .loop import Ascent, Final, KeepBest, ascend
+from .lp import check_fields
 from .physical import PhysicalAttack, quantize
 
 log = logging.getLogger(__name__)
@@ -73,10 +76,7 @@ class Eyeglass(PhysicalAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self.steps, "steps")
-        positive(self.step_size, "step_size")
-        positive(self.tv_weight, "tv_weight", allow_zero=True)
-        positive(self.nps_weight, "nps_weight", allow_zero=True)
+        check_fields(self, above_zero=("steps", "step_size"), at_least_zero=("tv_weight", "nps_weight"))
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.eyes not in ("canonical", "detect"):
@@ -119,13 +119,24 @@ class Eyeglass(PhysicalAttack):
             dtype=x.dtype,
         )
 
-    def _loss_rows(self, model, x, tex, mask, y, target, eot, g, counter) -> torch.Tensor:
-        """Per-image loss, averaged over EOT draws; differentiable in ``tex``."""
-        adv = replace_pixels(x, tex, mask)
-        if not eot.identity:
-            adv, _ = eot.draw(adv, g)
-        obj = self.objective(y, target)(forward(model, adv, counter))
-        return obj.view(-1, x.shape[0]).mean(0)
+    def ascent(self, x, y, target, mask, eot, g, update, universal: bool = False) -> Ascent:
+        """The frame's ascent on images ``x``: the texture pasted under the mask, seen through EOT
+        draws; the loss averaged over the draws, less the penalties. ``universal``: one texture for
+        all images, their mean loss."""
+        objective = self.objective(y, target)
+
+        def gain(logits: torch.Tensor) -> torch.Tensor:
+            per_image = mean_over_draws(objective(logits), x.shape[0])
+            return per_image.mean() if universal else per_image
+
+        def regularize(gain: torch.Tensor, tex: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            return gain - self._penalty(tex, mask[:1]).sum() if universal else gain - self._penalty(tex, mask)
+
+        return Ascent(
+            compose=lambda tex: replace_pixels(x, tex.expand_as(x) if universal else tex, mask),
+            view=None if eot.identity else lambda adv: eot.draw(adv, g)[0],
+            objective=gain, regularize=regularize, update=update,
+        )  # fmt: skip
 
     def _penalty(self, tex: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pen = torch.zeros(tex.shape[0], device=tex.device, dtype=tex.dtype)
@@ -169,29 +180,23 @@ class Eyeglass(PhysicalAttack):
             return self.finish(model, replace_pixels(x, tex, mask), y, target, counter, generator=generator,
                                eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask))  # fmt: skip
         tex = self.initial(model, x, y, target, mask, counter)
-        best, best_loss = tex.clone(), torch.full((x.shape[0],), -float("inf"), device=x.device)
         velocity = torch.zeros_like(x)
-        g = shared(generator)
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                t = tex.detach().requires_grad_(True)
-                loss = self._loss_rows(model, x, t, mask, y, target, eot, g, counter)
-                (grad,) = torch.autograd.grad((loss - self._penalty(t, mask)).sum(), t)
-            counter.backward += 1
-            better = loss.detach() > best_loss
-            best = torch.where(better.view(-1, 1, 1, 1), tex, best)
-            best_loss = torch.where(better, loss.detach(), best_loss)
-            if self.early_stop and eot.identity:
-                with torch.no_grad():
-                    logits = forward(model, quantize(replace_pixels(x, tex, mask)), counter)
-                if bool(self.succeeded(logits, y, target).all()):
-                    best = tex
-                    break
-            tex, velocity = self._step(tex, grad, velocity, mask)
-        else:
+
+        def update(t: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            nonlocal velocity
+            t, velocity = self._step(t, grad, velocity, mask)
+            return t
+
+        ascent = self.ascent(x, y, target, mask, eot, shared(generator), update)
+
+        def stop(_: int, t: torch.Tensor) -> bool:  # every image already fooled by its frame
             with torch.no_grad():
-                final = self._loss_rows(model, x, tex, mask, y, target, eot, g, counter)
-            best = torch.where((final > best_loss).view(-1, 1, 1, 1), tex, best)
+                logits = forward(model, quantize(replace_pixels(x, t, mask)), counter)
+            return bool(self.succeeded(logits, y, target).all())
+
+        keep = KeepBest(tex.clone(), final=lambda t: ascent.value(model, t, counter)[1],
+                        stop=stop if self.early_stop and eot.identity else None)  # fmt: skip
+        best = ascend(model, tex, ascent, keep, steps=self.steps, counter=counter)
         return self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
                            eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask))  # fmt: skip
 
@@ -231,16 +236,18 @@ class Eyeglass(PhysicalAttack):
             tex = self._palette(x_train)[pick].view(1, -1, 1, 1).expand_as(x_train[:1]).clone()
             velocity = torch.zeros_like(tex)
             n = x_train.shape[0]
-            for _ in range(self.steps):
+
+            def update(t: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+                nonlocal velocity
+                t, velocity = self._step(t, grad, velocity, mask[:1])
+                return t
+
+            def minibatch(_: int) -> Ascent:
                 idx = torch.randperm(n, generator=g)[: self.batch_size].to(x_train.device)
-                xb, yb, mb = x_train[idx], y_train[idx], mask[idx]
                 tb = target[idx] if target is not None else None
-                with torch.enable_grad():
-                    t = tex.detach().requires_grad_(True)
-                    tt = t.expand_as(xb)
-                    loss = self._loss_rows(model, xb, tt, mb, yb, tb, eot, g, counter).mean()
-                    (grad,) = torch.autograd.grad(loss - self._penalty(t, mb[:1]).sum(), t)
-                tex, velocity = self._step(tex, grad, velocity, mb[:1])
+                return self.ascent(x_train[idx], y_train[idx], tb, mask[idx], eot, g, update, universal=True)
+
+            tex = ascend(model, tex, minibatch, Final(), steps=self.steps, counter=counter)
         return replace(self, texture=tex.detach())
 
 

@@ -21,8 +21,10 @@ import torch
 
 from ..functional.random import GeneratorLike
 from ..threat import ThreatModel, make_threat
-from .base import AttackResult, Counter, positive, register
-from .video_base import Adam, VideoAttack, final_result, optimize
+from .base import AttackResult, Counter, register
+from .loop import Ascent, until_success
+from .lp import check_fields, final_result
+from .video_base import Adam, VideoAttack
 
 
 def temporal_derivatives(delta: torch.Tensor, cyclic: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +68,8 @@ class Flicker(VideoAttack):
     def __post_init__(self) -> None:
         super().__post_init__()
         make_threat("Linf", self.eps)
-        positive(self.steps, "steps")
-        positive(self.learning_rate, "learning_rate")
-        for name in ("regularization", "beta_thickness", "beta_roughness"):
-            positive(getattr(self, name), name, allow_zero=True)
+        check_fields(self, above_zero=("steps", "learning_rate"),
+                     at_least_zero=("regularization", "beta_thickness", "beta_roughness"))  # fmt: skip
 
     @property
     def threat(self) -> ThreatModel:
@@ -89,7 +89,7 @@ class Flicker(VideoAttack):
             return final_result(model, x.clone(), y, target, counter, artifacts=self._artifacts(delta))
         loss = self.objective(y, target)
         kappa = self.kappa if math.isfinite(self.kappa) else None
-        adam = Adam(self.learning_rate)
+        adam, threat = Adam(self.learning_rate), self.threat
 
         def objective(logits: torch.Tensor) -> torch.Tensor:
             value = loss(logits)
@@ -99,12 +99,13 @@ class Flicker(VideoAttack):
             return (x + d).clamp(0, 1)
 
         def update(d: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
-            return (d + adam.step(g)).clamp(-self.eps, self.eps)
+            return threat.project(d + adam.step(g))
 
-        x_adv, success, _ = optimize(
-            model, y, delta, compose=compose, update=update, steps=self.steps, objective=objective,
-            target=target, counter=counter, penalty=self.penalty, keep="last",
-        )  # fmt: skip
+        def regularize(gain: torch.Tensor, d: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            return gain - self.penalty(d)
+
+        ascent = Ascent(objective=objective, update=update, compose=compose, regularize=regularize)
+        x_adv, _, _ = until_success(model, delta, ascent, y, target, counter, steps=self.steps, last=True)
         result = final_result(model, x_adv, y, target, counter)
         # the applied offsets (after the [0, 1] box), averaged over each frame's pixels
         result.artifacts = self._artifacts((x_adv - x).mean(dim=(3, 4), keepdim=True))

@@ -21,7 +21,9 @@ from ..errors import ConfigError
 from ..functional.random import GeneratorLike, uniform
 from ..functional.video import border_mask, from_frames, quantize8, to_frames
 from .base import AttackResult, Counter, positive, register
-from .video_base import Adam, VideoAttack, final_result, optimize
+from .loop import Ascent, until_success
+from .lp import final_result
+from .video_base import Adam, VideoAttack
 
 
 def scaled_width(width: int, height: int, frame_width: int, reference_size: int | None) -> int:
@@ -71,10 +73,8 @@ class Framing(VideoAttack):
         def update(p: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
             return (p + adam.step(g)).clamp(0, 1)
 
-        x_adv, _, _ = optimize(
-            model, y, param, compose=compose, update=update, steps=self.steps,
-            objective=self.objective(y, target), target=target, counter=counter,
-        )  # fmt: skip
+        ascent = Ascent(objective=self.objective(y, target), update=update, compose=compose)
+        x_adv, _, _ = until_success(model, param, ascent, y, target, counter, steps=self.steps)
         x_adv = quantize8(x_adv, x) if self.quantize else x_adv  # exact 8-bit values
         return final_result(model, x_adv, y, target, counter, artifacts={"framing_width": bw})
 

@@ -28,58 +28,97 @@ from ..eot import PHOTOMETRIC, EvalGrid, per_row
 from ..errors import ConfigError
 from ..functional.placement import paste, placement_matrix, sample_placement, shape_mask, side_for_area
 from ..functional.random import GeneratorLike, shared, uniform
+from ..models.state import preserved
 from ..validate import check_inputs, check_labels
 from .base import AttackResult, Counter, forward, positive, register
+from .loop import Ascent, Final, ascend, minibatches
 from .physical import PhysicalAttack, chunked_logits, quantize
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Patch(PhysicalAttack):
+class UniversalPatch:
+    """The configuration every universal patch shares, on images or clips: its shape (``patch_type``,
+    ``size`` a fraction of the ``surface`` area), placement ranges, Adam training over a training split,
+    the class a targeted patch pushes to, and the trained ``patch`` (a result, not a recipe key)."""
+
+    surface: ClassVar[str] = "image"
+
+    patch_type: str = "circle"
+    size: float | None = 0.1
+    rotation_max: float = 22.5
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    learning_rate: float = 0.1
+    max_iter: int = 300
+    batch_size: int = 16
+    train_samples: int = 256
+    target_class: int = 0
+    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def check_patch(self, *positives: str) -> None:
+        """ConfigErrors for a bad shape, size, scale range, training budget or target class; the
+        fields named in ``positives`` must be > 0 too."""
+        if self.patch_type not in ("circle", "square"):
+            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
+        if self.size is not None and not 0 < self.size <= 1:
+            raise ConfigError(
+                f"size is the fraction of the {self.surface} area the patch covers, in (0, 1]; got {self.size}"
+            )
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        for what in ("learning_rate", "max_iter", "batch_size", "train_samples", *positives):
+            positive(getattr(self, what), what)
+        positive(self.rotation_max, "rotation_max", allow_zero=True)
+        if not isinstance(self.target_class, int) or self.target_class < 0:
+            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
+
+    def check_training(self, x_train: torch.Tensor) -> None:
+        """ConfigError unless ``x_train`` is a batch of what the patch attacks."""
+        raise NotImplementedError
+
+    def _optimize(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter):
+        raise NotImplementedError
+
+    def fit(self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None):
+        """Optimize the universal patch on a training split; returns this attack holding it."""
+        self.check_training(x_train)
+        check_labels(y_train, x_train.shape[0], "y_train")
+        if self.targeted:
+            keep = y_train != self.target_class
+            x_train, y_train = x_train[keep], y_train[keep]
+        if x_train.shape[0] == 0:
+            what = "clip" if self.surface == "frame" else self.surface
+            raise ConfigError(f"the training split holds no {what} outside the target class")
+        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
+        with preserved(model):
+            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
+        return replace(self, patch=texture)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Patch(PhysicalAttack, UniversalPatch):
     """Universal adversarial patch; see the module docstring. ``target_class`` is the class the patch
     pushes every image to when ``targeted``; ``eot`` configures photometric EOT on the composite and
     ``n_samples`` (placements per image per step, default 8)."""
 
     name: ClassVar[str] = "patch"
 
-    patch_type: str = "circle"
-    size: float | None = 0.1
     patch_shape: tuple[int, int, int] | None = None
-    rotation_max: float = 22.5
-    scale_min: float = 1.0
-    scale_max: float = 1.0
     distortion_scale_max: float = 0.0
-    learning_rate: float = 0.1
-    max_iter: int = 300
-    batch_size: int = 16
-    train_samples: int = 256
     eot: dict | None = None
     targeted: bool = True
-    target_class: int = 0
-    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.patch_type not in ("circle", "square"):
-            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
-        if self.size is not None and not 0 < self.size <= 1:
-            raise ConfigError(
-                f"size is the fraction of the image area the patch covers, in (0, 1]; got {self.size}"
-            )
-        if not 0 < self.scale_min <= self.scale_max:
-            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        self.check_patch()
         if not 0 <= self.distortion_scale_max < 1:
             raise ConfigError(f"distortion_scale_max must be in [0, 1), got {self.distortion_scale_max}")
-        for what in ("learning_rate", "max_iter", "batch_size", "train_samples"):
-            positive(getattr(self, what), what)
-        positive(self.rotation_max, "rotation_max", allow_zero=True)
         if self.patch_shape is not None and (
             len(self.patch_shape) != 3 or self.patch_shape[1] != self.patch_shape[2]
         ):
             raise ConfigError(f"patch_shape must be (C, S, S), got {self.patch_shape}")
-        if not isinstance(self.target_class, int) or self.target_class < 0:
-            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
         eot = self.photometric
         extra = set(eot.active) - set(PHOTOMETRIC)
         if extra:
@@ -126,21 +165,8 @@ class Patch(PhysicalAttack):
         return out
 
     # ------------------------------------------------------------------ training
-    def fit(
-        self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None
-    ) -> Patch:
-        """Optimize the universal patch on a training split; returns this attack holding it."""
+    def check_training(self, x_train: torch.Tensor) -> None:
         check_inputs(x_train, "x_train", ndims=(4,))
-        check_labels(y_train, x_train.shape[0], "y_train")
-        if self.targeted:
-            keep = y_train != self.target_class
-            x_train, y_train = x_train[keep], y_train[keep]
-        if x_train.shape[0] == 0:
-            raise ConfigError("the training split holds no image outside the target class")
-        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
-        with self.guarded(model):
-            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
-        return replace(self, patch=texture)
 
     def _optimize(
         self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter
@@ -151,28 +177,28 @@ class Patch(PhysicalAttack):
         param = uniform(self.texture_shape(c, h, w), g, x.device, x.dtype).requires_grad_(True)
         opt = torch.optim.Adam([param], lr=self.learning_rate)
         target = torch.full((min(self.batch_size, n),), self.target_class, device=x.device, dtype=torch.long)
-        order, pos = torch.empty(0, dtype=torch.long), n
-        for _ in range(self.max_iter):
-            if pos + self.batch_size > n:  # a new epoch in a new order
-                order, pos = (
-                    torch.randperm(n, generator=g, device=g.device if g is not None else "cpu").to(x.device),
-                    0,
-                )
-            idx = order[pos : pos + self.batch_size]
-            pos += self.batch_size
-            xb, yb = x[idx], y[idx]
-            tb = target[: xb.shape[0]] if self.targeted else None
-            with torch.enable_grad():
-                rows, _ = self._render(xb, param, g, reps)
-                if not eot.identity:
-                    rows = eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device))
-                loss = self.objective(yb, tb)(forward(model, rows, counter)).mean()
-                (grad,) = torch.autograd.grad(-loss, param)
-            counter.backward += 1
-            param.grad = grad
+        batches = minibatches(n, self.batch_size, g, x.device)
+
+        def update(p: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            param.grad = grad.neg_()  # torch's Adam descends
             opt.step()
             with torch.no_grad():
-                param.clamp_(0, 1)
+                return param.clamp_(0, 1)
+
+        def minibatch(_: int) -> Ascent:
+            idx = next(batches)
+            xb, yb = x[idx], y[idx]
+            objective = self.objective(yb, target[: xb.shape[0]] if self.targeted else None)
+
+            def compose(texture: torch.Tensor) -> torch.Tensor:
+                rows, _ = self._render(xb, texture, g, reps)
+                return (
+                    rows if eot.identity else eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device))
+                )
+
+            return Ascent(compose=compose, objective=lambda logits: objective(logits).mean(), update=update)
+
+        ascend(model, param, minibatch, Final(), steps=self.max_iter, counter=counter)
         return quantize(param.detach())
 
     # ------------------------------------------------------------------ evaluation

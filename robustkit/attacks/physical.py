@@ -16,18 +16,10 @@ from typing import Any, ClassVar
 import torch
 
 from ..eot import EOT, EvalGrid, make_eot
-from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike
 from ..models.state import preserved
-from .base import (
-    Attack,
-    AttackResult,
-    Counter,
-    forward,
-    is_success,
-    positive,
-    resolve_targets,
-)
+from .base import AttackResult, Counter, forward, is_success, positive
+from .lp import LossAttack
 
 # The transformations a printed attack meets when it is not optimized for any: the default
 # held-out distribution for evaluation.
@@ -46,7 +38,7 @@ def chunked_logits(model: Callable, x: torch.Tensor, counter: Counter, chunk: in
 
 
 @dataclass(frozen=True, kw_only=True)
-class PhysicalAttack(Attack):
+class PhysicalAttack(LossAttack):
     """Base of the physical attacks. ``targeted`` picks targets by ``target_mode`` unless the caller
     passes ``target``; ``eval_draws`` held-out EOT draws per image feed ``eot_success_rate`` (0: off);
     ``eval_grid`` adds the rotation x scale x brightness curve to the artifacts."""
@@ -54,14 +46,11 @@ class PhysicalAttack(Attack):
     input_kind: ClassVar[str] = "image"
     physical: ClassVar[bool] = True
 
-    targeted: bool = False
-    target_mode: str | int = "random"
-    loss: str = "ce"
     eval_draws: int = 8
     eval_grid: bool = True
 
     def __post_init__(self) -> None:
-        get_loss(self.loss)
+        super().__post_init__()
         positive(self.eval_draws, "eval_draws", allow_zero=True)
 
     def params(self) -> dict[str, Any]:
@@ -71,32 +60,6 @@ class PhysicalAttack(Attack):
     # ------------------------------------------------------------------ shared pieces
     def make_eot(self, cfg: Mapping[str, Any] | None, **defaults: Any) -> EOT:
         return make_eot(cfg, f"{self.name} eot", **defaults)
-
-    def targets(self, model, x, y, target, generator, counter) -> torch.Tensor | None:
-        return resolve_targets(
-            model,
-            x,
-            y,
-            target,
-            targeted=self.targeted,
-            mode=self.target_mode,
-            generator=generator,
-            counter=counter,
-        )
-
-    def objective(
-        self, y: torch.Tensor, target: torch.Tensor | None
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Per-sample loss that rises as the attack succeeds (targets / labels repeated for EOT rows)."""
-        fn = get_loss(self.loss)
-
-        def obj(logits: torch.Tensor) -> torch.Tensor:
-            reps = logits.shape[0] // y.shape[0]
-            yy = y.repeat(reps)
-            tt = target.repeat(reps) if target is not None else None
-            return fn(logits, yy, tt)
-
-        return obj
 
     def finish(
         self,

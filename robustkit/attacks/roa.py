@@ -20,6 +20,7 @@ from ..functional.placement import rect_masks
 from ..functional.placement import replace as replace_pixels
 from ..functional.random import GeneratorLike
 from .base import AttackResult, Counter, forward, loss_and_grad, positive, register
+from .loop import Ascent, until_success
 from .physical import PhysicalAttack, quantize
 
 
@@ -106,20 +107,18 @@ class ROA(PhysicalAttack):
         rect = self.rect_size(h, w)
         pos = self.locate(model, x, y, target, rect, counter)
         mask = rect_masks(pos, rect, (h, w)).to(x)
-        fill = torch.full_like(x, self.fill)
-        obj = self.objective(y, target)
-        best, found = replace_pixels(x, fill, mask), torch.zeros(b, dtype=torch.bool, device=x.device)
-        for _ in range(self.steps):
-            adv = replace_pixels(x, fill, mask)
-            _, logits, grad = loss_and_grad(model, adv, obj, counter)
-            hit = self.succeeded(logits, y, target) & ~found
-            best = torch.where(hit.view(-1, 1, 1, 1), adv, best)
-            found |= hit
-            if self.early_stop and bool(found.all()):
-                break
-            fill = (fill + self.step_size * grad.sign() * mask).clamp(0, 1)
-        else:
-            best = torch.where(found.view(-1, 1, 1, 1), best, replace_pixels(x, fill, mask))
+
+        def update(fill: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            return (fill + self.step_size * grad.sign() * mask).clamp(0, 1)
+
+        def compose(fill: torch.Tensor) -> torch.Tensor:
+            return replace_pixels(x, fill, mask)
+
+        ascent = Ascent(objective=self.objective(y, target), update=update, compose=compose)
+        best, _, _ = until_success(
+            model, torch.full_like(x, self.fill), ascent, y, target, counter, steps=self.steps,
+            succeeded=self.succeeded, final_check=False, early_stop=self.early_stop,
+        )  # fmt: skip
         artifacts = {
             "position": pos.cpu().tolist(),
             "rect_hw": list(rect),

@@ -19,8 +19,10 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.random import GeneratorLike
-from .base import AttackResult, Counter, is_success, loss_and_grad, positive, register
-from .video_base import VideoAttack, final_result
+from .base import AttackResult, Counter, positive, register
+from .loop import Ascent, KeepLast, ascend
+from .lp import final_result
+from .video_base import VideoAttack
 
 
 def pixel_budget(pixels: int, height: int, width: int, max_fraction: float) -> int:
@@ -51,16 +53,12 @@ class SaltPepper(VideoAttack):
             return final_result(model, x.clone(), y, target, counter, artifacts={"pixels_per_frame": 0})
         budget = pixel_budget(self.pixels, h, w, self.max_fraction)
         rounds = min(self.rounds, budget)
-        objective = self.objective(y, target)
         used = torch.zeros(b, t, h * w, dtype=torch.bool, device=x.device)
-        done = torch.zeros(b, dtype=torch.bool, device=x.device)
-        x_adv = x.clone()
-        for r in range(rounds):
+        keep = KeepLast(y, target)  # stops once every clip is misclassified
+
+        def update(x_adv: torch.Tensor, grad: torch.Tensor, r: int) -> torch.Tensor:
+            nonlocal used
             n = math.ceil(budget * (r + 1) / rounds) - math.ceil(budget * r / rounds)
-            _, logits, grad = loss_and_grad(model, x_adv, objective, counter)
-            done = done | is_success(logits, y, target)
-            if bool(done.all()):
-                break
             # first-order gain of salt (1) and pepper (0) at each pixel, all channels together
             salt = (grad * (1 - x_adv)).sum(1)
             pepper = (grad * (0 - x_adv)).sum(1)
@@ -68,10 +66,13 @@ class SaltPepper(VideoAttack):
             value = (salt >= pepper).flatten(2)
             gain = gain.masked_fill(used, -float("inf"))
             pick = gain.topk(n, dim=2).indices
-            chosen = torch.zeros_like(used).scatter_(2, pick, True) & ~done[:, None, None]
+            chosen = torch.zeros_like(used).scatter_(2, pick, True) & ~keep.found[:, None, None]
             used = used | chosen
             fill = value.view(b, 1, t, h, w).to(x.dtype).expand_as(x_adv)
-            x_adv = torch.where(chosen.view(b, 1, t, h, w), fill, x_adv)
+            return torch.where(chosen.view(b, 1, t, h, w), fill, x_adv)
+
+        ascent = Ascent(objective=self.objective(y, target), update=update)
+        x_adv = ascend(model, x.clone(), ascent, keep, steps=rounds, counter=counter)
         result = final_result(model, x_adv, y, target, counter, artifacts={"pixels_per_frame": budget})
         result.metrics["salt_pepper_pixels"] = used.sum(2).amax(1).to(x.dtype)
         return result

@@ -16,10 +16,13 @@ from typing import ClassVar
 
 import torch
 
+from ..eot import mean_over_draws
 from ..functional.penalties import non_printability
 from ..functional.placement import masked_add
 from ..functional.random import GeneratorLike, normal, shared
-from .base import AttackResult, Counter, forward, positive, register
+from .base import AttackResult, Counter, register
+from .loop import Ascent, KeepBest, ascend
+from .lp import check_fields
 from .physical import PhysicalAttack
 
 DEFAULT_EOT = {"rotation": 15.0, "scale": (0.85, 1.15), "translate": 0.05, "perspective": 0.2,
@@ -44,11 +47,9 @@ class Sticker(PhysicalAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self.steps, "steps")
-        positive(self.learning_rate, "learning_rate")
-        positive(self.nps_weight, "nps_weight", allow_zero=True)
-        positive(self.l2_weight, "l2_weight", allow_zero=True)
-        positive(self.init_std, "init_std", allow_zero=True)
+        check_fields(
+            self, above_zero=("steps", "learning_rate"), at_least_zero=("nps_weight", "l2_weight", "init_std")
+        )
         self.make_eot(self.eot, **DEFAULT_EOT)
 
     def sticker_mask(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,30 +68,29 @@ class Sticker(PhysicalAttack):
         eot = self.make_eot(self.eot, **DEFAULT_EOT)
         delta = (normal(x.shape, generator, x.device, x.dtype) * self.init_std).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=self.learning_rate)
-        obj = self.objective(y, target)
+        objective = self.objective(y, target)
         g = shared(generator)
-        best = masked_add(x, delta.detach(), mask)
-        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                adv = masked_add(x, delta, mask)
-                rows, _ = eot.draw(adv, g)
-                loss = obj(forward(model, rows, counter)).view(eot.n_samples, -1).mean(0)
-                total = loss
-                if self.nps_weight:
-                    total = total - self.nps_weight * non_printability(adv, mask=mask)
-                if self.l2_weight:
-                    total = total - self.l2_weight * (mask * delta).flatten(1).norm(dim=1)
-                (grad,) = torch.autograd.grad(-total.sum(), delta)
-            counter.backward += 1
-            with torch.no_grad():
-                better = loss.detach() > best_loss
-                best = torch.where(better.view(-1, 1, 1, 1), adv.detach(), best)
-                best_loss = torch.where(better, loss.detach(), best_loss)
-            delta.grad = grad
+
+        def regularize(gain: torch.Tensor, d: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+            if self.nps_weight:
+                gain = gain - self.nps_weight * non_printability(adv, mask=mask)
+            if self.l2_weight:
+                gain = gain - self.l2_weight * (mask * d).flatten(1).norm(dim=1)
+            return gain
+
+        def update(d: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            delta.grad = grad.neg_()  # torch's Adam descends
             opt.step()
             with torch.no_grad():  # keep x + delta inside [0, 1] so no gradient is lost to clipping
-                delta.copy_((x + delta).clamp(0, 1) - x)
+                return delta.copy_((x + delta).clamp(0, 1) - x)
+
+        ascent = Ascent(
+            compose=lambda d: masked_add(x, d, mask), view=lambda adv: eot.draw(adv, g)[0],
+            objective=lambda logits: mean_over_draws(objective(logits), x.shape[0]),
+            regularize=regularize, update=update,
+        )  # fmt: skip
+        keep = KeepBest(masked_add(x, delta.detach(), mask), of="input")
+        best = ascend(model, delta, ascent, keep, steps=self.steps, counter=counter)
         artifacts = {
             "sticker": (best[0] * mask[0]).detach().cpu(),
             "mask": mask[0].detach().cpu(),

@@ -1,10 +1,9 @@
-"""What the video attacks share: the ``VideoAttack`` base class and one optimization loop.
+"""What the video attacks share: the ``VideoAttack`` base class, Adam steps and the final verdict.
 
 Every video attack optimizes a parameter (a clip perturbation, one RGB offset per frame, the pixels
-of a border or a rectangle) that ``compose`` turns into the adversarial clip. ``optimize`` runs
-gradient ascent on it with input-only gradients and keeps, per sample, the first (or the last)
-successful iterate. ``VideoAttack.__call__`` checks the 5-D layout and adds per-frame perturbation
-metrics to every result.
+of a border or a rectangle) that ``compose`` turns into the adversarial clip, with the one ascent loop
+of ``robustkit.attacks.loop``. ``VideoAttack.__call__`` checks the 5-D layout and adds per-frame
+perturbation metrics to every result.
 """
 
 from __future__ import annotations
@@ -15,22 +14,13 @@ from typing import ClassVar
 
 import torch
 
-from ..functional.losses import get_loss
-from ..functional.random import GeneratorLike
 from ..functional.video import check_video, frame_metrics
-from .base import Attack, AttackResult, Counter, forward, is_success, resolve_targets
-
-Compose = Callable[[torch.Tensor], torch.Tensor]
-Update = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
-def where_batch(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample choice between two batches of the same shape."""
-    return torch.where(mask.view(-1, *([1] * (a.ndim - 1))), a, b)
+from .base import AttackResult
+from .lp import LossAttack
 
 
 @dataclass(frozen=True, kw_only=True)
-class VideoAttack(Attack):
+class VideoAttack(LossAttack):
     """Base class of the video attacks: input ``(B, C, T, H, W)``, per-frame metrics in the result.
 
     ``loss`` is the per-sample objective ('ce', 'dlr', 'cw'); ``targeted`` uses the ``target``
@@ -39,92 +29,11 @@ class VideoAttack(Attack):
 
     input_kind: ClassVar[str] = "video"
 
-    loss: str = "ce"
-    targeted: bool = False
-    target_mode: str | int = "random"
-
-    def __post_init__(self) -> None:
-        get_loss(self.loss)
-
-    def __call__(
-        self,
-        model: Callable[[torch.Tensor], torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        target: torch.Tensor | None = None,
-        generator: GeneratorLike = None,
-    ) -> AttackResult:
+    def __call__(self, model: Callable, x: torch.Tensor, y: torch.Tensor, **call) -> AttackResult:
         check_video(x)
-        result = super().__call__(model, x, y, target=target, generator=generator)
+        result = super().__call__(model, x, y, **call)
         result.metrics = {**frame_metrics(result.x_adv - x), **result.metrics}
         return result
-
-    def objective(
-        self, y: torch.Tensor, target: torch.Tensor | None
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        fn = get_loss(self.loss)
-        return lambda logits: fn(logits, y, target)
-
-    def targets(self, model, x, y, target, generator, counter: Counter) -> torch.Tensor | None:
-        return resolve_targets(
-            model,
-            x,
-            y,
-            target,
-            targeted=self.targeted,
-            mode=self.target_mode,
-            generator=generator,
-            counter=counter,
-        )
-
-
-def optimize(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    y: torch.Tensor,
-    param: torch.Tensor,
-    *,
-    compose: Compose,
-    update: Update,
-    steps: int,
-    objective: Callable[[torch.Tensor], torch.Tensor],
-    target: torch.Tensor | None,
-    counter: Counter,
-    penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    keep: str = "first",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradient ascent on ``param``; returns ``(x_adv, success, param)``.
-
-    Each step evaluates ``compose(param)``, maximizes ``objective(logits) - penalty(param)`` (both
-    per sample) and calls ``update(param, grad, step)``, which takes the step and projects. Per
-    sample the result is the first successful iterate (``keep='first'``), the last successful one
-    (``keep='last'``, for attacks whose penalty keeps shrinking the perturbation after success), or
-    the final iterate when none succeeded.
-    """
-    found = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-    best: torch.Tensor | None = None
-    for i in range(steps):
-        with torch.enable_grad():
-            leaf = param.detach().requires_grad_(True)
-            x_adv = compose(leaf)
-            logits = forward(model, x_adv, counter)
-            gain = objective(logits)
-            if penalty is not None:
-                gain = gain - penalty(leaf)
-            (grad,) = torch.autograd.grad(gain.sum(), leaf)
-        counter.backward += 1
-        hit = is_success(logits.detach(), y, target)
-        take = hit & ~found if keep == "first" else hit
-        best = x_adv.detach() if best is None else where_batch(take, x_adv.detach(), best)
-        found = found | hit
-        param = update(param.detach(), grad, i)
-    with torch.no_grad():
-        x_adv = compose(param)
-        logits = forward(model, x_adv, counter)
-    hit = is_success(logits, y, target)
-    take = (hit & ~found if keep == "first" else hit) | ~(found | hit)
-    best = x_adv if best is None else where_batch(take, x_adv, best)
-    return best.detach(), found | hit, param.detach()
 
 
 class Adam:
@@ -147,23 +56,3 @@ class Adam:
         m_hat = self.m / (1 - b1**self.t)
         v_hat = self.v / (1 - b2**self.t)
         return self.lr * m_hat / (v_hat.sqrt() + self.eps)
-
-
-def final_result(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    x_adv: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None,
-    counter: Counter,
-    **extra,
-) -> AttackResult:
-    """Evaluate the final adversarial clips once and package the result."""
-    with torch.no_grad():
-        logits = forward(model, x_adv, counter)
-    return AttackResult(
-        x_adv=x_adv.detach(),
-        success=is_success(logits, y, target),
-        logits=logits,
-        counters=counter.as_dict(),
-        **extra,
-    )

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import kornia.augmentation as K
 import torch
@@ -37,10 +37,11 @@ from ..errors import ConfigError
 from ..functional.placement import shape_mask, side_for_area
 from ..functional.random import GeneratorLike, shared, uniform
 from ..functional.video import check_video, drop_index, gather_frames, quantize8, shift_index
-from ..models.state import preserved
-from ..validate import check_labels
-from .base import AttackResult, Counter, forward, positive, register
-from .video_base import Adam, VideoAttack, final_result
+from .base import AttackResult, Counter, positive, register
+from .loop import Ascent, Final, ascend, minibatches
+from .lp import final_result
+from .patch import UniversalPatch
+from .video_base import Adam, VideoAttack
 
 log = logging.getLogger(__name__)
 
@@ -65,45 +66,31 @@ def _kornia_params(
 
 
 @dataclass(frozen=True, kw_only=True)
-class VideoPatch(VideoAttack):
+class VideoPatch(VideoAttack, UniversalPatch):
     """Universal video patch; see the module docstring. ``target_class`` when ``targeted``."""
 
+    surface: ClassVar[str] = "frame"
+
     patch_type: str = "square"
-    size: float = 0.1
-    dynamic: bool = False
     rotation_max: float = 15.0
     scale_min: float = 0.8
-    scale_max: float = 1.0
+    learning_rate: float = 0.05
+    max_iter: int = 200
+    batch_size: int = 32
+    dynamic: bool = False
     brightness: float = 0.1
     frame_drop: float = 0.1
     max_shift: int = 1
     eval_temporal: bool = False
-    learning_rate: float = 0.05
-    max_iter: int = 200
-    batch_size: int = 32
     n_samples: int = 1
-    train_samples: int = 256
-    target_class: int = 0
-    patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.patch_type not in ("circle", "square"):
-            raise ConfigError(f"patch_type must be 'circle' or 'square', got {self.patch_type!r}")
-        if not 0 < self.size <= 1:
-            raise ConfigError(
-                f"size is the fraction of the frame area the patch covers, in (0, 1]; got {self.size}"
-            )
-        if not 0 < self.scale_min <= self.scale_max:
-            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        self.check_patch("n_samples")
         if not 0 <= self.frame_drop < 1:
             raise ConfigError(f"frame_drop is a probability in [0, 1), got {self.frame_drop}")
-        for what in ("rotation_max", "brightness", "max_shift"):
+        for what in ("brightness", "max_shift"):
             positive(getattr(self, what), what, allow_zero=True)
-        for what in ("learning_rate", "max_iter", "batch_size", "n_samples", "train_samples"):
-            positive(getattr(self, what), what)
-        if not isinstance(self.target_class, int) or self.target_class < 0:
-            raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
 
     def params(self) -> dict[str, Any]:
         """Configuration only: the fitted patch is a result, not a recipe key."""
@@ -172,21 +159,8 @@ class VideoPatch(VideoAttack):
         return out
 
     # ------------------------------------------------------------------ training
-    def fit(
-        self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None
-    ) -> VideoPatch:
-        """Optimize the universal patch on a training split; returns this attack holding it."""
+    def check_training(self, x_train: torch.Tensor) -> None:
         check_video(x_train, "x_train")
-        check_labels(y_train, x_train.shape[0], "y_train")
-        if self.targeted:
-            keep = y_train != self.target_class
-            x_train, y_train = x_train[keep], y_train[keep]
-        if x_train.shape[0] == 0:
-            raise ConfigError("the training split holds no clip outside the target class")
-        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
-        with preserved(model):
-            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
-        return dataclasses.replace(self, patch=texture)
 
     def _optimize(
         self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter
@@ -194,26 +168,23 @@ class VideoPatch(VideoAttack):
         n, c, t, h, w = x.shape
         param = uniform(self.texture_shape(c, t, h, w), g, x.device, x.dtype)
         adam = Adam(self.learning_rate)
-        order, pos = torch.empty(0, dtype=torch.long), n
-        for _ in range(self.max_iter):
-            if pos + min(self.batch_size, n) > n:  # a new epoch in a new order
-                order = torch.randperm(n, generator=g, device=g.device if g is not None else "cpu").to(
-                    x.device
-                )
-                pos = 0
-            idx = order[pos : pos + self.batch_size]
-            pos += self.batch_size
+        batches = minibatches(n, self.batch_size, g, x.device)
+
+        def update(p: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            return (p + adam.step(grad)).clamp(0, 1)
+
+        def minibatch(_: int) -> Ascent:
+            idx = next(batches)
             xb = x[idx].repeat(self.n_samples, 1, 1, 1, 1)
             yb = y[idx].repeat(self.n_samples)
-            tb = torch.full_like(yb, self.target_class) if self.targeted else None
+            objective = self.objective(yb, torch.full_like(yb, self.target_class) if self.targeted else None)
             eot = self.sample(xb.shape[0], t, (h, w), g, x.device)
-            with torch.enable_grad():
-                leaf = param.detach().requires_grad_(True)
-                rows = self.render(xb, leaf, eot, temporal=True)
-                loss = self.objective(yb, tb)(forward(model, rows, counter)).mean()
-                (grad,) = torch.autograd.grad(loss, leaf)
-            counter.backward += 1
-            param = (param + adam.step(grad)).clamp(0, 1)
+            return Ascent(
+                compose=lambda texture: self.render(xb, texture, eot, temporal=True),
+                objective=lambda logits: objective(logits).mean(), update=update,
+            )  # fmt: skip
+
+        param = ascend(model, param, minibatch, Final(), steps=self.max_iter, counter=counter)
         return (param * 255).round() / 255
 
     # ------------------------------------------------------------------ evaluation

@@ -17,43 +17,28 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..functional.projection import random_l2, random_linf
-from ..functional.random import GeneratorLike, subset, uniform
+from ..functional.random import GeneratorLike, uniform
 from ..functional.video import frame_mask_from_indices, uniform_frame_indices
 from ..registry import suggest
-from ..threat import ThreatModel, make_threat
+from ..threat import make_threat
 from .base import AttackResult, Counter, loss_and_grad, positive, register
-from .pgd import gradient_ascent
-from .video_base import VideoAttack, optimize
+from .loop import Ascent, gradient_ascent, until_success
+from .lp import IterativeLpAttack
+from .video_base import VideoAttack
 
 
 @dataclass(frozen=True, kw_only=True)
-class VideoPGD(VideoAttack):
+class VideoPGD(IterativeLpAttack, VideoAttack):
     """PGD on clips with random start and restarts (restarts run only on samples still robust).
 
     Defaults follow the adversarial-video literature: eps = 4/255, step 1/255, 5 steps. ``step_size``
     None means 2.5 * eps / steps.
     """
 
-    norm: str = "Linf"
     eps: float = 4 / 255
     steps: int = 5
     step_size: float | None = 1 / 255
-    random_start: bool = True
-    restarts: int = 1
     shared_frames: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        make_threat(self.norm, self.eps)
-        positive(self.steps, "steps")
-        positive(self.restarts, "restarts")
-        if self.step_size is not None:
-            positive(self.step_size, "step_size")
-
-    @property
-    def threat(self) -> ThreatModel:
-        return make_threat(self.norm, self.eps)
 
     def frame_mask(self, model, x, y, target, generator: GeneratorLike, counter: Counter) -> torch.Tensor:
         """``(B, 1, T, 1, 1)`` float mask of the frames this attack may change: all of them."""
@@ -66,23 +51,17 @@ class VideoPGD(VideoAttack):
             success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         mask = self.frame_mask(model, x, y, target, generator, counter)
-        # the first run on the whole batch: no copies of the clips beside the attack's own iterate
-        x_adv, success = self._attack(model, x, y, target, mask, generator, counter)
-        for _ in range(1, self.restarts):
-            todo = ~success
-            if not bool(todo.any()):
-                break
-            idx = todo.nonzero()[:, 0]
-            ts = target[idx] if target is not None else None
-            adv, ok = self._attack(model, x[idx], y[idx], ts, mask[idx], subset(generator, todo), counter)
-            x_adv[idx] = adv
-            success[idx] = ok
+
+        def attempt(xs, ys, ts, gens, ms) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._attack(model, xs, ys, ts, ms, gens, counter)
+
+        x_adv, success = self.restarted(attempt, x, y, target, generator, mask)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
     def _attack(self, model, x, y, target, mask, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
         threat = self.threat
         active = int(mask[0].sum())  # frames perturbed, the same for every sample
-        step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        step = self.step
         if self.shared_frames:
             # one (C, 1, H, W) perturbation; under L2 the clip norm is sqrt(active) times its norm
             scale = math.sqrt(active) if threat.p == 2 else 1.0
@@ -90,7 +69,7 @@ class VideoPGD(VideoAttack):
             shape = (x.shape[0], x.shape[1], 1, x.shape[3], x.shape[4])
             param = torch.zeros(shape, dtype=x.dtype, device=x.device)
             if self.random_start:
-                param = _random(inner, param, generator)
+                param = inner.init(param, generator)
 
             def compose(p: torch.Tensor) -> torch.Tensor:
                 return (x + mask * p).clamp(0, 1)
@@ -99,8 +78,8 @@ class VideoPGD(VideoAttack):
                 return inner.project(p + (step / scale) * inner.direction(g))
 
         else:  # robustkit's PGD loop (in place, compacting, fp32 verdicts behind the fast path)
-            # x + a random draw in the frames that may change, in place; the loop projects it
-            start = _random(threat, x, generator).mul_(mask).add_(x) if self.random_start else x.clone()
+            # x + a random draw in the frames that may change; the loop projects it in place
+            start = threat.random_start(x, generator, mask) if self.random_start else x.clone()
 
             def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
                 return self.objective(y[live], None if target is None else target[live])
@@ -109,17 +88,9 @@ class VideoPGD(VideoAttack):
                 model, x, y, threat, steps=self.steps, step_size=step, objective=self.objective(y, target),
                 target=target, start=start, counter=counter, objective_at=objective_at, mask=mask,
             )  # fmt: skip
-        adv, ok, _ = optimize(
-            model, y, param, compose=compose, update=update, steps=self.steps,
-            objective=self.objective(y, target), target=target, counter=counter,
-        )  # fmt: skip
+        ascent = Ascent(objective=self.objective(y, target), update=update, compose=compose)
+        adv, ok, _ = until_success(model, param, ascent, y, target, counter, steps=self.steps)
         return adv, ok
-
-
-def _random(threat: ThreatModel, like: torch.Tensor, generator: GeneratorLike) -> torch.Tensor:
-    if threat.p == 2:
-        return random_l2(like, threat.eps, generator)
-    return random_linf(like, threat.eps, generator)
 
 
 SELECTIONS = ("gradient", "uniform", "first", "random")

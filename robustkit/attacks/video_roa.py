@@ -25,7 +25,9 @@ from ..errors import ConfigError
 from ..functional.random import GeneratorLike
 from ..functional.video import box_mask, quantize8
 from .base import AttackResult, Counter, forward, loss_and_grad, positive, register
-from .video_base import VideoAttack, final_result, optimize
+from .loop import Ascent, until_success
+from .lp import final_result
+from .video_base import VideoAttack
 
 
 def rectangle_size(height: int, width: int, area: float, aspect: float) -> tuple[int, int]:
@@ -107,10 +109,8 @@ class VideoROA(VideoAttack):
         def update(p: torch.Tensor, g: torch.Tensor, _: int) -> torch.Tensor:
             return (p + self.step_size * g.sign()).clamp(0, 1)
 
-        x_adv, _, _ = optimize(
-            model, y, content, compose=compose, update=update, steps=self.steps, objective=objective,
-            target=target, counter=counter,
-        )  # fmt: skip
+        ascent = Ascent(objective=objective, update=update, compose=compose)
+        x_adv, _, _ = until_success(model, content, ascent, y, target, counter, steps=self.steps)
         x_adv = quantize8(x_adv, x) if self.quantize else x_adv  # exact 8-bit values
         artifacts = {"roa_positions": pos.cpu().tolist(), "roa_size": [bh, bw]}
         return final_result(model, x_adv, y, target, counter, artifacts=artifacts)

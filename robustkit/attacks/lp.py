@@ -1,0 +1,158 @@
+"""The bases of the gradient attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted),
+``LpAttack`` (an Lp ball: ``norm`` / ``eps`` and the threat they name, held once; APGD, FAB and Square
+can take it as it is) and ``IterativeLpAttack`` (both, with PGD's steps, random start and restarts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..functional.losses import get_loss
+from ..functional.random import GeneratorLike, subset
+from ..threat import ThreatModel, make_threat
+from .base import Attack, AttackResult, Counter, forward, is_success, positive, resolve_targets
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _next_post_init(after: Any) -> None:
+    """Cooperative ``__post_init__``: call the next one in the MRO (``super()``), if any (``Attack``
+    has none), so that the bases combine in any order."""
+    post = getattr(after, "__post_init__", None)
+    if post is not None:
+        post()
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossAttack(Attack):
+    """An attack that ascends ``loss`` ('ce', 'dlr', 'cw', ...), per sample. ``targeted`` uses the
+    ``target`` passed at call time, else picks targets by ``target_mode`` ('random', 'least-likely' or a
+    class index)."""
+
+    loss: str = "ce"
+    targeted: bool = False
+    target_mode: str | int = "random"
+
+    def __post_init__(self) -> None:
+        get_loss(self.loss)
+        _next_post_init(super())
+
+    def objective(self, y: torch.Tensor, target: torch.Tensor | None) -> Objective:
+        """Per-row loss that rises as the attack succeeds. Logits of several rows per sample (EOT
+        draws, sample-major: row ``j * B + i`` is draw ``j`` of sample ``i``) get the labels repeated."""
+        fn = get_loss(self.loss)
+
+        def objective(logits: torch.Tensor) -> torch.Tensor:
+            if logits.shape[0] == y.shape[0]:
+                return fn(logits, y, target)
+            reps = logits.shape[0] // y.shape[0]
+            return fn(logits, y.repeat(reps), target.repeat(reps) if target is not None else None)
+
+        return objective
+
+    def targets(
+        self,
+        model: Callable,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        generator: GeneratorLike,
+        counter: Counter,
+    ) -> torch.Tensor | None:
+        """The classes to aim for (None when untargeted); see ``resolve_targets``."""
+        return resolve_targets(
+            model, x, y, target, targeted=self.targeted, mode=self.target_mode, generator=generator,
+            counter=counter,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class LpAttack(Attack):
+    """An attack inside the ``norm`` ball ('Linf' or 'L2') of radius ``eps`` (and the [0, 1] box):
+    the two fields and the ``threat`` they name, checked once."""
+
+    norm: str = "Linf"
+    eps: float = 8 / 255
+
+    def __post_init__(self) -> None:
+        make_threat(self.norm, self.eps)
+        _next_post_init(super())
+
+    @property
+    def threat(self) -> ThreatModel:
+        return make_threat(self.norm, self.eps)
+
+
+Attempt = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IterativeLpAttack(LpAttack, LossAttack):
+    """An ``LpAttack`` ascending a ``LossAttack``'s loss in ``steps`` projected steps of ``step_size`` (None: 2.5 * eps / steps) from a
+    random start (``random_start``), repeated ``restarts`` times on the samples still robust."""
+
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self.steps, "steps")
+        positive(self.restarts, "restarts")
+        if self.step_size is not None:
+            positive(self.step_size, "step_size")
+
+    @property
+    def step(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def restarted(
+        self, attempt: Attempt, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+        generator: GeneratorLike, *per_sample: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """``attempt(x, y, target, generator, *per_sample) -> (x_adv, success)`` on the whole batch (no
+        copies), then once per further restart on the samples still robust, with their generators."""
+        x_adv, success = attempt(x, y, target, generator, *per_sample)
+        for _ in range(1, self.restarts):
+            todo = ~success
+            if not bool(todo.any()):
+                break
+            idx = todo.nonzero()[:, 0]
+            ts = target[idx] if target is not None else None
+            extra = [t[idx] for t in per_sample]
+            adv, ok = attempt(x[idx], y[idx], ts, subset(generator, todo), *extra)
+            x_adv[idx] = adv
+            success[idx] = ok
+        return x_adv, success
+
+
+def final_result(
+    model: Callable,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    counter: Counter,
+    **extra,
+) -> AttackResult:
+    """Judge the final adversarial inputs with one forward pass and package the result."""
+    with torch.no_grad():
+        logits = forward(model, x_adv, counter)
+    return AttackResult(
+        x_adv=x_adv.detach(), success=is_success(logits, y, target), logits=logits, counters=counter.as_dict(),
+        **extra,
+    )  # fmt: skip
+
+
+def check_fields(
+    attack: Attack, *, above_zero: tuple[str, ...] = (), at_least_zero: tuple[str, ...] = ()
+) -> None:
+    """ConfigError naming the first field of ``attack`` that is not a number > 0 (``above_zero``) or
+    >= 0 (``at_least_zero``), checked in that order."""
+    for what in above_zero:
+        positive(getattr(attack, what), what)
+    for what in at_least_zero:
+        positive(getattr(attack, what), what, allow_zero=True)
