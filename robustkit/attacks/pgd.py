@@ -18,6 +18,7 @@ from .base import (
     Attack,
     AttackResult,
     Counter,
+    Judge,
     choose_targets,
     forward,
     is_success,
@@ -29,8 +30,6 @@ from .base import (
     resolve_targets,
     stack_in_batch,
     stacked_or_none,
-    success_tolerance,
-    verdict,
 )
 
 
@@ -55,6 +54,7 @@ def gradient_ascent(
     counter: Counter,
     objective_at: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
     mask: torch.Tensor | None = None,
+    judge: Judge | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared PGD loop. Returns (x_adv, success): per sample the first successful iterate, else
     the last one.
@@ -72,8 +72,9 @@ def gradient_ascent(
     the gradient outside it, so the iterate never moves there: where ``start`` equals ``x`` those
     entries stay bit-identical to ``x``.
 
-    Behind a bf16 fast path (``success_tolerance(model) > 0``) a sample is frozen only once it is
-    adversarial by a margin bf16 rounding cannot fake, and the final verdict is an fp32 forward pass.
+    ``judge`` (default: the exact criterion on ``model``) decides success. Behind a bf16 fast path its
+    criterion has a margin (``judge.tentative``): a sample is frozen only once it is adversarial by a
+    margin bf16 rounding cannot fake, and the final verdict is an fp32 forward pass.
 
     With ``objective_at`` (indices of the samples still in the working batch -> their objective),
     the loop compacts: after 2, 4, 8, ... steps (never after the last) it counts the samples done,
@@ -81,14 +82,14 @@ def gradient_ascent(
     working batch once they are a quarter of it. Results are those of the uncompacted loop.
     """
     n = x.shape[0]
-    tol = success_tolerance(model)
+    judge = judge or Judge.of(model)
     y_all, target_all = y, target  # the working batch shrinks when it compacts
     x_adv = _project(threat, x, start)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     out, out_found, live = x_adv, found, None  # live: working-batch indices once compacted
     for i in range(steps):
         _, logits, grad = loss_and_grad(model, x_adv, objective, counter)
-        found |= is_success(logits, y, target, tol)
+        found |= judge(logits, y, target)
         del logits
         if mask is not None:
             grad.mul_(mask)
@@ -110,12 +111,12 @@ def gradient_ascent(
             mask = mask[keep] if mask is not None and mask.shape[0] == keep.shape[0] else mask
             objective = objective_at(live)
     else:  # the last iterate of the samples still running: one more forward pass
-        if not tol:
+        if not judge.tentative:
             with torch.no_grad():
                 found |= is_success(forward(model, x_adv, counter), y, target)
     adv, success = _merge(out, out_found, live, x_adv, found)
-    if tol:  # behind a bf16 fast path: the verdict on every result in fp32
-        success = verdict(model, adv, y_all, target_all, counter)
+    if judge.tentative:  # behind a bf16 fast path: the verdict on every result in fp32
+        success = judge.verdict(adv, y_all, target_all, counter)
     return adv, success
 
 
@@ -203,7 +204,7 @@ class PGD(Attack):
             counter=counter,
         )
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None, judge=None) -> AttackResult:
         counter = Counter()
         threat = self.threat
         target = self._targets(model, x, y, target, generator, counter)
@@ -213,14 +214,14 @@ class PGD(Attack):
         step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
         if self.restarts > 1 and stack_in_batch(x):
             stacked = stacked_or_none(
-                lambda: self._stacked(model, x, y, target, generator, counter, threat, step), generator
+                lambda: self._stacked(model, x, y, target, generator, counter, threat, step, judge), generator
             )
             if stacked is not None:
                 return stacked
         for restart in range(self.restarts):
             if restart == 0:  # the whole batch: no copies
                 start = self._start(x, threat, generator)
-                adv, ok = self._ascend(model, x, y, target, start, threat, step, counter)
+                adv, ok = self._ascend(model, x, y, target, start, threat, step, counter, judge)
                 if self.restarts == 1:
                     return AttackResult(x_adv=adv, success=ok, counters=counter.as_dict())
                 x_adv, success = adv, ok
@@ -232,7 +233,9 @@ class PGD(Attack):
             xs, ys = x[idx], y[idx]
             ts = target[idx] if target is not None else None
             gens = subset(generator, todo)
-            adv, ok = self._ascend(model, xs, ys, ts, self._start(xs, threat, gens), threat, step, counter)
+            adv, ok = self._ascend(
+                model, xs, ys, ts, self._start(xs, threat, gens), threat, step, counter, judge
+            )
             x_adv[idx] = adv
             success[idx] = ok
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
@@ -241,7 +244,9 @@ class PGD(Attack):
         """A fresh starting point: ``x`` plus a random draw from the ball, or a copy of ``x``."""
         return threat.init(x, generator).add_(x) if self.random_start else x.clone()
 
-    def _ascend(self, model, xs, ys, ts, start, threat, step, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ascend(
+        self, model, xs, ys, ts, start, threat, step, counter, judge=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
             return _objective(self.loss, ys[live], ts[live] if ts is not None else None)
 
@@ -257,9 +262,10 @@ class PGD(Attack):
             start=start,
             counter=counter,
             objective_at=objective_at,
+            judge=judge,
         )
 
-    def _stacked(self, model, x, y, target, generator, counter, threat, step) -> AttackResult:
+    def _stacked(self, model, x, y, target, generator, counter, threat, step, judge=None) -> AttackResult:
         """All restarts in one batch of ``restarts * B`` (GPU: fills the device with small batches).
 
         Restart r of sample i starts from the r-th draw of sample i's generator, as in the one-by-one
@@ -270,7 +276,7 @@ class PGD(Attack):
         starts = [self._start(x, threat, generator) for _ in range(r)]
         ts = repeat_runs(target, r) if target is not None else None
         adv, ok = self._ascend(
-            model, repeat_runs(x, r), repeat_runs(y, r), ts, torch.cat(starts), threat, step, counter
+            model, repeat_runs(x, r), repeat_runs(y, r), ts, torch.cat(starts), threat, step, counter, judge
         )
         ok = ok.view(r, n)
         first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last

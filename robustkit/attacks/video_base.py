@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -54,9 +54,10 @@ class VideoAttack(Attack):
         *,
         target: torch.Tensor | None = None,
         generator: GeneratorLike = None,
+        **judging: Any,  # criterion=, precisions= (see Attack.__call__)
     ) -> AttackResult:
         check_video(x)
-        result = super().__call__(model, x, y, target=target, generator=generator)
+        result = super().__call__(model, x, y, target=target, generator=generator, **judging)
         result.metrics = {**frame_metrics(result.x_adv - x), **result.metrics}
         return result
 
