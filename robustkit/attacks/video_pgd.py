@@ -59,7 +59,7 @@ class VideoPGD(VideoAttack):
         """``(B, 1, T, 1, 1)`` float mask of the frames this attack may change: all of them."""
         return torch.ones(x.shape[0], 1, x.shape[2], 1, 1, dtype=x.dtype, device=x.device)
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None, judge=None) -> AttackResult:
         counter = Counter()
         target = self.targets(model, x, y, target, generator, counter)
         if self.eps == 0:
@@ -67,19 +67,23 @@ class VideoPGD(VideoAttack):
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
         mask = self.frame_mask(model, x, y, target, generator, counter)
         # the first run on the whole batch: no copies of the clips beside the attack's own iterate
-        x_adv, success = self._attack(model, x, y, target, mask, generator, counter)
+        x_adv, success = self._attack(model, x, y, target, mask, generator, counter, judge)
         for _ in range(1, self.restarts):
             todo = ~success
             if not bool(todo.any()):
                 break
             idx = todo.nonzero()[:, 0]
             ts = target[idx] if target is not None else None
-            adv, ok = self._attack(model, x[idx], y[idx], ts, mask[idx], subset(generator, todo), counter)
+            adv, ok = self._attack(
+                model, x[idx], y[idx], ts, mask[idx], subset(generator, todo), counter, judge
+            )
             x_adv[idx] = adv
             success[idx] = ok
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
-    def _attack(self, model, x, y, target, mask, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attack(
+        self, model, x, y, target, mask, generator, counter, judge
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         threat = self.threat
         active = int(mask[0].sum())  # frames perturbed, the same for every sample
         step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
@@ -107,7 +111,7 @@ class VideoPGD(VideoAttack):
 
             return gradient_ascent(
                 model, x, y, threat, steps=self.steps, step_size=step, objective=self.objective(y, target),
-                target=target, start=start, counter=counter, objective_at=objective_at, mask=mask,
+                target=target, start=start, counter=counter, objective_at=objective_at, mask=mask, judge=judge,
             )  # fmt: skip
         adv, ok, _ = optimize(
             model, y, param, compose=compose, update=update, steps=self.steps,
