@@ -195,16 +195,25 @@ def thawed(model: torch.nn.Module) -> torch.nn.Module:
 FAST = {"fold_bn": True, "channels_last": True, "amp": "bf16"}
 
 
-def fast_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` behind robustkit's fast path: what a user gets from
-    ``robustkit evaluate --fold-bn --channels-last --amp bf16``. The copy, because channels_last
-    rewrites the weights in place and the peers must see the model untouched. Robust accuracy is
-    still taken with the fp32 model (``robust_accuracy``), as the runner's recheck does."""
+def fast_copy(model: torch.nn.Module) -> Any:
+    """A copy of ``model`` behind robustkit's fast path, at the precisions attacks declare
+    (``robustkit.models.fastpath.Precisions``; attacks run ``.fast``): what a user gets from
+    ``robustkit evaluate --fold-bn --channels-last --amp bf16``. The copy, because ``thawed`` sets
+    requires_grad and the peers must see the model untouched. Call attacks with ``judged(...)``, as the
+    runner does; robust accuracy is still taken with the fp32 model (``robust_accuracy``)."""
     import copy
 
-    from robustkit.evaluation.fastpath import make_fastpath
+    from robustkit.models.fastpath import make_fastpath
 
-    return make_fastpath(**FAST).wrap(thawed(copy.deepcopy(model)))
+    return make_fastpath(**FAST).precisions(thawed(copy.deepcopy(model)))
+
+
+def judged(models: Any) -> dict[str, Any]:
+    """The keywords the runner gives an attack behind the fast path: the criterion with the fast path's
+    tolerance and the precisions (the Square stage in fp32, every final verdict by the fp32 model)."""
+    from robustkit.attacks.criteria import Misclassification
+
+    return {"criterion": Misclassification(margin=models.tolerance), "precisions": models}
 
 
 def bf16_note(device: torch.device | str) -> str:

@@ -58,7 +58,7 @@ def patch_step(
     fast = fast_copy(model)
 
     def robustkit_fast() -> None:
-        ours.fit(fast, x, y, generator=torch.Generator().manual_seed(0))
+        ours.fit(fast.fast, x, y, generator=torch.Generator().manual_seed(0))
 
     def art_patch() -> None:
         thawed(model)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import FAST, compare, fast_copy, ratio, robust_accuracy, thawed
+from benchmarks.common import FAST, compare, fast_copy, judged, ratio, robust_accuracy, thawed
 from robustkit.functional.random import sample_generators
 
 FAST_ROW = "robustkit fast path (" + ", ".join(f"{k}={v}" for k, v in FAST.items()) + ")"
@@ -83,7 +83,7 @@ def pgd_vs_peers(
     fast = fast_copy(model)
 
     def robustkit_fast() -> None:
-        out[FAST_ROW] = attack(fast, x, y, generator=gens()).x_adv
+        out[FAST_ROW] = attack(fast.fast, x, y, generator=gens(), **judged(fast)).x_adv
 
     art = _art_pgd(model, x, eps, steps, k)
     x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
@@ -153,7 +153,7 @@ def ensemble_vs_torchattacks(
         out["robustkit"], out["cascade"] = res.x_adv, res.artifacts.get("cascade")
 
     def robustkit_fast() -> None:
-        res = ours(fast, x, y, generator=sample_generators(0, range(len(x))))
+        res = ours(fast.fast, x, y, generator=sample_generators(0, range(len(x))), **judged(fast))
         out[FAST_ROW], out["cascade_fast"] = res.x_adv, res.artifacts.get("cascade")
 
     def ta_aa() -> None:

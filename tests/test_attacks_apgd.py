@@ -110,6 +110,32 @@ def test_targeted_call_reaches_the_given_target(linear):
     assert torch.equal(pred[res.success], target[res.success])
 
 
+@pytest.mark.parametrize("name", ["apgd", "fab", "pgd"])
+def test_a_targeted_criterion_is_the_same_as_a_target(linear, name):
+    """``criterion=TargetedMisclassification(t)`` and ``target=t`` are one call; a margin asks for clear
+    successes only; two different targets are refused."""
+    from robustkit.attacks.criteria import Misclassification, TargetedMisclassification
+
+    model, x, y, _ = linear
+    target = (y + 1) % 5
+    fields = {"loss": "ce"} if name == "apgd" else {"targeted": True} if name == "pgd" else {}
+    attack = create_attack(name, norm="Linf", eps=0.2, steps=10, **fields)
+    gens = lambda: sample_generators(2, range(len(x)))  # noqa: E731
+    by_target = attack(model, x, y, target=target, generator=gens())
+    by_criterion = attack(model, x, y, criterion=TargetedMisclassification(target), generator=gens())
+    assert torch.equal(by_target.x_adv, by_criterion.x_adv) and torch.equal(
+        by_target.success, by_criterion.success
+    )
+    assert by_target.success.any()
+    exact = attack(model, x, y, criterion=Misclassification(margin=0.0), generator=gens())
+    plain = attack(model, x, y, generator=gens())
+    assert torch.equal(exact.x_adv, plain.x_adv)  # the default criterion
+    with pytest.raises(ConfigError, match="different targets"):
+        attack(model, x, y, target=y, criterion=TargetedMisclassification(target))
+    with pytest.raises(ConfigError, match="criterion"):
+        attack(model, x, y, criterion="misclassification")
+
+
 def test_l2_apgd_stays_in_the_ball_and_beats_a_weaker_budget(linear):
     model, x, y, _ = linear
     gens = lambda: sample_generators(1, range(len(x)))  # noqa: E731

@@ -3,6 +3,7 @@ robust accuracy against ART's APGD (CE, DLR) and Square on the built-in model an
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,42 @@ def test_false_claims_are_rejected_by_the_recheck(tiny, monkeypatch, mode):
         assert liar["rejected"] >= 1  # out of the eps ball: refused even where it fools the model
     assert liar["robust_after"] == 10 and ce["attacked"] == 10
     assert (res.x_adv - x).abs().max() <= 2 / 255 + 1e-6
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spy(Attack):
+    """Records the model, criterion and precisions each stage is handed; claims nothing."""
+
+    name: ClassVar[str] = "spy"
+    norm: str = "Linf"
+    eps: float = 2 / 255
+    seen: list = dataclasses.field(default_factory=list, compare=False)
+
+    def run(self, model, x, y, *, target=None, generator=None, judge=None) -> AttackResult:
+        self.seen.append((model, judge))
+        return AttackResult(x_adv=x.clone(), success=torch.zeros(x.shape[0], dtype=torch.bool))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fp32Spy(Spy):
+    precision: ClassVar[str] = "fp32"
+
+
+def test_stages_get_the_criterion_and_the_model_at_their_precision(tiny, monkeypatch):
+    from robustkit.attacks.criteria import Misclassification
+    from robustkit.models.fastpath import make_fastpath
+
+    model, x, y = tiny
+    models = make_fastpath(amp="bf16").precisions(model)
+    spy, fp32_spy = Spy(), Fp32Spy()
+    monkeypatch.setattr(AutoAttack, "stages", lambda self: [("spy", spy), ("fp32", fp32_spy)])
+    criterion = Misclassification(margin=models.tolerance)
+    res = create_attack("autoattack", eps=2 / 255)(models.fast, x, y, criterion=criterion, precisions=models)
+    [(seen, judge)], [(seen_fp32, judge_fp32)] = spy.seen, fp32_spy.seen
+    assert seen is models.fast and seen_fp32 is models.fp32
+    assert judge.criterion == criterion and judge.precisions is models and judge_fp32.precisions is models
+    assert judge.tentative and judge.precisions.reference is model
+    assert res.artifacts["cascade"][0]["attacked"] == 10  # the clean check: the fp32 model
 
 
 def test_targeted_call_is_refused(tiny):

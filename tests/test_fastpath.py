@@ -1,5 +1,6 @@
 """The fast path: compaction and stacked restarts give the plain loop's results; channels_last /
-compile / bf16 wrappers; the fp32 recheck; the profile; the benchmark helpers."""
+compile / bf16 wrappers that leave the user's model untouched; criteria and the fp32 confirmation; the
+profile; the benchmark helpers."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ from torch import nn
 
 import robustkit
 from robustkit.attacks import pgd as pgd_mod
-from robustkit.attacks.base import Counter, is_success
+from robustkit.attacks.base import Counter
+from robustkit.attacks.criteria import (
+    Misclassification,
+    TargetedMisclassification,
+    confirm,
+    fp32_logits,
+    is_success,
+)
 from robustkit.errors import ConfigError
-from robustkit.evaluation.fastpath import FastModel, make_fastpath, reference
 from robustkit.functional.random import sample_generators
+from robustkit.models.fastpath import BF16_TOLERANCE, FastModel, make_fastpath
 from robustkit.threat import make_threat
 
 
@@ -62,10 +70,10 @@ def test_compaction_targeted_equals_plain_loop():
     full = atk(model, x, y, generator=gens())
     orig = pgd_mod.PGD._ascend
 
-    def plain(self, model, xs, ys, ts, start, threat, step, counter):
+    def plain(self, model, xs, ys, ts, start, threat, step, counter, judge=None):
         return pgd_mod.gradient_ascent(
             model, xs, ys, threat, steps=self.steps, step_size=step, objective=self.objective(ys, ts),
-            target=ts, start=start, counter=counter,
+            target=ts, start=start, counter=counter, judge=judge,
         )  # fmt: skip
 
     try:
@@ -128,17 +136,28 @@ def test_fastmodel_options_and_reference():
     with torch.no_grad():
         ref = net(x)
     assert make_fastpath().wrap(net) is net  # nothing on: the model itself
-    fast = make_fastpath(channels_last=True, amp="bf16").wrap(net)
-    assert isinstance(fast, FastModel) and reference(fast) is net and reference(net) is net
+    plain = make_fastpath().precisions(net)
+    assert plain.fast is net and plain.fp32 is net and plain.reference is net and plain.tolerance == 0
+    models = make_fastpath(channels_last=True, amp="bf16").precisions(net)
+    fast = models.fast
+    assert isinstance(fast, FastModel) and models.reference is net and models.tolerance == BF16_TOLERANCE
+    assert models.at("any") is fast and models.at("fp32") is models.fp32 is not fast
+    with pytest.raises(ConfigError, match="precision"):
+        models.at("fp16")
     with torch.no_grad():
         out = fast(x)
+        assert torch.allclose(models.fp32(x), ref, atol=1e-5)  # autocast off, channels_last kept
     assert out.dtype == torch.float32
     assert torch.allclose(out, ref, atol=0.1) and not torch.equal(out, ref)  # bf16: close, not exact
-    assert net.features[0].weight.is_contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        assert torch.allclose(reference(fast)(x), ref, atol=1e-6)
-    # shared parameters: the wrapper exposes exactly the reference model's parameters
-    assert {id(p) for p in fast.parameters()} == {id(p) for p in net.parameters()}
+    # channels_last converts the fast path's own copy; the user's weights keep their memory format
+    assert fast.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert net.features[0].weight.is_contiguous()
+    assert not {id(p) for p in fast.parameters()} & {id(p) for p in net.parameters()}
+    # without channels_last nothing is converted: the wrapper shares the model's parameters
+    shared = make_fastpath(amp="bf16").wrap(net)
+    assert {id(p) for p in shared.parameters()} == {id(p) for p in net.parameters()}
+    assert make_fastpath(amp="bf16").precisions(net).tolerance == BF16_TOLERANCE
+    assert make_fastpath(fold_bn=True).precisions(net).tolerance == 0.0
     compiled = make_fastpath(compile="eager").wrap(net)
     with torch.no_grad():
         assert torch.allclose(compiled(x), ref, atol=1e-6)
@@ -161,29 +180,43 @@ def test_bf16_attack_success_is_rechecked_in_fp32():
     x = torch.full((2, 3, 2, 2), 1 - 1 / 255)
     y = torch.ones(2, dtype=torch.long)  # fp32: sum 11.953 > 11.945, class 1, correct
     net = Knife().eval()
-    fast = make_fastpath(amp="bf16").wrap(net)
+    models = make_fastpath(amp="bf16").precisions(net)
+    fast = models.fast
     with torch.no_grad():
         assert (net(x).argmax(1) == y).all()
         assert (fast(x).argmax(1) != y).all()  # bf16 rounds the sum down: a false "success"
-    from robustkit.evaluation.execute import recheck
-
-    assert (recheck(fast, x).argmax(1) == y).all()  # the runner's recheck uses the fp32 reference
-    # PGD behind the fast path gives its verdict in fp32 (this knife fools even its bf16 tolerance)
-    assert fast.success_tolerance > 0 and is_success(fast(x), y, None, fast.success_tolerance).all()
-    res = robustkit.create_attack("pgd", eps=1e-6, steps=2)(fast, x, y, generator=torch.Generator())
+    assert (fp32_logits(models.reference, x).argmax(1) == y).all()  # the runner's recheck: fp32
+    assert not confirm(models.reference, None, x, x, y).confirmed.any()
+    # the runner's criterion carries the bf16 tolerance (this knife fools even that margin) ...
+    criterion = Misclassification(margin=models.tolerance)
+    with torch.no_grad():
+        assert models.tolerance > 0 and criterion(fast(x), y).all()
+    # ... and PGD behind the fast path gives its verdict with the fp32 reference
+    judged = dict(criterion=criterion, precisions=models, generator=torch.Generator())
+    res = robustkit.create_attack("pgd", eps=1e-6, steps=2)(fast, x, y, **judged)
     assert not res.success.any()
     plain = robustkit.create_attack("pgd", eps=1e-6, steps=2)(net, x, y, generator=torch.Generator())
     assert not plain.success.any()
     for name in ("apgd-ce", "fab"):  # likewise the other gradient attacks report the fp32 verdict
-        res = robustkit.create_attack(name, eps=1e-6, steps=2)(fast, x, y, generator=torch.Generator())
+        res = robustkit.create_attack(name, eps=1e-6, steps=2)(fast, x, y, **judged)
         assert not res.success.any(), name
+    ensemble = robustkit.create_attack(
+        "autoattack", eps=1e-6, steps=2, queries=5, version=["apgd-ce", "fab", "square"]
+    )
+    res = ensemble(fast, x, y, **judged)
+    assert not res.success.any() and res.artifacts["cascade"][0]["rejected"] == 0
+    # attacks never ask the model what it is: told nothing, PGD takes the bf16 model at its word
+    blind = robustkit.create_attack("pgd", eps=1e-6, steps=2)(fast, x, y, generator=torch.Generator())
+    assert blind.success.all()
+    with pytest.raises(ConfigError, match="precisions.fast"):
+        robustkit.create_attack("pgd", eps=1e-6, steps=2)(net, x, y, precisions=models)
 
 
 def test_square_queries_the_fp32_model_behind_the_fast_path(monkeypatch):
     model, (x, y) = _double_net(), _data(6)
     atk = robustkit.create_attack("square", eps=0.05, queries=30)
     ref = atk(model, x, y, generator=sample_generators(0, range(6)))
-    fast = make_fastpath(amp="bf16").wrap(model)
+    models = make_fastpath(amp="bf16").precisions(model)
     real = FastModel.forward
 
     def guarded(self, x, amp=True):
@@ -191,7 +224,17 @@ def test_square_queries_the_fp32_model_behind_the_fast_path(monkeypatch):
         return real(self, x, amp)
 
     monkeypatch.setattr(FastModel, "forward", guarded)
-    res = atk(fast, x, y, generator=sample_generators(0, range(6)))
+    res = atk(models.fast, x, y, precisions=models, generator=sample_generators(0, range(6)))
+    assert torch.equal(res.x_adv, ref.x_adv) and torch.equal(res.success, ref.success)
+    # the same inside AutoAttack, which hands each stage the model at the precision it declares
+    aa = robustkit.create_attack("autoattack", eps=0.05, version=["square"], queries=30)
+    model, x = model.float(), x.float()  # its confirmation runs in fp32
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every sample clean-correct: every one is attacked
+    ref = aa(model, x, y, generator=sample_generators(0, range(6)))
+    models = make_fastpath(amp="bf16").precisions(model)
+    res = aa(models.fast, x, y, precisions=models, generator=sample_generators(0, range(6)))
+    assert res.artifacts["cascade"][0]["attacked"] == 6
     assert torch.equal(res.x_adv, ref.x_adv) and torch.equal(res.success, ref.success)
 
 
@@ -199,20 +242,20 @@ def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_
     x, y = shapes_test.x[:16], shapes_test.y[:16]
     # the session model may carry .grad from other tests (ART's estimators leave parameter gradients)
     before = [None if p.grad is None else p.grad.clone() for p in shapes_model.parameters()]
-    fast = make_fastpath(channels_last=True, amp="bf16").wrap(shapes_model)
+    models = make_fastpath(channels_last=True, amp="bf16").precisions(shapes_model)
     res = robustkit.create_attack("pgd", eps=8 / 255, steps=5)(
-        fast, x, y, generator=sample_generators(0, range(16))
-    )
-    from robustkit.evaluation.execute import recheck
-
-    pred = recheck(fast, res.x_adv).argmax(1)
+        models.fast, x, y, criterion=Misclassification(margin=models.tolerance), precisions=models,
+        generator=sample_generators(0, range(16)),
+    )  # fmt: skip
+    pred = fp32_logits(models.reference, res.x_adv).argmax(1)
     assert ((res.x_adv - x).abs().amax() <= 8 / 255 + 1e-6) and (pred != y).float().mean() > 0.5
+    assert torch.equal(pred != y, res.success)  # the reported success is the fp32 verdict
     after = [p.grad for p in shapes_model.parameters()]
     assert all(
         (a is None) == (b is None) and (a is None or torch.equal(a, b))
         for a, b in zip(before, after, strict=True)
     )
-    shapes_model.to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in shapes_model.parameters())  # not converted in place
 
 
 def test_profile_and_evaluate_flags(tmp_path, shapes_model):
@@ -240,7 +283,7 @@ def test_profile_and_evaluate_flags(tmp_path, shapes_model):
     text = format_profile(profile_run(res.run_dir, write=False))
     assert "clean pass" in text and "total" in text
     assert shapes_model.training is False
-    shapes_model.to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in shapes_model.parameters())  # the fast path converted a copy
 
 
 def test_benchmark_helpers_measure_memory_and_time():
@@ -280,6 +323,33 @@ def test_peak_memory_counts_new_storage_only_and_pgd_holds_one_iterate():
     assert bare + one_clip <= pgd <= bare + one_clip + 4096
 
 
+def test_confirm_checks_the_verdict_in_fp32_and_the_bound():
+    from tests.conftest import TinyNet
+
+    torch.manual_seed(0)
+    net = TinyNet().train()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net.eval()(x).argmax(1)
+    net.train()
+    threat = make_threat("Linf", 0.1)
+    x_adv = x.clone()
+    x_adv[1] = (x[1] + 0.2).clamp(0, 1)  # outside the ball
+    x_adv[2, 0, 0, 0] = 1.5  # outside the box
+    check = confirm(net, threat, x, x_adv, y)
+    assert net.training  # eval for the pass, the mode restored after it
+    assert check.within.tolist() == [True, False, False, True]
+    assert torch.equal(check.adversarial, check.logits.argmax(1) != y)
+    assert torch.equal(check.confirmed, check.adversarial & check.within)
+    assert not confirm(net, threat, x, x, y).adversarial.any()  # the clean inputs: eval-mode labels
+    targeted = confirm(net, threat, x, x, y, criterion=TargetedMisclassification(y))
+    assert targeted.confirmed.all()
+    assert confirm(net, None, x, x_adv, y).within.all()  # no Lp bound: only the verdict counts
+    counter = Counter()
+    confirm(net, threat, x, x, y, counter=counter)
+    assert (counter.forward, counter.queries) == (1, 4)
+
+
 def test_success_tolerance_needs_a_clear_margin():
     logits = torch.tensor([[1.0, 0.99, -10.0], [1.0, 2.0, 0.0], [1.0, 0.0, 0.9]])
     y = torch.tensor([1, 0, 0])
@@ -287,6 +357,15 @@ def test_success_tolerance_needs_a_clear_margin():
     assert is_success(logits, y, None, 0.03).tolist() == [False, True, False]  # 0.01 < 0.03 * 10
     target = torch.tensor([0, 1, 2])
     assert is_success(logits, y, target, 0.03).tolist() == [False, True, False]
+    # the criteria objects decide the same
+    assert Misclassification()(logits, y).tolist() == [True, True, False]
+    assert Misclassification(margin=0.03)(logits, y).tolist() == [False, True, False]
+    targeted = TargetedMisclassification(target, margin=0.03)
+    assert targeted(logits, y).tolist() == [False, True, False]
+    assert targeted.with_margin(0.0)(logits, y).tolist() == [True, True, False]
+    assert targeted(logits[1:], y[1:], target[1:]).tolist() == [True, False]  # a subset names its targets
+    with pytest.raises(ConfigError, match="margin"):
+        Misclassification(margin=-0.1)
 
 
 def _bn_net() -> nn.Module:
@@ -325,6 +404,53 @@ def test_fold_bn_same_function_refolds_on_change_and_respects_train_mode():
     net.train()  # batch statistics cannot be folded: the reference runs
     with torch.no_grad():
         assert torch.equal(fast(x), net(x))
+
+
+def _state(net: nn.Module) -> list:
+    """Everything of ``net`` an attack or the fast path could change, strides and storage included."""
+    params = [
+        (n, p.detach().clone(), p.stride(), p.data_ptr(), p.requires_grad, None if p.grad is None else p.grad.clone())
+        for n, p in net.named_parameters()
+    ]  # fmt: skip
+    buffers = [(n, b.clone(), b.stride(), b.data_ptr()) for n, b in net.named_buffers()]
+    return [params, buffers, [(n, m.training) for n, m in net.named_modules()]]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b, strict=True))
+    return a == b
+
+
+def test_fast_path_leaves_the_users_model_untouched():
+    """Building the fast path with every option on and attacking through it changes nothing in the
+    user's model: parameter values, strides (memory format), storage, requires_grad, .grad, buffers and
+    training flags are as they were."""
+    net = _bn_net()
+    net[0].bias.requires_grad_(False)  # mixed requires_grad
+    net[2].train()  # a training flag unlike its parent's
+    net[5].weight.grad = torch.full_like(net[5].weight, 0.5)  # a gradient the user keeps
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    before = _state(net)
+    models = make_fastpath(channels_last=True, fold_bn=True, amp="bf16", compile="eager").precisions(net)
+    assert _same(_state(net), before)  # building it converts nothing
+    judged = dict(criterion=Misclassification(margin=models.tolerance), precisions=models)
+    for name, fields in [("pgd", {"steps": 3}), ("apgd-ce", {"steps": 3}), ("fab", {"steps": 3}),
+                         ("square", {"queries": 10}), ("autoattack", {"steps": 2, "queries": 5})]:  # fmt: skip
+        atk = robustkit.create_attack(name, eps=0.05, **fields)
+        atk(models.fast, x, y, generator=sample_generators(0, range(6)), **judged)
+        assert _same(_state(net), before), name
+    with torch.no_grad():
+        models.fast(x), models.fp32(x)
+    confirm(models.reference, make_threat("Linf", 0.05), x, x, y)
+    assert _same(_state(net), before)
+    assert net[0].weight.is_contiguous() and not net[0].weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
 
 
 def test_fold_bn_falls_back_on_a_model_fx_cannot_trace(caplog):

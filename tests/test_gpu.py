@@ -59,6 +59,35 @@ def test_fast_path_on_cuda_is_rechecked_in_fp32(tmp_path, shapes_model):
         assert b["robust_accuracy"] == pytest.approx(a["robust_accuracy"], abs=0.03), a["name"]
 
 
+def test_fast_path_attacks_on_cuda_report_fp32_verdicts_and_leave_the_model_alone(on_cuda, shapes_test):
+    """Behind the bf16 fast path on CUDA (every option on), the attacks called as the runner calls them
+    report exactly the fp32 reference's verdict on their examples, and the user's weights keep their
+    values and memory format."""
+    from robustkit.attacks.criteria import Misclassification, fp32_logits
+    from robustkit.models.fastpath import make_fastpath
+
+    model = on_cuda
+    x, y = shapes_test.x[:64].cuda(), shapes_test.y[:64].cuda()
+    before = [(p.detach().clone(), p.stride()) for p in model.parameters()]
+    models = make_fastpath(fold_bn=True, channels_last=True, amp="bf16").precisions(model)
+    judged = dict(criterion=Misclassification(margin=models.tolerance), precisions=models)
+    for name, fields in [
+        ("pgd", {"steps": 10, "restarts": 2}),
+        ("apgd-ce", {"steps": 10}),
+        ("fab", {"steps": 10}),
+    ]:
+        gens = [torch.Generator().manual_seed(i) for i in range(64)]
+        res = create_attack(name, eps=4 / 255, **fields)(models.fast, x, y, generator=gens, **judged)
+        fp32_wrong = fp32_logits(models.reference, res.x_adv).argmax(1) != y
+        if name == "fab":  # FAB claims only what it found within the budget, confirmed in fp32
+            assert not (res.success & ~fp32_wrong).any(), name
+        else:  # the verdict itself is that fp32 pass (on a sub-batch after restarts: 1 flip of slack)
+            assert int((res.success != fp32_wrong).sum()) <= 1, name
+    assert all(
+        torch.equal(p, v) and p.stride() == s for p, (v, s) in zip(model.parameters(), before, strict=True)
+    )
+
+
 @pytest.mark.parametrize("name", ["apgd-t", "fab-t"])
 def test_targeted_stages_stacked_on_cuda_match_cpu(on_cuda, shapes_test, name):
     """APGD-T and FAB-T stack their target runs into one batch on CUDA; the CPU runs them one by one."""

@@ -41,16 +41,14 @@ from .base import (
     Attack,
     AttackResult,
     Counter,
+    Judge,
     forward,
-    is_success,
     pick_runs,
     positive_ints,
     register,
     repeat_runs,
     stack_in_batch,
     stacked_or_none,
-    success_tolerance,
-    verdict,
 )
 from .expectation import expected_loss_and_grad
 
@@ -111,12 +109,14 @@ def apgd_run(
     eot_samples: int = 1,
     compact: bool = True,
     start: torch.Tensor | None = None,
+    judge: Judge | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from a random start (``start`` when given, else drawn from ``generator``).
     Returns (x_adv, success, best loss), all of batch size B.
 
     ``objective(logits, y, loss_target)`` is maximized; success is misclassification, or
-    ``pred == success_target`` when given. Samples that succeed are removed from the working batch at
+    ``pred == success_target`` when given, decided by ``judge`` (default: the exact criterion on
+    ``model``; behind a bf16 fast path only clear successes count). Samples that succeed are removed from the working batch at
     checkpoints (the only host synchronizations of the loop) when ``compact``.
     """
     n = x.shape[0]
@@ -130,10 +130,10 @@ def apgd_run(
         obj: Objective = lambda logits: objective(logits, s["y"], s["lt"])  # noqa: E731
         return expected_loss_and_grad(model, point, obj, counter, eot_samples)
 
-    tol = success_tolerance(model)  # bf16 fast path: only clear successes count (see is_success)
+    judge = judge or Judge.of(model)
     x_adv = random_start(x, threat, generator) if start is None else start
     loss, logits, grad = grad_at(x_adv)
-    ok = is_success(logits, y, success_target, tol)
+    ok = judge(logits, y, success_target)
     s |= {
         "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
         "loss_prev": loss, "loss_best_last": loss, "x_succ": x_adv, "ok": ok,
@@ -151,7 +151,7 @@ def apgd_run(
         z = _step(xs, x_adv + _bview(s["step"], xs) * threat.direction(s["grad"]), threat)
         x_adv = _step(xs, x_adv + (z - x_adv) * a + momentum * (1 - a), threat)
         loss, logits, grad = grad_at(x_adv)
-        hit = is_success(logits, s["y"], s["st"], tol) & ~s["ok"]
+        hit = judge(logits, s["y"], s["st"]) & ~s["ok"]
         s["x_succ"] = _where(hit, x_adv, s["x_succ"])
         s["ok"] = s["ok"] | hit
         better = loss > s["loss_best"]
@@ -239,8 +239,11 @@ class APGD(Attack):
     def threat(self) -> ThreatModel:
         return make_threat(self.norm, self.eps)
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(
+        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
+    ) -> AttackResult:
         counter = Counter()
+        judge = judge or Judge.of(model)
         if self.eps == 0 or x.shape[0] == 0:
             success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
@@ -260,15 +263,15 @@ class APGD(Attack):
         stacked = None
         if len(runs) > 1 and stack_in_batch(x):
             stacked = stacked_or_none(
-                lambda: self._stacked(model, x, y, runs, loss_fn, generator, counter), generator
+                lambda: self._stacked(model, x, y, runs, loss_fn, generator, counter, judge), generator
             )
-        x_adv, success = stacked or self._one_by_one(model, x, y, plans, loss_fn, generator, counter)
-        if success_tolerance(model):  # bf16 fast path: report what is adversarial in fp32
-            success = verdict(model, x_adv, y, target, counter)
+        x_adv, success = stacked or self._one_by_one(model, x, y, plans, loss_fn, generator, counter, judge)
+        if judge.tentative:  # bf16 fast path: report what is adversarial in fp32
+            success = judge.verdict(x_adv, y, target, counter)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
     def _one_by_one(
-        self, model, x, y, plans, loss_fn, generator, counter
+        self, model, x, y, plans, loss_fn, generator, counter, judge
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
         success, else the result of highest loss."""
@@ -287,7 +290,7 @@ class APGD(Attack):
                     steps=self.steps, rho=self.rho, counter=counter, generator=subset(generator, todo),
                     loss_target=None if loss_target is None else loss_target[sel],
                     success_target=None if success_target is None else success_target[sel],
-                    eot_samples=self.eot_samples,
+                    eot_samples=self.eot_samples, judge=judge,
                 )  # fmt: skip
                 take = ok | (loss > best_loss[sel])
                 x_adv[sel[take]] = adv[take]
@@ -295,7 +298,9 @@ class APGD(Attack):
                 success[sel] = ok
         return x_adv, success
 
-    def _stacked(self, model, x, y, runs, loss_fn, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stacked(
+        self, model, x, y, runs, loss_fn, generator, counter, judge
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
 
         Run r of sample i starts from the r-th draw of sample i's generator, as in the one-by-one
@@ -311,7 +316,7 @@ class APGD(Attack):
             model, repeat_runs(x, r), repeat_runs(y, r), self.threat, loss_fn,
             steps=self.steps, rho=self.rho, counter=counter, generator=None,
             loss_target=stack([lt for lt, _ in runs]), success_target=stack([st for _, st in runs]),
-            eot_samples=self.eot_samples, start=starts,
+            eot_samples=self.eot_samples, start=starts, judge=judge,
         )  # fmt: skip
         ok, loss = ok.view(r, n), loss.view(r, n)
         return pick_runs(adv, torch.where(ok.any(0), ok.float().argmax(0), loss.argmax(0))), ok.any(0)

@@ -13,11 +13,12 @@ custom        ``attacks``: a list of registry keys or dicts ``{attack: key, name
 ============  =====================================================================================
 
 Every stage runs only on the samples still robust, always starting from the clean input; a sample's
-verdict is the AND over stages. A stage's claimed successes are re-checked with an independent fp32
-forward pass (autocast off, the fp32 model behind a bf16 fast path, the model in the mode it was
-given: the runner gives eval mode) and a norm check with tolerance ``tolerance``; claims that fail
-stay robust and count as ``rejected``. Behind the fast path the stages themselves report the fp32
-verdict on their examples (``robustkit.attacks.base.verdict``), so a success too thin for bf16 to
+verdict is the AND over stages. A stage's claimed successes are re-checked by
+``robustkit.attacks.criteria.confirm``, as the runner does: an independent fp32 forward pass in eval
+mode (autocast off, the fp32 reference model behind a bf16 fast path) and a bound check with tolerance
+``tolerance``; claims that fail stay robust and count as ``rejected``. Every stage gets the call's
+criterion and precisions: behind the fast path a stage runs at the precision it declares and reports
+the fp32 verdict on its examples (``robustkit.attacks.base.Judge``), so a success too thin for bf16 to
 be sure of is still claimed.
 
 The fields ``steps``, ``n_targets``, ``queries``, ``restarts`` and ``eot_samples``, when set, are
@@ -45,7 +46,8 @@ from ..errors import ConfigError
 from ..functional.random import GeneratorLike, subset
 from ..registry import dataclass_fields, suggest
 from ..threat import ThreatModel, make_threat
-from .base import ATTACKS, Attack, AttackResult, Counter, positive, register, verdict
+from .base import ATTACKS, Attack, AttackResult, Counter, Judge, positive, register
+from .criteria import confirm
 
 VERSIONS: dict[str, list[dict[str, Any]]] = {
     "standard": [
@@ -146,13 +148,17 @@ class AutoAttack(Attack):
             out.append((label, ATTACKS.create(key, **spec)))
         return out
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(
+        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
+    ) -> AttackResult:
         if target is not None:
             raise ConfigError("autoattack is untargeted; run apgd-t or fab-t directly for a given target")
+        judge = judge or Judge.of(model)
+        reference = judge.precisions.reference
         counter = Counter()
         threat = self.threat
         n = x.shape[0]
-        robust = ~verdict(model, x.float(), y, None, counter)
+        robust = ~confirm(reference, None, x, x, y, counter=counter).adversarial
         broken_by = torch.where(robust, -1, -2).to(torch.int64)
         x_adv = x.clone()
         cascade: list[dict[str, Any]] = []
@@ -169,11 +175,13 @@ class AutoAttack(Attack):
             }
             if todo:
                 sel = robust.nonzero()[:, 0]
-                res = attack(model, x[sel], y[sel], generator=subset(generator, robust))
-                delta = res.x_adv - x[sel]
-                inside = threat.within(delta, self.tolerance) & (res.x_adv >= 0).flatten(1).all(1)
-                inside &= (res.x_adv <= 1).flatten(1).all(1)
-                confirmed = res.success & verdict(model, res.x_adv.float(), y[sel], None, counter) & inside
+                res = attack(
+                    model, x[sel], y[sel], criterion=judge.criterion, precisions=judge.precisions,
+                    generator=subset(generator, robust),
+                )  # fmt: skip
+                check = confirm(reference, threat, x[sel], res.x_adv, y[sel], tolerance=self.tolerance,
+                                counter=counter)  # fmt: skip
+                confirmed = res.success & check.confirmed
                 hit = sel[confirmed]
                 robust[hit] = False
                 broken_by[hit] = k

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -11,9 +13,11 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.random import GeneratorLike, uniform
+from ..models.fastpath import Precisions
 from ..models.state import preserved
 from ..registry import Registry
 from ..validate import check_inputs, check_labels
+from .criteria import Criterion, Misclassification, is_success, resolve
 
 ATTACKS: Registry[Attack] = Registry("attack", autoload=("robustkit.attacks",))
 register = ATTACKS.register
@@ -79,51 +83,53 @@ def loss_and_grad(
     return loss.detach(), logits.detach(), grad
 
 
-def is_success(
-    logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, tolerance: float = 0.0
-) -> torch.Tensor:
-    """Misclassified (or classified as ``target``); with ``tolerance`` > 0, by a margin of at least
-    ``tolerance * max |logit|`` (a verdict that the rounding of a bf16 forward pass cannot flip)."""
-    if tolerance > 0:
-        from ..functional.losses import cw_margin
+@dataclass(frozen=True)
+class Judge:
+    """How one attack call decides success: ``criterion`` on the logits of the model it attacks, and
+    the last word of ``precisions.reference``, the fp32 model (``verdict``).
 
-        return cw_margin(logits, y, target) > tolerance * logits.abs().amax(1)
-    pred = logits.argmax(1)
-    return pred == target if target is not None else pred != y
+    ``tentative`` is True when the criterion asks for a margin (the attack runs under bf16, see
+    ``robustkit.attacks.criteria``): the attack's own decisions are then only sure ones, and it reports
+    the fp32 verdict on its results, so that no example adversarial in fp32 goes unreported.
+    """
 
+    criterion: Criterion
+    precisions: Precisions
 
-def success_tolerance(model: Callable) -> float:
-    """How sure a success verdict from ``model``'s logits must be to be final: 0 for an fp32 model;
-    the fast path's bf16 model (``robustkit.evaluation.fastpath.FastModel``) sets its own."""
-    return float(getattr(model, "success_tolerance", 0.0))
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """The criterion on ``logits``, aimed at ``target`` (the run's per-sample targets) when given."""
+        return is_success(logits, y, target, self.criterion.margin)
 
+    @property
+    def tentative(self) -> bool:
+        return self.criterion.margin > 0
 
-def fp32_model(model: Callable) -> Callable:
-    """The full-precision model behind a fast-path model (the model itself otherwise)."""
-    return getattr(model, "reference", model)
+    def verdict(
+        self, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, counter: Counter
+    ) -> torch.Tensor:
+        """Whether ``x_adv`` succeeds, judged exactly (margin 0) by one forward pass of the fp32 model
+        with autocast off, in the mode the model was given."""
+        with torch.no_grad(), torch.autocast(device_type=x_adv.device.type, enabled=False):
+            return is_success(forward(self.precisions.reference, x_adv, counter), y, target)
 
-
-def full_precision(model: Callable) -> Callable:
-    """``model`` without bf16 autocast: a bf16 fast path's fp32 form (folding and memory layout kept),
-    any other model itself."""
-    return getattr(model, "full_precision", model)
-
-
-def verdict(
-    model: Callable, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, counter: Counter
-) -> torch.Tensor:
-    """Whether ``x_adv`` succeeds, judged by one forward pass of the fp32 model (``fp32_model``, with
-    autocast off): an attack behind a bf16 fast path reports every example that is adversarial in
-    fp32, claimed inside the attack or not, and none that is not."""
-    with torch.no_grad(), torch.autocast(device_type=x_adv.device.type, enabled=False):
-        return is_success(forward(fp32_model(model), x_adv, counter), y, target)
+    @classmethod
+    def of(cls, model: Callable) -> Judge:
+        """The exact criterion on ``model`` itself: what an attack called without a criterion uses."""
+        return cls(Misclassification(), Precisions.single(model))
 
 
 @dataclass(frozen=True, kw_only=True)
 class Attack:
-    """Base class. Subclasses are frozen keyword-only dataclasses and implement ``run``."""
+    """Base class. Subclasses are frozen keyword-only dataclasses and implement ``run``.
+
+    ``precision`` declares the arithmetic the attack's decisions need: "any" (default) runs on the
+    model it is given, bf16 fast path included; "fp32" (Square's random search, whose decisions hinge
+    on loss differences below bf16 rounding) runs on ``precisions.fp32`` when ``precisions`` is given.
+    A subclass whose ``run`` takes a ``judge`` keyword decides success with it (``Judge``).
+    """
 
     name: ClassVar[str] = "attack"
+    precision: ClassVar[str] = "any"
 
     def __call__(
         self,
@@ -132,14 +138,34 @@ class Attack:
         y: torch.Tensor,
         *,
         target: torch.Tensor | None = None,
+        criterion: Criterion | None = None,
+        precisions: Precisions | None = None,
         generator: GeneratorLike = None,
     ) -> AttackResult:
+        """Attack ``model`` on ``(x, y)``.
+
+        ``criterion``: what counts as success (``robustkit.attacks.criteria``; default
+        ``Misclassification()``; ``TargetedMisclassification(t)`` is the same as ``target=t``).
+        ``precisions``: the model at the precisions an attack may declare (``robustkit.models.fastpath``),
+        with ``model`` its ``fast`` member; the fp32 ``reference`` gives the attack's final verdicts.
+        """
         check_inputs(x, "x")
         check_labels(y, x.shape[0], "y")
+        criterion, target = resolve(criterion, target)
         if target is not None:
             check_labels(target, x.shape[0], "target")
-        with preserved(model):
-            result = self.run(model, x, y, target=target, generator=generator)
+        if precisions is None:
+            precisions = Precisions.single(model)
+        elif model is not precisions.fast:
+            raise ConfigError(
+                "an attack called with precisions= attacks precisions.fast: pass it as the model"
+            )
+        model = precisions.at(self.precision)
+        kwargs: dict[str, Any] = {"target": target, "generator": generator}
+        if _takes_judge(type(self)):
+            kwargs["judge"] = Judge(criterion, precisions)
+        with preserved(model), preserved(None if precisions.reference is model else precisions.reference):
+            result = self.run(model, x, y, **kwargs)
         result.x_adv = result.x_adv.detach().to(dtype=x.dtype)
         return result
 
@@ -159,6 +185,11 @@ class Attack:
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+@functools.cache
+def _takes_judge(cls: type) -> bool:
+    return "judge" in inspect.signature(cls.run).parameters
 
 
 def positive(value: float, what: str, *, allow_zero: bool = False) -> None:

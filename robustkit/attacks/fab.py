@@ -34,8 +34,8 @@ from .base import (
     Attack,
     AttackResult,
     Counter,
+    Judge,
     forward,
-    is_success,
     pick_runs,
     positive,
     positive_ints,
@@ -43,8 +43,6 @@ from .base import (
     repeat_runs,
     stack_in_batch,
     stacked_or_none,
-    success_tolerance,
-    verdict,
 )
 
 
@@ -137,17 +135,20 @@ def fab_run(
     counter: Counter,
     check_every: int = 10,
     offset: torch.Tensor | None = None,
+    judge: Judge | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One FAB run. Returns (best adversarial found, its norm; inf where none was found). The run
     starts from ``x0``, or from ``x0 + offset`` (clipped to [0, 1]) when ``offset`` is given, or from a
-    random point at half the radius (``random_start``, drawn from ``generator``).
+    random point at half the radius (``random_start``, drawn from ``generator``). ``judge`` (default:
+    the exact criterion on ``model``; behind a bf16 fast path only clear successes count) decides
+    which iterates are adversarial.
 
     Samples whose best norm is already within ``threat.eps`` leave the batch every ``check_every``
     steps (a host synchronization), since their verdict cannot change.
     """
     p = threat.p
     n = x0.shape[0]
-    tol = success_tolerance(model)  # bf16 fast path: only clear successes count (see is_success)
+    judge = judge or Judge.of(model)
     out_adv, out_norm = x0.clone(), torch.full((n,), float("inf"), dtype=x0.dtype, device=x0.device)
     idx = torch.arange(n, device=x0.device)
     if offset is None and random_start:
@@ -174,7 +175,7 @@ def fab_run(
         alpha = _bview((a1 / (a1 + a2)).clamp(0.0, alpha_max), x1)
         x1 = ((x1 + eta * d1) * (1 - alpha) + (xs + eta * d2) * alpha).clamp(0.0, 1.0)
         with torch.no_grad():
-            is_adv = is_success(forward(model, x1, counter), ys, ts, tol)
+            is_adv = judge(forward(model, x1, counter), ys, ts)
         norm = flat_norm(x1 - xs, p)
         better = is_adv & (norm < best_norm)
         best_adv = torch.where(_bview(better, x1), x1, best_adv)
@@ -230,8 +231,11 @@ class FAB(Attack):
     def threat(self) -> ThreatModel:
         return make_threat(self.norm, self.eps)
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(
+        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
+    ) -> AttackResult:
         counter = Counter()
+        judge = judge or Judge.of(model)
         if self.eps == 0 or x.shape[0] == 0:
             success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
@@ -246,12 +250,14 @@ class FAB(Attack):
         runs = [(tgt, restart) for tgt in plans for restart in range(self.restarts)]
         stacked = None
         if len(runs) > 1 and stack_in_batch(x):
-            stacked = stacked_or_none(lambda: self._stacked(model, x, y, runs, generator, counter), generator)
-        x_adv, success = stacked or self._one_by_one(model, x, y, plans, generator, counter)
-        success &= verdict(model, x_adv, y, target, counter)  # in fp32 (behind a bf16 fast path too)
+            stacked = stacked_or_none(
+                lambda: self._stacked(model, x, y, runs, generator, counter, judge), generator
+            )
+        x_adv, success = stacked or self._one_by_one(model, x, y, plans, generator, counter, judge)
+        success &= judge.verdict(x_adv, y, target, counter)  # in fp32 (behind a bf16 fast path too)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
-    def _one_by_one(self, model, x, y, plans, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _one_by_one(self, model, x, y, plans, generator, counter, judge) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
         example within the budget, else the clean input."""
         threat = self.threat
@@ -266,14 +272,14 @@ class FAB(Attack):
                 adv, norm = fab_run(
                     model, x[sel], y[sel], threat, target=None if tgt is None else tgt[sel],
                     steps=self.steps, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
-                    random_start=restart > 0, generator=subset(generator, todo), counter=counter,
+                    random_start=restart > 0, generator=subset(generator, todo), counter=counter, judge=judge,
                 )  # fmt: skip
                 ok = threat.within(adv - x[sel], tol=0.0) & torch.isfinite(norm)
                 x_adv[sel[ok]] = x[sel[ok]] + threat.clip(x[sel[ok]], adv[ok] - x[sel[ok]])
                 success[sel] = ok
         return x_adv, success
 
-    def _stacked(self, model, x, y, runs, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stacked(self, model, x, y, runs, generator, counter, judge) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
 
         Restart 0 of a target starts from the clean input, restart r > 0 from sample i's next draw, as
@@ -292,6 +298,7 @@ class FAB(Attack):
         adv, norm = fab_run(
             model, xs, repeat_runs(y, r), threat, target=targets, steps=self.steps, alpha_max=self.alpha_max,
             eta=self.eta, beta=self.beta, random_start=False, generator=None, counter=counter, offset=offsets,
+            judge=judge,
         )  # fmt: skip
         ok = (threat.within(adv - xs, tol=0.0) & torch.isfinite(norm)).view(r, n)
         adv = pick_runs(adv, ok.float().argmax(0))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..threat import ThreatModel
-from .base import Counter, forward, is_success, success_tolerance, verdict
+from .base import Counter, Judge, forward, is_success
 
 Compose = Callable[[torch.Tensor], torch.Tensor]
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -229,8 +229,9 @@ class Freeze(Keep):
     synchronization per check, stops when all are done, and drops the done ones from the working batch
     once they are a quarter of it (``objective_at(live)`` gives the objective of the samples left).
 
-    Behind a bf16 fast path (``success_tolerance(model) > 0``) a sample is frozen only once it is
-    adversarial by a margin bf16 rounding cannot fake, and the final verdict is an fp32 forward pass.
+    ``judge`` (default: the exact criterion on ``model``) decides success. Behind a bf16 fast path its
+    criterion has a margin (``judge.tentative``): a sample is frozen only once it is adversarial by a
+    margin bf16 rounding cannot fake, and the final verdict is an fp32 forward pass.
     ``result`` is ``(x_adv, success)``.
     """
 
@@ -238,6 +239,7 @@ class Freeze(Keep):
         self, model: Callable, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
         threat: ThreatModel, *, steps: int, step_size: float, objective: Objective, counter: Counter,
         objective_at: Callable[[torch.Tensor], Objective] | None = None, mask: torch.Tensor | None = None,
+        judge: Judge | None = None,
     ) -> None:  # fmt: skip
         self.model, self.threat, self.steps, self.step_size, self.counter = (
             model,
@@ -248,7 +250,7 @@ class Freeze(Keep):
         )
         self.x, self.y, self.target, self.mask, self.objective_at = x, y, target, mask, objective_at
         self.y_all, self.target_all = y, target  # the working batch shrinks when it compacts
-        self.tol = success_tolerance(model)
+        self.judge = judge or Judge.of(model)
         self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         self.out: torch.Tensor | None = None
         self.out_found, self.live = self.found, None  # live: working-batch indices once compacted
@@ -263,7 +265,7 @@ class Freeze(Keep):
     def observe(self, step, param, x_adv, gain, logits) -> bool:
         if self.out is None:
             self.out = param
-        self.found |= is_success(logits, self.y, self.target, self.tol)
+        self.found |= self.judge(logits, self.y, self.target)
         return False
 
     def settle(self, step: int, param: torch.Tensor) -> torch.Tensor | None:
@@ -288,7 +290,9 @@ class Freeze(Keep):
         return param[keep]
 
     def result(self, param: torch.Tensor, stopped: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if not stopped and not self.tol:  # the last iterate of the samples still running: one more pass
+        if (
+            not stopped and not self.judge.tentative
+        ):  # the last iterate of the samples still running: one more pass
             with torch.no_grad():
                 self.found |= is_success(forward(self.model, param, self.counter), self.y, self.target)
         if self.live is None:
@@ -296,8 +300,8 @@ class Freeze(Keep):
         else:
             self.out[self.live], self.out_found[self.live] = param, self.found
             adv, success = self.out.detach(), self.out_found
-        if self.tol:  # behind a bf16 fast path: the verdict on every result in fp32
-            success = verdict(self.model, adv, self.y_all, self.target_all, self.counter)
+        if self.judge.tentative:  # behind a bf16 fast path: the verdict on every result in fp32
+            success = self.judge.verdict(adv, self.y_all, self.target_all, self.counter)
         return adv, success
 
 
@@ -315,6 +319,7 @@ def gradient_ascent(
     counter: Counter,
     objective_at: Callable[[torch.Tensor], Objective] | None = None,
     mask: torch.Tensor | None = None,
+    judge: Judge | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PGD ascent (:class:`Freeze`). Returns (x_adv, success): per sample the first successful
     iterate, else the last one.
@@ -330,7 +335,7 @@ def gradient_ascent(
     """
     keep = Freeze(
         model, x, y, target, threat, steps=steps, step_size=step_size, objective=objective, counter=counter,
-        objective_at=objective_at, mask=mask,
+        objective_at=objective_at, mask=mask, judge=judge,
     )  # fmt: skip
     return ascend(model, threat.project_(start, x), keep.ascent, keep, steps=steps, counter=counter)
 

@@ -37,7 +37,7 @@ class PGD(IterativeLpAttack):
     else picks targets by ``target_mode`` ('random', 'least-likely' or a class index).
     """
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None, judge=None) -> AttackResult:
         counter = Counter()
         threat = self.threat
         target = self.targets(model, x, y, target, generator, counter)
@@ -47,13 +47,14 @@ class PGD(IterativeLpAttack):
         step = self.step
         if self.restarts > 1 and stack_in_batch(x):
             stacked = stacked_or_none(
-                lambda: self._stacked(model, x, y, target, generator, counter, threat, step), generator
+                lambda: self._stacked(model, x, y, target, generator, counter, threat, step, judge), generator
             )
             if stacked is not None:
                 return stacked
 
         def attempt(xs, ys, ts, gens) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._ascend(model, xs, ys, ts, self._start(xs, threat, gens), threat, step, counter)
+            start = self._start(xs, threat, gens)
+            return self._ascend(model, xs, ys, ts, start, threat, step, counter, judge)
 
         x_adv, success = self.restarted(attempt, x, y, target, generator)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
@@ -62,7 +63,9 @@ class PGD(IterativeLpAttack):
         """A fresh starting point: ``x`` plus a random draw from the ball, or a copy of ``x``."""
         return threat.random_start(x, generator) if self.random_start else x.clone()
 
-    def _ascend(self, model, xs, ys, ts, start, threat, step, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ascend(
+        self, model, xs, ys, ts, start, threat, step, counter, judge=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
             return self.objective(ys[live], ts[live] if ts is not None else None)
 
@@ -78,9 +81,10 @@ class PGD(IterativeLpAttack):
             start=start,
             counter=counter,
             objective_at=objective_at,
+            judge=judge,
         )
 
-    def _stacked(self, model, x, y, target, generator, counter, threat, step) -> AttackResult:
+    def _stacked(self, model, x, y, target, generator, counter, threat, step, judge) -> AttackResult:
         """All restarts in one batch of ``restarts * B`` (GPU: fills the device with small batches).
 
         Restart r of sample i starts from the r-th draw of sample i's generator, as in the one-by-one
@@ -91,7 +95,7 @@ class PGD(IterativeLpAttack):
         starts = [self._start(x, threat, generator) for _ in range(r)]
         ts = repeat_runs(target, r) if target is not None else None
         adv, ok = self._ascend(
-            model, repeat_runs(x, r), repeat_runs(y, r), ts, torch.cat(starts), threat, step, counter
+            model, repeat_runs(x, r), repeat_runs(y, r), ts, torch.cat(starts), threat, step, counter, judge
         )
         ok = ok.view(r, n)
         first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last
@@ -102,7 +106,7 @@ class PGD(IterativeLpAttack):
 class FGSM(LpAttack, LossAttack):
     """One signed-gradient (L-inf) or normalized-gradient (L2) step of size eps from the clean input."""
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None, judge=None) -> AttackResult:
         counter = Counter()
         threat = self.threat
         target = self.targets(model, x, y, target, generator, counter)

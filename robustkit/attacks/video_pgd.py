@@ -44,7 +44,7 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
         """``(B, 1, T, 1, 1)`` float mask of the frames this attack may change: all of them."""
         return torch.ones(x.shape[0], 1, x.shape[2], 1, 1, dtype=x.dtype, device=x.device)
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None, judge=None) -> AttackResult:
         counter = Counter()
         target = self.targets(model, x, y, target, generator, counter)
         if self.eps == 0:
@@ -53,12 +53,14 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
         mask = self.frame_mask(model, x, y, target, generator, counter)
 
         def attempt(xs, ys, ts, gens, ms) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._attack(model, xs, ys, ts, ms, gens, counter)
+            return self._attack(model, xs, ys, ts, ms, gens, counter, judge)
 
         x_adv, success = self.restarted(attempt, x, y, target, generator, mask)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
-    def _attack(self, model, x, y, target, mask, generator, counter) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attack(
+        self, model, x, y, target, mask, generator, counter, judge=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         threat = self.threat
         active = int(mask[0].sum())  # frames perturbed, the same for every sample
         step = self.step
@@ -86,7 +88,7 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
 
             return gradient_ascent(
                 model, x, y, threat, steps=self.steps, step_size=step, objective=self.objective(y, target),
-                target=target, start=start, counter=counter, objective_at=objective_at, mask=mask,
+                target=target, start=start, counter=counter, objective_at=objective_at, mask=mask, judge=judge,
             )  # fmt: skip
         ascent = Ascent(objective=self.objective(y, target), update=update, compose=compose)
         adv, ok, _ = until_success(model, param, ascent, y, target, counter, steps=self.steps)

@@ -14,9 +14,8 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..attacks.base import fp32_model
+from ..attacks.criteria import Misclassification, confirm, fp32_logits
 from ..errors import InputError, ModelError
 from ..functional.random import sample_generators
 from ..validate import check_inputs, check_labels, check_logits
@@ -63,33 +62,6 @@ def preflight(
         )
 
 
-def recheck(net, x_adv: torch.Tensor) -> torch.Tensor:
-    """Independent fp32 forward pass in eval mode; restores the model's mode afterwards."""
-    modes = [(m, m.training) for m in net.modules()] if isinstance(net, nn.Module) else []
-    try:
-        if isinstance(net, nn.Module):
-            net.eval()
-        with torch.no_grad(), torch.autocast(x_adv.device.type, enabled=False):
-            return fp32_model(net)(x_adv.float()).float()
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-def norm_ok(entry: SuiteEntry, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-    """The perturbation respects the attack's Lp bound (small tolerance); True when there is no bound."""
-    threat = getattr(entry.attack, "threat", None)
-    eps = getattr(threat, "eps", None)
-    if (
-        threat is None
-        or not hasattr(threat, "within")
-        or not isinstance(eps, float)
-        or not 0 < eps < float("inf")
-    ):
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return threat.within((x_adv - x).float(), tol=1e-4)
-
-
 def clean_pass(store: Store, net, dataset, batches: list[list[int]], device, num_classes, bar) -> None:
     done = store.clean_done()
     for chunk in batches:
@@ -100,7 +72,7 @@ def clean_pass(store: Store, net, dataset, batches: list[list[int]], device, num
         check_inputs(x, f"data samples {chunk[0]}..{chunk[-1]}")
         check_labels(y, len(chunk), f"labels of samples {chunk[0]}..{chunk[-1]}", num_classes)
         t0 = time.perf_counter()
-        logits = recheck(net, x.to(device))
+        logits = fp32_logits(net.reference, x.to(device))
         check_logits(logits, len(chunk), num_classes)
         pred = logits.argmax(1).cpu()
         conf = logits.softmax(1).max(1).values.cpu()
@@ -202,7 +174,8 @@ def _attack(entry, attack, net, dataset, todo, device, seed, k, gallery) -> dict
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    result = attack(net, x, y, generator=gens)
+    criterion = Misclassification(margin=net.tolerance)  # net: the model's Precisions (the fast path)
+    result = attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -211,11 +184,10 @@ def _attack(entry, attack, net, dataset, todo, device, seed, k, gallery) -> dict
         raise InputError(
             f"attack {entry.name} returned x_adv of shape {tuple(x_adv.shape)} for input {tuple(x.shape)}"
         )
-    logits = recheck(net, x_adv)
+    logits, _, within = check = confirm(net.reference, getattr(entry.attack, "threat", None), x, x_adv, y)
     pred = logits.argmax(1)
     conf = logits.softmax(1).max(1).values
-    within = norm_ok(entry, x, x_adv)
-    robust = (pred == y) | ~within
+    robust = ~check.confirmed
     diff = (x_adv - x).flatten(1).float()
     linf, l2 = diff.abs().amax(1), diff.norm(dim=1)
     metrics = {

@@ -182,7 +182,7 @@ def evaluate(
     ``model_name`` names a model given as a Python object; ``defense_info`` (from
     ``robustkit.evaluation.defended.honor``) records a defense's capabilities and how they were honored.
     ``fold_bn`` / ``channels_last`` / ``compile`` / ``amp`` ('bf16'): the attacks' fast path
-    (``robustkit.evaluation.fastpath``; successes are still rechecked in fp32); ``profile`` writes
+    (``robustkit.models.fastpath``; successes are still rechecked in fp32); ``profile`` writes
     ``profile.json`` (time per attack and pass counts, ``robustkit.evaluation.profile``) and adds it to the summary.
 
     Started by ``torchrun``, every rank evaluates its shard and rank 0 merges and renders.
@@ -221,7 +221,7 @@ def evaluate(
         raise ConfigError(f"dataset '{data_name}' ({split}) is empty")
     indices = list(range(min(n_total, limit) if limit else n_total))
     preflight(net, dataset, indices, len(classes) or None, dev)
-    from .fastpath import make_fastpath
+    from ..models.fastpath import make_fastpath
 
     fast = make_fastpath(channels_last, compile, amp, fold_bn)
     model_name = model_name or model_info.get("name", _spec_name(model))
@@ -281,7 +281,7 @@ def evaluate(
             def fit(entry: SuiteEntry, k: int):
                 return _fit_universal(entry, net, data, data_root, seed, k, dev)
 
-            run_suite(store, fast.wrap(net), dataset, mine, suite_obj, dev, seed, gallery, bar, fit)
+            run_suite(store, fast.precisions(net), dataset, mine, suite_obj, dev, seed, gallery, bar, fit)
         store.set_meta("elapsed", store.meta("elapsed", 0.0) + (time.perf_counter() - started))
         failed = False
     finally:

@@ -1,18 +1,22 @@
 """The fast path for attacks: BN folding, ``channels_last``, ``torch.compile`` and bf16 autocast,
-with every verdict in fp32.
+with every verdict in fp32. It never changes the user's model.
 
-``FastPath(fold_bn=..., channels_last=..., compile=..., amp="bf16").wrap(model)`` returns a
-``FastModel``: an ``nn.Module`` holding the original model (``.reference``) that attacks call like the
-model itself. Its forward pass
+``FastPath(fold_bn=..., channels_last=..., compile=..., amp="bf16").precisions(model)`` returns the
+model at the precisions attacks may declare (``Precisions``): ``fast``, a ``FastModel`` that attacks
+call like the model itself; ``fp32``, the same without autocast; ``reference``, the user's model, which
+gives every verdict that counts; and ``tolerance``, the margin a success needs in ``fast``'s logits.
+The runner hands an attack ``precisions.at(attack.precision)`` and a criterion with that margin
+(``robustkit.attacks.criteria``); attacks never ask a model what it is. A ``FastModel``'s forward pass
 
 - with ``fold_bn``, runs a copy of the model whose eval-mode BatchNorm layers are folded into the
   convolutions before them (``torch.fx.experimental.optimization.fuse``): the same function up to
   rounding, without the normalization passes and their backward (1.5x faster fp32 forward+backward
   of the shapes ResNet on CPU, 1.9x under bf16, where BN also costs casts). The copy is used only
-  while every BatchNorm of the reference is in eval mode, and is refolded when the reference's
-  parameters or buffers change; a model torch.fx cannot trace runs unfolded (logged once),
-- converts the input to the ``channels_last`` (4-D) or ``channels_last_3d`` (5-D) memory format (the
-  model's weights are converted once, in place, when wrapped),
+  while every BatchNorm of the model is in eval mode, and is refolded when the model's parameters or
+  buffers change; a model torch.fx cannot trace runs unfolded (logged once),
+- converts the input to the ``channels_last`` (4-D) or ``channels_last_3d`` (5-D) memory format and
+  runs a private copy of the model whose weights are converted once, when wrapped (the user's weights
+  keep their memory format; the copy does not follow later changes of the user's model),
 - runs the model compiled with ``torch.compile`` (backend ``"inductor"``, or the backend named by
   ``compile``) — compaction changes batch sizes, so shapes are marked dynamic after the first
   recompile, as ``torch.compile`` does by default,
@@ -20,30 +24,33 @@ model itself. Its forward pass
 
 bf16 has 8 bits of mantissa: near 1.0 it cannot represent a step of 1/255, so a bf16 forward pass can
 call an input adversarial that is not. Every verdict that counts is therefore taken with the fp32
-reference model: ``reference(model)`` unwraps a ``FastModel`` (and is the identity otherwise), and
-the runner's recheck (``robustkit.evaluation.execute.recheck``) runs it with autocast off.
+``reference`` model with autocast off (``robustkit.attacks.criteria.confirm``).
 
-The wrapper shares parameters and buffers with the reference model (no copy); attacks' state
-preservation (``robustkit.models.state.preserved``) sees the reference model's parameters as the
-wrapper's own.
+Without ``channels_last`` the ``FastModel`` shares parameters and buffers with the user's model (no
+copy); attacks' state preservation (``robustkit.models.state.preserved``) sees them as its own.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..attacks.base import fp32_model
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# bf16 logits of the same input differ from fp32 ones by up to about 2% of max |logit| (measured on the
+# shapes model at and around 2/255 PGD examples); a success is trusted inside an attack only by a margin
+# of 3% (``robustkit.attacks.criteria``). Otherwise samples near the boundary, adversarial in bf16 and
+# not in fp32, stop early and the attack ends weaker than in fp32.
 BF16_TOLERANCE = 0.03
-reference = fp32_model  # the fp32 model behind a FastModel (the model itself otherwise)
+PRECISIONS = ("any", "fp32")
 AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
@@ -90,17 +97,67 @@ class FastPath:
             )
         return FastModel(model, self)
 
+    @property
+    def tolerance(self) -> float:
+        """The margin (fraction of max |logit|) a success needs in the fast model's logits."""
+        return BF16_TOLERANCE if self.amp_dtype is not None else 0.0
+
+    def precisions(self, model: Callable) -> Precisions:
+        """``model`` at the precisions an attack may declare; see ``Precisions``."""
+        fast = self.wrap(model)  # type: ignore[arg-type]
+        if fast is model:
+            return Precisions.single(model)
+        fp32 = _FullPrecision(fast) if self.amp_dtype is not None else fast
+        return Precisions(fast=fast, fp32=fp32, reference=model, tolerance=self.tolerance)
+
+
+@dataclass(frozen=True)
+class Precisions:
+    """One model at the precisions an attack may declare (``Attack.precision``).
+
+    ``fast``: the fast path as configured (bf16 under ``amp``), what attacks run by default;
+    ``fp32``: the fast path with autocast off (BN folding, channels_last and compile kept), for attacks
+    whose decisions hinge on differences below bf16 rounding; ``reference``: the user's model, the fp32
+    model of every final verdict; ``tolerance``: the margin a success needs in ``fast``'s logits.
+    """
+
+    fast: Callable
+    fp32: Callable
+    reference: Callable
+    tolerance: float = 0.0
+
+    @classmethod
+    def single(cls, model: Callable) -> Precisions:
+        """A model without a fast path: itself at every precision."""
+        return cls(fast=model, fp32=model, reference=model)
+
+    def at(self, precision: str) -> Callable:
+        """The model for an attack that declares ``precision`` ("any" or "fp32")."""
+        if precision not in PRECISIONS:
+            raise ConfigError(
+                f"an attack's precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            )
+        return self.fp32 if precision == "fp32" else self.fast
+
 
 class FastModel(nn.Module):
-    """Runs ``reference`` with the fast-path options; see the module docstring."""
+    """Runs ``model`` with the fast-path options (a copy of it with ``channels_last``); see the module
+    docstring."""
 
     def __init__(self, model: nn.Module, options: FastPath) -> None:
         super().__init__()
+        if options.channels_last:  # the user's weights keep their memory format: convert a copy
+            try:
+                model = copy.deepcopy(model)
+            except Exception as exc:  # noqa: BLE001 - whatever stops the copy
+                raise ConfigError(
+                    f"--channels-last converts a copy of the model, and {type(model).__name__} cannot be "
+                    f"copied ({exc}); run without --channels-last"
+                ) from exc
+            _to_channels_last(model)
         self.model = model
         self.options = options
-        if options.channels_last:
-            _to_channels_last(model)
-        # not registered as submodules: they share (compiled) or derive from (folded) the reference
+        # not registered as submodules: they share (compiled) or derive from (folded) the model
         object.__setattr__(self, "_compiled", self._compile(model))
         object.__setattr__(self, "_folded", None)  # (folded copy, its compiled form)
         object.__setattr__(self, "_folded_from", None)  # (versions, buffer copies) at the last fold
@@ -119,14 +176,14 @@ class FastModel(nn.Module):
         return torch.compile(module, backend=backend)
 
     def _runner(self) -> Any:
-        """What the forward pass calls: the folded copy while it is valid, else the reference."""
+        """What the forward pass calls: the folded copy while it is valid, else the model."""
         if self._fold and not any(m.training for m in self._norms) and self._refold_if_changed():
             folded, compiled = self._folded
             return compiled if compiled is not None else folded
         return self._compiled if self._compiled is not None else self.model
 
     def _refold_if_changed(self) -> bool:
-        """Fold again if the reference's parameters or buffers changed since the last fold; False when
+        """Fold again if the model's parameters or buffers changed since the last fold; False when
         the model cannot be folded. Cheap when nothing changed: the storage and the version counter
         of each tensor (a tensor replaced, or written in place)."""
         params = [t for m in self._all_modules for t in m._parameters.values() if t is not None]
@@ -143,8 +200,6 @@ class FastModel(nn.Module):
                 self._folded_from = (versions, saved)
         if self._folded_from is not None and versions == self._folded_from[0]:
             return True
-        import copy
-
         from torch.fx.experimental.optimization import fuse
 
         try:
@@ -163,27 +218,6 @@ class FastModel(nn.Module):
         self._folded_from = (versions, [t.detach().clone() for t in buffers])
         return True
 
-    @property
-    def success_tolerance(self) -> float:
-        """bf16 logits of the same input differ from fp32 ones by up to about 2% of max |logit| (measured
-        on the shapes model at and around 2/255 PGD examples); a success is trusted inside an attack only
-        by a margin of 3% (``robustkit.attacks.base.is_success``). Otherwise samples near the boundary,
-        adversarial in bf16 and not in fp32, stop early and the attack ends weaker than in fp32."""
-        return BF16_TOLERANCE if self.options.amp_dtype is not None else 0.0
-
-    @property
-    def reference(self) -> nn.Module:
-        """The wrapped fp32 model (the one every success is rechecked with)."""
-        return self.model
-
-    @property
-    def full_precision(self) -> nn.Module:
-        """This fast path without bf16 (folded BN and channels_last kept): for attacks whose decisions
-        hinge on loss differences smaller than bf16 rounding (Square's random search)."""
-        if self.options.amp_dtype is None:
-            return self
-        return _FullPrecision(self)
-
     def forward(self, x: torch.Tensor, amp: bool = True) -> torch.Tensor:
         opts = self.options
         if opts.channels_last and x.ndim in (4, 5):
@@ -198,18 +232,17 @@ class FastModel(nn.Module):
 
 
 class _FullPrecision(nn.Module):
-    """A ``FastModel`` run with autocast off (see ``FastModel.full_precision``)."""
+    """A ``FastModel`` run with autocast off (``Precisions.fp32``): the same folded copy, memory format
+    and compiled function, fp32 arithmetic. A module around the fast model, so that ``preserved`` sees
+    its state."""
 
     def __init__(self, fast: FastModel) -> None:
         super().__init__()
         self.fast = fast
-
-    @property
-    def reference(self) -> nn.Module:
-        return self.fast.reference
+        self.amp = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fast(x, amp=False)
+        return self.fast(x, amp=self.amp)
 
 
 def make_fastpath(
@@ -222,7 +255,8 @@ def make_fastpath(
 
 
 def _to_channels_last(model: nn.Module) -> None:
-    """Convert 4-D weights to channels_last and 5-D ones to channels_last_3d, in place."""
+    """Convert 4-D weights to channels_last and 5-D ones to channels_last_3d, in place (of the fast
+    path's own copy)."""
     for module in model.modules():
         for p in list(module.parameters(recurse=False)):
             if p.ndim in (4, 5):
