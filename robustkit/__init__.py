@@ -13,6 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
+from .builtin.zoo import load_zoo_model
 from .data.loading import load_dataset
 from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
 from .evaluation.runner import RunResult, evaluate
@@ -20,7 +21,6 @@ from .evaluation.suite import load_suite
 from .models.loading import load_model
 from .models.normalized import Normalized
 from .models.state import preserved
-from .models.zoo import load_zoo_model
 from .threat import L2, Linf, make_threat
 
 __all__ = [

@@ -14,7 +14,9 @@ from torch.utils.data import Dataset
 
 from ..registry import Registry
 
-BUILTIN: Registry[Dataset] = Registry("built-in dataset", autoload=("robustkit.data",))
+# The built-in datasets live in ``robustkit.builtin`` (each with its zoo model), which ``import robustkit``
+# loads; a registry here is only the mechanism, so nothing is autoloaded from this layer.
+BUILTIN: Registry[Dataset] = Registry("built-in dataset")
 register_dataset = BUILTIN.register
 
 SPLIT_SALT = {"train": 0, "test": 1, "val": 2, "holdout": 3}
@@ -53,6 +55,26 @@ def generate(
         xs.append(x)
         ys.append(label)
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
+
+def balanced(
+    name: str,
+    classes: Sequence[str],
+    render: Callable[[torch.Generator, int], torch.Tensor],
+    n: int,
+    split: str,
+    seed: int,
+    **info,
+) -> SyntheticDataset:
+    """``n`` samples with balanced classes: sample ``i`` is of class ``i mod len(classes)``, drawn by
+    ``render(g, label)`` from its own generator. ``info`` is kept on the dataset with split and seed."""
+
+    def sample(g: torch.Generator, i: int) -> tuple[torch.Tensor, int]:
+        label = i % len(classes)
+        return render(g, label), label
+
+    x, y = generate(n, seed, split, sample)
+    return SyntheticDataset(name, x, y, classes, split=split, **info, seed=seed)
 
 
 def grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:

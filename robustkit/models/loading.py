@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..builtin.zoo import ZOO, load_zoo_model
 from ..errors import ConfigError, ModelError
 from ..registry import suggest
 from .checkpoint import load_into
 from .normalized import Normalized
-from .zoo import ZOO, load_zoo_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
