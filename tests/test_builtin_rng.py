@@ -47,9 +47,9 @@ def test_training_a_zoo_model_on_first_use_leaves_the_global_rng_alone(tmp_path,
     name = "test-rng-tiny-resnet"
     if name not in ZOO:
         entry = register_small_resnet(
-            name, "shapes", lambda split: shapes(split, n=64), 10, seed=3, epochs=1, description="tests only"
+            "test-rng-tiny", lambda split: shapes(split, n=64), 10, seed=3, epochs=1, about="tests"
         )
-        assert isinstance(entry, ZooEntry)
+        assert isinstance(entry, ZooEntry) and entry.name == name
     torch.manual_seed(1234)
     before = rng_state()
     model = load_zoo_model(name, progress=False)

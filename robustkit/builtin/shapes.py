@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..data.synthetic import SyntheticDataset, balanced, contrasting_colors, grid, register_dataset, uniform
+from ..data.synthetic import contrasting_colors, grid, image_dataset, uniform
 from .zoo import register_small_resnet
 
 CLASSES = [
@@ -60,21 +60,5 @@ def render_shape(g: torch.Generator, label: int, size: int, noise: float = 0.03)
     return img.clamp(0, 1)
 
 
-@register_dataset("shapes")
-def shapes(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
-    """Balanced classes (label = index mod 10). Default sizes: 8000 train, 1000 test."""
-    n = n if n is not None else (8000 if split == "train" else 1000)
-    return balanced(
-        "shapes", CLASSES, lambda g, label: render_shape(g, label, size), n, split, seed, size=size
-    )
-
-
-register_small_resnet(
-    "shapes-resnet",
-    "shapes",
-    shapes,
-    len(CLASSES),
-    seed=0,
-    epochs=6,
-    description="Compact ResNet (16-32-64-128 channels) for 32x32 shapes, standard training.",
-)
+shapes = image_dataset("shapes", CLASSES, render_shape, sizes=(8000, 1000))
+register_small_resnet("shapes", shapes, len(CLASSES), seed=0, epochs=6, about="shapes, standard training")

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data.synthetic import SyntheticDataset, balanced, grid, register_dataset, uniform
+from ..data.synthetic import grid, image_dataset, uniform
 from .zoo import register_small_resnet
 
 CLASSES = [
@@ -136,19 +136,7 @@ def render_sign(
     return img.clamp(0, 1)
 
 
-@register_dataset("signs")
-def signs(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
-    """Balanced classes (label = index mod 10). Default sizes: 5000 train, 1000 test."""
-    n = n if n is not None else (5000 if split == "train" else 1000)
-    return balanced("signs", CLASSES, lambda g, label: render_sign(g, label, size), n, split, seed, size=size)
-
-
+signs = image_dataset("signs", CLASSES, render_sign, sizes=(5000, 1000))
 register_small_resnet(
-    "signs-resnet",
-    "signs",
-    signs,
-    len(CLASSES),
-    seed=2,
-    epochs=5,
-    description="Compact ResNet (16-32-64-128 channels) for 32x32 synthetic traffic signs, 10 classes.",
+    "signs", signs, len(CLASSES), seed=2, epochs=5, about="synthetic traffic signs, 10 classes"
 )

@@ -148,18 +148,18 @@ def train_standard(
 
 
 def register_small_resnet(
-    name: str,
     dataset: str,
     load: Callable[[str], torch.utils.data.Dataset],
     num_classes: int,
     *,
     seed: int,
     epochs: int,
-    description: str,
+    about: str,
 ) -> ZooEntry:
-    """A zoo entry for a built-in 32x32 dataset: ``SmallResNet`` (width 16) behind
+    """The zoo entry ``<dataset>-resnet`` for a built-in 32x32 dataset: ``SmallResNet`` (width 16) behind
     ``Normalized(0.5, 0.25)``, initial weights from ``seed``, standard training for ``epochs`` on
-    ``load("train")``, clean accuracy measured on ``load("test")``."""
+    ``load("train")``, clean accuracy measured on ``load("test")``; ``about`` completes its description."""
+    name = f"{dataset}-resnet"
 
     def build() -> nn.Module:
         with fixed_seed(seed):  # deterministic initial weights; the caller's generator is left alone
@@ -171,6 +171,7 @@ def register_small_resnet(
             desc=f"training {name}", progress=progress,
         )  # fmt: skip
 
+    description = f"Compact ResNet (16-32-64-128 channels) for 32x32 {about}."
     return register_zoo(
         ZooEntry(name=name, dataset=dataset, build=build, train=train, description=description)
     )

@@ -77,6 +77,32 @@ def balanced(
     return SyntheticDataset(name, x, y, classes, split=split, **info, seed=seed)
 
 
+def image_dataset(
+    name: str,
+    classes: Sequence[str],
+    render: Callable[[torch.Generator, int, int], torch.Tensor],
+    *,
+    sizes: tuple[int, int],
+    **info,
+) -> Callable[..., SyntheticDataset]:
+    """Register and return built-in image dataset ``name``: ``render(g, label, size)`` draws one image,
+    classes are balanced, ``sizes`` are the default (train, test) lengths; ``info`` is kept on it."""
+
+    def dataset(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
+        n = n if n is not None else (sizes[0] if split == "train" else sizes[1])
+        return balanced(
+            name, classes, lambda g, label: render(g, label, size), n, split, seed, size=size, **info
+        )
+
+    dataset.__name__ = dataset.__qualname__ = name
+    dataset.__doc__ = (
+        f"``{name}``: balanced classes (label = index mod {len(classes)}). "
+        f"Default sizes: {sizes[0]} train, {sizes[1]} test."
+    )
+    register_dataset(name)(dataset)
+    return dataset
+
+
 def grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates (u, v) in [-1, 1], shape (size, size)."""
     c = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
