@@ -107,8 +107,8 @@ def compare(
     ``square_eps`` (default 8/255; None: ``eps``) is Square's radius: a score-based attack with a
     short query budget barely moves robust accuracy at a radius where APGD is already informative.
     ``on_row`` is called with the partial result after each attack."""
-    from robustkit.data.shapes import shapes
-    from robustkit.models.zoo import load_zoo_model
+    from robustkit.builtin.shapes import shapes
+    from robustkit.builtin.zoo import load_zoo_model
 
     model = load_zoo_model("shapes-resnet", progress=False).eval()
     data = shapes("test", n=n)

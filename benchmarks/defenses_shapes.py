@@ -47,13 +47,13 @@ from torch import nn
 from robustkit.attacks.pgd import PGD
 from robustkit.defenses.backbones import DataSpec
 from robustkit.defenses.base import DEFENSES, Context, Defense
-from robustkit.defenses.checkpoints import load_weights
-from robustkit.defenses.train import cache_path, load_split, train_defense
+from robustkit.defenses.loading import cache_path, load_weights, train_defense
 from robustkit.device import resolve_device
 from robustkit.evaluation.compare import format_table
 from robustkit.evaluation.defended import evaluate_defenses
 from robustkit.evaluation.suite import find_suite
 from robustkit.functional.random import sample_generators
+from robustkit.training.data import load_split
 
 TRAINED = ["standard", "abnn", "abnn-per-sample", "pgd-at", "nofrost", "bn-at", "bn-finetune", "bn-random"]
 EVALUATED = ["standard", "pgd-at", "abnn", "abnn-target-only", "abnn-transfer", "abnn-per-sample",
@@ -95,15 +95,14 @@ class Bench:
         recipe = DEFENSES.create(name)
         base = recipe.trained_recipe().name
         model = self.trained(base)
-        if recipe.view is not None:
-            ctx = Context(
-                dataset="shapes",
-                spec=DataSpec.from_dict(self.infos[base]["spec"]),
-                device=self.device,
-                progress=self.args.progress,
-                load=self.trained,
-            )
-            model = recipe.view(model, ctx).to(self.device).eval()
+        ctx = Context(
+            dataset="shapes",
+            spec=DataSpec.from_dict(self.infos[base]["spec"]),
+            device=self.device,
+            progress=self.args.progress,
+            load=self.trained,
+        )
+        model = recipe.view(model, ctx).to(self.device).eval()
         return model, self.infos[base]
 
 

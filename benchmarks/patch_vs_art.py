@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 from robustkit.attacks import create_attack
 from robustkit.attacks.physical import quantize
+from robustkit.builtin.zoo import ZOO, load_zoo_model
 from robustkit.data.synthetic import BUILTIN
 from robustkit.functional.placement import sample_placement
-from robustkit.models.zoo import ZOO, load_zoo_model
 
 
 def art_attack(model, args, max_iter: int, batch_size: int, shape: tuple[int, int, int], nb_classes: int):

@@ -63,8 +63,8 @@ def _verdict(key: str, value: float) -> str:
 
 
 def _shapes(n: int, device: torch.device):
-    from robustkit.data.shapes import shapes
-    from robustkit.models.zoo import load_zoo_model
+    from robustkit.builtin.shapes import shapes
+    from robustkit.builtin.zoo import load_zoo_model
 
     data = shapes("test", n=n)
     model = load_zoo_model("shapes-resnet", device=device, progress=False).eval()

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from robustkit.data.shapes_video import shapes_video
+from robustkit.builtin.shapes_video import shapes_video
+from robustkit.builtin.zoo import load_zoo_model
 from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
-from robustkit.models.zoo import load_zoo_model
 
 
 def main() -> None:

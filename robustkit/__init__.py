@@ -11,6 +11,7 @@ Quick use::
 from __future__ import annotations
 
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
+from .builtin.zoo import load_zoo_model
 from .data.loading import load_dataset
 from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
 from .evaluation.runner import RunResult, evaluate
@@ -18,7 +19,6 @@ from .evaluation.suite import load_suite
 from .models.loading import load_model, register_adapter
 from .models.normalized import Normalized
 from .models.state import preserved
-from .models.zoo import load_zoo_model
 from .threat import L2, Linf, make_threat
 from .version import __version__
 

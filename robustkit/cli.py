@@ -98,11 +98,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .attacks import ATTACKS
+    from .builtin.zoo import ZOO
     from .data.loading import manifest_names
     from .data.synthetic import BUILTIN
     from .defenses.base import DEFENSES
     from .evaluation.suite import builtin_suites
-    from .models.zoo import ZOO
 
     print("attacks:  " + ", ".join(ATTACKS.names()))
     print("suites:   " + ", ".join(builtin_suites()))
@@ -118,12 +118,76 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .defenses.cli import run_train
+# the ``train`` options passed to ``train_defense`` under their own names
+_TRAIN_OPTIONS = ("epochs", "batch_size", "train_size", "lr", "seed", "init", "device")
 
-    if args.defense is None:
-        args.defense = "standard"
-    return run_train(args)
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .defenses.base import DEFENSES
+    from .defenses.loading import train_defense
+    from .errors import ConfigError
+
+    if args.list:
+        for name in DEFENSES.names():
+            recipe = DEFENSES.create(name)
+            view = f" [view of {recipe.weights_of}]" if recipe.weights_of else ""
+            print(f"{name:18s}{view} {recipe.description}")
+        return 0
+    if not args.out:
+        raise ConfigError("train: --out DIR is required (checkpoints and the trained model go there)")
+    options = {k: getattr(args, k) for k in _TRAIN_OPTIONS}
+    info = train_defense(
+        args.defense,
+        args.data,
+        out_dir=args.out,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+        **options,
+    )
+    cost = info.get("cost", {})
+    summary = {
+        "defense": info.get("recipe"),
+        "data": info.get("dataset"),
+        "weights": info.get("weights"),
+        "clean_test_accuracy": info.get("clean_test_accuracy"),
+        "passes_per_step": cost.get("passes_per_step", {}).get("total"),
+        "seconds_per_step": cost.get("seconds_per_step"),
+        "relative_cost_passes": cost.get("relative_passes"),
+        "relative_cost_seconds": cost.get("relative_seconds"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
+    tr.add_argument(
+        "--defense", default="standard", help="defense recipe to train (default: standard; see --list)"
+    )
+    tr.add_argument(
+        "--data", default="shapes", help="built-in dataset, manifest name or manifest path (default: shapes)"
+    )
+    tr.add_argument("--out", help="output directory: checkpoints, model.safetensors and model.json")
+    tr.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the recipe's)")
+    tr.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="batch size (default: the recipe's)"
+    )
+    tr.add_argument(
+        "--train-size", type=_positive_int, default=None, help="use only the first N training samples"
+    )
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    tr.add_argument(
+        "--init",
+        default=None,
+        help="weights to start from: the trained network for bn-finetune, the substitute for abnn",
+    )
+    tr.add_argument("--seed", type=int, default=0, help="seed of data order and attack random starts")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    tr.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--list", action="store_true", help="list the defense recipes and exit")
+    tr.set_defaults(func=_cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,13 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=_cmd_evaluate)
 
-    from .defenses.cli import add_train_arguments
-
-    tr = sub.add_parser(
-        "train", help="train a model or a defense (standard, pgd-at, abnn, nofrost, bn-finetune, ...)"
+    _add_train_arguments(
+        sub.add_parser(
+            "train", help="train a model or a defense (standard, pgd-at, abnn, nofrost, bn-finetune, ...)"
+        )
     )
-    add_train_arguments(tr)
-    tr.set_defaults(func=_cmd_train)
 
     rp = sub.add_parser("report", help="render the HTML report of one run, or a comparison of several")
     rp.add_argument("runs", nargs="+", help="run directories")

@@ -46,14 +46,14 @@ def tiny_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def shapes_model() -> nn.Module:
-    from robustkit.models.zoo import load_zoo_model
+    from robustkit.builtin.zoo import load_zoo_model
 
     return load_zoo_model("shapes-resnet", progress=False)
 
 
 @pytest.fixture(scope="session")
 def shapes_test():
-    from robustkit.data.shapes import shapes
+    from robustkit.builtin.shapes import shapes
 
     return shapes("test", n=200)
 

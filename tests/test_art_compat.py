@@ -32,7 +32,7 @@ from torch import nn
 
 import robustkit.art as rka
 from robustkit.attacks import create_attack
-from robustkit.data.shapes import shapes
+from robustkit.builtin.shapes import shapes
 from robustkit.defenses.base import Capabilities, Defense, as_defense
 from robustkit.functional.random import sample_generators
 
@@ -248,7 +248,7 @@ def test_pgd_and_apgd_match_art_on_500_samples(net):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["abnn", "abnn-per-sample"])
 def test_art_pgd_on_abnn_matches_robustkits_pgd(name):
-    from robustkit.defenses.base import load_defense
+    from robustkit.defenses.loading import load_defense
 
     defense = load_defense(name, dataset="shapes", progress=False)  # trained on first use, cached
     x, y = shapes_xy(200)

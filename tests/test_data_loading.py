@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from robustkit.builtin.shapes import shapes
 from robustkit.data.loading import load_dataset
-from robustkit.data.shapes import shapes
 from robustkit.errors import ConfigError, InputError, UnsafeCheckpointError
 
 

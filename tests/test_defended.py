@@ -7,8 +7,9 @@ import json
 import torch
 from torch import nn
 
+from robustkit.defenses.adaptive import honor
 from robustkit.defenses.base import Capabilities, as_defense
-from robustkit.evaluation.defended import evaluate_defenses, honor
+from robustkit.evaluation.defended import evaluate_defenses
 
 
 class Quantize(nn.Module):
@@ -62,8 +63,8 @@ def test_two_defenses_compared(tmp_path, shapes_model):
 def test_cli_defense_flag(tmp_path, shapes_model, capsys):
     from robustkit.cli import main
     from robustkit.defenses.base import DEFENSES
-    from robustkit.defenses.train import load_split, spec_for
     from robustkit.models.checkpoint import save_weights
+    from robustkit.training.data import load_split, spec_for
 
     recipe = DEFENSES.create("standard")  # an untrained network of the recipe: no training in this test
     weights = tmp_path / "standard.safetensors"

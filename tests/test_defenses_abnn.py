@@ -146,8 +146,8 @@ def test_video_abnn_on_5d_clips():
 
 def test_abnn_trains_on_clean_data_with_the_substitute_frozen(tmp_path):
     from robustkit.defenses.abnn import build_abnn
-    from robustkit.defenses.base import TrainSettings
-    from robustkit.defenses.train import train_defense
+    from robustkit.defenses.loading import train_defense
+    from robustkit.training.settings import TrainSettings
 
     spec = DataSpec("shapes", 10, (3, 32, 32))
     fresh = build_abnn(spec, TrainSettings())

@@ -9,7 +9,7 @@ from torch import nn
 from robustkit.defenses.backbones import DataSpec, bn_resnet
 from robustkit.defenses.base import DEFENSES
 from robustkit.defenses.bn_finetune import bn_parameters
-from robustkit.defenses.train import train_defense
+from robustkit.defenses.loading import train_defense
 from robustkit.models.checkpoint import save_weights
 
 torch.set_num_threads(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -11,21 +10,20 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from robustkit.cli import main
 from robustkit.defenses.base import (
     DEFENSES,
     Capabilities,
     Defense,
     DefenseRecipe,
-    TrainSettings,
-    load_defense,
     register_defense,
     split_spec,
 )
 from robustkit.defenses.baselines import madry_loss
-from robustkit.defenses.checkpoints import optimizer_tensors, read_checkpoint, restore_optimizer
-from robustkit.defenses.cli import add_train_arguments, run_train
-from robustkit.defenses.train import train_defense
+from robustkit.defenses.loading import load_defense, train_defense
 from robustkit.errors import ConfigError, UnsafeCheckpointError
+from robustkit.training.checkpoints import optimizer_tensors, read_checkpoint, restore_optimizer
+from robustkit.training.settings import TrainSettings
 
 torch.set_num_threads(1)
 
@@ -44,10 +42,17 @@ def interruptible_loss(model, x, y, ctx):
     return madry_loss(model, x, y, ctx)
 
 
+class Interruptible(DefenseRecipe):
+    """A user's backend: the default BN ResNet with its own loss method."""
+
+    def loss(self, model, x, y, ctx):
+        return interruptible_loss(model, x, y, ctx)
+
+
 if "test-interruptible" not in DEFENSES:
-    register_defense(DefenseRecipe(
+    register_defense(Interruptible(
         name="test-interruptible", description="PGD-AT with 2 attack steps that can be interrupted (tests only)",
-        loss=interruptible_loss, settings=TrainSettings(epochs=2, steps=2, step_size=4 / 255, width=4),
+        settings=TrainSettings(epochs=2, steps=2, step_size=4 / 255, width=4),
     ))  # fmt: skip
 
 
@@ -177,32 +182,17 @@ def test_views_load_from_one_checkpoint(tmp_path):
 
 
 def test_cli_train_and_list(tmp_path, capsys):
-    parser = add_train_arguments(argparse.ArgumentParser())
-    assert run_train(parser.parse_args(["--list"])) == 0
+    assert main(["train", "--list"]) == 0
     assert "abnn-transfer" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="--out"):
-        run_train(parser.parse_args(["--defense", "standard"]))
-    args = parser.parse_args(
-        [
-            "--defense",
-            "standard",
-            "--data",
-            "shapes",
-            "--epochs",
-            "1",
-            "--train-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-    )
-    assert run_train(args) == 0
+    assert main(["train", "--defense", "standard"]) == 2  # typed errors map to exit code 2, as for evaluate
+    assert "--out" in capsys.readouterr().err
+    argv = ["train", "--defense", "standard", "--data", "shapes", "--epochs", "1", "--train-size", "32"]
+    argv += ["--batch-size", "16", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["defense"] == "standard" and printed["passes_per_step"] == pytest.approx(2.0)
-    with pytest.raises(ConfigError, match="positive integer"):
-        run_train(parser.parse_args(["--defense", "standard", "--epochs", "0", "--out", str(tmp_path / "x")]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--defense", "standard", "--epochs", "0", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "positive integer" in capsys.readouterr().err
+    assert main(["train", "--defense", "standard", "--lr", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--lr must be a positive number" in capsys.readouterr().err

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from timm.layers import ScaledStdConv2d
 
 from robustkit.defenses.adversarial import pgd_examples
-from robustkit.defenses.base import StepContext, TrainSettings
 from robustkit.defenses.nofrost import NFResNet, hybrid_loss
+from robustkit.training.settings import StepContext, TrainSettings
 
 torch.set_num_threads(1)
 
@@ -30,7 +30,7 @@ def stage_outputs(net: NFResNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_activation_variance_neither_explodes_nor_vanishes_at_init():
     """On real (centered) shapes images the residual stream keeps the stem's scale through the stages
     (weight-standardized convs, beta rescaling, average-pool shortcuts)."""
-    from robustkit.data.shapes import shapes
+    from robustkit.builtin.shapes import shapes
 
     torch.manual_seed(0)
     net = NFResNet(num_classes=10, width=16, depths=(2, 2, 2, 2), alpha=0.2)
@@ -78,7 +78,7 @@ def test_alpha_beta_scaling_tracks_the_expected_variance():
 
 
 def shapes_subset(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from robustkit.data.shapes import shapes
+    from robustkit.builtin.shapes import shapes
 
     ds = shapes("train", n=n)
     return ds.x, ds.y
@@ -146,7 +146,7 @@ def test_hybrid_loss_is_half_clean_half_adversarial():
 
 
 def test_nofrost_agc_trains_a_few_steps(tmp_path):
-    from robustkit.defenses.train import train_defense
+    from robustkit.defenses.loading import train_defense
 
     info = train_defense(
         "nofrost-agc",

@@ -95,7 +95,7 @@ def test_unknown_specs():
 
 
 def test_zoo_model_reaches_90_percent(shapes_model):
-    from robustkit.data.shapes import shapes
-    from robustkit.defenses.training import accuracy
+    from robustkit.builtin.shapes import shapes
+    from robustkit.training.data import accuracy
 
     assert accuracy(shapes_model, shapes("test"), torch.device("cpu")) >= 0.9

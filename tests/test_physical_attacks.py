@@ -220,8 +220,8 @@ def test_config_errors():
 
 def test_eyeglass_on_the_faces_model_dodges():
     """Small-scale check on the demo model: a few eyeglass steps fool it on most of 6 faces."""
-    from robustkit.data.faces import faces
-    from robustkit.models.zoo import load_zoo_model
+    from robustkit.builtin.faces import faces
+    from robustkit.builtin.zoo import load_zoo_model
 
     model = load_zoo_model("faces-resnet", progress=False)
     ds = faces("test", n=6)
@@ -244,8 +244,8 @@ def accuracy(model, x, y) -> float:
 
 @pytest.mark.slow
 def test_done_eyeglass_and_roa_bring_faces_below_20_percent():
-    from robustkit.data.faces import faces
-    from robustkit.models.zoo import load_zoo_model
+    from robustkit.builtin.faces import faces
+    from robustkit.builtin.zoo import load_zoo_model
 
     model = load_zoo_model("faces-resnet", progress=False)
     ds = faces("test", n=100)
@@ -256,8 +256,8 @@ def test_done_eyeglass_and_roa_bring_faces_below_20_percent():
 
 @pytest.mark.slow
 def test_done_sticker_brings_signs_below_30_percent():
-    from robustkit.data.signs import signs
-    from robustkit.models.zoo import load_zoo_model
+    from robustkit.builtin.signs import signs
+    from robustkit.builtin.zoo import load_zoo_model
 
     model = load_zoo_model("signs-resnet", progress=False)
     ds = signs("test", n=100)
@@ -268,8 +268,8 @@ def test_done_sticker_brings_signs_below_30_percent():
 @pytest.mark.slow
 def test_done_targeted_patch_wins_on_80_percent_of_heldout_images():
     """The shipped patch recipe (10% circle, target 'plus') on the shapes demo model."""
-    from robustkit.data.shapes import shapes
-    from robustkit.models.zoo import load_zoo_model
+    from robustkit.builtin.shapes import shapes
+    from robustkit.builtin.zoo import load_zoo_model
 
     model = load_zoo_model("shapes-resnet", progress=False)
     train, test = shapes("train", n=256), shapes("test", n=200)

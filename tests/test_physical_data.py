@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustkit.builtin.faces import IDENTITIES, faces
+from robustkit.builtin.signs import CLASSES as SIGN_CLASSES
+from robustkit.builtin.zoo import ZOO
 from robustkit.data.facedetect import align_face, detect_eyes, haar_available, place_eyeglass
-from robustkit.data.faces import IDENTITIES, faces
 from robustkit.data.folders import GTSRB_CLASSES, load_face_folder, load_gtsrb, read_image
 from robustkit.data.masks import (
     STICKERS,
@@ -20,10 +22,8 @@ from robustkit.data.masks import (
     resolve_mask,
     sticker_mask,
 )
-from robustkit.data.signs import CLASSES as SIGN_CLASSES
 from robustkit.data.synthetic import BUILTIN
 from robustkit.errors import ConfigError, InputError
-from robustkit.models.zoo import ZOO
 
 
 def save_png(t: torch.Tensor, path: Path, fmt: str | None = None) -> None:

@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 
 from robustkit.attacks import ATTACKS, create_attack
-from robustkit.data.shapes_video import shapes_video
+from robustkit.builtin.shapes_video import shapes_video
+from robustkit.builtin.zoo import load_zoo_model
 from robustkit.errors import ConfigError, InputError
 from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
 from robustkit.functional.video import border_mask, drop_index, frame_metrics, shift_index
 from robustkit.models.normalized import Normalized
 from robustkit.models.video import SmallVideoNet
-from robustkit.models.zoo import load_zoo_model
 from robustkit.report.animation import clip_animation
 
 VIDEO_ATTACKS = (

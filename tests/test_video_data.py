@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from robustkit.builtin.shapes_video import CLASSES, render_clip, shapes_video
 from robustkit.data.loading import load_dataset
-from robustkit.data.shapes_video import CLASSES, render_clip, shapes_video
 from robustkit.data.synthetic import BUILTIN
 from robustkit.data.video import VideoClipDataset, clip_indices, hmdb51, read_frames, resize_crop, ucf101
 from robustkit.errors import ConfigError, InputError

@@ -185,9 +185,10 @@ def _resolve(
     obj: Any, dataset: str | None, device: str | torch.device
 ) -> tuple[nn.Module, tuple[int, ...] | None]:
     """(model on robustkit input, robustkit sample shape if known) from a model, defense or name."""
-    from ..defenses.base import DEFENSES, Defense, load_defense
+    from ..builtin.zoo import ZOO
+    from ..defenses.base import DEFENSES, Defense
+    from ..defenses.loading import load_defense
     from ..models.loading import load_model
-    from ..models.zoo import ZOO
 
     shape = None
     if isinstance(obj, str):

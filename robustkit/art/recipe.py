@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..functional.random import GeneratorLike, shared
 from ..registry import suggest
 from ..threat import ThreatModel, make_threat
+from ..training.seeding import fixed_seed
 
 _PATCH_HINT = (
     "ART's patch attacks return a patch, not adversarial examples; in a recipe use robustkit's `patch`"
@@ -105,14 +106,14 @@ def classifier_for(
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed numpy's and torch's global generators for ART inside the block; restore them after."""
+    """Seed numpy's and torch's global generators for ART inside the block; restore them all after
+    (the CUDA generators only when CUDA is in use: seeding them otherwise would be deferred, and leak)."""
     state = np.random.get_state()
-    devices = (
-        [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    )
-    with torch.random.fork_rng(devices=devices):
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with fixed_seed(seed), torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
         try:
             yield
         finally:
@@ -237,12 +238,8 @@ class ARTAttack(Attack):
 @functools.cache
 def _stand_in() -> Any:
     """A small classifier to check ART parameters against when a recipe loads."""
-    torch_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(0)
+    with fixed_seed(0):
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
-    finally:
-        torch.random.set_rng_state(torch_state)
     return classifier_for(model, (3, 8, 8), 10, torch.device("cpu"))
 
 

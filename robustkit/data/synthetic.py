@@ -14,7 +14,9 @@ from torch.utils.data import Dataset
 
 from ..registry import Registry
 
-BUILTIN: Registry[Dataset] = Registry("built-in dataset", autoload=("robustkit.data",))
+# The built-in datasets live in ``robustkit.builtin`` (each with its zoo model), which ``import robustkit``
+# loads; a registry here is only the mechanism, so nothing is autoloaded from this layer.
+BUILTIN: Registry[Dataset] = Registry("built-in dataset")
 register_dataset = BUILTIN.register
 
 SPLIT_SALT = {"train": 0, "test": 1, "val": 2, "holdout": 3}
@@ -53,6 +55,52 @@ def generate(
         xs.append(x)
         ys.append(label)
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
+
+def balanced(
+    name: str,
+    classes: Sequence[str],
+    render: Callable[[torch.Generator, int], torch.Tensor],
+    n: int,
+    split: str,
+    seed: int,
+    **info,
+) -> SyntheticDataset:
+    """``n`` samples with balanced classes: sample ``i`` is of class ``i mod len(classes)``, drawn by
+    ``render(g, label)`` from its own generator. ``info`` is kept on the dataset with split and seed."""
+
+    def sample(g: torch.Generator, i: int) -> tuple[torch.Tensor, int]:
+        label = i % len(classes)
+        return render(g, label), label
+
+    x, y = generate(n, seed, split, sample)
+    return SyntheticDataset(name, x, y, classes, split=split, **info, seed=seed)
+
+
+def image_dataset(
+    name: str,
+    classes: Sequence[str],
+    render: Callable[[torch.Generator, int, int], torch.Tensor],
+    *,
+    sizes: tuple[int, int],
+    **info,
+) -> Callable[..., SyntheticDataset]:
+    """Register and return built-in image dataset ``name``: ``render(g, label, size)`` draws one image,
+    classes are balanced, ``sizes`` are the default (train, test) lengths; ``info`` is kept on it."""
+
+    def dataset(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
+        n = n if n is not None else (sizes[0] if split == "train" else sizes[1])
+        return balanced(
+            name, classes, lambda g, label: render(g, label, size), n, split, seed, size=size, **info
+        )
+
+    dataset.__name__ = dataset.__qualname__ = name
+    dataset.__doc__ = (
+        f"``{name}``: balanced classes (label = index mod {len(classes)}). "
+        f"Default sizes: {sizes[0]} train, {sizes[1]} test."
+    )
+    register_dataset(name)(dataset)
+    return dataset
 
 
 def grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,19 +19,22 @@ Evaluation views: white-box through both networks (``abnn``), gradients through 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..builtin.zoo import ZOO, load_zoo_model
 from ..errors import ConfigError
 from ..models.checkpoint import load_into
 from ..models.normalized import Normalized
-from .backbones import MEAN, STD, DataSpec, bn_backbone
-from .base import Capabilities, Context, DefenseRecipe, TrainSettings, register_defense
+from ..training.data import DataSpec
+from ..training.seeding import fixed_seed
+from ..training.settings import TrainSettings
+from .backbones import MEAN, STD, bn_backbone
+from .base import Capabilities, Context, DefenseRecipe, register_defense
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +283,6 @@ def substitute_architecture(spec: DataSpec) -> tuple[Normalized, str]:
     """The substitute's (untrained) architecture and where its trained weights come from: the zoo model
     of a built-in dataset (trained on its whole train split) if it has the five taps, else the
     ``standard`` defense of the dataset."""
-    from ..models.zoo import ZOO
-
     for name in ZOO.names():
         entry = ZOO.create(name)
         if entry.dataset == spec.name:
@@ -296,7 +297,8 @@ def substitute_architecture(spec: DataSpec) -> tuple[Normalized, str]:
 def build_abnn(spec: DataSpec, settings: TrainSettings, *, width: int | None = None, **options: Any) -> ABNN:
     substitute, _ = substitute_architecture(spec)
     target = bn_backbone(spec, width or settings.width)
-    return ABNN(target, substitute, channels=spec.channels, **options)
+    with fixed_seed(0):  # the maps' random init is overwritten; draw it from a fork, not the caller's RNG
+        return ABNN(target, substitute, channels=spec.channels, **options)
 
 
 def prepare_abnn(model: nn.Module, ctx: Context) -> dict[str, Any]:
@@ -307,8 +309,6 @@ def prepare_abnn(model: nn.Module, ctx: Context) -> dict[str, Any]:
         load_into(model.substitute.model, ctx.init)
         source = str(ctx.init)
     elif source.startswith("zoo:"):
-        from ..models.zoo import load_zoo_model
-
         trained = load_zoo_model(source[4:], device="cpu", progress=ctx.progress)
         model.substitute.model.load_state_dict(trained.model.state_dict())
     else:
@@ -318,21 +318,6 @@ def prepare_abnn(model: nn.Module, ctx: Context) -> dict[str, Any]:
     model.substitute.requires_grad_(False)
     log.info("ABNN substitute weights from %s", source)
     return {"substitute": source, "taps": [layer.extra_repr() for layer in model.abn]}
-
-
-def abnn_trainable(model: nn.Module) -> list[nn.Parameter]:
-    assert isinstance(model, ABNN)
-    return [p for n, p in model.named_parameters() if not n.startswith("substitute.")]
-
-
-def abnn_networks(model: nn.Module) -> dict[str, nn.Module]:
-    """Cost accounting: a call of the ABNN is one target pass; the substitute counts on its own."""
-    assert isinstance(model, ABNN)
-    return {"target": model, "substitute": model.substitute.model.stem}
-
-
-def clean_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
 
 
 ABNN_PAPER = "Lo & Patel 2024, Adaptive Batch Normalization Networks for Adversarial Robustness"
@@ -346,21 +331,63 @@ ABNN_PUBLISHED = {
 }
 
 
-def _abnn_recipe(name: str, description: str, *, width: int | None = None, **options: Any) -> DefenseRecipe:
+@dataclass(frozen=True, kw_only=True)
+class ABNNRecipe(DefenseRecipe):
+    """ABNN: the target (``width``, default ``settings.width``) with adaptive BN fed by the frozen,
+    pre-trained substitute; ``options`` go to ``ABNN`` (granularity, affine, reduce). Trained on clean
+    data with cross-entropy (the default loss); the substitute's passes count on their own in the cost."""
+
+    width: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    paper: str = ABNN_PAPER
+    published: dict[str, Any] = field(default_factory=lambda: dict(ABNN_PUBLISHED))
+
+    def build(self, spec: DataSpec, settings: TrainSettings) -> nn.Module:
+        return build_abnn(spec, settings, width=self.width, **self.options)
+
+    def trainable(self, model: nn.Module) -> list[nn.Parameter]:
+        assert isinstance(model, ABNN)
+        return [p for n, p in model.named_parameters() if not n.startswith("substitute.")]
+
+    def prepare(self, model: nn.Module, ctx: Context) -> dict[str, Any]:
+        return prepare_abnn(model, ctx)
+
+    def networks(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Cost accounting: a call of the ABNN is one target pass; the substitute counts on its own."""
+        assert isinstance(model, ABNN)
+        return {"target": model, "substitute": model.substitute.model.stem}
+
+
+def _abnn_recipe(name: str, description: str, *, width: int | None = None, **options: Any) -> ABNNRecipe:
     batch = options.get("reduce", "batch") == "batch"
-    return DefenseRecipe(
+    return ABNNRecipe(
         name=name,
         description=description,
-        build=lambda spec, s: build_abnn(spec, s, width=width, **options),
-        loss=clean_ce,
-        trainable=abnn_trainable,
-        prepare=prepare_abnn,
-        networks=abnn_networks,
+        width=width,
+        options=options,
         capabilities=Capabilities(batch_dependent=batch),
         settings=TrainSettings(epochs=4, width=width or 8),
-        paper=ABNN_PAPER,
-        published=ABNN_PUBLISHED,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetOnlyView(ABNNRecipe):
+    """ABNN's weights attacked with gradients through the target only (``TargetOnly``)."""
+
+    weights_of: str | None = "abnn"
+
+    def view(self, model: nn.Module, ctx: Context) -> nn.Module:
+        return TargetOnly(model)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferView(ABNNRecipe):
+    """ABNN's weights attacked by transfer from the undefended ``standard`` network (``Transfer``)."""
+
+    weights_of: str | None = "abnn"
+
+    def view(self, model: nn.Module, ctx: Context) -> nn.Module:
+        return Transfer(model, ctx.load("standard"))
 
 
 register_defense(
@@ -397,23 +424,19 @@ register_defense(
     )
 )
 
-_BASE = _abnn_recipe("abnn", "")
+_VIEW = {"capabilities": Capabilities(batch_dependent=True), "settings": TrainSettings(epochs=4, width=8)}
 register_defense(
-    dataclasses.replace(
-        _BASE,
+    TargetOnlyView(
         name="abnn-target-only",
-        weights_of="abnn",
-        view=lambda model, ctx: TargetOnly(model),
         description="ABNN (weights of 'abnn') attacked with gradients through the target only: the substitute path is detached.",
+        **_VIEW,
     )
 )
 register_defense(
-    dataclasses.replace(
-        _BASE,
+    TransferView(
         name="abnn-transfer",
-        weights_of="abnn",
-        view=lambda model, ctx: Transfer(model, ctx.load("standard")),
         description="ABNN (weights of 'abnn') attacked by transfer: gradients from the undefended 'standard' network, "
         "success judged on ABNN.",
+        **_VIEW,
     )
 )

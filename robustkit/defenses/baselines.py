@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..training.loop import cross_entropy
+from ..training.settings import StepContext, TrainSettings
 from .adversarial import pgd_examples
-from .base import DefenseRecipe, StepContext, TrainSettings, register_defense
+from .base import DefenseRecipe, register_defense
 
-
-def standard_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
+standard_loss = cross_entropy
 
 
 def madry_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -24,22 +24,28 @@ def madry_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepCont
     return F.cross_entropy(model(x_adv), y)
 
 
+@dataclass(frozen=True, kw_only=True)
+class MadryAT(DefenseRecipe):
+    """PGD adversarial training: cross-entropy on the inner attack's examples only."""
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return madry_loss(model, x, y, ctx)
+
+
 MADRY_PAPER = "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks"
 
 register_defense(
     DefenseRecipe(
         name="standard",
         description="Standard training (cross-entropy on clean data), the undefended baseline.",
-        loss=standard_loss,
         settings=TrainSettings(epochs=4),
         published={"dataset": "CIFAR-10 (ABNN paper)", "clean": 0.934, "pgd": 0.0, "training_cost_passes": 2},
     )
 )
 register_defense(
-    DefenseRecipe(
+    MadryAT(
         name="pgd-at",
         description="Madry PGD adversarial training: CE on L-inf PGD-10 examples (eps 8/255, step 2/255, random start).",
-        loss=madry_loss,
         settings=TrainSettings(epochs=4, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4),
         paper=MADRY_PAPER,
         published={

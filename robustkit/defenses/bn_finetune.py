@@ -10,14 +10,16 @@ random weights ~ 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from ..models.checkpoint import load_into
 from ..models.normalized import Normalized
-from .base import Context, DefenseRecipe, TrainSettings, register_defense
-from .baselines import madry_loss
+from ..training.settings import TrainSettings
+from .base import Context, register_defense
+from .baselines import MadryAT
 
 
 def bn_parameters(model: nn.Module, *, classifier: bool = False) -> list[nn.Parameter]:
@@ -48,38 +50,42 @@ BN_PAPER = "Walter, Stutz, Schiele 2022, On Fragile Features and Batch Normaliza
 BN_SETTINGS = TrainSettings(epochs=2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4)
 BN_PUBLISHED = {"ordering": "full AT >> BN-only fine-tuning > BN-only from random weights ~ 0"}
 
+
+@dataclass(frozen=True, kw_only=True)
+class BNOnlyAT(MadryAT):
+    """PGD-AT of the BatchNorm affine parameters alone (and the classifier's with ``classifier``),
+    starting from the trained ``standard`` network (``pretrained``) or from frozen random weights."""
+
+    classifier: bool = False
+    pretrained: bool = True
+    settings: TrainSettings = BN_SETTINGS
+    paper: str = BN_PAPER
+    published: dict[str, Any] = field(default_factory=lambda: dict(BN_PUBLISHED))
+
+    def trainable(self, model: nn.Module) -> list[nn.Parameter]:
+        return bn_parameters(model, classifier=self.classifier)
+
+    def prepare(self, model: nn.Module, ctx: Context) -> dict[str, Any]:
+        return from_standard(model, ctx) if self.pretrained else {}
+
+
 register_defense(
-    DefenseRecipe(
+    BNOnlyAT(
         name="bn-finetune",
         description="BN-only PGD-AT fine-tuning of the trained standard network (gamma, beta only).",
-        loss=madry_loss,
-        trainable=bn_parameters,
-        prepare=from_standard,
-        settings=BN_SETTINGS,
-        paper=BN_PAPER,
-        published=BN_PUBLISHED,
     )
 )
 register_defense(
-    DefenseRecipe(
+    BNOnlyAT(
         name="bn-finetune-fc",
         description="BN-only PGD-AT fine-tuning that also trains the classifier.",
-        loss=madry_loss,
-        trainable=lambda m: bn_parameters(m, classifier=True),
-        prepare=from_standard,
-        settings=BN_SETTINGS,
-        paper=BN_PAPER,
-        published=BN_PUBLISHED,
+        classifier=True,
     )
 )
 register_defense(
-    DefenseRecipe(
+    BNOnlyAT(
         name="bn-random",
         description="Control: BN-only PGD-AT on frozen random weights.",
-        loss=madry_loss,
-        trainable=bn_parameters,
-        settings=BN_SETTINGS,
-        paper=BN_PAPER,
-        published=BN_PUBLISHED,
+        pretrained=False,
     )
 )

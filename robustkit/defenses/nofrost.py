@@ -12,8 +12,9 @@ clean/adversarial mixture, the effect NoFrost removes.
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,12 @@ from timm.models.nfnet import NormFreeBlock, _nonlin_gamma
 from torch import nn
 
 from ..errors import ConfigError
+from ..training.data import DataSpec
+from ..training.seeding import fixed_seed
+from ..training.settings import StepContext, TrainSettings
 from .adversarial import pgd_examples
-from .backbones import DataSpec, normalized
-from .base import DefenseRecipe, StepContext, TrainSettings, register_defense
+from .backbones import bn_resnet, normalized
+from .base import DefenseRecipe, register_defense
 
 
 class NFResNet(nn.Module):
@@ -117,8 +121,7 @@ class NFResNet(nn.Module):
 def build_nf(spec: DataSpec, settings: TrainSettings) -> nn.Module:
     if spec.video:
         raise ConfigError(f"NoFrost's NF-ResNet is 2-D; dataset '{spec.name}' holds video clips")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with fixed_seed(0):
         net = NFResNet(spec.num_classes, width=settings.width, in_ch=spec.channels)
     return normalized(net, spec.channels)
 
@@ -148,37 +151,44 @@ NOFROST_PUBLISHED = {
     "bn-at": {"clean": 0.5928, "pgd": 0.1357},
 }
 
+
+@dataclass(frozen=True, kw_only=True)
+class HybridAT(DefenseRecipe):
+    """The NoFrost recipe: hybrid clean/adversarial training (``hybrid_loss``) of an NF-ResNet, or of a BN
+    ResNet with ``normalizer_free=False`` (the BN-based AT control)."""
+
+    normalizer_free: bool = True
+    settings: TrainSettings = NOFROST_SETTINGS
+    paper: str = NOFROST_PAPER
+    published: dict[str, Any] = field(default_factory=lambda: dict(NOFROST_PUBLISHED))
+
+    def build(self, spec: DataSpec, settings: TrainSettings) -> nn.Module:
+        return build_nf(spec, settings) if self.normalizer_free else bn_resnet(spec, settings.width)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return hybrid_loss(model, x, y, ctx)
+
+
 register_defense(
-    DefenseRecipe(
+    HybridAT(
         name="nofrost",
         description="NoFrost: NF-ResNet (timm components, 32x32 variant), hybrid clean/PGD-10 training.",
-        build=build_nf,
-        loss=hybrid_loss,
-        settings=NOFROST_SETTINGS,
         version=NF_VERSION,
-        paper=NOFROST_PAPER,
-        published=NOFROST_PUBLISHED,
     )
 )
 register_defense(
-    DefenseRecipe(
+    HybridAT(
         name="nofrost-agc",
         description="NoFrost with adaptive gradient clipping (clip factor 0.01, classifier exempt).",
-        build=build_nf,
-        loss=hybrid_loss,
-        settings=dataclasses.replace(NOFROST_SETTINGS, agc=0.01),
+        settings=replace(NOFROST_SETTINGS, agc=0.01),
         version=NF_VERSION,
-        paper=NOFROST_PAPER,
-        published=NOFROST_PUBLISHED,
     )
 )
 register_defense(
-    DefenseRecipe(
+    HybridAT(
         name="bn-at",
         description="BN-based AT control: the NoFrost hybrid recipe on a BN ResNet.",
-        loss=hybrid_loss,
-        settings=NOFROST_SETTINGS,
-        paper=NOFROST_PAPER,
+        normalizer_free=False,
         published={"dataset": "ImageNet, ResNet-50", "clean": 0.5928, "pgd": 0.1357},
     )
 )

@@ -10,56 +10,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from ..attacks.bpda import BPDA
-from ..attacks.expectation import Expectation
+from ..defenses.adaptive import honor
 from ..errors import ConfigError
 from .files import atomic_write, safe_name
-
-
-def honor(defense: Any, eot_samples: int = 20) -> tuple[nn.Module, dict[str, Any]]:
-    """The model to attack, and a record of how each declared capability was honored."""
-    caps = defense.capabilities
-    model: nn.Module = defense.model
-    how: list[str] = []
-    if caps.non_differentiable:
-        model = copy.deepcopy(model)
-        for name in caps.non_differentiable:
-            try:
-                module = model.get_submodule(name)
-            except AttributeError as exc:
-                raise ConfigError(
-                    f"defense '{defense.name}' declares non-differentiable module '{name}', which it does not have"
-                ) from exc
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, BPDA(module))
-        how.append(f"BPDA (identity backward) through {', '.join(caps.non_differentiable)}")
-    if caps.stochastic:
-        model = Expectation(model, samples=eot_samples)
-        how.append(f"EOT: attacked and judged on logits averaged over {eot_samples} draws")
-    if caps.batch_dependent:
-        how.append(
-            "batch-dependent: every batch is a fixed chunk of consecutive samples (the same in every run, resume "
-            "and shard) and its composition is recorded; a sample's result depends on its batch-mates"
-        )
-    if not how:
-        how.append("no special handling needed: deterministic, batch-independent, differentiable")
-    return model, {
-        "name": defense.name,
-        "capabilities": caps.as_dict(),
-        "how_honored": how,
-        "info": _plain(defense.info),
-    }
-
-
-def _plain(info: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(info, default=str))
 
 
 def split_defenses(spec: str | list[Any] | tuple[Any, ...]) -> list[Any]:
@@ -77,7 +34,7 @@ def evaluate_defenses(defenses: str | list[Any], *, data: Any = "shapes", name: 
 
     Returns (list of RunResult, path of the comparison report).
     """
-    from ..defenses.base import load_defense
+    from ..defenses.loading import load_defense
     from ..device import resolve_device
     from ..report import render_report
     from .compare import compare

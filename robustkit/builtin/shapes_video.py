@@ -15,10 +15,11 @@ import math
 import torch
 from torch import nn
 
+from ..data.synthetic import SyntheticDataset, balanced, contrasting_colors, grid, register_dataset, uniform
 from ..models.normalized import Normalized
 from ..models.video import SmallVideoNet
-from ..models.zoo import ZooEntry, register_zoo
-from .synthetic import SyntheticDataset, contrasting_colors, generate, grid, register_dataset, uniform
+from ..training.seeding import fixed_seed
+from .zoo import ZooEntry, register_zoo, train_standard
 
 CLASSES = [
     "square-right", "square-left", "disc-up", "disc-down",
@@ -87,13 +88,8 @@ def shapes_video(
     if frames < 3 or size < 8:
         raise ValueError(f"shapes-video needs frames >= 3 and size >= 8, got frames={frames}, size={size}")
     n = n if n is not None else (4000 if split == "train" else 800)
-
-    def render(g: torch.Generator, i: int) -> tuple[torch.Tensor, int]:
-        label = i % len(CLASSES)
-        return render_clip(g, label, frames, size), label
-
-    x, y = generate(n, seed, split, render)
-    return SyntheticDataset("shapes-video", x, y, CLASSES, split=split, size=size, frames=frames, seed=seed)
+    render = lambda g, label: render_clip(g, label, frames, size)  # noqa: E731
+    return balanced("shapes-video", CLASSES, render, n, split, seed, size=size, frames=frames)
 
 
 SHAPES_VIDEO_MEAN = (0.5, 0.5, 0.5)
@@ -101,18 +97,15 @@ SHAPES_VIDEO_STD = (0.25, 0.25, 0.25)
 
 
 def _build() -> nn.Module:
-    torch.manual_seed(0)  # deterministic initial weights; only at build time, never in attacks
-    return Normalized(SmallVideoNet(num_classes=len(CLASSES)), SHAPES_VIDEO_MEAN, SHAPES_VIDEO_STD)
+    with fixed_seed(0):  # deterministic initial weights; the caller's generator is left alone
+        return Normalized(SmallVideoNet(num_classes=len(CLASSES)), SHAPES_VIDEO_MEAN, SHAPES_VIDEO_STD)
 
 
 def _train(model: nn.Module, device: torch.device, progress: bool) -> dict:
-    from ..defenses.training import TrainConfig, accuracy, fit
-
-    train, test = shapes_video("train"), shapes_video("test")
-    cfg = TrainConfig(epochs=8, batch_size=64, lr=0.05)
-    stats = fit(model, train, cfg, device, desc="training shapes-video-r3d", progress=progress)
-    stats["clean_test_accuracy"] = accuracy(model, test, device)
-    return stats
+    return train_standard(
+        model, shapes_video("train"), shapes_video("test"), device, epochs=8, batch_size=64, lr=0.05,
+        desc="training shapes-video-r3d", progress=progress,
+    )  # fmt: skip
 
 
 register_zoo(

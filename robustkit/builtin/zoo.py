@@ -1,7 +1,8 @@
 """The model zoo for the built-in datasets: trained on first use, cached as safetensors with a checksum.
 
-Other modules add entries with ``register_zoo``; ``load_zoo_model(name)`` returns the trained model in
-eval mode, training it (with a progress bar) when the cache does not hold verified weights.
+Each built-in dataset module adds its entry with ``register_zoo`` (or ``register_small_resnet``);
+``load_zoo_model(name)`` returns the trained model in eval mode, training it (with a progress bar) when
+the cache does not hold verified weights. Building a model never changes the caller's random state.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.checkpoint import load_into, save_weights, sha256
+from ..models.loading import ModelRequest, ModelSource, Resolved, register_source
+from ..models.normalized import Normalized
+from ..models.resnet import SmallResNet
 from ..registry import Registry
-from .checkpoint import load_into, save_weights, sha256
-from .loading import ModelRequest, ModelSource, Resolved, register_source
-from .normalized import Normalized
-from .resnet import SmallResNet
+from ..training.checkpoints import cache_root
+from ..training.data import accuracy
+from ..training.loop import fit
+from ..training.schedule import OneCycle
+from ..training.seeding import fixed_seed
+from ..training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +47,7 @@ class ZooEntry:
     extra: dict = field(default_factory=dict)
 
 
-ZOO: Registry[ZooEntry] = Registry(
-    "zoo model", autoload=("robustkit.models", "robustkit.data", "robustkit.defenses")
-)
+ZOO: Registry[ZooEntry] = Registry("zoo model", autoload=("robustkit.builtin",))
 
 
 def register_zoo(entry: ZooEntry) -> ZooEntry:
@@ -51,10 +56,7 @@ def register_zoo(entry: ZooEntry) -> ZooEntry:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ROBUSTKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "robustkit"
-    )
-    return Path(root) / "zoo"
+    return cache_root() / "zoo"
 
 
 def _key(entry: ZooEntry) -> str:
@@ -109,52 +111,71 @@ SMALL_MEAN = (0.5, 0.5, 0.5)
 SMALL_STD = (0.25, 0.25, 0.25)
 
 
+def train_standard(
+    model: nn.Module,
+    train: torch.utils.data.Dataset,
+    test: torch.utils.data.Dataset,
+    device: torch.device,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    desc: str,
+    progress: bool,
+) -> dict:
+    """The zoo's standard training: SGD (momentum 0.9, Nesterov, weight decay 5e-4) with a one-cycle
+    schedule on one data-order stream seeded with 0; returns the figures stored with the weights."""
+    settings = TrainSettings(
+        epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, weight_decay=5e-4, train_size=None
+    )
+    state = fit(
+        model,
+        train,
+        settings,
+        device=device,
+        schedule=OneCycle(0.25),
+        order="one-stream",
+        desc=desc,
+        progress=progress,
+    )
+    steps, seconds = state["cost"]["steps"], state["cost"]["seconds"]
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(steps, 1),
+        "loss": state.get("last_loss", float("nan")),
+        "clean_test_accuracy": accuracy(model, test, device),
+    }
+
+
 def register_small_resnet(
-    name: str,
     dataset: str,
     load: Callable[[str], torch.utils.data.Dataset],
     num_classes: int,
     *,
     seed: int,
     epochs: int,
-    description: str,
+    about: str,
 ) -> ZooEntry:
-    """A zoo entry for a built-in 32x32 dataset: ``SmallResNet`` (width 16) behind
+    """The zoo entry ``<dataset>-resnet`` for a built-in 32x32 dataset: ``SmallResNet`` (width 16) behind
     ``Normalized(0.5, 0.25)``, initial weights from ``seed``, standard training for ``epochs`` on
-    ``load("train")``, clean accuracy measured on ``load("test")``."""
+    ``load("train")``, clean accuracy measured on ``load("test")``; ``about`` completes its description."""
+    name = f"{dataset}-resnet"
 
     def build() -> nn.Module:
-        torch.manual_seed(seed)  # deterministic initial weights; only at build time, not in attacks
-        return Normalized(SmallResNet(num_classes=num_classes, width=16), SMALL_MEAN, SMALL_STD)
+        with fixed_seed(seed):  # deterministic initial weights; the caller's generator is left alone
+            return Normalized(SmallResNet(num_classes=num_classes, width=16), SMALL_MEAN, SMALL_STD)
 
     def train(model: nn.Module, device: torch.device, progress: bool) -> dict:
-        from ..defenses.training import TrainConfig, accuracy, fit
+        return train_standard(
+            model, load("train"), load("test"), device, epochs=epochs, batch_size=128, lr=0.1,
+            desc=f"training {name}", progress=progress,
+        )  # fmt: skip
 
-        cfg = TrainConfig(epochs=epochs, batch_size=128, lr=0.1)
-        stats = fit(model, load("train"), cfg, device, desc=f"training {name}", progress=progress)
-        stats["clean_test_accuracy"] = accuracy(model, load("test"), device)
-        return stats
-
+    description = f"Compact ResNet (16-32-64-128 channels) for 32x32 {about}."
     return register_zoo(
         ZooEntry(name=name, dataset=dataset, build=build, train=train, description=description)
     )
-
-
-def _shapes(split: str) -> torch.utils.data.Dataset:
-    from ..data.shapes import shapes
-
-    return shapes(split)
-
-
-register_small_resnet(
-    "shapes-resnet",
-    "shapes",
-    _shapes,
-    10,
-    seed=0,
-    epochs=6,
-    description="Compact ResNet (16-32-64-128 channels) for 32x32 shapes, standard training.",
-)
 
 
 class ZooSource(ModelSource):

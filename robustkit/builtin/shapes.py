@@ -1,4 +1,5 @@
-"""``shapes``: ten classes of geometric shapes at random position, size, rotation and colour."""
+"""``shapes``: ten classes of geometric shapes at random position, size, rotation and colour, and its zoo
+model ``shapes-resnet``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 import torch
 
-from .synthetic import SyntheticDataset, contrasting_colors, generate, grid, register_dataset, uniform
+from ..data.synthetic import contrasting_colors, grid, image_dataset, uniform
+from .zoo import register_small_resnet
 
 CLASSES = [
     "circle", "square", "triangle", "plus", "ring",
@@ -58,14 +60,5 @@ def render_shape(g: torch.Generator, label: int, size: int, noise: float = 0.03)
     return img.clamp(0, 1)
 
 
-@register_dataset("shapes")
-def shapes(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
-    """Balanced classes (label = index mod 10). Default sizes: 8000 train, 1000 test."""
-    n = n if n is not None else (8000 if split == "train" else 1000)
-
-    def render(g: torch.Generator, i: int) -> tuple[torch.Tensor, int]:
-        label = i % len(CLASSES)
-        return render_shape(g, label, size), label
-
-    x, y = generate(n, seed, split, render)
-    return SyntheticDataset("shapes", x, y, CLASSES, split=split, size=size, seed=seed)
+shapes = image_dataset("shapes", CLASSES, render_shape, sizes=(8000, 1000))
+register_small_resnet("shapes", shapes, len(CLASSES), seed=0, epochs=6, about="shapes, standard training")

@@ -1,9 +1,9 @@
-"""Defense checkpoints: safetensors only, with their JSON state inside the same file.
+"""Training checkpoints: safetensors only, with their JSON state inside the same file.
 
 ``checkpoint.safetensors`` (written after every epoch) holds the model (``model.*``) and the
 optimizer's tensors (``optim.*``); its metadata holds the JSON training state (epoch, step, settings,
 measured cost, optimizer hyper-parameters), so one atomic file is always self-consistent.
-``model.safetensors`` + ``model.json`` are the finished defense (weights, figures, cost, SHA-256).
+``model.safetensors`` + ``model.json`` are the finished model (weights, figures, cost, SHA-256).
 Nothing here unpickles anything.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..models.checkpoint import load_into, load_state, save_weights, sha256
-from ..models.normalized import Normalized
-from .backbones import DataSpec
+from ..models.checkpoint import save_weights, sha256
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +28,15 @@ CHECKPOINT = "checkpoint.safetensors"
 FINAL = "model.safetensors"
 FINAL_META = "model.json"
 STATE_KEY = "robustkit_state"
+
+
+def cache_root() -> Path:
+    """Where robustkit keeps what it trains on first use: ``$ROBUSTKIT_CACHE``, else
+    ``$XDG_CACHE_HOME/robustkit`` (``~/.cache/robustkit``)."""
+    root = os.environ.get("ROBUSTKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "robustkit"
+    )
+    return Path(root)
 
 
 def atomic_text(path: Path, text: str) -> None:
@@ -106,7 +112,7 @@ def split_checkpoint(
     return model, optim
 
 
-# ----------------------------------------------------------------------------- finished defense
+# ----------------------------------------------------------------------------- finished model
 def save_final(out_dir: Path, model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
     meta = {
         "recipe": str(info.get("recipe")),
@@ -121,7 +127,7 @@ def save_final(out_dir: Path, model: nn.Module, info: dict[str, Any]) -> dict[st
 
 
 def read_final(out_dir: Path) -> dict[str, Any] | None:
-    """The finished defense's info when its weights exist and match their recorded SHA-256."""
+    """The finished model's info when its weights exist and match their recorded SHA-256."""
     weights, meta = out_dir / FINAL, out_dir / FINAL_META
     if not (weights.is_file() and meta.is_file()):
         return None
@@ -133,36 +139,3 @@ def read_final(out_dir: Path) -> dict[str, Any] | None:
         log.warning("%s does not match the checksum in %s; it will be retrained", weights, meta)
         return None
     return info
-
-
-def weights_spec(path: Path) -> DataSpec | None:
-    """The DataSpec robustkit recorded in a safetensors file it wrote (None for foreign files)."""
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return DataSpec.from_dict(json.loads(meta["spec"])) if "spec" in meta else None
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
-        return None
-
-
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """Load a state dict safely; a checkpoint of the inner network of a ``Normalized`` model fits too."""
-    if isinstance(model, Normalized):
-        keys = load_state(path).keys()
-        if keys and not any(k.startswith(("model.", "module.model.")) for k in keys):
-            load_into(model.model, path)
-            return model
-    return load_into(model, path)
-
-
-def safe_dirname(text: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "data"
-    return clean[:60]
-
-
-def defense_cache_dir() -> Path:
-    from ..models.zoo import cache_dir
-
-    return cache_dir().parent / "defenses"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.zoo import register_small_resnet
-from .masks import CANONICAL_EYES
-from .synthetic import SyntheticDataset, generate, grid, register_dataset, uniform
+from ..data.masks import CANONICAL_EYES
+from ..data.synthetic import grid, image_dataset, uniform
+from .zoo import register_small_resnet
 
 IDENTITIES = ["ada", "bo", "chen", "dara", "emeka", "farah", "gus", "hana", "ivan", "jun"]
 _IDENTITY_SALT = 7_777
@@ -120,25 +120,7 @@ def render_face(
     return img.clamp(0, 1)
 
 
-@register_dataset("faces")
-def faces(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
-    """Balanced identities (label = index mod 10). Default sizes: 5000 train, 1000 test."""
-    n = n if n is not None else (5000 if split == "train" else 1000)
-
-    def render(g: torch.Generator, i: int) -> tuple[torch.Tensor, int]:
-        label = i % len(IDENTITIES)
-        return render_face(g, label, size), label
-
-    x, y = generate(n, seed, split, render)
-    return SyntheticDataset("faces", x, y, IDENTITIES, split=split, size=size, seed=seed, eyes=CANONICAL_EYES)
-
-
+faces = image_dataset("faces", IDENTITIES, render_face, sizes=(5000, 1000), eyes=CANONICAL_EYES)
 register_small_resnet(
-    "faces-resnet",
-    "faces",
-    faces,
-    len(IDENTITIES),
-    seed=1,
-    epochs=5,
-    description="Compact ResNet (16-32-64-128 channels) for 32x32 synthetic aligned faces, 10 identities.",
+    "faces", faces, len(IDENTITIES), seed=1, epochs=5, about="synthetic aligned faces, 10 identities"
 )

@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..models.zoo import register_small_resnet
-from .synthetic import SyntheticDataset, generate, grid, register_dataset, uniform
+from ..data.synthetic import grid, image_dataset, uniform
+from .zoo import register_small_resnet
 
 CLASSES = [
     "stop", "yield", "no-entry", "speed-limit", "no-overtaking",
@@ -136,25 +136,7 @@ def render_sign(
     return img.clamp(0, 1)
 
 
-@register_dataset("signs")
-def signs(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
-    """Balanced classes (label = index mod 10). Default sizes: 5000 train, 1000 test."""
-    n = n if n is not None else (5000 if split == "train" else 1000)
-
-    def render(g: torch.Generator, i: int) -> tuple[torch.Tensor, int]:
-        label = i % len(CLASSES)
-        return render_sign(g, label, size), label
-
-    x, y = generate(n, seed, split, render)
-    return SyntheticDataset("signs", x, y, CLASSES, split=split, size=size, seed=seed)
-
-
+signs = image_dataset("signs", CLASSES, render_sign, sizes=(5000, 1000))
 register_small_resnet(
-    "signs-resnet",
-    "signs",
-    signs,
-    len(CLASSES),
-    seed=2,
-    epochs=5,
-    description="Compact ResNet (16-32-64-128 channels) for 32x32 synthetic traffic signs, 10 classes.",
+    "signs", signs, len(CLASSES), seed=2, epochs=5, about="synthetic traffic signs, 10 classes"
 )

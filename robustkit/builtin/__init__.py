@@ -1,0 +1,11 @@
+"""The built-in datasets, each with its zoo model: ``shapes``, ``faces``, ``signs``, ``shapes-video``.
+
+Importing this package registers them all (``import robustkit`` does); ``zoo`` holds the registry of
+zoo models, ``load_zoo_model`` and the shared small-ResNet entry.
+"""
+
+from __future__ import annotations
+
+from . import faces, shapes, shapes_video, signs, zoo
+
+__all__ = ["faces", "shapes", "shapes_video", "signs", "zoo"]

@@ -1,0 +1,62 @@
+"""Adaptive evaluation of a defense: the model attacks must see so that each declared capability is
+honored, and a record of how.
+
+- ``stochastic``: the model is attacked and judged through ``Expectation(model, eot_samples)`` (EOT
+  over the defense's own randomness: gradients and logits averaged over draws).
+- ``batch_dependent``: nothing to wrap; the runner keeps batches fixed chunks of consecutive samples in
+  every run, resume and shard, and records each batch's composition.
+- ``non_differentiable``: the named modules run forward as they are and are differentiated through
+  the identity (BPDA, Athalye et al. 2018).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from torch import nn
+
+from ..attacks.bpda import BPDA
+from ..attacks.expectation import Expectation
+from ..errors import ConfigError
+from .base import Defense
+
+
+def honor(defense: Defense, eot_samples: int = 20) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to attack, and a record of how each declared capability was honored."""
+    caps = defense.capabilities
+    model: nn.Module = defense.model
+    how: list[str] = []
+    if caps.non_differentiable:
+        model = copy.deepcopy(model)
+        for name in caps.non_differentiable:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError as exc:
+                raise ConfigError(
+                    f"defense '{defense.name}' declares non-differentiable module '{name}', which it does not have"
+                ) from exc
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, BPDA(module))
+        how.append(f"BPDA (identity backward) through {', '.join(caps.non_differentiable)}")
+    if caps.stochastic:
+        model = Expectation(model, samples=eot_samples)
+        how.append(f"EOT: attacked and judged on logits averaged over {eot_samples} draws")
+    if caps.batch_dependent:
+        how.append(
+            "batch-dependent: every batch is a fixed chunk of consecutive samples (the same in every run, resume "
+            "and shard) and its composition is recorded; a sample's result depends on its batch-mates"
+        )
+    if not how:
+        how.append("no special handling needed: deterministic, batch-independent, differentiable")
+    return model, {
+        "name": defense.name,
+        "capabilities": caps.as_dict(),
+        "how_honored": how,
+        "info": _plain(defense.info),
+    }
+
+
+def _plain(info: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(info, default=str))
