@@ -12,10 +12,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .api import evaluate, evaluate_defenses
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
 from .data.loading import load_dataset
 from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
-from .evaluation.runner import RunResult, evaluate
+from .evaluation.config import RunConfig
+from .evaluation.runner import RunResult
 from .evaluation.suite import load_suite
 from .models.loading import load_model
 from .models.normalized import Normalized
@@ -34,11 +36,13 @@ __all__ = [
     "ModelError",
     "Normalized",
     "RobustkitError",
+    "RunConfig",
     "RunResult",
     "UnsafeCheckpointError",
     "__version__",
     "create_attack",
     "evaluate",
+    "evaluate_defenses",
     "load_dataset",
     "load_model",
     "load_suite",

@@ -7,8 +7,9 @@ import json
 import torch
 from torch import nn
 
+from robustkit.api import evaluate_defenses
 from robustkit.defenses.base import Capabilities, as_defense
-from robustkit.evaluation.defended import evaluate_defenses, honor
+from robustkit.evaluation.defended import honor
 
 
 class Quantize(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
@@ -214,13 +213,14 @@ def test_docs_page_is_the_check_table():
     page = (Path(__file__).resolve().parents[1] / "docs" / "sanity-checks.md").read_text()
     assert checks_markdown() in page
     import robustkit.evaluation.sanity as sanity
+
     for c in CHECKS:
         assert c.name in sanity.__doc__
 
 
 def test_runner_hands_the_stored_cascade_to_the_black_box_check(tmp_path, shapes_model):
     """In a real run, the cascade stored per batch reaches the check (not only in direct calls)."""
-    from robustkit.evaluation.runner import evaluate
+    from robustkit.api import evaluate
     from robustkit.evaluation.store import Store
 
     suite = {"name": "masked", "attacks": [

@@ -6,13 +6,14 @@
   shard (the runner's design); the composition of every batch is recorded in the store.
 - ``non_differentiable``: the named modules run forward as they are and are differentiated through
   the identity (BPDA, Athalye et al. 2018).
+
+Several defenses side by side: ``robustkit.api.evaluate_defenses``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -20,7 +21,6 @@ from torch import nn
 from ..attacks.bpda import BPDA
 from ..attacks.expectation import Expectation
 from ..errors import ConfigError
-from .files import atomic_write, safe_name
 
 
 def honor(defense: Any, eot_samples: int = 20) -> tuple[nn.Module, dict[str, Any]]:
@@ -69,50 +69,3 @@ def split_defenses(spec: str | list[Any] | tuple[Any, ...]) -> list[Any]:
     if not names:
         raise ConfigError("--defense needs at least one defense name (comma-separated)")
     return names
-
-
-def evaluate_defenses(defenses: str | list[Any], *, data: Any = "shapes", name: str | None = None, out: str | Path = "reports",
-                      device: str = "auto", progress: bool = True, eot_samples: int = 20, **kwargs: Any):  # fmt: skip
-    """Evaluate each defense under the same suite and data, then write a side-by-side comparison.
-
-    Returns (list of RunResult, path of the comparison report).
-    """
-    from ..defenses.base import load_defense
-    from ..device import resolve_device
-    from ..report import render_report
-    from .compare import compare
-    from .runner import evaluate
-
-    names = split_defenses(defenses)
-    dev = resolve_device(device)
-    loaded = [
-        load_defense(n, dataset=data if isinstance(data, str) else "shapes", device=dev, progress=progress)
-        for n in names
-    ]
-    base = name or f"defenses-{safe_name(str(data))}"
-    results = []
-    for d in loaded:
-        model, record = honor(d, eot_samples)
-        res = evaluate(model=model, data=data, out=out, name=f"{base}-{safe_name(d.name)}", device=dev, progress=progress,
-                       model_name=d.name, defense_info=record, **kwargs)  # fmt: skip
-        results.append(res)
-    rows = [
-        r.summary
-        | {
-            "defense": d.name,
-            "capabilities": d.capabilities.as_dict(),
-            "training_cost": d.info.get("cost"),
-            "published": d.info.get("published"),
-        }  # fmt: skip
-        for r, d in zip(results, loaded, strict=True)
-    ]
-    comparison = compare(rows)
-    out_dir = Path(out)
-    atomic_write(
-        out_dir / f"{safe_name(base)}-comparison.json", json.dumps(comparison, indent=2, default=str)
-    )
-    report = None
-    if kwargs.get("report", True):
-        report = render_report([r.run_dir for r in results], out_dir / f"{safe_name(base)}-comparison.html",
-                               title=f"defenses on {data}")  # fmt: skip
-    return results, report

@@ -18,7 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from .. import __version__
-from ..evaluation.files import atomic_write
+from ..files import atomic_write
 from . import sections
 from .compare import comparison
 from .curves import eot_curves, eps_curves
