@@ -210,3 +210,27 @@ def test_a_split_inside_a_split_keeps_every_part(tmp_path, tiny_attack):
         store.close()
     run = load_run(res.run_dir)
     assert [(a.part, a.value) for a in run.artifacts[attack["name"]]] == [(0, 2), (1, 2), (2, 2), (3, 2)]
+
+
+def test_a_store_written_before_parts_is_read_with_parts(tmp_path):
+    path = tmp_path / STORE_FILE
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE artifacts (attack_id INTEGER NOT NULL, first_idx INTEGER NOT NULL, key TEXT NOT NULL, "
+        "kind TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (attack_id, first_idx, key))"
+    )
+    db.executemany(
+        "INSERT INTO artifacts VALUES (1, ?, ?, 'json', ?)",
+        [(0, "seen", b"4"), (0, "seen#2", b"3"), (8, "seen", b"5")],
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        assert [(a.first_idx, a.key, a.part, a.value()) for a in store.artifacts(1)] == [
+            (0, "seen", 0, 4),
+            (0, "seen", 1, 3),
+            (8, "seen", 0, 5),
+        ]
+    finally:
+        store.close()

@@ -165,14 +165,9 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved configuration as written to ``config.yaml`` (identity first, then options)."""
-        return {
-            **self.identity(),
-            "weights": str(self.weights) if self.weights else None,
-            "batch_size": self.batch_size,
-            "device": str(self.device),
-            "threads": self.threads,
-            "gallery": self.gallery,
-        }
+        options = {k: getattr(self, k) for k in ("batch_size", "threads", "gallery")}
+        return {**self.identity(), "weights": str(self.weights) if self.weights else None,
+                "device": str(self.device), **options}  # fmt: skip
 
     def write(self, run_dir: Path, **resolved: Any) -> Path:
         """Write ``config.yaml`` into ``run_dir`` (``resolved``: what loading found, e.g. the model's name)."""

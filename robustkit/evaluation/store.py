@@ -13,12 +13,13 @@ Per-sample metrics (``AttackResult.metrics``) are stored generically in ``Outcom
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load as st_load
@@ -54,8 +55,36 @@ CREATE TABLE IF NOT EXISTS findings (
 R = TypeVar("R")
 
 
+def _same(v: Any) -> Any:
+    return v
+
+
+def _json_or(default: Callable[[], Any]) -> Callable[[Any], Any]:
+    return lambda text: json.loads(text) if text else default()
+
+
+def _json_or_none(value: Any) -> str | None:
+    return json.dumps(value) if value else None
+
+
 @dataclass(frozen=True, slots=True)
-class SampleRecord:
+class Record:
+    """A typed row: ``READ`` converts the sqlite values to the fields (in field order), ``WRITE`` back."""
+
+    READ: ClassVar[tuple[Callable[[Any], Any], ...]] = ()
+    WRITE: ClassVar[tuple[Callable[[Any], Any], ...]] = ()
+
+    @classmethod
+    def from_row(cls: type[R], row: tuple) -> R:
+        return cls(*(read(v) for read, v in zip(cls.READ, row, strict=True)))  # type: ignore[attr-defined]
+
+    def row(self) -> tuple:
+        names = [f.name for f in dataclasses.fields(self)]
+        return tuple(write(getattr(self, n)) for write, n in zip(self.WRITE, names, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord(Record):
     """One sample's clean pass."""
 
     idx: int
@@ -64,17 +93,12 @@ class SampleRecord:
     correct: bool
     confidence: float
 
-    @classmethod
-    def from_row(cls, row: tuple) -> SampleRecord:
-        idx, label, pred, correct, confidence = row
-        return cls(int(idx), int(label), int(pred), bool(correct), float(confidence))
-
-    def row(self) -> tuple:
-        return (self.idx, self.label, self.pred, int(self.correct), self.confidence)
+    READ = (int, int, int, bool, float)
+    WRITE = (int, int, int, int, float)
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(Record):
     """One sample under one attack. ``attacked`` is False for a sample misclassified when clean;
     ``metrics`` holds the attack's per-sample metrics (``AttackResult.metrics``) by name."""
 
@@ -88,20 +112,12 @@ class Outcome:
     l2: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
-    @classmethod
-    def from_row(cls, row: tuple) -> Outcome:
-        idx, attacked, claimed, robust, pred, confidence, linf, l2, metrics = row
-        return cls(int(idx), bool(attacked), bool(claimed), bool(robust), int(pred), float(confidence),
-                   linf, l2, json.loads(metrics) if metrics else {})  # fmt: skip
-
-    def row(self) -> tuple:
-        metrics = json.dumps(self.metrics) if self.metrics else None
-        return (self.idx, int(self.attacked), int(self.claimed), int(self.robust), self.pred, self.confidence,
-                self.linf, self.l2, metrics)  # fmt: skip
+    READ = (int, bool, bool, bool, int, float, _same, _same, _json_or(dict))
+    WRITE = (int, int, int, int, int, float, _same, _same, _json_or_none)
 
 
 @dataclass(frozen=True, slots=True)
-class BatchRecord:
+class BatchRecord(Record):
     """One committed batch of one stage ('clean' or an attack name): the samples it covered and its cost."""
 
     stage: str
@@ -111,19 +127,12 @@ class BatchRecord:
     counters: dict[str, Any] = field(default_factory=dict)
     indices: list[int] = field(default_factory=list)
 
-    @classmethod
-    def from_row(cls, row: tuple) -> BatchRecord:
-        stage, first, size, seconds, counters, indices = row
-        return cls(str(stage), int(first), int(size), float(seconds or 0.0), json.loads(counters or "{}"),
-                   json.loads(indices or "[]"))  # fmt: skip
-
-    def row(self) -> tuple:
-        return (self.stage, self.first_idx, self.size, self.seconds, json.dumps(self.counters),
-                json.dumps(self.indices))  # fmt: skip
+    READ = (str, int, int, lambda v: float(v or 0.0), _json_or(dict), _json_or(list))
+    WRITE = (str, int, int, float, json.dumps, json.dumps)
 
 
 @dataclass(frozen=True, slots=True)
-class ArtifactRecord:
+class ArtifactRecord(Record):
     """What an attack optimized or sampled on one batch: ``kind`` 'json' or 'tensor' (safetensors bytes).
     ``part`` numbers the pieces of a batch that was split after running out of memory (0 otherwise)."""
 
@@ -133,10 +142,7 @@ class ArtifactRecord:
     kind: str
     data: bytes
 
-    @classmethod
-    def from_row(cls, row: tuple) -> ArtifactRecord:
-        first, key, part, kind, data = row
-        return cls(int(first), str(key), int(part), str(kind), bytes(data))
+    READ = WRITE = (int, str, int, str, bytes)
 
     def value(self) -> Any:
         """The decoded artifact: a tensor or plain JSON data."""
@@ -266,7 +272,7 @@ class Store:
             db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch.row())
             db.executemany(
                 "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?)",
-                [(attack_id, a.first_idx, a.key, a.part, a.kind, a.data) for a in artifacts],
+                [(attack_id, *a.row()) for a in artifacts],
             )
             db.executemany(
                 "INSERT OR REPLACE INTO examples VALUES (?, ?, ?)",
