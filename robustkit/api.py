@@ -40,7 +40,7 @@ def evaluate(model: Any = None, data: Any = "shapes", suite: Any = "quick", **op
     ``report``, ``threads``, ``model_name``, ``fold_bn``, ``channels_last``, ``compile``, ``amp``
     ('bf16'), ``profile``). An existing run directory with the same ``RunConfig.identity()`` resumes.
     """
-    return run(RunConfig(model=model, data=data, suite=suite, **options))
+    return run(RunConfig.build(model=model, data=data, suite=suite, **options))
 
 
 def evaluate_defenses(
@@ -55,7 +55,7 @@ def evaluate_defenses(
     """
     from .defenses.base import load_defense
 
-    base = config if config is not None else RunConfig(**options)
+    base = config if config is not None else RunConfig.build(**options)
     names = split_defenses(defenses)
     dev = resolve_device(base.device)
     data = base.data if isinstance(base.data, str) else "shapes"

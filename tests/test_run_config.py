@@ -104,6 +104,8 @@ def test_config_is_validated_once_with_flag_names(tmp_path):
         RunConfig(amp="fp8")
     with pytest.raises(InputError, match="does not exist"):
         RunConfig(weights=tmp_path / "missing.pt")
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        evaluate(batch_sise=3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         RunConfig().batch_size = 3  # type: ignore[misc]
 

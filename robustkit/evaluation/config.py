@@ -24,6 +24,7 @@ from torch import nn
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
 from ..files import atomic_write
+from ..registry import check_keys, dataclass_fields
 from .fastpath import FastPath, make_fastpath
 from .suite import Suite, load_suite
 
@@ -125,6 +126,12 @@ class RunConfig:
             put(self, "weights_sha256", file_sha256(path))
         if isinstance(self.model, nn.Module):
             put(self, "model_sha256", module_sha256(self.model))
+
+    @classmethod
+    def build(cls, **options: Any) -> RunConfig:
+        """The configuration from keyword arguments; an unknown one fails with a suggestion."""
+        check_keys(options, dataclass_fields(cls), "evaluate")
+        return cls(**options)
 
     @classmethod
     def from_cli(cls, args: Any) -> RunConfig:

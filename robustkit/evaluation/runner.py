@@ -30,6 +30,7 @@ from . import distributed
 from .config import RunConfig
 from .execute import Job, get_batch, preflight, run_suite
 from .metrics import summarize
+from .profile import profile_run
 from .store import STORE_FILE, Store
 from .suite import SuiteEntry
 
@@ -231,8 +232,6 @@ def run(config: RunConfig) -> RunResult:
     if rank != 0:
         summary = json.loads((run_dir / "summary.json").read_text())
     if config.profile and rank == 0:
-        from .profile import profile_run
-
         px, py = get_batch(loaded.dataset, loaded.indices[: config.batch_size])
         summary["profile"] = profile_run(run_dir, loaded.net, px.to(loaded.device), py.to(loaded.device))
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
