@@ -36,7 +36,7 @@ SUITE = {
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3), nn.BatchNorm1d(3)).eval()
 
 
 def _data(model: nn.Module, n: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
