@@ -10,8 +10,6 @@ Quick use::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .api import evaluate, evaluate_defenses
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
 from .data.loading import load_dataset
@@ -24,6 +22,7 @@ from .models.normalized import Normalized
 from .models.state import preserved
 from .models.zoo import load_zoo_model
 from .threat import L2, Linf, make_threat
+from .version import __version__
 
 __all__ = [
     "ATTACKS",

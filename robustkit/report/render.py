@@ -17,8 +17,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from .. import __version__
 from ..files import atomic_write
+from ..version import __version__
 from . import sections
 from .compare import comparison
 from .curves import eot_curves, eps_curves
