@@ -82,6 +82,10 @@ def test_identity_covers_the_fast_path_and_in_memory_weights():
     with torch.no_grad():
         model[1].bias.add_(1.0)
     assert RunConfig(model=model, suite=SUITE).identity() != before
+    x, y = _data(model, 6)
+    data_before = RunConfig(data=(x, y), suite=SUITE).identity()
+    x[0, 0, 0, 0] = 1 - x[0, 0, 0, 0]
+    assert RunConfig(data=(x, y), suite=SUITE).identity() != data_before
 
 
 def test_identity_ignores_what_cannot_change_a_result(tmp_path):

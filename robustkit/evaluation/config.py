@@ -3,7 +3,7 @@ to ``config.yaml``, and the one judge of whether a run directory may be resumed.
 
 ``RunConfig.identity()`` covers everything that can change a result: what is evaluated (model spec or
 name, the sha256 of a weights file's content and of an in-memory model's parameters), the data (spec,
-root, split, limit), the resolved suite, the seed, the fast-path options and how a defense's
+or the sha256 of tensors given directly; root, split, limit), the resolved suite, the seed, the fast-path options and how a defense's
 capabilities were honored. Options that cannot change a result stay out of it (batch size, threads,
 progress, output directory, gallery size, report, profile): a run resumed with another batch size
 attacks every sample not yet done and ends with the same outcomes as an uninterrupted run.
@@ -41,14 +41,24 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def module_sha256(model: nn.Module) -> str:
-    """The sha256 of a module's parameters and buffers (names, dtypes, shapes and values)."""
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """The sha256 of named tensors (names, dtypes, shapes and values)."""
     digest = hashlib.sha256()
-    for name, t in model.state_dict().items():
+    for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def content_sha256(obj: Any) -> str | None:
+    """The content hash of an in-memory model (its parameters and buffers) or of data given as
+    tensors (``(x, y)``); None for anything else (a spec string, a dataset object)."""
+    if isinstance(obj, nn.Module):
+        return tensors_sha256(obj.state_dict())
+    if isinstance(obj, tuple | list) and obj and all(isinstance(t, torch.Tensor) for t in obj):
+        return tensors_sha256({str(k): t for k, t in enumerate(obj)})
+    return None
 
 
 def _positive(value: Any, flag: str, optional: bool = False) -> None:
@@ -103,6 +113,7 @@ class RunConfig:
     fastpath: FastPath = field(init=False, repr=False)
     weights_sha256: str | None = field(init=False, default=None)
     model_sha256: str | None = field(init=False, default=None)
+    data_sha256: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         _positive(self.batch_size, "--batch-size")
@@ -124,8 +135,8 @@ class RunConfig:
             if not path.is_file():
                 raise InputError(f"weights file {path} does not exist")
             put(self, "weights_sha256", file_sha256(path))
-        if isinstance(self.model, nn.Module):
-            put(self, "model_sha256", module_sha256(self.model))
+        put(self, "model_sha256", content_sha256(self.model))
+        put(self, "data_sha256", content_sha256(self.data))
 
     @classmethod
     def build(cls, **options: Any) -> RunConfig:
@@ -161,6 +172,7 @@ class RunConfig:
             "model_sha256": self.model_sha256,
             "weights_sha256": self.weights_sha256,
             "data": self.data_name,
+            "data_sha256": self.data_sha256,
             "data_root": str(self.data_root) if self.data_root else None,
             "split": self.split,
             "suite": self.suite.resolved(),
