@@ -52,8 +52,11 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def content_sha256(obj: Any) -> str | None:
-    """The content hash of an in-memory model (its parameters and buffers) or of data given as
-    tensors (``(x, y)``); None for anything else (a spec string, a dataset object)."""
+    """The content hash of an in-memory model (its parameters and buffers; an ART estimator's torch
+    model) or of data given as tensors (``(x, y)``); None for anything else (a spec string, a dataset)."""
+    inner = getattr(obj, "model", None)
+    if not isinstance(obj, nn.Module) and isinstance(inner, nn.Module):
+        obj = inner
     if isinstance(obj, nn.Module):
         return tensors_sha256(obj.state_dict())
     if isinstance(obj, tuple | list) and obj and all(isinstance(t, torch.Tensor) for t in obj):
