@@ -13,7 +13,7 @@ through the cache ``load_defense`` uses, so a later ``robustkit evaluate --defen
 these weights; re-running resumes or skips training. The cost per step (network passes and seconds,
 relative to a standard-training step of the same network) is measured during training.
 
-Evaluation: ``robustkit.evaluation.defended.evaluate_defenses`` runs one suite over every defense (each
+Evaluation: ``robustkit.api.evaluate_defenses`` runs one suite over every defense (each
 defense's capabilities honored: fixed batch composition for the batch-dependent ABNN), on the first
 ``--n-eval`` test images (default 100) in fixed batches of ``--eval-batch``. The suite joins the built-in
 recipes pgd-linf (2/255 and 8/255, 10 steps), autoattack-standard (L-inf 8/255) and physical (patch,
@@ -44,13 +44,13 @@ import torch
 import yaml
 from torch import nn
 
+from robustkit.api import evaluate_defenses
 from robustkit.attacks.pgd import PGD
 from robustkit.defenses.backbones import DataSpec
 from robustkit.defenses.base import DEFENSES, Context, Defense
 from robustkit.defenses.loading import cache_path, load_weights, train_defense
 from robustkit.device import resolve_device
 from robustkit.evaluation.compare import format_table
-from robustkit.evaluation.defended import evaluate_defenses
 from robustkit.evaluation.suite import find_suite
 from robustkit.functional.random import sample_generators
 from robustkit.training.data import load_split

@@ -10,11 +10,13 @@ Quick use::
 
 from __future__ import annotations
 
+from .api import evaluate, evaluate_defenses
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
 from .builtin.zoo import load_zoo_model
 from .data.loading import load_dataset
 from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
-from .evaluation.runner import RunResult, evaluate
+from .evaluation.config import RunConfig
+from .evaluation.runner import RunResult
 from .evaluation.suite import load_suite
 from .models.loading import load_model, register_adapter
 from .models.normalized import Normalized
@@ -36,11 +38,13 @@ __all__ = [
     "ModelError",
     "Normalized",
     "RobustkitError",
+    "RunConfig",
     "RunResult",
     "UnsafeCheckpointError",
     "__version__",
     "create_attack",
     "evaluate",
+    "evaluate_defenses",
     "load_dataset",
     "load_model",
     "load_suite",

@@ -26,44 +26,17 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.runner import evaluate
-
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    common = dict(
-        data=args.data,
-        suite=args.suite,
-        out=args.out,
-        device=args.device,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        seed=args.seed,
-        data_root=args.data_root,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        amp=args.amp,
-        fold_bn=args.fold_bn,
-        profile=args.profile,
-    )
-    if args.defense:
-        return _evaluate_defenses(args, common)
-    result = evaluate(model=args.model, name=args.name, weights=args.weights, **common)
-    _print_summary(result)
-    return 0
-
-
-def _evaluate_defenses(args: argparse.Namespace, common: dict) -> int:
+    from .api import evaluate_defenses, run
     from .errors import ConfigError
-    from .evaluation.defended import evaluate_defenses
+    from .evaluation.config import RunConfig
 
+    config = RunConfig.from_cli(args)
+    if not args.defense:
+        _print_summary(run(config))
+        return 0
     if args.model or args.weights:
         raise ConfigError("--defense builds its own models: drop --model/--weights, or drop --defense")
-    results, report = evaluate_defenses(args.defense, name=args.name, eot_samples=args.eot_samples, **common)
+    results, report = evaluate_defenses(args.defense, config=config, eot_samples=args.eot_samples)
     for result in results:
         print(f"== defense {result.summary['defense']['name']}")
         _print_summary(result)

@@ -66,7 +66,10 @@ def import_graph() -> dict[str, set[str]]:
                     module = ".".join(base + ([node.module] if node.module else []))
                 else:
                     module = node.module or ""
-                targets = [module] + [f"{module}.{a.name}" for a in node.names]
+                # ``from pkg import mod`` depends on the submodule; ``from mod import name`` on the module
+                subs = [f"{module}.{a.name}" for a in node.names]
+                targets = [t for t in subs if t in modules] or [module]
+                targets += [module] if any(t not in modules for t in subs) else []
             else:
                 continue
             for target in targets:

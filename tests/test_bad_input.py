@@ -12,10 +12,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from robustkit.api import evaluate
 from robustkit.cli import main
 from robustkit.errors import ConfigError, InputError
-from robustkit.evaluation.files import inside
-from robustkit.evaluation.runner import evaluate
+from robustkit.files import inside
 
 
 def _run(tmp_path, capsys, *args):
@@ -217,12 +217,12 @@ def test_full_disk_while_writing(tmp_path, capsys, monkeypatch, shapes_model):
 
 
 def test_internal_errors_exit_1_and_debug_shows_traceback(tmp_path, capsys, monkeypatch):
-    from robustkit.evaluation import runner
+    from robustkit.evaluation import config
 
     def boom(*a, **k):
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(runner, "load_suite", boom)
+    monkeypatch.setattr(config, "load_suite", boom)
     code, err, _ = _run(tmp_path, capsys)
     assert code == 1 and "internal error" in err and "Traceback" not in err
     with pytest.raises(ZeroDivisionError):

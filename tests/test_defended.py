@@ -7,9 +7,9 @@ import json
 import torch
 from torch import nn
 
+from robustkit.api import evaluate_defenses
 from robustkit.defenses.adaptive import honor
 from robustkit.defenses.base import Capabilities, as_defense
-from robustkit.evaluation.defended import evaluate_defenses
 
 
 class Quantize(nn.Module):

@@ -259,8 +259,8 @@ def test_fastpath_attack_runs_under_bf16_and_channels_last(shapes_model, shapes_
 
 
 def test_profile_and_evaluate_flags(tmp_path, shapes_model):
+    from robustkit.api import evaluate
     from robustkit.evaluation.profile import format_profile, profile_run
-    from robustkit.evaluation.runner import evaluate
 
     suite = {
         "name": "t",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robustkit.api import evaluate
 from robustkit.attacks import create_attack
-from robustkit.evaluation.runner import evaluate
 
 pytestmark = pytest.mark.gpu
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustkit.evaluation.runner import evaluate
+from robustkit.api import evaluate
 
 SUITE = {
     "name": "mini",

@@ -175,7 +175,7 @@ def test_comparison_fits_a_phone_and_prints(browser, tmp_path: Path) -> None:
 
 
 def test_real_run_report_from_the_runner(browser, tmp_path: Path) -> None:
-    from robustkit.evaluation.runner import evaluate
+    from robustkit.api import evaluate
 
     suite = {
         "name": "tiny",

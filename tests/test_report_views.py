@@ -14,7 +14,7 @@ import yaml
 
 from robustkit.eot import EvalGrid
 from robustkit.evaluation.metrics import summarize
-from robustkit.evaluation.store import Store, pack_tensors
+from robustkit.evaluation.store import ArtifactRecord, BatchRecord, Outcome, SampleRecord, Store, pack_tensors
 from robustkit.report import render_report
 from robustkit.report.load import load_run
 from robustkit.report.render import SECTIONS, render_html, run_view
@@ -85,10 +85,12 @@ def build_run(
                              "BPDA with identity for quantize"]},
         )  # fmt: skip
     rows = [
-        (i, labels[i], labels[i] if correct[i] else (labels[i] + 1) % len(classes), correct[i], 0.9)
+        SampleRecord(
+            i, labels[i], labels[i] if correct[i] else (labels[i] + 1) % len(classes), correct[i], 0.9
+        )
         for i in range(n)
     ]
-    store.write_clean(rows, ("clean", 0, n, 0.25, "{}", json.dumps(list(range(n)))))
+    store.write_clean(rows, BatchRecord("clean", 0, n, 0.25, {}, list(range(n))))
     attacked = [i for i in range(n) if correct[i]]
     # robust sets: nested so that the cascade and the curves have known values
     robust = {
@@ -115,8 +117,8 @@ def build_run(
         aid = store.attack_id(names[key], attack, {"attack": attack, "eps": eps}, eps, norm, kind)
         skip = [i for i in range(n) if not correct[i]]
         store.write_outcomes(
-            aid, [(i, 0, 0, 0, rows[i][2], 0.9, None, None, None) for i in skip],
-            (names[key], -1 - skip[0], len(skip), 0.0, "{}", "[]"), {}, {},
+            aid, [Outcome(i, False, False, False, rows[i].pred, 0.9) for i in skip],
+            BatchRecord(names[key], -1 - skip[0], len(skip), 0.0),
         )  # fmt: skip
         for first in (0, 6):
             chunk = [i for i in attacked if first <= i < first + 6]
@@ -133,19 +135,7 @@ def build_run(
                     metrics.update(frame_linf_mean=3 / 255, frame_linf_max=4 / 255, frames_changed=1.0)
                 pred = labels[i] if ok else (labels[i] + 1) % len(classes)
                 e = eps if eps is not None else 0.3
-                out.append(
-                    (
-                        i,
-                        1,
-                        int(not ok),
-                        int(ok),
-                        pred,
-                        0.8,
-                        e,
-                        e * 10,
-                        json.dumps(metrics) if metrics else None,
-                    )
-                )
+                out.append(Outcome(i, True, not ok, ok, pred, 0.8, e, e * 10, metrics))
                 if i < 4:
                     if kind == "video":
                         clean, adv = _clip_pair(g, 3, 6, 16, 16, 4)
@@ -178,12 +168,12 @@ def build_run(
                     "json",
                     json.dumps({"rotation": [-30, 0, 30], "accuracy": [0.5, 0.8, 0.5]}).encode(),
                 )
-            counters = json.dumps({"forward": 11, "backward": 10, "queries": 11 * len(chunk)})
+            counters = {"forward": 11, "backward": 10, "queries": 11 * len(chunk)}
             store.write_outcomes(
                 aid,
                 out,
-                (names[key], first, len(chunk), 0.5, counters, json.dumps(chunk)),
-                artifacts,
+                BatchRecord(names[key], first, len(chunk), 0.5, counters, chunk),
+                [ArtifactRecord(first, k, 0, kind, data) for k, (kind, data) in artifacts.items()],
                 examples,
             )
     store.write_findings(

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from robustkit.evaluation.runner import evaluate
+from robustkit.api import evaluate
 
 
 class TwoClips(Dataset):

@@ -220,7 +220,7 @@ def test_docs_page_is_the_check_table():
 
 def test_runner_hands_the_stored_cascade_to_the_black_box_check(tmp_path, shapes_model):
     """In a real run, the cascade stored per batch reaches the check (not only in direct calls)."""
-    from robustkit.evaluation.runner import evaluate
+    from robustkit.api import evaluate
     from robustkit.evaluation.store import Store
 
     suite = {"name": "masked", "attacks": [

@@ -1,9 +1,12 @@
 """The batch loop: clean pass and attacks over a fixed batch composition, committed batch by batch.
 
 Batches are fixed chunks of the evaluated indices (``batch_size`` consecutive samples), so a
-resumed, sharded or single-process run sees exactly the same batch compositions; each sample's
-randomness comes from its own generator seeded by (seed, attack, index). Within a batch only the
-clean-correct samples are attacked. A CUDA out-of-memory error halves the batch and continues.
+resumed, sharded or single-process run with the same batch size sees exactly the same batch
+compositions; each sample's randomness comes from its own generator seeded by (seed, attack, index).
+Resume goes by sample: a batch runs on those of its samples not yet committed, so a run resumed with
+another batch size still covers every sample once. Within a batch only the clean-correct samples are
+attacked. A CUDA out-of-memory error halves the batch and continues; the halves' artifacts are stored
+as numbered parts of the batch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,8 +23,9 @@ import torch
 from ..attacks.criteria import Misclassification, confirm, fp32_logits
 from ..errors import InputError, ModelError
 from ..functional.random import sample_generators
+from ..models.fastpath import Precisions
 from ..validate import check_inputs, check_labels, check_logits
-from .store import Store, pack_tensors
+from .store import ArtifactRecord, BatchRecord, Outcome, SampleRecord, Store, pack_tensors
 from .suite import Suite, SuiteEntry
 
 log = logging.getLogger(__name__)
@@ -62,120 +68,136 @@ def preflight(
         )
 
 
-def clean_pass(store: Store, net, dataset, batches: list[list[int]], device, num_classes, bar) -> None:
-    done = store.clean_done()
-    for chunk in batches:
-        if chunk[0] in done:
-            bar.update(len(chunk))
-            continue
-        x, y = get_batch(dataset, chunk)
-        check_inputs(x, f"data samples {chunk[0]}..{chunk[-1]}")
-        check_labels(y, len(chunk), f"labels of samples {chunk[0]}..{chunk[-1]}", num_classes)
-        t0 = time.perf_counter()
-        logits = fp32_logits(net.reference, x.to(device))
-        check_logits(logits, len(chunk), num_classes)
-        pred = logits.argmax(1).cpu()
-        conf = logits.softmax(1).max(1).values.cpu()
-        rows = [
-            (i, int(y[j]), int(pred[j]), bool(pred[j] == y[j]), float(conf[j])) for j, i in enumerate(chunk)
-        ]
-        store.write_clean(
-            rows, ("clean", chunk[0], len(chunk), time.perf_counter() - t0, "{}", json.dumps(chunk))
+@dataclass(frozen=True)
+class Job:
+    """What every batch of a run shares: the store, the model attacks see, the data and the settings."""
+
+    store: Store
+    net: Precisions
+    dataset: Any
+    device: torch.device
+    seed: int
+    gallery: int
+    bar: Any
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(getattr(self.dataset, "classes", [])) or None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One suite entry being run: its id in the store, its position ``k`` in the suite (the salt of the
+    per-sample generators) and the attack to call (the entry's, or the fitted universal attack)."""
+
+    aid: int
+    k: int
+    entry: SuiteEntry
+    attack: Any
+
+
+@dataclass
+class Attacked:
+    """What attacking some samples produced; ``parts``: the artifacts of each piece the batch ran as."""
+
+    outcomes: list[Outcome]
+    seconds: float
+    counters: dict[str, int]
+    parts: list[dict[str, tuple[str, bytes]]] = field(default_factory=list)
+    examples: dict[int, bytes] = field(default_factory=dict)
+
+    def __add__(self, other: Attacked) -> Attacked:
+        keys = {*self.counters, *other.counters}
+        return Attacked(
+            outcomes=self.outcomes + other.outcomes,
+            seconds=self.seconds + other.seconds,
+            counters={c: self.counters.get(c, 0) + other.counters.get(c, 0) for c in keys},
+            parts=self.parts + other.parts,
+            examples={**self.examples, **other.examples},
         )
-        bar.update(len(chunk))
 
 
-def attack_pass(
-    store: Store,
-    aid: int,
-    k: int,
-    entry: SuiteEntry,
-    attack,
-    net,
-    dataset,
-    batches,
-    device,
-    seed,
-    gallery,
-    bar,
-) -> None:
-    done = store.attacked(aid)
-    samples = {i: (y, p, c, f) for i, y, p, c, f in store.samples()}
+def clean_pass(job: Job, batches: list[list[int]]) -> None:
+    done = job.store.clean_done()
     for chunk in batches:
-        if chunk[0] in done:
-            bar.update(len(chunk))
-            continue
-        wrong = [i for i in chunk if not samples[i][2]]
-        rows = [(i, 0, 0, 0, samples[i][1], samples[i][3], None, None, None) for i in wrong]
-        todo = [i for i in chunk if samples[i][2]]
-        if not todo:
-            store.write_outcomes(
-                aid, rows, (entry.name, chunk[0], len(chunk), 0.0, "{}", json.dumps(chunk)), {}, {}
-            )
-        else:
-            run_chunk(store, aid, k, entry, attack, net, dataset, chunk, todo, rows, device, seed, gallery)
-        bar.update(len(chunk))
+        rest = [i for i in chunk if i not in done]
+        if rest:
+            _clean_batch(job, rest)
+        job.bar.update(len(chunk))
 
 
-def run_chunk(store, aid, k, entry, attack, net, dataset, chunk, todo, rows, device, seed, gallery) -> None:
-    """Attack ``todo`` (the clean-correct part of ``chunk``) and commit the whole chunk in one transaction."""
-    out = attack_samples(entry, attack, net, dataset, todo, device, seed, k, gallery, store, chunk[0])
-    batch_row = (
-        entry.name,
-        chunk[0],
-        len(chunk),
-        out["seconds"],
-        json.dumps(out["counters"]),
-        json.dumps(chunk),
+def _clean_batch(job: Job, chunk: list[int]) -> None:
+    x, y = get_batch(job.dataset, chunk)
+    check_inputs(x, f"data samples {chunk[0]}..{chunk[-1]}")
+    check_labels(y, len(chunk), f"labels of samples {chunk[0]}..{chunk[-1]}", job.num_classes)
+    t0 = time.perf_counter()
+    logits = fp32_logits(job.net.reference, x.to(job.device))
+    check_logits(logits, len(chunk), job.num_classes)
+    pred = logits.argmax(1).cpu()
+    conf = logits.softmax(1).max(1).values.cpu()
+    samples = [
+        SampleRecord(i, int(y[j]), int(pred[j]), bool(pred[j] == y[j]), float(conf[j]))
+        for j, i in enumerate(chunk)
+    ]
+    job.store.write_clean(
+        samples, BatchRecord("clean", chunk[0], len(chunk), time.perf_counter() - t0, {}, chunk)
     )
-    store.write_outcomes(aid, rows + out["rows"], batch_row, out["artifacts"], out["examples"])
 
 
-def attack_samples(entry, attack, net, dataset, todo, device, seed, k, gallery, store, key) -> dict[str, Any]:
+def attack_pass(job: Job, stage: Stage, batches: list[list[int]]) -> None:
+    """The stage over every batch: the samples of each batch not yet done, committed in one transaction."""
+    done = job.store.attacked(stage.aid)
+    samples = {s.idx: s for s in job.store.samples()}
+    for chunk in batches:
+        rest = [i for i in chunk if i not in done]
+        if rest:
+            wrong = [
+                Outcome(i, False, False, False, samples[i].pred, samples[i].confidence)
+                for i in rest
+                if not samples[i].correct
+            ]
+            todo = [i for i in rest if samples[i].correct]
+            out = attack_samples(job, stage, todo, rest[0]) if todo else Attacked([], 0.0, {})
+            batch = BatchRecord(stage.entry.name, rest[0], len(rest), out.seconds, out.counters, rest)
+            artifacts = [
+                ArtifactRecord(rest[0], key, part, kind, data)
+                for part, arts in enumerate(out.parts)
+                for key, (kind, data) in arts.items()
+            ]
+            job.store.write_outcomes(stage.aid, wrong + out.outcomes, batch, artifacts, out.examples)
+        job.bar.update(len(chunk))
+
+
+def attack_samples(job: Job, stage: Stage, todo: list[int], key: int) -> Attacked:
     """Run the attack on ``todo``; on CUDA out-of-memory halve the batch (recorded) and merge the halves."""
     try:
-        return _attack(entry, attack, net, dataset, todo, device, seed, k, gallery)
+        return _attack(job, stage, todo)
     except torch.cuda.OutOfMemoryError:
         if len(todo) == 1:
             raise
-    if device.type == "cuda":
+    if job.device.type == "cuda":
         torch.cuda.empty_cache()
     half = len(todo) // 2
-    log.warning(
-        "%s: CUDA out of memory on %d samples; continuing with %d and %d",
-        entry.name,
-        len(todo),
-        half,
-        len(todo) - half,
+    name = stage.entry.name
+    log.warning("%s: CUDA out of memory on %d samples; continuing with %d and %d", name, len(todo), half,
+                len(todo) - half)  # fmt: skip
+    backoffs = job.store.meta("oom_backoffs") or []
+    job.store.set_meta(
+        "oom_backoffs", [*backoffs, {"attack": name, "batch": key, "from": len(todo), "to": half}]
     )
-    backoffs = store.meta("oom_backoffs") or []
-    store.set_meta(
-        "oom_backoffs", [*backoffs, {"attack": entry.name, "batch": key, "from": len(todo), "to": half}]
-    )
-    a = attack_samples(entry, attack, net, dataset, todo[:half], device, seed, k, gallery, store, key)
-    b = attack_samples(entry, attack, net, dataset, todo[half:], device, seed, k, gallery, store, key)
-    counters = {
-        c: a["counters"].get(c, 0) + b["counters"].get(c, 0) for c in {*a["counters"], *b["counters"]}
-    }
-    artifacts = {**a["artifacts"], **{f"{n}#2": v for n, v in b["artifacts"].items()}}
-    return {
-        "rows": a["rows"] + b["rows"],
-        "seconds": a["seconds"] + b["seconds"],
-        "counters": counters,
-        "artifacts": artifacts,
-        "examples": {**a["examples"], **b["examples"]},
-    }
+    return attack_samples(job, stage, todo[:half], key) + attack_samples(job, stage, todo[half:], key)
 
 
-def _attack(entry, attack, net, dataset, todo, device, seed, k, gallery) -> dict[str, Any]:
-    x, y = get_batch(dataset, todo)
+def _attack(job: Job, stage: Stage, todo: list[int]) -> Attacked:
+    entry, device = stage.entry, job.device
+    x, y = get_batch(job.dataset, todo)
     x, y = x.to(device), y.to(device)
-    gens = sample_generators(seed, todo, salt=k + 1)
+    gens = sample_generators(job.seed, todo, salt=stage.k + 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    criterion = Misclassification(margin=net.tolerance)  # net: the model's Precisions (the fast path)
-    result = attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens)
+    criterion = Misclassification(margin=job.net.tolerance)  # job.net: the model's Precisions (fast path)
+    result = stage.attack(job.net.fast, x, y, criterion=criterion, precisions=job.net, generator=gens)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -184,55 +206,50 @@ def _attack(entry, attack, net, dataset, todo, device, seed, k, gallery) -> dict
         raise InputError(
             f"attack {entry.name} returned x_adv of shape {tuple(x_adv.shape)} for input {tuple(x.shape)}"
         )
-    logits, _, within = check = confirm(net.reference, getattr(entry.attack, "threat", None), x, x_adv, y)
+    logits, _, within = check = confirm(job.net.reference, getattr(entry.attack, "threat", None), x, x_adv, y)
     pred = logits.argmax(1)
     conf = logits.softmax(1).max(1).values
     robust = ~check.confirmed
     diff = (x_adv - x).flatten(1).float()
     linf, l2 = diff.abs().amax(1), diff.norm(dim=1)
-    metrics = {
-        key: v.detach().float().cpu()
-        for key, v in result.metrics.items()
-        if isinstance(v, torch.Tensor) and v.shape[:1] == (len(todo),)
-    }
+    metrics = per_sample_metrics(result.metrics, len(todo))
     claimed = result.success.bool().cpu()
-    rows = []
+    outcomes = []
     for j, i in enumerate(todo):
         m = {key: float(v[j]) for key, v in metrics.items() if v[j].numel() == 1}
         if not bool(within[j]):
             m["norm_violation"] = 1.0
-        rows.append(
-            (
-                i,
-                1,
-                int(claimed[j]),
-                int(robust[j]),
-                int(pred[j]),
-                float(conf[j]),
-                float(linf[j]),
-                float(l2[j]),
-                json.dumps(m) if m else None,
-            )
-        )
-    artifacts = {}
-    for key, value in result.artifacts.items():
+        outcomes.append(Outcome(i, True, bool(claimed[j]), bool(robust[j]), int(pred[j]), float(conf[j]),
+                                float(linf[j]), float(l2[j]), m))  # fmt: skip
+    examples = {
+        i: pack_tensors({"clean": _u8(x[j]), "adv": _u8(x_adv[j])})
+        for j, i in enumerate(todo)
+        if i < job.gallery
+    }
+    return Attacked(outcomes, seconds, dict(result.counters), [_artifacts(entry, result.artifacts)], examples)
+
+
+def per_sample_metrics(metrics: dict[str, Any], n: int) -> dict[str, torch.Tensor]:
+    """Every per-sample tensor (first dimension ``n``) of ``AttackResult.metrics``, on the CPU: each is
+    stored by name in ``Outcome.metrics`` and shown in the report without further registration."""
+    return {
+        key: v.detach().float().cpu()
+        for key, v in metrics.items()
+        if isinstance(v, torch.Tensor) and v.shape[:1] == (n,)
+    }
+
+
+def _artifacts(entry: SuiteEntry, artifacts: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
+    out = {}
+    for key, value in artifacts.items():
         if isinstance(value, torch.Tensor):
-            artifacts[key] = ("tensor", pack_tensors({key: value}))
+            out[key] = ("tensor", pack_tensors({key: value}))
         else:
             try:
-                artifacts[key] = ("json", json.dumps(value, default=_tensor_json).encode())
+                out[key] = ("json", json.dumps(value, default=_tensor_json).encode())
             except (TypeError, ValueError):
                 log.debug("artifact %s of %s is not storable; skipped", key, entry.name)
-    examples = {
-        i: pack_tensors({"clean": _u8(x[j]), "adv": _u8(x_adv[j])}) for j, i in enumerate(todo) if i < gallery
-    }
-    return {
-        "rows": rows,
-        "seconds": seconds,
-        "counters": dict(result.counters),
-        "artifacts": artifacts,
-        "examples": examples,
-    }
+    return out
 
 
 def _u8(t: torch.Tensor) -> torch.Tensor:
@@ -245,19 +262,19 @@ def _tensor_json(v: Any) -> Any:
     raise TypeError(type(v).__name__)
 
 
-def run_suite(store: Store, net, dataset, batches, suite: Suite, device, seed, gallery, bar, fit) -> None:
+def run_suite(
+    job: Job, batches: list[list[int]], suite: Suite, fit: Callable[[SuiteEntry, int], Any]
+) -> None:
     """Every attack of the suite over ``batches``; ``fit(entry, k)`` prepares universal attacks."""
-    num_classes = len(getattr(dataset, "classes", [])) or None
-    bar.set_description("clean")
-    clean_pass(store, net, dataset, batches, device, num_classes, bar)
+    job.bar.set_description("clean")
+    clean_pass(job, batches)
     resolved = suite.resolved()["attacks"]
     for k, entry in enumerate(suite.entries):
-        bar.set_description(entry.name)
+        job.bar.set_description(entry.name)
         kind = getattr(entry.attack, "input_kind", "image")
-        aid = store.attack_id(entry.name, entry.attack_key, resolved[k], entry.eps, entry.norm, kind)
-        done = store.attacked(aid)
-        pending = [c for c in batches if c[0] not in done]
+        aid = job.store.attack_id(entry.name, entry.attack_key, resolved[k], entry.eps, entry.norm, kind)
+        done = job.store.attacked(aid)
         attack = entry.attack
-        if pending and callable(getattr(attack, "fit", None)):
+        if callable(getattr(attack, "fit", None)) and any(i not in done for c in batches for i in c):
             attack = fit(entry, k)
-        attack_pass(store, aid, k, entry, attack, net, dataset, batches, device, seed, gallery, bar)
+        attack_pass(job, Stage(aid, k, entry, attack), batches)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from typing import Any
 
-from .store import Store
+from .store import BatchRecord, Store
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -21,31 +20,36 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def total_counters(batches: list[BatchRecord]) -> dict[str, int]:
+    """Counters (forward / backward passes, queries) summed over batches."""
+    counters: dict[str, int] = defaultdict(int)
+    for b in batches:
+        for k, v in b.counters.items():
+            counters[k] += int(v)
+    return dict(counters)
+
+
 def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
     """clean / worst-case robust accuracy, per-attack figures, per-class breakdown and eps curves."""
     samples = store.samples()
     n = len(samples)
-    label = {i: y for i, y, _, _, _ in samples}
-    robust_all = {i: bool(c) for i, _, _, c, _ in samples}
-    clean_correct = sum(c for _, _, _, c, _ in samples)
+    label = {s.idx: s.label for s in samples}
+    robust_all = {s.idx: s.correct for s in samples}
+    clean_correct = sum(s.correct for s in samples)
     attacks_out = []
     per_class_attack: dict[str, dict[int, int]] = {}
     for a in store.attacks():
         rows = store.outcomes(a["id"])
-        robust = {r[0]: bool(r[3]) for r in rows}
+        robust = {o.idx: o.robust for o in rows}
         for i in robust_all:
             robust_all[i] = robust_all[i] and robust.get(i, False)
-        attacked = [r for r in rows if r[1]]
-        broken = sum(1 for r in attacked if not r[3])
-        claimed_not_confirmed = sum(1 for r in attacked if r[2] and r[3])
+        attacked = [o for o in rows if o.attacked]
+        broken = sum(1 for o in attacked if not o.robust)
+        claimed_not_confirmed = sum(1 for o in attacked if o.claimed and o.robust)
         n_robust = sum(robust.values())
         batches = store.batches(a["name"])
-        counters: dict[str, int] = defaultdict(int)
-        for b in batches:
-            for k, v in json.loads(b[4] or "{}").items():
-                counters[k] += int(v)
         lo, hi = wilson(n_robust, n)
-        linfs = [r[6] for r in attacked if r[6] is not None and not r[3]]
+        linfs = [o.linf for o in attacked if o.linf is not None and not o.robust]
         attacks_out.append(
             {
                 "name": a["name"],
@@ -61,8 +65,8 @@ def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
                 "complete": len(rows) == n,
                 "claimed_not_confirmed": claimed_not_confirmed,
                 "mean_linf_of_successes": sum(linfs) / len(linfs) if linfs else None,
-                "seconds": sum(b[3] for b in batches),
-                "counters": dict(counters),
+                "seconds": sum(b.seconds for b in batches),
+                "counters": total_counters(batches),
             }
         )
         per_class_attack[a["name"]] = {c: 0 for c in set(label.values())}
@@ -74,10 +78,10 @@ def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
     counts: dict[int, int] = defaultdict(int)
     correct_by_class: dict[int, int] = defaultdict(int)
     robust_by_class: dict[int, int] = defaultdict(int)
-    for i, y, _, c, _ in samples:
-        counts[y] += 1
-        correct_by_class[y] += c
-        robust_by_class[y] += int(robust_all[i])
+    for s in samples:
+        counts[s.label] += 1
+        correct_by_class[s.label] += int(s.correct)
+        robust_by_class[s.label] += int(robust_all[s.idx])
     for y in sorted(counts):
         per_class.append(
             {

@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
-from .store import Store
+from ..files import atomic_write
+from .metrics import total_counters
+from .store import STORE_FILE, Store
 
 PROFILE_FILE = "profile.json"
 
@@ -94,18 +96,14 @@ def profile_store(store: Store, costs: dict[str, float] | None = None) -> dict[s
     """The profile of the run in ``store`` (see the module docstring)."""
     total = float(store.meta("elapsed", 0.0) or 0.0)
     clean = store.batches("clean")
-    clean_s = sum(b[3] for b in clean)
-    rows = [_row("clean pass", clean_s, {}, total, None, sum(b[2] for b in clean))]
+    clean_s = sum(b.seconds for b in clean)
+    rows = [_row("clean pass", clean_s, {}, total, None, sum(b.size for b in clean))]
     attack_s = 0.0
     for a in store.attacks():
         batches = store.batches(a["name"])
-        counters: dict[str, int] = defaultdict(int)
-        for b in batches:
-            for k, v in json.loads(b[4] or "{}").items():
-                counters[k] += int(v)
-        seconds = sum(b[3] for b in batches)
+        seconds = sum(b.seconds for b in batches)
         attack_s += seconds
-        row = _row(a["name"], seconds, counters, total, costs, sum(b[2] for b in batches))
+        row = _row(a["name"], seconds, total_counters(batches), total, costs, sum(b.size for b in batches))
         row["stages"] = _stages(store, a["id"], total, costs)
         rows.append(row)
     other = max(total - clean_s - attack_s, 0.0)
@@ -136,8 +134,6 @@ def profile_run(
     write: bool = True,
 ) -> dict[str, Any]:
     """Profile a run directory; with ``model``, ``x``, ``y`` also estimate model time per attack."""
-    from .runner import STORE_FILE
-
     run_dir = Path(run_dir)
     costs = pass_costs(model, x, y) if model is not None and x is not None and y is not None else None
     store = Store(run_dir / STORE_FILE)
@@ -146,8 +142,6 @@ def profile_run(
     finally:
         store.close()
     if write:
-        from .files import atomic_write
-
         atomic_write(run_dir / PROFILE_FILE, json.dumps(out, indent=2))
     return out
 

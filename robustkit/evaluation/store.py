@@ -3,22 +3,34 @@
 Everything the summary and the report need is here: per-sample clean outcomes, per-sample per-attack
 outcomes, batch timings and composition, artifacts, gallery examples, findings and provenance. A run
 killed at any moment resumes from what was committed.
+
+Rows come back as typed records (:class:`SampleRecord`, :class:`Outcome`, :class:`BatchRecord`,
+:class:`ArtifactRecord`) through sqlite row factories, and are written from the same records: the
+runner, the metrics, the profile and the report read them by field name, never by position.
+Per-sample metrics (``AttackResult.metrics``) are stored generically in ``Outcome.metrics``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-SCHEMA = """
+STORE_FILE = "results.sqlite"
+
+ARTIFACTS = """CREATE TABLE IF NOT EXISTS artifacts (
+    attack_id INTEGER NOT NULL, first_idx INTEGER NOT NULL, key TEXT NOT NULL, part INTEGER NOT NULL,
+    kind TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (attack_id, first_idx, key, part))"""
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     idx INTEGER PRIMARY KEY, label INTEGER NOT NULL, pred INTEGER NOT NULL,
@@ -33,14 +45,108 @@ CREATE TABLE IF NOT EXISTS outcomes (
 CREATE TABLE IF NOT EXISTS batches (
     stage TEXT NOT NULL, first_idx INTEGER NOT NULL, size INTEGER NOT NULL, seconds REAL NOT NULL,
     counters TEXT, indices TEXT, PRIMARY KEY (stage, first_idx));
-CREATE TABLE IF NOT EXISTS artifacts (
-    attack_id INTEGER NOT NULL, first_idx INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL,
-    data BLOB NOT NULL, PRIMARY KEY (attack_id, first_idx, key));
+{ARTIFACTS};
 CREATE TABLE IF NOT EXISTS examples (
     attack_id INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (attack_id, idx));
 CREATE TABLE IF NOT EXISTS findings (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, evidence TEXT NOT NULL, advice TEXT NOT NULL);
 """
+
+R = TypeVar("R")
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def _json_or(default: Callable[[], Any]) -> Callable[[Any], Any]:
+    return lambda text: json.loads(text) if text else default()
+
+
+def _json_or_none(value: Any) -> str | None:
+    return json.dumps(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A typed row: ``READ`` converts the sqlite values to the fields (in field order), ``WRITE`` back."""
+
+    READ: ClassVar[tuple[Callable[[Any], Any], ...]] = ()
+    WRITE: ClassVar[tuple[Callable[[Any], Any], ...]] = ()
+
+    @classmethod
+    def from_row(cls: type[R], row: tuple) -> R:
+        return cls(*(read(v) for read, v in zip(cls.READ, row, strict=True)))  # type: ignore[attr-defined]
+
+    def row(self) -> tuple:
+        names = [f.name for f in dataclasses.fields(self)]
+        return tuple(write(getattr(self, n)) for write, n in zip(self.WRITE, names, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord(Record):
+    """One sample's clean pass."""
+
+    idx: int
+    label: int
+    pred: int
+    correct: bool
+    confidence: float
+
+    READ = (int, int, int, bool, float)
+    WRITE = (int, int, int, int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Record):
+    """One sample under one attack. ``attacked`` is False for a sample misclassified when clean;
+    ``metrics`` holds the attack's per-sample metrics (``AttackResult.metrics``) by name."""
+
+    idx: int
+    attacked: bool
+    claimed: bool
+    robust: bool
+    pred: int
+    confidence: float
+    linf: float | None = None
+    l2: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    READ = (int, bool, bool, bool, int, float, _same, _same, _json_or(dict))
+    WRITE = (int, int, int, int, int, float, _same, _same, _json_or_none)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord(Record):
+    """One committed batch of one stage ('clean' or an attack name): the samples it covered and its cost."""
+
+    stage: str
+    first_idx: int
+    size: int
+    seconds: float
+    counters: dict[str, Any] = field(default_factory=dict)
+    indices: list[int] = field(default_factory=list)
+
+    READ = (str, int, int, lambda v: float(v or 0.0), _json_or(dict), _json_or(list))
+    WRITE = (str, int, int, float, json.dumps, json.dumps)
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRecord(Record):
+    """What an attack optimized or sampled on one batch: ``kind`` 'json' or 'tensor' (safetensors bytes).
+    ``part`` numbers the pieces of a batch that was split after running out of memory (0 otherwise)."""
+
+    first_idx: int
+    key: str
+    part: int
+    kind: str
+    data: bytes
+
+    READ = WRITE = (int, str, int, str, bytes)
+
+    def value(self) -> Any:
+        """The decoded artifact: a tensor or plain JSON data."""
+        return unpack_tensors(self.data)[self.key] if self.kind == "tensor" else json.loads(self.data)
 
 
 def pack_tensors(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -49,6 +155,10 @@ def pack_tensors(tensors: dict[str, torch.Tensor]) -> bytes:
 
 def unpack_tensors(blob: bytes) -> dict[str, torch.Tensor]:
     return st_load(blob)
+
+
+def _factory(make: Callable[[tuple], R]) -> Callable[[sqlite3.Cursor, tuple], R]:
+    return lambda _cursor, row: make(row)
 
 
 class Store:
@@ -60,6 +170,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        _add_artifact_parts(self.db)
         self.db.commit()
 
     def close(self) -> None:
@@ -75,6 +186,11 @@ class Store:
             self.db.rollback()
             raise
 
+    def _records(self, make: Callable[[tuple], R], sql: str, args: tuple = ()) -> list[R]:
+        cur = self.db.cursor()
+        cur.row_factory = _factory(make)
+        return cur.execute(sql, args).fetchall()
+
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
         with self.transaction() as db:
@@ -84,22 +200,31 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
+    def all_meta(self) -> dict[str, Any]:
+        """Every meta entry (a value that is not JSON comes back as its text)."""
+        out = {}
+        for key, value in self.db.execute("SELECT key, value FROM meta"):
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        return out
+
     # --- clean pass -------------------------------------------------------------------------
     def clean_done(self) -> set[int]:
-        return {r[0] for r in self.db.execute("SELECT idx FROM samples")}
+        return {idx for (idx,) in self.db.execute("SELECT idx FROM samples")}
 
-    def write_clean(self, rows: Iterable[tuple[int, int, int, bool, float]], batch_row: tuple) -> None:
+    def write_clean(self, samples: Iterable[SampleRecord], batch: BatchRecord) -> None:
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?)",
-                [(i, y, p, int(c), f) for i, y, p, c, f in rows],
+                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?)", [s.row() for s in samples]
             )
-            db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch_row)
+            db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch.row())
 
-    def samples(self) -> list[tuple[int, int, int, int, float]]:
-        return self.db.execute(
-            "SELECT idx, label, pred, correct, confidence FROM samples ORDER BY idx"
-        ).fetchall()
+    def samples(self) -> list[SampleRecord]:
+        return self._records(
+            SampleRecord.from_row, "SELECT idx, label, pred, correct, confidence FROM samples ORDER BY idx"
+        )
 
     # --- attacks ----------------------------------------------------------------------------
     def attack_id(
@@ -116,80 +241,75 @@ class Store:
         return int(cur.lastrowid)
 
     def attacks(self) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT id, name, attack, params, eps, norm, kind FROM attacks ORDER BY id"
-        ).fetchall()
-        return [
-            {
-                "id": r[0],
-                "name": r[1],
-                "attack": r[2],
-                "params": json.loads(r[3]),
-                "eps": r[4],
-                "norm": r[5],
-                "kind": r[6],
-            }
-            for r in rows
-        ]
+        def make(row: tuple) -> dict[str, Any]:
+            aid, name, attack, params, eps, norm, kind = row
+            return {"id": aid, "name": name, "attack": attack, "params": json.loads(params), "eps": eps,
+                    "norm": norm, "kind": kind}  # fmt: skip
+
+        return self._records(
+            make, "SELECT id, name, attack, params, eps, norm, kind FROM attacks ORDER BY id"
+        )
 
     def attacked(self, attack_id: int) -> set[int]:
-        return {r[0] for r in self.db.execute("SELECT idx FROM outcomes WHERE attack_id = ?", (attack_id,))}
+        return {
+            idx for (idx,) in self.db.execute("SELECT idx FROM outcomes WHERE attack_id = ?", (attack_id,))
+        }
 
     def write_outcomes(
         self,
         attack_id: int,
-        rows: list[tuple],
-        batch_row: tuple,
-        artifacts: dict[str, tuple[str, bytes]],
-        examples: dict[int, bytes],
+        outcomes: Iterable[Outcome],
+        batch: BatchRecord,
+        artifacts: Iterable[ArtifactRecord] = (),
+        examples: dict[int, bytes] | None = None,
     ) -> None:
         """One batch of one attack: outcomes, timing, artifacts and gallery examples in one transaction."""
-        first = batch_row[1]
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(attack_id, *r) for r in rows],
+                [(attack_id, *o.row()) for o in outcomes],
             )
-            db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch_row)
+            db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch.row())
             db.executemany(
-                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
-                [(attack_id, first, k, kind, data) for k, (kind, data) in artifacts.items()],
+                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?)",
+                [(attack_id, *a.row()) for a in artifacts],
             )
             db.executemany(
                 "INSERT OR REPLACE INTO examples VALUES (?, ?, ?)",
-                [(attack_id, i, b) for i, b in examples.items()],
+                [(attack_id, i, b) for i, b in (examples or {}).items()],
             )
 
-    def outcomes(self, attack_id: int) -> list[tuple]:
-        return self.db.execute(
+    def outcomes(self, attack_id: int) -> list[Outcome]:
+        return self._records(
+            Outcome.from_row,
             "SELECT idx, attacked, claimed, robust, pred, confidence, linf, l2, metrics FROM outcomes "
             "WHERE attack_id = ? ORDER BY idx",
             (attack_id,),
-        ).fetchall()
+        )
 
-    def batches(self, stage: str | None = None) -> list[tuple]:
+    def batches(self, stage: str | None = None) -> list[BatchRecord]:
+        sql = "SELECT stage, first_idx, size, seconds, counters, indices FROM batches"
         if stage is None:
-            return self.db.execute(
-                "SELECT stage, first_idx, size, seconds, counters, indices FROM batches"
-            ).fetchall()
-        return self.db.execute(
-            "SELECT stage, first_idx, size, seconds, counters, indices FROM batches WHERE stage = ?", (stage,)
-        ).fetchall()
+            return self._records(BatchRecord.from_row, sql)
+        return self._records(BatchRecord.from_row, sql + " WHERE stage = ?", (stage,))
 
-    def artifacts(self, attack_id: int) -> list[tuple[int, str, str, bytes]]:
-        return self.db.execute(
-            "SELECT first_idx, key, kind, data FROM artifacts WHERE attack_id = ? ORDER BY first_idx, key",
-            (attack_id,),
-        ).fetchall()
+    def artifacts(
+        self, attack_id: int, key: str | None = None, tensor_batches: int | None = None
+    ) -> list[ArtifactRecord]:
+        """The attack's artifacts in batch order (every part of a split batch), optionally only those
+        called ``key``; with ``tensor_batches``, tensors of the first that many batches per key only."""
+        return self._records(
+            ArtifactRecord.from_row,
+            "SELECT a.first_idx, a.key, a.part, a.kind, a.data FROM artifacts a "
+            "WHERE a.attack_id = ?1 AND (?2 IS NULL OR a.key = ?2) AND (a.kind != 'tensor' OR ?3 IS NULL OR "
+            "(SELECT COUNT(DISTINCT b.first_idx) FROM artifacts b WHERE b.attack_id = a.attack_id "
+            "AND b.key = a.key AND b.first_idx < a.first_idx) < ?3) ORDER BY a.first_idx, a.key, a.part",
+            (attack_id, key, tensor_batches),
+        )
 
-    def json_artifacts(self, attack_id: int, name: str) -> list[Any]:
-        """The decoded JSON artifacts called ``name`` of every batch, in batch order, including the
-        ``name#2`` of a batch split in two after running out of memory."""
-        return [
-            json.loads(data)
-            for _, key, kind, data in self.artifacts(attack_id)
-            if kind == "json" and key.split("#")[0] == name
-        ]
+    def json_artifacts(self, attack_id: int, key: str) -> list[Any]:
+        """The decoded JSON artifacts called ``key`` of every batch (and every part of a split batch)."""
+        return [a.value() for a in self.artifacts(attack_id, key) if a.kind == "json"]
 
     def examples(self, attack_id: int) -> dict[int, bytes]:
         return dict(
@@ -204,5 +324,22 @@ class Store:
             db.executemany("INSERT OR REPLACE INTO findings VALUES (?, ?, ?, ?)", list(findings))
 
     def findings(self) -> list[dict[str, str]]:
-        rows = self.db.execute("SELECT name, status, evidence, advice FROM findings ORDER BY name").fetchall()
-        return [{"name": r[0], "status": r[1], "evidence": r[2], "advice": r[3]} for r in rows]
+        def make(row: tuple) -> dict[str, str]:
+            return dict(zip(("name", "status", "evidence", "advice"), row, strict=True))
+
+        return self._records(make, "SELECT name, status, evidence, advice FROM findings ORDER BY name")
+
+
+def _add_artifact_parts(db: sqlite3.Connection) -> None:
+    """Stores written before artifacts had a ``part`` column kept a split batch's second half under
+    ``key#2``: move those rows to the new layout (``key``, part 1)."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(artifacts)")]
+    if "part" in columns:
+        return
+    db.executescript(
+        f"ALTER TABLE artifacts RENAME TO artifacts_old; {ARTIFACTS}; "
+        "INSERT INTO artifacts SELECT attack_id, first_idx, "
+        "CASE WHEN instr(key, '#') > 0 THEN substr(key, 1, instr(key, '#') - 1) ELSE key END, "
+        "CASE WHEN instr(key, '#') > 0 THEN CAST(substr(key, instr(key, '#') + 1) AS INTEGER) - 1 ELSE 0 END, "
+        "kind, data FROM artifacts_old; DROP TABLE artifacts_old;"
+    )

@@ -61,7 +61,7 @@ def _overlay(runs: list[Run], labels: list[str]) -> list[Chart]:
         n = len(r.samples)
         if not n:
             continue
-        correct = {i for i, (_, _, c, _) in r.samples.items() if c}
+        correct = r.correct
         worst: dict[str, dict[float, set[int]]] = defaultdict(dict)
         for a in r.attacks:
             if a.get("eps") is None or not a.get("norm"):

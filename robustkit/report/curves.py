@@ -34,7 +34,7 @@ def eps_curves(run: Run) -> list[Chart]:
     if not n:
         return []
     clean = run.summary.get("clean_accuracy")
-    correct = {i for i, (_, _, c, _) in run.samples.items() if c}
+    correct = run.correct
     fams: dict[str, dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
     worst: dict[str, dict[float, set[int]]] = defaultdict(dict)
     for a in run.attacks:

@@ -71,7 +71,8 @@ def regenerate(
     progress: bool = True,
 ) -> list[Path]:
     """Run every available example, copy its report to ``out`` and render the comparison."""
-    from ..evaluation.runner import evaluate
+    from ..evaluation.config import RunConfig
+    from ..evaluation.runner import run
 
     out.mkdir(parents=True, exist_ok=True)
     done: list[Path] = []
@@ -85,20 +86,10 @@ def regenerate(
             continue
         t0 = time.perf_counter()
         log.info("running %s (%s on %s, %d samples)", ex.name, ex.suite, ex.data, limit or ex.limit)
-        result = evaluate(
-            None,
-            ex.data,
-            ex.suite,
-            out=runs,
-            name=ex.name,
-            device=device,
-            batch_size=ex.batch_size,
-            limit=limit or ex.limit,
-            seed=0,
-            gallery=ex.gallery,
-            overwrite=True,
-            progress=progress,
-        )
+        config = RunConfig(data=ex.data, suite=ex.suite, out=runs, name=ex.name, device=device,
+                           batch_size=ex.batch_size, limit=limit or ex.limit, seed=0, gallery=ex.gallery,
+                           overwrite=True, progress=progress, report=False)  # fmt: skip
+        result = run(config)
         target = out / f"{ex.name}.html"
         render_report([result.run_dir], target)
         log.info(

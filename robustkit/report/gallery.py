@@ -34,13 +34,13 @@ def _caption(run: Run, idx: int, attack: str) -> dict[str, Any]:
 
 
 def _sample_head(run: Run, idx: int) -> dict[str, Any]:
-    y, pred, correct, conf = run.samples.get(idx, (None, None, False, None))
+    s = run.samples.get(idx)
     return {
         "idx": idx,
-        "label": run.class_name(y),
-        "clean_pred": run.class_name(pred),
-        "clean_conf": conf,
-        "correct": correct,
+        "label": run.class_name(s.label if s else None),
+        "clean_pred": run.class_name(s.pred if s else None),
+        "clean_conf": s.confidence if s else None,
+        "correct": s.correct if s else False,
     }
 
 

@@ -8,7 +8,6 @@ marked unfinished in the report).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,25 +16,19 @@ import torch
 import yaml
 
 from ..errors import InputError
+from ..evaluation.config import CONFIG_FILE
 from ..evaluation.metrics import summarize
-from ..evaluation.store import Store, unpack_tensors
+from ..evaluation.store import (
+    STORE_FILE,
+    ArtifactRecord,
+    BatchRecord,
+    Outcome,
+    SampleRecord,
+    Store,
+    unpack_tensors,
+)
 
 TENSOR_BATCHES = 4
-
-
-@dataclass
-class Outcome:
-    """One sample under one attack, as stored."""
-
-    idx: int
-    attacked: bool
-    claimed: bool
-    robust: bool
-    pred: int
-    confidence: float
-    linf: float | None
-    l2: float | None
-    metrics: dict[str, float]
 
 
 @dataclass
@@ -49,13 +42,15 @@ class Example:
 
 @dataclass
 class Artifact:
-    """One artifact of one attack batch; ``size`` is how many samples that batch attacked."""
+    """One decoded artifact of one attack batch (``part`` > 0: a later piece of a batch split after
+    running out of memory); ``size`` is how many samples that batch attacked."""
 
     batch: int
     key: str
     kind: str
     value: Any
     size: int
+    part: int = 0
 
 
 @dataclass
@@ -66,13 +61,18 @@ class Run:
     meta: dict[str, Any]
     attacks: list[dict[str, Any]]
     outcomes: dict[str, dict[int, Outcome]]
-    samples: dict[int, tuple[int, int, bool, float]]
-    batches: list[dict[str, Any]]
+    samples: dict[int, SampleRecord]
+    batches: list[BatchRecord]
     artifacts: dict[str, list[Artifact]]
     examples: dict[str, list[Example]]
     findings: list[dict[str, str]]
     finished: bool = True
     classes: list[str] = field(default_factory=list)
+
+    @property
+    def correct(self) -> set[int]:
+        """The samples classified correctly when clean."""
+        return {i for i, s in self.samples.items() if s.correct}
 
     def class_name(self, label: int | None) -> str:
         if label is None:
@@ -82,117 +82,58 @@ class Run:
         return str(label)
 
 
-def _meta(store: Store) -> dict[str, Any]:
-    rows = store.db.execute("SELECT key, value FROM meta").fetchall()
-    out = {}
-    for key, value in rows:
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
-def _batches(store: Store) -> list[dict[str, Any]]:
-    out = []
-    for stage, first, size, seconds, counters, indices in store.batches():
-        out.append(
-            {
-                "stage": stage,
-                "first": first,
-                "size": size,
-                "seconds": float(seconds or 0.0),
-                "counters": json.loads(counters or "{}"),
-                "indices": json.loads(indices or "[]"),
-            }
-        )
-    return out
-
-
-def _attacked_per_batch(
-    batches: list[dict[str, Any]], stage: str, rows: dict[int, Outcome]
-) -> dict[int, int]:
+def _attacked_per_batch(batches: list[BatchRecord], stage: str, rows: dict[int, Outcome]) -> dict[int, int]:
     """How many samples each batch of ``stage`` attacked (first index -> count)."""
-    out = {}
-    for b in batches:
-        if b["stage"] != stage:
-            continue
-        idx = b["indices"]
-        out[b["first"]] = sum(1 for i in idx if i in rows and rows[i].attacked) if idx else int(b["size"])
-    return out
+    return {
+        b.first_idx: sum(1 for i in b.indices if i in rows and rows[i].attacked) if b.indices else b.size
+        for b in batches
+        if b.stage == stage
+    }
 
 
-def _artifacts(store: Store, attack_id: int, sizes: dict[int, int]) -> list[Artifact]:
-    """JSON artifacts of every batch (curves and cascades are aggregated over batches); tensors of
-    the first ``TENSOR_BATCHES`` batches per key only (the gallery shows a few, and per-sample
-    tensors of a large run would not fit in memory)."""
-    rows = store.db.execute(
-        "SELECT first_idx, key, kind FROM artifacts WHERE attack_id = ? ORDER BY first_idx, key", (attack_id,)
-    ).fetchall()
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for first, key, kind in rows:
-        if kind == "tensor":
-            seen[key] += 1
-            if seen[key] > TENSOR_BATCHES:
-                continue
-        (data,) = store.db.execute(
-            "SELECT data FROM artifacts WHERE attack_id = ? AND first_idx = ? AND key = ?",
-            (attack_id, first, key),
-        ).fetchone()
-        try:
-            value = unpack_tensors(data)[key] if kind == "tensor" else json.loads(data)
-        except (ValueError, KeyError, RuntimeError):
-            continue  # an artifact the report cannot read is left out, not fatal
-        out.append(Artifact(batch=first, key=key, kind=kind, value=value, size=sizes.get(first, 0)))
-    return out
+def _artifact(record: ArtifactRecord, sizes: dict[int, int]) -> Artifact | None:
+    try:
+        value = record.value()
+    except (ValueError, KeyError, RuntimeError):
+        return None  # an artifact the report cannot read is left out, not fatal
+    return Artifact(batch=record.first_idx, key=record.key, kind=record.kind, value=value,
+                    size=sizes.get(record.first_idx, 0), part=record.part)  # fmt: skip
 
 
 def load_run(run_dir: str | Path, gallery: int = 8) -> Run:
     """Everything the report shows for one run directory; at most ``gallery`` examples per attack."""
     run_dir = Path(run_dir)
-    store_path = run_dir / "results.sqlite"
+    store_path = run_dir / STORE_FILE
     if not store_path.is_file():
-        raise InputError(f"{run_dir} is not a robustkit run directory (results.sqlite expected)")
-    config_path = run_dir / "config.yaml"
+        raise InputError(f"{run_dir} is not a robustkit run directory ({STORE_FILE} expected)")
+    config_path = run_dir / CONFIG_FILE
     config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
     store = Store(store_path)
     try:
-        meta = _meta(store)
+        meta = store.all_meta()
         classes = list((meta.get("run") or {}).get("classes") or [])
         summary_path = run_dir / "summary.json"
         summary = (
             json.loads(summary_path.read_text()) if summary_path.is_file() else summarize(store, classes)
         )
         attacks = store.attacks()
-        batches = _batches(store)
+        batches = store.batches()
         outcomes: dict[str, dict[int, Outcome]] = {}
         artifacts: dict[str, list[Artifact]] = {}
         examples: dict[str, list[Example]] = {}
         for a in attacks:
-            rows = {}
-            for idx, attacked, claimed, robust, pred, conf, linf, l2, metrics in store.outcomes(a["id"]):
-                rows[idx] = Outcome(
-                    idx=idx,
-                    attacked=bool(attacked),
-                    claimed=bool(claimed),
-                    robust=bool(robust),
-                    pred=int(pred),
-                    confidence=float(conf),
-                    linf=linf,
-                    l2=l2,
-                    metrics=json.loads(metrics) if metrics else {},
-                )
+            rows = {o.idx: o for o in store.outcomes(a["id"])}
             outcomes[a["name"]] = rows
             sizes = _attacked_per_batch(batches, a["name"], rows)
-            artifacts[a["name"]] = _artifacts(store, a["id"], sizes)
+            decoded = (_artifact(r, sizes) for r in store.artifacts(a["id"], tensor_batches=TENSOR_BATCHES))
+            artifacts[a["name"]] = [art for art in decoded if art is not None]
             shots = []
             for idx, blob in list(store.examples(a["id"]).items())[:gallery]:
                 t = unpack_tensors(blob)
                 if "clean" in t and "adv" in t:
                     shots.append(Example(idx=idx, clean=t["clean"], adv=t["adv"]))
             examples[a["name"]] = shots
-        samples = {i: (y, p, bool(c), f) for i, y, p, c, f in store.samples()}
+        samples = {s.idx: s for s in store.samples()}
         findings = store.findings()
     finally:
         store.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from ..evaluation.files import atomic_write
+from ..files import atomic_write
 from ..version import __version__
 from . import sections
 from .compare import comparison

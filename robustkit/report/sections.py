@@ -129,7 +129,7 @@ def cascade(run: Run) -> list[dict[str, Any]]:
     after it and every attack before it, the samples it newly broke, its time and cost."""
     by_name = {a["name"]: a for a in run.summary.get("attacks") or []}
     n = len(run.samples)
-    correct = {i for i, (_, _, c, _) in run.samples.items() if c}
+    correct = run.correct
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for a in run.attacks:
         groups[_group_key(a)].append(a)
@@ -228,13 +228,11 @@ def per_class(run: Run) -> list[dict[str, Any]]:
 def timing(run: Run) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {}
     for b in run.batches:
-        st = stages.setdefault(
-            b["stage"], {"stage": b["stage"], "seconds": 0.0, "samples": 0, "counters": {}}
-        )
-        st["seconds"] += b["seconds"]
-        if b["first"] >= 0:
-            st["samples"] += int(b["size"])
-        for k, v in b["counters"].items():
+        st = stages.setdefault(b.stage, {"stage": b.stage, "seconds": 0.0, "samples": 0, "counters": {}})
+        st["seconds"] += b.seconds
+        if b.first_idx >= 0:
+            st["samples"] += b.size
+        for k, v in b.counters.items():
             if isinstance(v, int | float):
                 st["counters"][k] = st["counters"].get(k, 0) + v
     order = ["clean"] + [a["name"] for a in run.attacks]

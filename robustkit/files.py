@@ -7,7 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
 

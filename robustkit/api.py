@@ -1,0 +1,89 @@
+"""The Python API: ``robustkit.evaluate(...)`` and ``robustkit evaluate`` are ``evaluate`` / ``run`` here.
+
+Each call builds one :class:`~robustkit.evaluation.config.RunConfig`, runs the evaluation
+(``robustkit.evaluation.runner``) and then renders the report from the stored results
+(``robustkit.report``): the runner never renders, the report never evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .defenses.adaptive import honor
+from .device import resolve_device
+from .evaluation import distributed, runner
+from .evaluation.compare import compare
+from .evaluation.config import RunConfig
+from .evaluation.defended import split_defenses
+from .evaluation.runner import RunResult
+from .files import atomic_write, safe_name
+from .report import render_report
+
+__all__ = ["RunConfig", "RunResult", "evaluate", "evaluate_defenses", "run"]
+
+
+def run(config: RunConfig) -> RunResult:
+    """Evaluate ``config`` into its run directory, then render ``report.html`` (unless ``config.report``
+    is off; under torchrun rank 0 renders)."""
+    result = runner.run(config)
+    if config.report and distributed.world()[0] == 0:
+        result.report = render_report([result.run_dir], result.run_dir / "report.html")
+    return result
+
+
+def evaluate(model: Any = None, data: Any = "shapes", suite: Any = "quick", **options: Any) -> RunResult:
+    """Evaluate ``model`` on ``data`` under ``suite``; write the run directory and its report.
+
+    ``options`` are the fields of :class:`RunConfig` (``out``, ``name``, ``device``, ``batch_size``,
+    ``limit``, ``seed``, ``weights``, ``data_root``, ``split``, ``gallery``, ``overwrite``, ``progress``,
+    ``report``, ``threads``, ``model_name``, ``fold_bn``, ``channels_last``, ``compile``, ``amp``
+    ('bf16'), ``profile``). An existing run directory with the same ``RunConfig.identity()`` resumes.
+    """
+    return run(RunConfig.build(model=model, data=data, suite=suite, **options))
+
+
+def evaluate_defenses(
+    defenses: str | list[Any], *, eot_samples: int = 20, config: RunConfig | None = None, **options: Any
+) -> tuple[list[RunResult], Path | None]:
+    """Evaluate each defense under the same suite and data (its declared capabilities honored), then
+    write a side-by-side comparison (JSON, and an HTML report unless ``report=False``).
+
+    ``config`` (or ``options``, the fields of :class:`RunConfig`) is shared by every defense; its
+    ``name`` names the comparison, each run is called ``<name>-<defense>``.
+    Returns (list of RunResult, path of the comparison report).
+    """
+    from .defenses.loading import load_defense
+
+    base = config if config is not None else RunConfig.build(**options)
+    names = split_defenses(defenses)
+    dev = resolve_device(base.device)
+    data = base.data if isinstance(base.data, str) else "shapes"
+    loaded = [load_defense(n, dataset=data, device=dev, progress=base.progress) for n in names]
+    stem = base.name or f"defenses-{safe_name(base.data_name)}"
+    results = []
+    for d in loaded:
+        model, record = honor(d, eot_samples)
+        name = f"{stem}-{safe_name(d.name)}"
+        results.append(
+            run(base.replace(model=model, model_name=d.name, defense=record, name=name, device=dev))
+        )
+    rows = [
+        r.summary
+        | {
+            "defense": d.name,
+            "capabilities": d.capabilities.as_dict(),
+            "training_cost": d.info.get("cost"),
+            "published": d.info.get("published"),
+        }
+        for r, d in zip(results, loaded, strict=True)
+    ]
+    out_dir = Path(base.out)
+    atomic_write(
+        out_dir / f"{safe_name(stem)}-comparison.json", json.dumps(compare(rows), indent=2, default=str)
+    )
+    if not base.report:
+        return results, None
+    target = out_dir / f"{safe_name(stem)}-comparison.html"
+    return results, render_report([r.run_dir for r in results], target, title=f"defenses on {base.data_name}")

@@ -1,0 +1,207 @@
+"""One run configuration: built once (from the CLI or from keyword arguments), validated here, written
+to ``config.yaml``, and the one judge of whether a run directory may be resumed.
+
+``RunConfig.identity()`` covers everything that can change a result: what is evaluated (model spec or
+name, the sha256 of a weights file's content and of an in-memory model's parameters), the data (spec,
+or the sha256 of tensors given directly; root, split, limit), the resolved suite, the seed, the fast-path options and how a defense's
+capabilities were honored. Options that cannot change a result stay out of it (batch size, threads,
+progress, output directory, gallery size, report, profile): a run resumed with another batch size
+attacks every sample not yet done and ends with the same outcomes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from ..device import resolve_device
+from ..errors import ConfigError, InputError
+from ..files import atomic_write
+from ..models.fastpath import FastPath, make_fastpath
+from ..registry import check_keys, dataclass_fields
+from .suite import Suite, load_suite
+
+CONFIG_FILE = "config.yaml"
+CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """The sha256 of named tensors (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def content_sha256(obj: Any) -> str | None:
+    """The content hash of an in-memory model (its parameters and buffers; an ART estimator's torch
+    model) or of data given as tensors (``(x, y)``); None for anything else (a spec string, a dataset)."""
+    inner = getattr(obj, "model", None)
+    if not isinstance(obj, nn.Module) and isinstance(inner, nn.Module):
+        obj = inner
+    if isinstance(obj, nn.Module):
+        return tensors_sha256(obj.state_dict())
+    if isinstance(obj, tuple | list) and obj and all(isinstance(t, torch.Tensor) for t in obj):
+        return tensors_sha256({str(k): t for k, t in enumerate(obj)})
+    return None
+
+
+def _positive(value: Any, flag: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def _label(spec: Any) -> str | None:
+    if spec is None or isinstance(spec, str | Path):
+        return None if spec is None else str(spec)
+    return str(getattr(spec, "name", None) or type(spec).__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything a run needs to know from its caller (see the module docstring for the identity).
+
+    ``model``: None (the zoo model for ``data``), a spec string, an ``nn.Module``, a callable or an
+    ART estimator; ``data``: a dataset name, manifest path or dataset object; ``suite``: a recipe name,
+    path, dict or :class:`Suite` (loaded here); ``defense``: how a defense's capabilities were honored
+    (``robustkit.evaluation.defended.honor``), recorded with the run.
+    """
+
+    model: Any = None
+    data: Any = "shapes"
+    suite: Any = "quick"
+    weights: str | Path | None = None
+    data_root: str | Path | None = None
+    split: str = "test"
+    limit: int | None = None
+    seed: int = 0
+    model_name: str | None = None
+    defense: dict[str, Any] | None = None
+    fold_bn: bool = False
+    channels_last: bool = False
+    compile: bool | str = False
+    amp: str | None = None
+    # how the run goes; none of these can change a result
+    out: str | Path = "reports"
+    name: str | None = None
+    device: str | torch.device = "auto"
+    batch_size: int = 128
+    threads: int | None = None
+    gallery: int = 8
+    overwrite: bool = False
+    progress: bool = True
+    report: bool = True
+    profile: bool = False
+    # derived from the above when the configuration is built
+    fastpath: FastPath = field(init=False, repr=False)
+    weights_sha256: str | None = field(init=False, default=None)
+    model_sha256: str | None = field(init=False, default=None)
+    data_sha256: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        _positive(self.batch_size, "--batch-size")
+        _positive(self.limit, "--limit", optional=True)
+        _positive(self.threads, "--threads", optional=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"--seed must be an integer, got {self.seed!r}")
+        if isinstance(self.gallery, bool) or not isinstance(self.gallery, int) or self.gallery < 0:
+            raise ConfigError(f"gallery must be a number of examples >= 0, got {self.gallery!r}")
+        if not isinstance(self.split, str) or not self.split:
+            raise ConfigError(f"split must be a split name such as 'test', got {self.split!r}")
+        resolve_device(self.device)
+        put = object.__setattr__  # frozen: derived fields are set once, here
+        put(self, "fastpath", make_fastpath(self.channels_last, self.compile, self.amp, self.fold_bn))
+        if not isinstance(self.suite, Suite):
+            put(self, "suite", load_suite(self.suite))
+        if self.weights is not None:
+            path = Path(self.weights).expanduser()
+            if not path.is_file():
+                raise InputError(f"weights file {path} does not exist")
+            put(self, "weights_sha256", file_sha256(path))
+        put(self, "model_sha256", content_sha256(self.model))
+        put(self, "data_sha256", content_sha256(self.data))
+
+    @classmethod
+    def build(cls, **options: Any) -> RunConfig:
+        """The configuration from keyword arguments; an unknown one fails with a suggestion."""
+        check_keys(options, dataclass_fields(cls), "evaluate")
+        return cls(**options)
+
+    @classmethod
+    def from_cli(cls, args: Any) -> RunConfig:
+        """The configuration of ``robustkit evaluate`` from its parsed arguments."""
+        return cls(model=args.model, data=args.data, suite=args.suite, weights=args.weights,
+                   data_root=args.data_root, limit=args.limit, seed=args.seed, fold_bn=args.fold_bn,
+                   channels_last=args.channels_last, compile=args.compile, amp=args.amp, out=args.out,
+                   name=args.name, device=args.device, batch_size=args.batch_size, threads=args.threads,
+                   overwrite=args.overwrite, progress=not args.quiet, profile=args.profile)  # fmt: skip
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A new configuration with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def data_name(self) -> str:
+        return _label(self.data) or "data"
+
+    @property
+    def model_label(self) -> str | None:
+        return self.model_name or _label(self.model)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides resume: two configurations with the same identity give the same results."""
+        return {
+            "model": self.model_label,
+            "model_sha256": self.model_sha256,
+            "weights_sha256": self.weights_sha256,
+            "data": self.data_name,
+            "data_sha256": self.data_sha256,
+            "data_root": str(self.data_root) if self.data_root else None,
+            "split": self.split,
+            "suite": self.suite.resolved(),
+            "limit": self.limit,
+            "seed": self.seed,
+            "fastpath": self.fastpath.as_dict() if self.fastpath.active else None,
+            "defense": (self.defense or {}).get("how_honored"),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved configuration as written to ``config.yaml`` (identity first, then options)."""
+        options = {k: getattr(self, k) for k in ("batch_size", "threads", "gallery")}
+        return {**self.identity(), "weights": str(self.weights) if self.weights else None,
+                "device": str(self.device), **options}  # fmt: skip
+
+    def write(self, run_dir: Path, **resolved: Any) -> Path:
+        """Write ``config.yaml`` into ``run_dir`` (``resolved``: what loading found, e.g. the model's name)."""
+        text = yaml.safe_dump(
+            {**self.as_dict(), **({"resolved": resolved} if resolved else {})}, sort_keys=False
+        )
+        return atomic_write(Path(run_dir) / CONFIG_FILE, text)
+
+    def differences(self, run_dir: Path) -> list[str] | None:
+        """The identity keys in which the run stored in ``run_dir`` differs (None: no config.yaml there)."""
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            return None
+        old = yaml.safe_load(path.read_text()) or {}
+        return [k for k, v in self.identity().items() if old.get(k) != v]
