@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .api import evaluate, evaluate_defenses
 from .attacks import ATTACKS, Attack, AttackResult, create_attack
+from .attacks.criteria import Misclassification, TargetedMisclassification, confirm
 from .builtin.zoo import load_zoo_model
 from .data.loading import load_dataset
 from .errors import ConfigError, InputError, ModelError, RobustkitError, UnsafeCheckpointError
@@ -35,13 +36,16 @@ __all__ = [
     "InputError",
     "L2",
     "Linf",
+    "Misclassification",
     "ModelError",
     "Normalized",
     "RobustkitError",
     "RunConfig",
     "RunResult",
+    "TargetedMisclassification",
     "UnsafeCheckpointError",
     "__version__",
+    "confirm",
     "create_attack",
     "evaluate",
     "evaluate_defenses",

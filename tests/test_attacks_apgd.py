@@ -245,3 +245,13 @@ class _Chain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.first(x))
+
+
+def test_a_targeted_criterion_on_an_untargeted_attack_is_refused(linear):
+    """An untargeted PGD would ignore the target and report untargeted successes as if they hit it."""
+    from robustkit.attacks.criteria import TargetedMisclassification
+
+    model, x, y, _ = linear
+    attack = create_attack("pgd", norm="Linf", eps=0.2, steps=3)
+    with pytest.raises(ConfigError, match="targeted=True"):
+        attack(model, x, y, criterion=TargetedMisclassification((y + 1) % 5))

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike, subset
 from ..threat import ThreatModel, make_threat
@@ -62,7 +63,13 @@ class LossAttack(Attack):
         generator: GeneratorLike,
         counter: Counter,
     ) -> torch.Tensor | None:
-        """The classes to aim for (None when untargeted); see ``resolve_targets``."""
+        """The classes to aim for (None when untargeted); see ``resolve_targets``. A target given to an
+        attack configured untargeted is refused rather than ignored."""
+        if target is not None and not self.targeted:
+            raise ConfigError(
+                f"{self.name} is configured untargeted and would ignore the target it was given "
+                "(target= or a TargetedMisclassification criterion); build it with targeted=True"
+            )
         return resolve_targets(
             model, x, y, target, targeted=self.targeted, mode=self.target_mode, generator=generator,
             counter=counter,
