@@ -33,6 +33,7 @@ copy); attacks' state preservation (``robustkit.models.state.preserved``) sees t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,12 +81,7 @@ class FastPath:
         return bool(self.channels_last or self.compile or self.amp_dtype is not None or self.fold_bn)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "channels_last": self.channels_last,
-            "compile": self.compile,
-            "amp": self.amp,
-            "fold_bn": self.fold_bn,
-        }
+        return dataclasses.asdict(self)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` itself when no option is on, else a ``FastModel`` around it."""

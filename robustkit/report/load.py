@@ -137,18 +137,6 @@ def load_run(run_dir: str | Path, gallery: int = 8) -> Run:
         findings = store.findings()
     finally:
         store.close()
-    return Run(
-        dir=run_dir,
-        summary=summary,
-        config=config,
-        meta=meta,
-        attacks=attacks,
-        outcomes=outcomes,
-        samples=samples,
-        batches=batches,
-        artifacts=artifacts,
-        examples=examples,
-        findings=findings,
-        finished=meta.get("finished_at") is not None,
-        classes=classes,
-    )
+    return Run(dir=run_dir, summary=summary, config=config, meta=meta, attacks=attacks, outcomes=outcomes,
+               samples=samples, batches=batches, artifacts=artifacts, examples=examples, findings=findings,
+               finished=meta.get("finished_at") is not None, classes=classes)  # fmt: skip
