@@ -27,6 +27,7 @@ with the highest loss over all restarts (always inside the threat model).
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -93,6 +94,39 @@ def _step(x: torch.Tensor, point: torch.Tensor, threat: ThreatModel) -> torch.Te
     return x + threat.clip(x, point - x)
 
 
+@dataclass
+class _Batch:
+    """APGD's working batch, one row per sample still in it (``compact`` drops the broken ones):
+    the inputs and targets, the iterate and its momentum, the best point so far, the first
+    adversarial point found, and the step-size controller's state."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_target: torch.Tensor | None
+    success_target: torch.Tensor | None
+    x_adv: torch.Tensor  # the iterate
+    x_old: torch.Tensor  # the previous iterate (momentum)
+    grad: torch.Tensor  # the gradient at the iterate
+    x_best: torch.Tensor  # the point of highest loss
+    grad_best: torch.Tensor
+    loss_best: torch.Tensor
+    loss_prev: torch.Tensor  # the loss at the previous iterate
+    loss_best_last: torch.Tensor  # the best loss at the last checkpoint
+    x_succ: torch.Tensor  # the first adversarial iterate (where ``ok``)
+    ok: torch.Tensor
+    step: torch.Tensor  # per-sample step size
+    ups: torch.Tensor  # steps since the last checkpoint that increased the loss
+    reduced_last: torch.Tensor  # whether the step was halved at the last checkpoint
+
+    def rows(self, keep: torch.Tensor) -> _Batch:
+        """The batch of the rows ``keep`` (a boolean mask)."""
+        return _Batch(**{f.name: _rows(getattr(self, f.name), keep) for f in dataclasses.fields(self)})
+
+
+def _rows(v: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    return None if v is None else v[keep]
+
+
 def apgd_run(
     model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -124,57 +158,58 @@ def apgd_run(
     out_ok = torch.zeros(n, dtype=torch.bool, device=x.device)
     out_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
     idx = torch.arange(n, device=x.device)
-    s = {"x": x, "y": y, "lt": loss_target, "st": success_target}
 
-    def grad_at(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        obj: Objective = lambda logits: objective(logits, s["y"], s["lt"])  # noqa: E731
+    def grad_at(
+        point: torch.Tensor, ys: torch.Tensor, lts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        obj: Objective = lambda logits: objective(logits, ys, lts)  # noqa: E731
         return expected_loss_and_grad(model, point, obj, counter, eot_samples)
 
     judge = judge or Judge.of(model)
     x_adv = random_start(x, threat, generator) if start is None else start
-    loss, logits, grad = grad_at(x_adv)
-    ok = judge(logits, y, success_target)
-    s |= {
-        "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
-        "loss_prev": loss, "loss_best_last": loss, "x_succ": x_adv, "ok": ok,
-        "step": torch.full((n,), 2.0 * threat.eps, dtype=x.dtype, device=x.device),
-        "ups": torch.zeros(n, dtype=torch.int32, device=x.device),
-        "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
-    }  # fmt: skip
+    loss, logits, grad = grad_at(x_adv, y, loss_target)
+    s = _Batch(
+        x=x, y=y, loss_target=loss_target, success_target=success_target, x_adv=x_adv, x_old=x_adv, grad=grad,
+        x_best=x_adv, grad_best=grad, loss_best=loss, loss_prev=loss, loss_best_last=loss, x_succ=x_adv,
+        ok=judge(logits, y, success_target),
+        step=torch.full((n,), 2.0 * threat.eps, dtype=x.dtype, device=x.device),
+        ups=torch.zeros(n, dtype=torch.int32, device=x.device),
+        reduced_last=torch.ones(n, dtype=torch.bool, device=x.device),
+    )  # fmt: skip
     marks = set(checkpoints(steps))
     since = 0
     for i in range(steps):
-        xs, x_adv = s["x"], s["x_adv"]
-        momentum = x_adv - s["x_old"]
-        s["x_old"] = x_adv
+        xs, x_adv = s.x, s.x_adv
+        momentum = x_adv - s.x_old
+        s.x_old = x_adv
         a = 0.75 if i > 0 else 1.0
-        z = _step(xs, x_adv + _bview(s["step"], xs) * threat.direction(s["grad"]), threat)
+        z = _step(xs, x_adv + _bview(s.step, xs) * threat.direction(s.grad), threat)
         x_adv = _step(xs, x_adv + (z - x_adv) * a + momentum * (1 - a), threat)
-        loss, logits, grad = grad_at(x_adv)
-        hit = judge(logits, s["y"], s["st"]) & ~s["ok"]
-        s["x_succ"] = _where(hit, x_adv, s["x_succ"])
-        s["ok"] = s["ok"] | hit
-        better = loss > s["loss_best"]
-        s["x_best"] = _where(better, x_adv, s["x_best"])
-        s["grad_best"] = _where(better, grad, s["grad_best"])
-        s["loss_best"] = torch.where(better, loss, s["loss_best"])
-        s["ups"] = s["ups"] + (loss > s["loss_prev"]).int()
-        s["loss_prev"] = loss
-        s["x_adv"], s["grad"] = x_adv, grad
+        loss, logits, grad = grad_at(x_adv, s.y, s.loss_target)
+        hit = judge(logits, s.y, s.success_target) & ~s.ok
+        s.x_succ = _where(hit, x_adv, s.x_succ)
+        s.ok = s.ok | hit
+        better = loss > s.loss_best
+        s.x_best = _where(better, x_adv, s.x_best)
+        s.grad_best = _where(better, grad, s.grad_best)
+        s.loss_best = torch.where(better, loss, s.loss_best)
+        s.ups = s.ups + (loss > s.loss_prev).int()
+        s.loss_prev = loss
+        s.x_adv, s.grad = x_adv, grad
         since += 1
         if i not in marks:
             continue
-        oscillating = s["ups"].float() <= since * rho
-        stalled = ~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])
+        oscillating = s.ups.float() <= since * rho
+        stalled = ~s.reduced_last & (s.loss_best_last >= s.loss_best)
         halve = oscillating | stalled
-        s["reduced_last"], s["loss_best_last"] = halve, s["loss_best"]
-        s["step"] = torch.where(halve, s["step"] / 2, s["step"])
-        s["x_adv"] = _where(halve, s["x_best"], s["x_adv"])
-        s["grad"] = _where(halve, s["grad_best"], s["grad"])
-        s["ups"] = torch.zeros_like(s["ups"])
+        s.reduced_last, s.loss_best_last = halve, s.loss_best
+        s.step = torch.where(halve, s.step / 2, s.step)
+        s.x_adv = _where(halve, s.x_best, s.x_adv)
+        s.grad = _where(halve, s.grad_best, s.grad)
+        s.ups = torch.zeros_like(s.ups)
         since = 0
         if compact and i < steps - 1:
-            done = s["ok"]
+            done = s.ok
             n_done = int(done.sum())  # one host sync per checkpoint
             if n_done == done.numel():
                 break
@@ -182,18 +217,18 @@ def apgd_run(
                 _write(out_adv, out_ok, out_loss, idx, s, done)
                 keep = ~done
                 idx = idx[keep]
-                s = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-    _write(out_adv, out_ok, out_loss, idx, s, torch.ones_like(s["ok"]))
+                s = s.rows(keep)
+    _write(out_adv, out_ok, out_loss, idx, s, torch.ones_like(s.ok))
     return out_adv, out_ok, out_loss
 
 
-def _write(out_adv, out_ok, out_loss, idx, s, which) -> None:
+def _write(out_adv, out_ok, out_loss, idx, s: _Batch, which) -> None:
     """Copy the finished samples (``which``) of the working batch into the output buffers."""
     sel = idx[which]
-    ok = s["ok"][which]
-    out_adv[sel] = _where(ok, s["x_succ"][which], s["x_best"][which])
+    ok = s.ok[which]
+    out_adv[sel] = _where(ok, s.x_succ[which], s.x_best[which])
     out_ok[sel] = ok
-    out_loss[sel] = s["loss_best"][which]
+    out_loss[sel] = s.loss_best[which]
 
 
 def _objective(name: str, num_classes: int, targeted: bool):
