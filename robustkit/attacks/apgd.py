@@ -26,8 +26,8 @@ with the highest loss over all restarts (always inside the threat model).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -36,10 +36,9 @@ import torch
 from ..errors import ConfigError
 from ..functional.losses import get_loss
 from ..functional.projection import flat_norm
-from ..functional.random import GeneratorLike, normal, subset, uniform
-from ..threat import L2, Linf, ThreatModel, make_threat
+from ..functional.random import GeneratorLike, normal, uniform
+from ..threat import L2, Linf, ThreatModel
 from .base import (
-    Attack,
     AttackResult,
     Counter,
     Judge,
@@ -49,9 +48,9 @@ from .base import (
     register,
     repeat_runs,
     stack_in_batch,
-    stacked_or_none,
 )
 from .expectation import expected_loss_and_grad
+from .lp import LpAttack, ranked_targets, robust_runs, stacked_or_serial, unattacked
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -243,7 +242,7 @@ def _objective(name: str, num_classes: int, targeted: bool):
 
 
 @dataclass(frozen=True, kw_only=True)
-class APGD(Attack):
+class APGD(LpAttack):
     """Auto-PGD. ``steps`` iterations per run, ``restarts`` runs (each only on samples still robust).
 
     ``eot_samples > 1`` averages gradients over that many passes of a stochastic model (EOT).
@@ -253,8 +252,6 @@ class APGD(Attack):
     name: ClassVar[str] = "apgd"
     input_kind: ClassVar[str] = "image"
 
-    norm: str = "Linf"
-    eps: float = 8 / 255
     steps: int = 100
     restarts: int = 1
     loss: str = "ce"
@@ -264,24 +261,19 @@ class APGD(Attack):
     n_targets: int = 9
 
     def __post_init__(self) -> None:
-        make_threat(self.norm, self.eps)
+        super().__post_init__()
         get_loss(self.loss)
         positive_ints(self, "steps", "restarts", "eot_samples", "n_targets")
         if not isinstance(self.rho, int | float) or not 0 < self.rho <= 1:
             raise ConfigError(f"{self.name}: rho must be in (0, 1], got {self.rho!r}")
-
-    @property
-    def threat(self) -> ThreatModel:
-        return make_threat(self.norm, self.eps)
 
     def run(
         self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
     ) -> AttackResult:
         counter = Counter()
         judge = judge or Judge.of(model)
-        if self.eps == 0 or x.shape[0] == 0:
-            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
+        if self.vacuous(x):
+            return unattacked(x, counter)
         with torch.no_grad():
             clean = forward(model, x, counter)
         targeted = self.targeted or target is not None
@@ -289,18 +281,16 @@ class APGD(Attack):
         if target is not None:
             plans = [(target, target)]  # (loss target, success target)
         elif self.targeted:
-            order = clean.argsort(dim=1, descending=True)
-            ranks = range(1, min(self.n_targets, clean.shape[1] - 1) + 1)
-            plans = [(order[:, r], None) for r in ranks]
+            plans = [(t, None) for t in ranked_targets(clean, self.n_targets)]
         else:
             plans = [(None, None)]
         runs = [plan for plan in plans for _ in range(self.restarts)]
-        stacked = None
-        if len(runs) > 1 and stack_in_batch(x):
-            stacked = stacked_or_none(
-                lambda: self._stacked(model, x, y, runs, loss_fn, generator, counter, judge), generator
-            )
-        x_adv, success = stacked or self._one_by_one(model, x, y, plans, loss_fn, generator, counter, judge)
+        x_adv, success = stacked_or_serial(
+            len(runs) > 1 and stack_in_batch(x),
+            lambda: self._stacked(model, x, y, runs, loss_fn, generator, counter, judge),
+            lambda: self._one_by_one(model, x, y, plans, loss_fn, generator, counter, judge),
+            generator,
+        )
         if judge.tentative:  # bf16 fast path: report what is adversarial in fp32
             success = judge.verdict(x_adv, y, target, counter)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
@@ -314,23 +304,20 @@ class APGD(Attack):
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
         best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-        for loss_target, success_target in plans:
-            for _ in range(self.restarts):
-                todo = ~success
-                if not bool(todo.any()):
-                    break
-                sel = todo.nonzero()[:, 0]
-                adv, ok, loss = apgd_run(
-                    model, x[sel], y[sel], self.threat, loss_fn,
-                    steps=self.steps, rho=self.rho, counter=counter, generator=subset(generator, todo),
-                    loss_target=None if loss_target is None else loss_target[sel],
-                    success_target=None if success_target is None else success_target[sel],
-                    eot_samples=self.eot_samples, judge=judge,
-                )  # fmt: skip
-                take = ok | (loss > best_loss[sel])
-                x_adv[sel[take]] = adv[take]
-                best_loss[sel] = torch.maximum(best_loss[sel], loss)
-                success[sel] = ok
+        for (loss_target, success_target), _, sel, gens in robust_runs(
+            success, plans, self.restarts, generator
+        ):
+            adv, ok, loss = apgd_run(
+                model, x[sel], y[sel], self.threat, loss_fn,
+                steps=self.steps, rho=self.rho, counter=counter, generator=gens,
+                loss_target=None if loss_target is None else loss_target[sel],
+                success_target=None if success_target is None else success_target[sel],
+                eot_samples=self.eot_samples, judge=judge,
+            )  # fmt: skip
+            take = ok | (loss > best_loss[sel])
+            x_adv[sel[take]] = adv[take]
+            best_loss[sel] = torch.maximum(best_loss[sel], loss)
+            success[sel] = ok
         return x_adv, success
 
     def _stacked(

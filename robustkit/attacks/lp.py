@@ -13,7 +13,16 @@ import torch
 from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike, subset
 from ..threat import ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, forward, is_success, positive, resolve_targets
+from .base import (
+    Attack,
+    AttackResult,
+    Counter,
+    forward,
+    is_success,
+    positive,
+    resolve_targets,
+    stacked_or_none,
+)
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,6 +93,47 @@ class LpAttack(Attack):
     @property
     def threat(self) -> ThreatModel:
         return make_threat(self.norm, self.eps)
+
+    def vacuous(self, x: torch.Tensor) -> bool:
+        """Whether there is nothing to attack: a ball of radius 0 or an empty batch (see ``unattacked``)."""
+        return self.eps == 0 or x.shape[0] == 0
+
+
+def unattacked(x: torch.Tensor, counter: Counter, **extra: Any) -> AttackResult:
+    """The result of an attack that has nothing to do: the clean input, nothing broken."""
+    success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict(), **extra)
+
+
+def ranked_targets(logits: torch.Tensor, n_targets: int) -> list[torch.Tensor]:
+    """The classes ranked 2nd, 3rd, ... by ``logits`` (``min(n_targets, K - 1)`` of them), one tensor
+    of B classes per rank: the targets of APGD-T and FAB-T."""
+    order = logits.argsort(dim=1, descending=True)
+    return [order[:, r] for r in range(1, min(n_targets, order.shape[1] - 1) + 1)]
+
+
+Runs = tuple[torch.Tensor, torch.Tensor]
+
+
+def stacked_or_serial(
+    stack: bool, stacked: Callable[[], Runs], serial: Callable[[], Runs], generator: GeneratorLike
+) -> Runs:
+    """``stacked()`` (every run in one batch) when ``stack`` and it fits in memory, else ``serial()``
+    (the runs one by one, from the same draws; see ``stacked_or_none``): an attack's (x_adv, success)."""
+    out = stacked_or_none(stacked, generator) if stack else None
+    return out if out is not None else serial()
+
+
+def robust_runs(success: torch.Tensor, plans: list, restarts: int, generator: GeneratorLike):
+    """The one-by-one form of ``restarts`` runs per plan (a target, or None): yields ``(plan, restart,
+    sel, generators)`` for each run, with ``sel`` the samples no earlier run broke (``success``, which
+    the caller updates between runs) and their generators; a plan's restarts stop once all are broken."""
+    for plan in plans:
+        for restart in range(restarts):
+            todo = ~success
+            if not bool(todo.any()):
+                break
+            yield plan, restart, todo.nonzero()[:, 0], subset(generator, todo)
 
 
 Attempt = Callable[..., tuple[torch.Tensor, torch.Tensor]]
