@@ -39,18 +39,15 @@ from ..functional.projection import flat_norm
 from ..functional.random import GeneratorLike, normal, uniform
 from ..threat import L2, Linf, ThreatModel
 from .base import (
-    AttackResult,
     Counter,
     Judge,
-    forward,
     pick_runs,
     positive_ints,
     register,
     repeat_runs,
-    stack_in_batch,
 )
 from .expectation import expected_loss_and_grad
-from .lp import LpAttack, ranked_targets, robust_runs, stacked_or_serial, unattacked
+from .lp import SweepAttack, SweepCall, robust_runs, stacked_targets
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -242,7 +239,7 @@ def _objective(name: str, num_classes: int, targeted: bool):
 
 
 @dataclass(frozen=True, kw_only=True)
-class APGD(LpAttack):
+class APGD(SweepAttack):
     """Auto-PGD. ``steps`` iterations per run, ``restarts`` runs (each only on samples still robust).
 
     ``eot_samples > 1`` averages gradients over that many passes of a stochastic model (EOT).
@@ -267,52 +264,32 @@ class APGD(LpAttack):
         if not isinstance(self.rho, int | float) or not 0 < self.rho <= 1:
             raise ConfigError(f"{self.name}: rho must be in (0, 1], got {self.rho!r}")
 
-    def run(
-        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
-    ) -> AttackResult:
-        counter = Counter()
-        judge = judge or Judge.of(model)
-        if self.vacuous(x):
-            return unattacked(x, counter)
-        with torch.no_grad():
-            clean = forward(model, x, counter)
-        targeted = self.targeted or target is not None
-        loss_fn = _objective(self.loss, clean.shape[1], targeted)
-        if target is not None:
-            plans = [(target, target)]  # (loss target, success target)
-        elif self.targeted:
-            plans = [(t, None) for t in ranked_targets(clean, self.n_targets)]
-        else:
-            plans = [(None, None)]
-        runs = [plan for plan in plans for _ in range(self.restarts)]
-        x_adv, success = stacked_or_serial(
-            len(runs) > 1 and stack_in_batch(x),
-            lambda: self._stacked(model, x, y, runs, loss_fn, generator, counter, judge),
-            lambda: self._one_by_one(model, x, y, plans, loss_fn, generator, counter, judge),
-            generator,
-        )
-        if judge.tentative:  # bf16 fast path: report what is adversarial in fp32
-            success = judge.verdict(x_adv, y, target, counter)
-        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+    def plan(self, call: SweepCall) -> tuple[list, SweepCall]:
+        """The plans, and the loss (``setup``), checked against the number of classes."""
+        clean = call.clean_logits()
+        loss_fn = _objective(self.loss, clean.shape[1], self.targeted or call.target is not None)
+        return self.plans(call, lambda: clean), call._replace(setup=loss_fn)
 
-    def _one_by_one(
-        self, model, x, y, plans, loss_fn, generator, counter, judge
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def verdict(self, call: SweepCall, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+        if call.judge.tentative:  # bf16 fast path: report what is adversarial in fp32
+            return call.judge.verdict(x_adv, call.y, call.target, call.counter)
+        return success
+
+    def serial(self, call: SweepCall, plans: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
         success, else the result of highest loss."""
+        x, y, target = call.x, call.y, call.target
         n = x.shape[0]
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
         best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-        for (loss_target, success_target), _, sel, gens in robust_runs(
-            success, plans, self.restarts, generator
-        ):
+        for loss_target, _, sel, gens in robust_runs(success, plans, self.restarts, call.generator):
             adv, ok, loss = apgd_run(
-                model, x[sel], y[sel], self.threat, loss_fn,
-                steps=self.steps, rho=self.rho, counter=counter, generator=gens,
+                call.model, x[sel], y[sel], self.threat, call.setup,
+                steps=self.steps, rho=self.rho, counter=call.counter, generator=gens,
                 loss_target=None if loss_target is None else loss_target[sel],
-                success_target=None if success_target is None else success_target[sel],
-                eot_samples=self.eot_samples, judge=judge,
+                success_target=None if target is None else target[sel],
+                eot_samples=self.eot_samples, judge=call.judge,
             )  # fmt: skip
             take = ok | (loss > best_loss[sel])
             x_adv[sel[take]] = adv[take]
@@ -320,9 +297,7 @@ class APGD(LpAttack):
             success[sel] = ok
         return x_adv, success
 
-    def _stacked(
-        self, model, x, y, runs, loss_fn, generator, counter, judge
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def stacked(self, call: SweepCall, runs: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
 
         Run r of sample i starts from the r-th draw of sample i's generator, as in the one-by-one
@@ -331,14 +306,14 @@ class APGD(LpAttack):
         earlier run broke (with one generator per sample, as the runner gives; a shared generator
         draws differently, equally at random).
         """
+        x, target = call.x, call.target
         r, n = len(runs), x.shape[0]
-        starts = torch.cat([random_start(x, self.threat, generator) for _ in runs])
-        stack = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        starts = torch.cat([random_start(x, self.threat, call.generator) for _ in runs])
         adv, ok, loss = apgd_run(
-            model, repeat_runs(x, r), repeat_runs(y, r), self.threat, loss_fn,
-            steps=self.steps, rho=self.rho, counter=counter, generator=None,
-            loss_target=stack([lt for lt, _ in runs]), success_target=stack([st for _, st in runs]),
-            eot_samples=self.eot_samples, start=starts, judge=judge,
+            call.model, repeat_runs(x, r), repeat_runs(call.y, r), self.threat, call.setup,
+            steps=self.steps, rho=self.rho, counter=call.counter, generator=None,
+            loss_target=stacked_targets(runs), success_target=None if target is None else repeat_runs(target, r),
+            eot_samples=self.eot_samples, start=starts, judge=call.judge,
         )  # fmt: skip
         ok, loss = ok.view(r, n), loss.view(r, n)
         return pick_runs(adv, torch.where(ok.any(0), ok.float().argmax(0), loss.argmax(0))), ok.any(0)

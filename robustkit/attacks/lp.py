@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -17,10 +17,12 @@ from .base import (
     Attack,
     AttackResult,
     Counter,
+    Judge,
     forward,
     is_success,
     positive,
     resolve_targets,
+    stack_in_batch,
     stacked_or_none,
 )
 
@@ -134,6 +136,83 @@ def robust_runs(success: torch.Tensor, plans: list, restarts: int, generator: Ge
             if not bool(todo.any()):
                 break
             yield plan, restart, todo.nonzero()[:, 0], subset(generator, todo)
+
+
+class SweepCall(NamedTuple):
+    """One call of a ``SweepAttack``: its arguments, and what its runs need besides (``setup``)."""
+
+    model: Callable
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    generator: GeneratorLike
+    counter: Counter
+    judge: Judge
+    setup: Any = None
+
+    def clean_logits(self) -> torch.Tensor:
+        """The logits of the clean inputs (one counted forward pass)."""
+        with torch.no_grad():
+            return forward(self.model, self.x, self.counter)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepAttack(LpAttack):
+    """An ``LpAttack`` made of runs, ``restarts`` per plan. A plan is the target of its runs: the
+    call's ``target`` (None: untargeted), or with ``targeted`` each class ranked 2nd, 3rd, ... by the
+    clean logits (``n_targets`` of them). The runs go one by one, each on the samples no earlier run
+    broke (``serial``), or where ``stack_in_batch`` all in one batch (``stacked``), from the same draws.
+
+    Subclasses (APGD, FAB) declare the fields ``restarts``, ``targeted`` and ``n_targets``, and give
+    ``serial``, ``stacked`` and ``verdict``; ``plan`` may add what their runs need to the call."""
+
+    def run(
+        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
+    ) -> AttackResult:
+        counter = Counter()
+        judge = judge or Judge.of(model)
+        if self.vacuous(x):
+            return unattacked(x, counter)
+        plans, call = self.plan(SweepCall(model, x, y, target, generator, counter, judge))
+        runs = [(plan, restart) for plan in plans for restart in range(self.restarts)]
+        x_adv, success = stacked_or_serial(
+            len(runs) > 1 and stack_in_batch(x),
+            lambda: self.stacked(call, runs),
+            lambda: self.serial(call, plans),
+            generator,
+        )
+        return AttackResult(
+            x_adv=x_adv, success=self.verdict(call, x_adv, success), counters=counter.as_dict()
+        )
+
+    def plan(self, call: SweepCall) -> tuple[list, SweepCall]:
+        """The plans and the call their runs get (here: as it is)."""
+        return self.plans(call, call.clean_logits), call
+
+    def plans(self, call: SweepCall, clean: Callable[[], torch.Tensor]) -> list:
+        """The call's ``target`` (or None), or with ``targeted`` the ranked classes of ``clean()``."""
+        if call.target is not None:
+            return [call.target]
+        if self.targeted:
+            return ranked_targets(clean(), self.n_targets)
+        return [None]
+
+    def serial(self, call: SweepCall, plans: list) -> Runs:
+        """(x_adv, success) of the runs one by one (see ``robust_runs``)."""
+        raise NotImplementedError
+
+    def stacked(self, call: SweepCall, runs: list[tuple[Any, int]]) -> Runs:
+        """(x_adv, success) of every (plan, restart) run in one batch of ``len(runs) * B``."""
+        raise NotImplementedError
+
+    def verdict(self, call: SweepCall, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+        """The success reported for ``x_adv``."""
+        raise NotImplementedError
+
+
+def stacked_targets(runs: list[tuple[Any, int]]) -> torch.Tensor | None:
+    """The targets of a stacked batch of (plan, restart) runs (None when untargeted)."""
+    return None if runs[0][0] is None else torch.cat([tgt for tgt, _ in runs])
 
 
 Attempt = Callable[..., tuple[torch.Tensor, torch.Tensor]]
