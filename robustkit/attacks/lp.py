@@ -1,6 +1,8 @@
-"""The bases of the gradient attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted),
-``LpAttack`` (an Lp ball: ``norm`` / ``eps`` and the threat they name, held once; APGD, FAB and Square
-can take it as it is) and ``IterativeLpAttack`` (both, with PGD's steps, random start and restarts)."""
+"""The bases of the Lp attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted),
+``LpAttack`` (an Lp ball: ``norm`` / ``eps`` and the threat they name, held once; Square and
+AutoAttack take it as it is), ``SweepAttack`` (an ``LpAttack`` made of runs per target and restart,
+one by one or stacked: APGD, FAB) and ``IterativeLpAttack`` (a loss in a ball, with PGD's steps,
+random start and restarts)."""
 
 from __future__ import annotations
 
