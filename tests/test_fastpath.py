@@ -484,6 +484,7 @@ def test_stacked_runs_equal_one_by_one(monkeypatch, name, fields, eps):
     one-by-one loop's, sample for sample (checked here on the CPU by forcing the stacked path)."""
     from robustkit.attacks import apgd as apgd_mod
     from robustkit.attacks import fab as fab_mod
+    from robustkit.attacks import lp as lp_mod
 
     mod, run, stacked_arg = (
         (fab_mod, "fab_run", "offset") if "fab" in name else (apgd_mod, "apgd_run", "start")
@@ -492,7 +493,7 @@ def test_stacked_runs_equal_one_by_one(monkeypatch, name, fields, eps):
     atk = robustkit.create_attack(name, eps=eps, steps=5, **fields)
     one = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert 0 < int(one.success.sum()) < len(x)  # some broken, some not: both selection rules matter
-    monkeypatch.setattr(mod, "stack_in_batch", lambda x: True)
+    monkeypatch.setattr(lp_mod, "stack_in_batch", lambda x: True)  # SweepAttack.run decides
     stacked = atk(model, x, y, generator=sample_generators(5, range(len(x))))
     assert torch.equal(one.success, stacked.success) and torch.equal(one.x_adv, stacked.x_adv)
 

@@ -26,6 +26,7 @@ with the highest loss over all restarts (always inside the threat model).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -35,22 +36,18 @@ import torch
 from ..errors import ConfigError
 from ..functional.losses import get_loss
 from ..functional.projection import flat_norm
-from ..functional.random import GeneratorLike, normal, subset, uniform
-from ..threat import L2, Linf, ThreatModel, make_threat
+from ..functional.random import GeneratorLike, normal, uniform
+from ..threat import L2, Linf, ThreatModel
 from .base import (
-    Attack,
-    AttackResult,
     Counter,
     Judge,
-    forward,
     pick_runs,
     positive_ints,
     register,
     repeat_runs,
-    stack_in_batch,
-    stacked_or_none,
 )
 from .expectation import expected_loss_and_grad
+from .lp import SweepAttack, SweepCall, robust_runs, stacked_targets
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -93,6 +90,39 @@ def _step(x: torch.Tensor, point: torch.Tensor, threat: ThreatModel) -> torch.Te
     return x + threat.clip(x, point - x)
 
 
+@dataclass
+class _Batch:
+    """APGD's working batch, one row per sample still in it (``compact`` drops the broken ones):
+    the inputs and targets, the iterate and its momentum, the best point so far, the first
+    adversarial point found, and the step-size controller's state."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_target: torch.Tensor | None
+    success_target: torch.Tensor | None
+    x_adv: torch.Tensor  # the iterate
+    x_old: torch.Tensor  # the previous iterate (momentum)
+    grad: torch.Tensor  # the gradient at the iterate
+    x_best: torch.Tensor  # the point of highest loss
+    grad_best: torch.Tensor
+    loss_best: torch.Tensor
+    loss_prev: torch.Tensor  # the loss at the previous iterate
+    loss_best_last: torch.Tensor  # the best loss at the last checkpoint
+    x_succ: torch.Tensor  # the first adversarial iterate (where ``ok``)
+    ok: torch.Tensor
+    step: torch.Tensor  # per-sample step size
+    ups: torch.Tensor  # steps since the last checkpoint that increased the loss
+    reduced_last: torch.Tensor  # whether the step was halved at the last checkpoint
+
+    def rows(self, keep: torch.Tensor) -> _Batch:
+        """The batch of the rows ``keep`` (a boolean mask)."""
+        return _Batch(**{f.name: _rows(getattr(self, f.name), keep) for f in dataclasses.fields(self)})
+
+
+def _rows(v: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    return None if v is None else v[keep]
+
+
 def apgd_run(
     model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -124,57 +154,58 @@ def apgd_run(
     out_ok = torch.zeros(n, dtype=torch.bool, device=x.device)
     out_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
     idx = torch.arange(n, device=x.device)
-    s = {"x": x, "y": y, "lt": loss_target, "st": success_target}
 
-    def grad_at(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        obj: Objective = lambda logits: objective(logits, s["y"], s["lt"])  # noqa: E731
+    def grad_at(
+        point: torch.Tensor, ys: torch.Tensor, lts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        obj: Objective = lambda logits: objective(logits, ys, lts)  # noqa: E731
         return expected_loss_and_grad(model, point, obj, counter, eot_samples)
 
     judge = judge or Judge.of(model)
     x_adv = random_start(x, threat, generator) if start is None else start
-    loss, logits, grad = grad_at(x_adv)
-    ok = judge(logits, y, success_target)
-    s |= {
-        "x_adv": x_adv, "x_old": x_adv, "grad": grad, "x_best": x_adv, "grad_best": grad, "loss_best": loss,
-        "loss_prev": loss, "loss_best_last": loss, "x_succ": x_adv, "ok": ok,
-        "step": torch.full((n,), 2.0 * threat.eps, dtype=x.dtype, device=x.device),
-        "ups": torch.zeros(n, dtype=torch.int32, device=x.device),
-        "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
-    }  # fmt: skip
+    loss, logits, grad = grad_at(x_adv, y, loss_target)
+    s = _Batch(
+        x=x, y=y, loss_target=loss_target, success_target=success_target, x_adv=x_adv, x_old=x_adv, grad=grad,
+        x_best=x_adv, grad_best=grad, loss_best=loss, loss_prev=loss, loss_best_last=loss, x_succ=x_adv,
+        ok=judge(logits, y, success_target),
+        step=torch.full((n,), 2.0 * threat.eps, dtype=x.dtype, device=x.device),
+        ups=torch.zeros(n, dtype=torch.int32, device=x.device),
+        reduced_last=torch.ones(n, dtype=torch.bool, device=x.device),
+    )  # fmt: skip
     marks = set(checkpoints(steps))
     since = 0
     for i in range(steps):
-        xs, x_adv = s["x"], s["x_adv"]
-        momentum = x_adv - s["x_old"]
-        s["x_old"] = x_adv
+        xs, x_adv = s.x, s.x_adv
+        momentum = x_adv - s.x_old
+        s.x_old = x_adv
         a = 0.75 if i > 0 else 1.0
-        z = _step(xs, x_adv + _bview(s["step"], xs) * threat.direction(s["grad"]), threat)
+        z = _step(xs, x_adv + _bview(s.step, xs) * threat.direction(s.grad), threat)
         x_adv = _step(xs, x_adv + (z - x_adv) * a + momentum * (1 - a), threat)
-        loss, logits, grad = grad_at(x_adv)
-        hit = judge(logits, s["y"], s["st"]) & ~s["ok"]
-        s["x_succ"] = _where(hit, x_adv, s["x_succ"])
-        s["ok"] = s["ok"] | hit
-        better = loss > s["loss_best"]
-        s["x_best"] = _where(better, x_adv, s["x_best"])
-        s["grad_best"] = _where(better, grad, s["grad_best"])
-        s["loss_best"] = torch.where(better, loss, s["loss_best"])
-        s["ups"] = s["ups"] + (loss > s["loss_prev"]).int()
-        s["loss_prev"] = loss
-        s["x_adv"], s["grad"] = x_adv, grad
+        loss, logits, grad = grad_at(x_adv, s.y, s.loss_target)
+        hit = judge(logits, s.y, s.success_target) & ~s.ok
+        s.x_succ = _where(hit, x_adv, s.x_succ)
+        s.ok = s.ok | hit
+        better = loss > s.loss_best
+        s.x_best = _where(better, x_adv, s.x_best)
+        s.grad_best = _where(better, grad, s.grad_best)
+        s.loss_best = torch.where(better, loss, s.loss_best)
+        s.ups = s.ups + (loss > s.loss_prev).int()
+        s.loss_prev = loss
+        s.x_adv, s.grad = x_adv, grad
         since += 1
         if i not in marks:
             continue
-        oscillating = s["ups"].float() <= since * rho
-        stalled = ~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])
+        oscillating = s.ups.float() <= since * rho
+        stalled = ~s.reduced_last & (s.loss_best_last >= s.loss_best)
         halve = oscillating | stalled
-        s["reduced_last"], s["loss_best_last"] = halve, s["loss_best"]
-        s["step"] = torch.where(halve, s["step"] / 2, s["step"])
-        s["x_adv"] = _where(halve, s["x_best"], s["x_adv"])
-        s["grad"] = _where(halve, s["grad_best"], s["grad"])
-        s["ups"] = torch.zeros_like(s["ups"])
+        s.reduced_last, s.loss_best_last = halve, s.loss_best
+        s.step = torch.where(halve, s.step / 2, s.step)
+        s.x_adv = _where(halve, s.x_best, s.x_adv)
+        s.grad = _where(halve, s.grad_best, s.grad)
+        s.ups = torch.zeros_like(s.ups)
         since = 0
         if compact and i < steps - 1:
-            done = s["ok"]
+            done = s.ok
             n_done = int(done.sum())  # one host sync per checkpoint
             if n_done == done.numel():
                 break
@@ -182,18 +213,18 @@ def apgd_run(
                 _write(out_adv, out_ok, out_loss, idx, s, done)
                 keep = ~done
                 idx = idx[keep]
-                s = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-    _write(out_adv, out_ok, out_loss, idx, s, torch.ones_like(s["ok"]))
+                s = s.rows(keep)
+    _write(out_adv, out_ok, out_loss, idx, s, torch.ones_like(s.ok))
     return out_adv, out_ok, out_loss
 
 
-def _write(out_adv, out_ok, out_loss, idx, s, which) -> None:
+def _write(out_adv, out_ok, out_loss, idx, s: _Batch, which) -> None:
     """Copy the finished samples (``which``) of the working batch into the output buffers."""
     sel = idx[which]
-    ok = s["ok"][which]
-    out_adv[sel] = _where(ok, s["x_succ"][which], s["x_best"][which])
+    ok = s.ok[which]
+    out_adv[sel] = _where(ok, s.x_succ[which], s.x_best[which])
     out_ok[sel] = ok
-    out_loss[sel] = s["loss_best"][which]
+    out_loss[sel] = s.loss_best[which]
 
 
 def _objective(name: str, num_classes: int, targeted: bool):
@@ -208,7 +239,7 @@ def _objective(name: str, num_classes: int, targeted: bool):
 
 
 @dataclass(frozen=True, kw_only=True)
-class APGD(Attack):
+class APGD(SweepAttack):
     """Auto-PGD. ``steps`` iterations per run, ``restarts`` runs (each only on samples still robust).
 
     ``eot_samples > 1`` averages gradients over that many passes of a stochastic model (EOT).
@@ -218,8 +249,6 @@ class APGD(Attack):
     name: ClassVar[str] = "apgd"
     input_kind: ClassVar[str] = "image"
 
-    norm: str = "Linf"
-    eps: float = 8 / 255
     steps: int = 100
     restarts: int = 1
     loss: str = "ce"
@@ -229,78 +258,46 @@ class APGD(Attack):
     n_targets: int = 9
 
     def __post_init__(self) -> None:
-        make_threat(self.norm, self.eps)
+        super().__post_init__()
         get_loss(self.loss)
         positive_ints(self, "steps", "restarts", "eot_samples", "n_targets")
         if not isinstance(self.rho, int | float) or not 0 < self.rho <= 1:
             raise ConfigError(f"{self.name}: rho must be in (0, 1], got {self.rho!r}")
 
-    @property
-    def threat(self) -> ThreatModel:
-        return make_threat(self.norm, self.eps)
+    def plan(self, call: SweepCall) -> tuple[list, SweepCall]:
+        """The plans, and the loss (``setup``), checked against the number of classes."""
+        clean = call.clean_logits()
+        loss_fn = _objective(self.loss, clean.shape[1], self.targeted or call.target is not None)
+        return self.plans(call, lambda: clean), call._replace(setup=loss_fn)
 
-    def run(
-        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
-    ) -> AttackResult:
-        counter = Counter()
-        judge = judge or Judge.of(model)
-        if self.eps == 0 or x.shape[0] == 0:
-            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
-        with torch.no_grad():
-            clean = forward(model, x, counter)
-        targeted = self.targeted or target is not None
-        loss_fn = _objective(self.loss, clean.shape[1], targeted)
-        if target is not None:
-            plans = [(target, target)]  # (loss target, success target)
-        elif self.targeted:
-            order = clean.argsort(dim=1, descending=True)
-            ranks = range(1, min(self.n_targets, clean.shape[1] - 1) + 1)
-            plans = [(order[:, r], None) for r in ranks]
-        else:
-            plans = [(None, None)]
-        runs = [plan for plan in plans for _ in range(self.restarts)]
-        stacked = None
-        if len(runs) > 1 and stack_in_batch(x):
-            stacked = stacked_or_none(
-                lambda: self._stacked(model, x, y, runs, loss_fn, generator, counter, judge), generator
-            )
-        x_adv, success = stacked or self._one_by_one(model, x, y, plans, loss_fn, generator, counter, judge)
-        if judge.tentative:  # bf16 fast path: report what is adversarial in fp32
-            success = judge.verdict(x_adv, y, target, counter)
-        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+    def verdict(self, call: SweepCall, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+        if call.judge.tentative:  # bf16 fast path: report what is adversarial in fp32
+            return call.judge.verdict(x_adv, call.y, call.target, call.counter)
+        return success
 
-    def _one_by_one(
-        self, model, x, y, plans, loss_fn, generator, counter, judge
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def serial(self, call: SweepCall, plans: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
         success, else the result of highest loss."""
+        x, y, target = call.x, call.y, call.target
         n = x.shape[0]
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
         best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-        for loss_target, success_target in plans:
-            for _ in range(self.restarts):
-                todo = ~success
-                if not bool(todo.any()):
-                    break
-                sel = todo.nonzero()[:, 0]
-                adv, ok, loss = apgd_run(
-                    model, x[sel], y[sel], self.threat, loss_fn,
-                    steps=self.steps, rho=self.rho, counter=counter, generator=subset(generator, todo),
-                    loss_target=None if loss_target is None else loss_target[sel],
-                    success_target=None if success_target is None else success_target[sel],
-                    eot_samples=self.eot_samples, judge=judge,
-                )  # fmt: skip
-                take = ok | (loss > best_loss[sel])
-                x_adv[sel[take]] = adv[take]
-                best_loss[sel] = torch.maximum(best_loss[sel], loss)
-                success[sel] = ok
+        for loss_target, _, sel, gens in robust_runs(success, plans, self.restarts, call.generator):
+            adv, ok, loss = apgd_run(
+                call.model, x[sel], y[sel], self.threat, call.setup,
+                steps=self.steps, rho=self.rho, counter=call.counter, generator=gens,
+                loss_target=None if loss_target is None else loss_target[sel],
+                success_target=None if target is None else target[sel],
+                eot_samples=self.eot_samples, judge=call.judge,
+            )  # fmt: skip
+            take = ok | (loss > best_loss[sel])
+            x_adv[sel[take]] = adv[take]
+            best_loss[sel] = torch.maximum(best_loss[sel], loss)
+            success[sel] = ok
         return x_adv, success
 
-    def _stacked(
-        self, model, x, y, runs, loss_fn, generator, counter, judge
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def stacked(self, call: SweepCall, runs: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
 
         Run r of sample i starts from the r-th draw of sample i's generator, as in the one-by-one
@@ -309,14 +306,14 @@ class APGD(Attack):
         earlier run broke (with one generator per sample, as the runner gives; a shared generator
         draws differently, equally at random).
         """
+        x, target = call.x, call.target
         r, n = len(runs), x.shape[0]
-        starts = torch.cat([random_start(x, self.threat, generator) for _ in runs])
-        stack = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        starts = torch.cat([random_start(x, self.threat, call.generator) for _ in runs])
         adv, ok, loss = apgd_run(
-            model, repeat_runs(x, r), repeat_runs(y, r), self.threat, loss_fn,
-            steps=self.steps, rho=self.rho, counter=counter, generator=None,
-            loss_target=stack([lt for lt, _ in runs]), success_target=stack([st for _, st in runs]),
-            eot_samples=self.eot_samples, start=starts, judge=judge,
+            call.model, repeat_runs(x, r), repeat_runs(call.y, r), self.threat, call.setup,
+            steps=self.steps, rho=self.rho, counter=call.counter, generator=None,
+            loss_target=stacked_targets(runs), success_target=None if target is None else repeat_runs(target, r),
+            eot_samples=self.eot_samples, start=starts, judge=call.judge,
         )  # fmt: skip
         ok, loss = ok.view(r, n), loss.view(r, n)
         return pick_runs(adv, torch.where(ok.any(0), ok.float().argmax(0), loss.argmax(0))), ok.any(0)

@@ -45,9 +45,9 @@ import torch
 from ..errors import ConfigError
 from ..functional.random import GeneratorLike, subset
 from ..registry import dataclass_fields, suggest
-from ..threat import ThreatModel, make_threat
 from .base import ATTACKS, Attack, AttackResult, Counter, Judge, positive, register
 from .criteria import confirm
+from .lp import LpAttack
 
 VERSIONS: dict[str, list[dict[str, Any]]] = {
     "standard": [
@@ -73,14 +73,12 @@ _SHARED = ("steps", "n_targets", "queries", "restarts", "eot_samples")
 
 
 @dataclass(frozen=True, kw_only=True)
-class AutoAttack(Attack):
+class AutoAttack(LpAttack):
     """The ensemble. ``version``: 'standard', 'plus', 'rand', 'custom' (with ``attacks``) or a list."""
 
     name: ClassVar[str] = "autoattack"
     input_kind: ClassVar[str] = "image"
 
-    norm: str = "Linf"
-    eps: float = 8 / 255
     version: str | list = "standard"
     attacks: list | None = None
     steps: int | None = None
@@ -91,17 +89,13 @@ class AutoAttack(Attack):
     tolerance: float = 1e-5
 
     def __post_init__(self) -> None:
-        make_threat(self.norm, self.eps)
+        super().__post_init__()
         positive(self.tolerance, "autoattack: tolerance", allow_zero=True)
         for what in _SHARED:
             value = getattr(self, what)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"autoattack: {what} must be an integer >= 1, got {value!r}")
         self.stages()  # fail at construction on a bad stage list
-
-    @property
-    def threat(self) -> ThreatModel:
-        return make_threat(self.norm, self.eps)
 
     def _specs(self) -> list[dict[str, Any]]:
         if isinstance(self.version, list | tuple):

@@ -28,11 +28,9 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.projection import flat_norm
-from ..functional.random import GeneratorLike, normal, subset, uniform
-from ..threat import ThreatModel, make_threat
+from ..functional.random import GeneratorLike, normal, uniform
+from ..threat import ThreatModel
 from .base import (
-    Attack,
-    AttackResult,
     Counter,
     Judge,
     forward,
@@ -41,9 +39,8 @@ from .base import (
     positive_ints,
     register,
     repeat_runs,
-    stack_in_batch,
-    stacked_or_none,
 )
+from .lp import SweepAttack, SweepCall, robust_runs, stacked_targets
 
 
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -197,7 +194,7 @@ def fab_run(
 
 
 @dataclass(frozen=True, kw_only=True)
-class FAB(Attack):
+class FAB(SweepAttack):
     """FAB. ``restarts`` runs per target (the first from the clean input, later ones from a random
     point at half the radius); each runs only on the samples not yet broken.
 
@@ -208,8 +205,6 @@ class FAB(Attack):
     name: ClassVar[str] = "fab"
     input_kind: ClassVar[str] = "image"
 
-    norm: str = "Linf"
-    eps: float = 8 / 255
     steps: int = 100
     restarts: int = 1
     alpha_max: float = 0.1
@@ -219,7 +214,7 @@ class FAB(Attack):
     n_targets: int = 9
 
     def __post_init__(self) -> None:
-        make_threat(self.norm, self.eps)
+        super().__post_init__()
         positive_ints(self, "steps", "restarts", "n_targets")
         if not 0 <= self.alpha_max <= 1:
             raise ConfigError(f"{self.name}: alpha_max must be in [0, 1], got {self.alpha_max!r}")
@@ -227,78 +222,48 @@ class FAB(Attack):
         if not 0 < self.beta <= 1:
             raise ConfigError(f"{self.name}: beta must be in (0, 1], got {self.beta!r}")
 
-    @property
-    def threat(self) -> ThreatModel:
-        return make_threat(self.norm, self.eps)
+    def verdict(self, call: SweepCall, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+        return success & call.judge.verdict(
+            x_adv, call.y, call.target, call.counter
+        )  # in fp32, fast path too
 
-    def run(
-        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
-    ) -> AttackResult:
-        counter = Counter()
-        judge = judge or Judge.of(model)
-        if self.eps == 0 or x.shape[0] == 0:
-            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
-        if target is not None:
-            plans = [target]
-        elif self.targeted:
-            with torch.no_grad():
-                order = forward(model, x, counter).argsort(dim=1, descending=True)
-            plans = [order[:, r] for r in range(1, min(self.n_targets, order.shape[1] - 1) + 1)]
-        else:
-            plans = [None]
-        runs = [(tgt, restart) for tgt in plans for restart in range(self.restarts)]
-        stacked = None
-        if len(runs) > 1 and stack_in_batch(x):
-            stacked = stacked_or_none(
-                lambda: self._stacked(model, x, y, runs, generator, counter, judge), generator
-            )
-        x_adv, success = stacked or self._one_by_one(model, x, y, plans, generator, counter, judge)
-        success &= judge.verdict(x_adv, y, target, counter)  # in fp32 (behind a bf16 fast path too)
-        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
-
-    def _one_by_one(self, model, x, y, plans, generator, counter, judge) -> tuple[torch.Tensor, torch.Tensor]:
+    def serial(self, call: SweepCall, plans: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
         example within the budget, else the clean input."""
-        threat = self.threat
+        x, threat = call.x, self.threat
         success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         x_adv = x.clone()
-        for tgt in plans:
-            for restart in range(self.restarts):
-                todo = ~success
-                if not bool(todo.any()):
-                    break
-                sel = todo.nonzero()[:, 0]
-                adv, norm = fab_run(
-                    model, x[sel], y[sel], threat, target=None if tgt is None else tgt[sel],
-                    steps=self.steps, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
-                    random_start=restart > 0, generator=subset(generator, todo), counter=counter, judge=judge,
-                )  # fmt: skip
-                ok = threat.within(adv - x[sel], tol=0.0) & torch.isfinite(norm)
-                x_adv[sel[ok]] = x[sel[ok]] + threat.clip(x[sel[ok]], adv[ok] - x[sel[ok]])
-                success[sel] = ok
+        for tgt, restart, sel, gens in robust_runs(success, plans, self.restarts, call.generator):
+            adv, norm = fab_run(
+                call.model, x[sel], call.y[sel], threat, target=None if tgt is None else tgt[sel],
+                steps=self.steps, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
+                random_start=restart > 0, generator=gens, counter=call.counter, judge=call.judge,
+            )  # fmt: skip
+            ok = threat.within(adv - x[sel], tol=0.0) & torch.isfinite(norm)
+            x_adv[sel[ok]] = x[sel[ok]] + threat.clip(x[sel[ok]], adv[ok] - x[sel[ok]])
+            success[sel] = ok
         return x_adv, success
 
-    def _stacked(self, model, x, y, runs, generator, counter, judge) -> tuple[torch.Tensor, torch.Tensor]:
+    def stacked(self, call: SweepCall, runs: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (target, restart) run in one batch of ``len(runs) * B`` (GPU: fills the device).
 
         Restart 0 of a target starts from the clean input, restart r > 0 from sample i's next draw, as
         in the one-by-one loop; a sample's result is its first run that found an example within the
         budget: the one-by-one loop's result (with one generator per sample, as the runner gives).
         """
-        r, n, threat = len(runs), x.shape[0], self.threat
+        x, threat = call.x, self.threat
+        r, n = len(runs), x.shape[0]
         offsets = torch.cat(
             [
-                torch.zeros_like(x) if restart == 0 else random_offset(x, threat, generator)
+                torch.zeros_like(x) if restart == 0 else random_offset(x, threat, call.generator)
                 for _, restart in runs
             ]
         )
         xs = repeat_runs(x, r)
-        targets = None if runs[0][0] is None else torch.cat([tgt for tgt, _ in runs])
         adv, norm = fab_run(
-            model, xs, repeat_runs(y, r), threat, target=targets, steps=self.steps, alpha_max=self.alpha_max,
-            eta=self.eta, beta=self.beta, random_start=False, generator=None, counter=counter, offset=offsets,
-            judge=judge,
+            call.model, xs, repeat_runs(call.y, r), threat, target=stacked_targets(runs), steps=self.steps,
+            alpha_max=self.alpha_max, eta=self.eta, beta=self.beta, random_start=False, generator=None,
+            counter=call.counter, offset=offsets, judge=call.judge,
         )  # fmt: skip
         ok = (threat.within(adv - xs, tol=0.0) & torch.isfinite(norm)).view(r, n)
         adv = pick_runs(adv, ok.float().argmax(0))

@@ -1,12 +1,14 @@
-"""The bases of the gradient attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted),
-``LpAttack`` (an Lp ball: ``norm`` / ``eps`` and the threat they name, held once; APGD, FAB and Square
-can take it as it is) and ``IterativeLpAttack`` (both, with PGD's steps, random start and restarts)."""
+"""The bases of the Lp attacks: ``LossAttack`` (a per-sample loss, untargeted or targeted),
+``LpAttack`` (an Lp ball: ``norm`` / ``eps`` and the threat they name, held once; Square and
+AutoAttack take it as it is), ``SweepAttack`` (an ``LpAttack`` made of runs per target and restart,
+one by one or stacked: APGD, FAB) and ``IterativeLpAttack`` (a loss in a ball, with PGD's steps,
+random start and restarts)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -14,7 +16,18 @@ from ..errors import ConfigError
 from ..functional.losses import get_loss
 from ..functional.random import GeneratorLike, subset
 from ..threat import ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, forward, is_success, positive, resolve_targets
+from .base import (
+    Attack,
+    AttackResult,
+    Counter,
+    Judge,
+    forward,
+    is_success,
+    positive,
+    resolve_targets,
+    stack_in_batch,
+    stacked_or_none,
+)
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -91,6 +104,124 @@ class LpAttack(Attack):
     @property
     def threat(self) -> ThreatModel:
         return make_threat(self.norm, self.eps)
+
+    def vacuous(self, x: torch.Tensor) -> bool:
+        """Whether there is nothing to attack: a ball of radius 0 or an empty batch (see ``unattacked``)."""
+        return self.eps == 0 or x.shape[0] == 0
+
+
+def unattacked(x: torch.Tensor, counter: Counter, **extra: Any) -> AttackResult:
+    """The result of an attack that has nothing to do: the clean input, nothing broken."""
+    success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict(), **extra)
+
+
+def ranked_targets(logits: torch.Tensor, n_targets: int) -> list[torch.Tensor]:
+    """The classes ranked 2nd, 3rd, ... by ``logits`` (``min(n_targets, K - 1)`` of them), one tensor
+    of B classes per rank: the targets of APGD-T and FAB-T."""
+    order = logits.argsort(dim=1, descending=True)
+    return [order[:, r] for r in range(1, min(n_targets, order.shape[1] - 1) + 1)]
+
+
+Runs = tuple[torch.Tensor, torch.Tensor]
+
+
+def stacked_or_serial(
+    stack: bool, stacked: Callable[[], Runs], serial: Callable[[], Runs], generator: GeneratorLike
+) -> Runs:
+    """``stacked()`` (every run in one batch) when ``stack`` and it fits in memory, else ``serial()``
+    (the runs one by one, from the same draws; see ``stacked_or_none``): an attack's (x_adv, success)."""
+    out = stacked_or_none(stacked, generator) if stack else None
+    return out if out is not None else serial()
+
+
+def robust_runs(success: torch.Tensor, plans: list, restarts: int, generator: GeneratorLike):
+    """The one-by-one form of ``restarts`` runs per plan (a target, or None): yields ``(plan, restart,
+    sel, generators)`` for each run, with ``sel`` the samples no earlier run broke (``success``, which
+    the caller updates between runs) and their generators; a plan's restarts stop once all are broken."""
+    for plan in plans:
+        for restart in range(restarts):
+            todo = ~success
+            if not bool(todo.any()):
+                break
+            yield plan, restart, todo.nonzero()[:, 0], subset(generator, todo)
+
+
+class SweepCall(NamedTuple):
+    """One call of a ``SweepAttack``: its arguments, and what its runs need besides (``setup``)."""
+
+    model: Callable
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    generator: GeneratorLike
+    counter: Counter
+    judge: Judge
+    setup: Any = None
+
+    def clean_logits(self) -> torch.Tensor:
+        """The logits of the clean inputs (one counted forward pass)."""
+        with torch.no_grad():
+            return forward(self.model, self.x, self.counter)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepAttack(LpAttack):
+    """An ``LpAttack`` made of runs, ``restarts`` per plan. A plan is the target of its runs: the
+    call's ``target`` (None: untargeted), or with ``targeted`` each class ranked 2nd, 3rd, ... by the
+    clean logits (``n_targets`` of them). The runs go one by one, each on the samples no earlier run
+    broke (``serial``), or where ``stack_in_batch`` all in one batch (``stacked``), from the same draws.
+
+    Subclasses (APGD, FAB) declare the fields ``restarts``, ``targeted`` and ``n_targets``, and give
+    ``serial``, ``stacked`` and ``verdict``; ``plan`` may add what their runs need to the call."""
+
+    def run(
+        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
+    ) -> AttackResult:
+        counter = Counter()
+        judge = judge or Judge.of(model)
+        if self.vacuous(x):
+            return unattacked(x, counter)
+        plans, call = self.plan(SweepCall(model, x, y, target, generator, counter, judge))
+        runs = [(plan, restart) for plan in plans for restart in range(self.restarts)]
+        x_adv, success = stacked_or_serial(
+            len(runs) > 1 and stack_in_batch(x),
+            lambda: self.stacked(call, runs),
+            lambda: self.serial(call, plans),
+            generator,
+        )
+        return AttackResult(
+            x_adv=x_adv, success=self.verdict(call, x_adv, success), counters=counter.as_dict()
+        )
+
+    def plan(self, call: SweepCall) -> tuple[list, SweepCall]:
+        """The plans and the call their runs get (here: as it is)."""
+        return self.plans(call, call.clean_logits), call
+
+    def plans(self, call: SweepCall, clean: Callable[[], torch.Tensor]) -> list:
+        """The call's ``target`` (or None), or with ``targeted`` the ranked classes of ``clean()``."""
+        if call.target is not None:
+            return [call.target]
+        if self.targeted:
+            return ranked_targets(clean(), self.n_targets)
+        return [None]
+
+    def serial(self, call: SweepCall, plans: list) -> Runs:
+        """(x_adv, success) of the runs one by one (see ``robust_runs``)."""
+        raise NotImplementedError
+
+    def stacked(self, call: SweepCall, runs: list[tuple[Any, int]]) -> Runs:
+        """(x_adv, success) of every (plan, restart) run in one batch of ``len(runs) * B``."""
+        raise NotImplementedError
+
+    def verdict(self, call: SweepCall, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+        """The success reported for ``x_adv``."""
+        raise NotImplementedError
+
+
+def stacked_targets(runs: list[tuple[Any, int]]) -> torch.Tensor | None:
+    """The targets of a stacked batch of (plan, restart) runs (None when untargeted)."""
+    return None if runs[0][0] is None else torch.cat([tgt for tgt, _ in runs])
 
 
 Attempt = Callable[..., tuple[torch.Tensor, torch.Tensor]]

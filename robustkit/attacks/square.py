@@ -30,8 +30,9 @@ from ..errors import ConfigError
 from ..functional.losses import margin
 from ..functional.projection import flat_norm
 from ..functional.random import GeneratorLike, subset, uniform
-from ..threat import ThreatModel, make_threat
-from .base import Attack, AttackResult, Counter, forward, positive_ints, register
+from ..threat import ThreatModel
+from .base import AttackResult, Counter, forward, positive_ints, register
+from .lp import LpAttack, robust_runs, unattacked
 
 _P_SCHEDULE = (
     (10, 1),
@@ -239,7 +240,7 @@ def _l2_proposal(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Square(Attack):
+class Square(LpAttack):
     """Square Attack with a budget of ``queries`` model evaluations per sample and restart.
 
     ``loss``: 'margin' (default) or 'ce'. A ``target`` passed at call time makes it targeted (CE on
@@ -256,8 +257,6 @@ class Square(Attack):
     black_box: ClassVar[bool] = True
     precision: ClassVar[str] = "fp32"
 
-    norm: str = "Linf"
-    eps: float = 8 / 255
     queries: int = 5000
     p_init: float = 0.8
     restarts: int = 1
@@ -266,36 +265,26 @@ class Square(Attack):
     sync_every: int = 50
 
     def __post_init__(self) -> None:
-        make_threat(self.norm, self.eps)
+        super().__post_init__()
         positive_ints(self, "queries", "restarts", "sync_every")
         if not 0 < self.p_init <= 1:
             raise ConfigError(f"square: p_init must be in (0, 1], got {self.p_init!r}")
         if self.loss not in ("margin", "ce"):
             raise ConfigError(f"square: loss must be 'margin' or 'ce', got {self.loss!r}")
 
-    @property
-    def threat(self) -> ThreatModel:
-        return make_threat(self.norm, self.eps)
-
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
         counter = Counter()
         n = x.shape[0]
-        success = torch.zeros(n, dtype=torch.bool, device=x.device)
         spent = torch.zeros(n, dtype=torch.long, device=x.device)
+        if self.vacuous(x):
+            return unattacked(x, counter, metrics={"queries": spent})
+        success = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
-        if self.eps == 0 or n == 0:
-            return AttackResult(
-                x_adv=x_adv, success=success, counters=counter.as_dict(), metrics={"queries": spent}
-            )
-        for restart in range(self.restarts):
-            todo = ~success
-            if restart and not bool(todo.any()):
-                break
-            sel = todo.nonzero()[:, 0]
+        for _, _, sel, gens in robust_runs(success, [target], self.restarts, generator):
             adv, ok, used = square_run(
                 model, x[sel], y[sel], self.threat, target=None if target is None else target[sel],
                 queries=self.queries, p_init=self.p_init, loss=self.loss, rescale=self.rescale_schedule,
-                generator=subset(generator, todo), counter=counter, sync_every=self.sync_every,
+                generator=gens, counter=counter, sync_every=self.sync_every,
             )  # fmt: skip
             x_adv[sel] = adv
             success[sel] = ok
