@@ -250,12 +250,19 @@ class APGD(SweepAttack):
     input_kind: ClassVar[str] = "image"
 
     steps: int = 100
+    """Iterations per run."""
     restarts: int = 1
+    """Runs, each only on the samples still robust."""
     loss: str = "ce"
+    """``ce`` or ``dlr`` (the targeted DLR when ``targeted``)."""
     rho: float = 0.75
+    """Fraction of improving steps below which a checkpoint halves the step size."""
     eot_samples: int = 1
+    """Gradient passes averaged per step over a stochastic model's randomness (EOT)."""
     targeted: bool = False
+    """Sweep the top ``n_targets`` classes of the clean prediction (APGD-T)."""
     n_targets: int = 9
+    """Target classes swept when ``targeted`` (9, or K-1 when K <= 10)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

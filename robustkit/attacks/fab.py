@@ -206,12 +206,19 @@ class FAB(SweepAttack):
     input_kind: ClassVar[str] = "image"
 
     steps: int = 100
+    """Iterations per run."""
     restarts: int = 1
+    """Runs per target: the first from the clean input, later ones from a random point."""
     alpha_max: float = 0.1
+    """Largest weight of the step towards the clean input (FAB's biased gradient step)."""
     eta: float = 1.05
+    """Extrapolation factor of each step beyond the linearised boundary."""
     beta: float = 0.9
+    """Backward step towards the clean input after a success."""
     targeted: bool = False
+    """Sweep the top ``n_targets`` classes of the clean prediction (FAB-T) instead of untargeted."""
     n_targets: int = 9
+    """Target classes swept when ``targeted`` (9, or K-1 when K <= 10)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

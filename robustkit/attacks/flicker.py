@@ -57,13 +57,21 @@ class Flicker(VideoAttack):
 
     loss: str = "cw"
     eps: float = 0.2
+    """L-inf bound of each frame's RGB offset."""
     steps: int = 100
+    """Adam steps."""
     learning_rate: float = 0.01
+    """Adam's learning rate."""
     kappa: float = 1.0
+    """Confidence margin of the CW loss."""
     regularization: float = 1.0
+    """Weight of the smoothness terms against the adversarial loss."""
     beta_thickness: float = 1.0
+    """Weight of the mean squared offset (the paper's D1)."""
     beta_roughness: float = 1.0
+    """Weight of the squared first and second temporal derivatives (the paper's D2)."""
     cyclic: bool = True
+    """Take temporal derivatives around the clip's end (a looping flicker)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -33,15 +33,25 @@ class ROA(PhysicalAttack):
     name: ClassVar[str] = "roa"
 
     height: float = 0.25
+    """Rectangle height, a fraction of the image side (pixels when > 1)."""
     width: float = 0.25
+    """Rectangle width, a fraction of the image side (pixels when > 1)."""
     search: str = "gradient"
+    """``gradient`` (top ``top_c`` positions by squared input gradient, then checked) or ``exhaustive``."""
     stride: int = 2
+    """Grid stride of the position search, in pixels."""
     top_c: int = 10
+    """Candidates the gradient search checks."""
     steps: int = 50
+    """Sign-gradient steps inside the rectangle once it is placed."""
     step_size: float = 0.05
+    """Size of each sign step."""
     fill: float = 0.5
+    """Grey value of the rectangle during the search."""
     chunk: int = 1024
+    """Candidate placements evaluated per forward pass."""
     early_stop: bool = True
+    """Stop a sample's steps once it is misclassified."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -72,17 +72,29 @@ class VideoPatch(VideoAttack, UniversalPatch):
     surface: ClassVar[str] = "frame"
 
     patch_type: str = "square"
+    """``square`` or ``circle``."""
     rotation_max: float = 15.0
+    """Largest rotation of the patch, in degrees (spatial EOT)."""
     scale_min: float = 0.8
+    """Smallest scale of the patch (spatial EOT; up to ``scale_max``)."""
     learning_rate: float = 0.05
+    """Adam's learning rate."""
     max_iter: int = 200
+    """Training steps."""
     batch_size: int = 32
+    """Training clips per step."""
     dynamic: bool = False
+    """One texture per frame (a screen) instead of one static patch (a printed sticker)."""
     brightness: float = 0.1
+    """Largest brightness shift of the patch (spatial EOT)."""
     frame_drop: float = 0.1
+    """Probability that a frame is dropped and the previous one shown again (temporal EOT)."""
     max_shift: int = 1
+    """Largest shift of the whole clip in frames (temporal EOT)."""
     eval_temporal: bool = False
+    """Apply the temporal EOT at evaluation too."""
     n_samples: int = 1
+    """EOT draws per clip and step."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
