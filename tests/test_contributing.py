@@ -13,7 +13,9 @@ tree and ``tests/test_architecture.py``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import sqlite3
 import sys
 import types
 from pathlib import Path
@@ -22,13 +24,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import nn
 
 import robustkit
 from robustkit.attacks import ATTACKS
 from robustkit.defenses.base import DEFENSES, Capabilities, Defense
 from robustkit.defenses.loading import load_defense, train_defense
-from robustkit.evaluation.store import STORE_FILE, Store
+from robustkit.evaluation.store import STORE_FILE
 from robustkit.functional.random import sample_generators
 from robustkit.report import layout
 from robustkit.report.load import load_run
@@ -39,6 +40,7 @@ from robustkit.training.settings import StepContext
 from .test_architecture import LAYERS
 from .test_attack_properties import EPS, problem, run
 from .test_report_views import HOSTILE_RUN, build_run
+from .test_run_config import _data, _model
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "CONTRIBUTING.md"
@@ -87,24 +89,10 @@ def execute(name: str, monkeypatch) -> types.ModuleType:
     return module
 
 
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3), nn.BatchNorm1d(3)).eval()
-
-
-def tiny_data(model: nn.Module, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(n, 3, 8, 8, generator=g)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[::5] = (y[::5] + 1) % 3  # a few clean-misclassified samples too
-    return x, y
-
-
 def evaluate(suite, tmp_path: Path, name: str) -> robustkit.RunResult:
-    model = tiny_model()
+    model = _model()
     return robustkit.evaluate(
-        model, tiny_data(model), suite, out=tmp_path, name=name, batch_size=5, device="cpu", progress=False
+        model, _data(model, 12), suite, out=tmp_path, name=name, batch_size=5, device="cpu", progress=False
     )
 
 
@@ -239,25 +227,27 @@ def test_the_metric_recipe_reaches_the_store_and_the_report(registries, tmp_path
     execute("metric", registries)
     suite = {"name": "margin", "attacks": [{"attack": "fgsm-margin", "eps": "8/255"}]}
     result = evaluate(suite, tmp_path, "margin")
-    store = Store(result.run_dir / STORE_FILE)
+    db = sqlite3.connect(result.run_dir / STORE_FILE)  # the stored rows, as written
     try:
-        (attack,) = store.attacks()
-        outcomes = [o for o in store.outcomes(attack["id"]) if o.attacked]
+        stored = dict(db.execute("SELECT idx, metrics FROM outcomes WHERE attacked").fetchall())
     finally:
-        store.close()
-    assert outcomes and all("margin" in o.metrics for o in outcomes)
+        db.close()
+    assert stored and all(set(json.loads(m)) == {"margin"} for m in stored.values())
+    loaded = load_run(result.run_dir)
+    (rows,) = loaded.outcomes.values()
+    outcomes = [o for o in rows.values() if o.attacked]
+    assert sorted(o.idx for o in outcomes) == sorted(stored)
     # the margin is positive exactly where the sample survived the attack
     assert all((o.metrics["margin"] > 0) == o.robust for o in outcomes)
     assert {o.robust for o in outcomes} == {True, False}
-    loaded = load_run(result.run_dir)
     metrics = run_view(loaded, "r0")["metrics"]
     mean = sum(o.metrics["margin"] for o in outcomes) / len(outcomes)
     assert "margin" in metrics["names"] and metrics["rows"][0]["metrics"]["margin"] == pytest.approx(mean)
     for html in (render_html([loaded]), result.report.read_text()):
         assert '<th class="num">margin</th>' in html and f"{mean:.3g}" in html
     # and the same numbers when the attack is called directly, per-sample generators and all
-    model = tiny_model()
-    x, y = tiny_data(model)
+    model = _model()
+    x, y = _data(model, 12)
     res = robustkit.create_attack("fgsm-margin", eps=8 / 255)(
         model, x, y, generator=sample_generators(0, range(12))
     )
