@@ -177,6 +177,7 @@ def register_section(
     return section
 
 
+# The built-in sections in page order: (name, anchors, views); each renders templates/_<name>.html.j2.
 BUILTIN = (
     ("summary", (("summary", "Summary"),), {"summary": sections.summary}),
     ("attacks", (("attacks", "Attacks"),), {"cascade": sections.cascade, "metrics": sections.attack_metrics}),
@@ -196,5 +197,11 @@ BUILTIN = (
     ("timing", (("timing", "Timing"),), {"timing": sections.timing}),
     ("provenance", (("provenance", "Provenance"),), {"provenance": sections.provenance}),
 )
-for _name, _anchors, _views in BUILTIN:
-    register_section(_name, template=f"_{_name}.html.j2", anchors=_anchors, views=_views)
+
+
+def _register_builtin() -> None:
+    for name, anchors, views in BUILTIN:
+        register_section(name, template=f"_{name}.html.j2", anchors=anchors, views=views)
+
+
+_register_builtin()
