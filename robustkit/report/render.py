@@ -15,15 +15,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, StrictUndefined, select_autoescape
 
 from ..files import atomic_write
 from ..version import __version__
 from . import sections
 from .compare import comparison
-from .curves import eot_curves, eps_curves
-from .gallery import artifact_gallery, image_gallery, video_gallery
+from .layout import LOADER, SECTIONS, navigation, register_section, registered
 from .load import Run, load_run
+
+__all__ = ["SECTIONS", "register_section", "render_html", "render_report", "run_view"]
 
 SCRIPT = (
     'window.addEventListener("beforeprint",function(){'
@@ -39,21 +40,6 @@ SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode()).diges
 CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
     f"script-src '{SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
-)
-
-# Section anchors in page order; the navigation and the browser tests use them.
-SECTIONS = (
-    ("summary", "Summary"),
-    ("attacks", "Attacks"),
-    ("curves", "Accuracy vs ε"),
-    ("eot", "EOT curves"),
-    ("classes", "Per class"),
-    ("gallery", "Gallery"),
-    ("artifacts", "Patches & textures"),
-    ("findings", "Sanity findings"),
-    ("defense", "Defense"),
-    ("timing", "Timing"),
-    ("provenance", "Provenance"),
 )
 
 
@@ -104,7 +90,7 @@ def _yesno(v: Any) -> str:
 
 def _env() -> Environment:
     env = Environment(
-        loader=PackageLoader("robustkit.report", "templates"),
+        loader=LOADER,
         autoescape=select_autoescape(["html", "j2", "svg"], default_for_string=True, default=True),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -118,24 +104,12 @@ _ENV = _env()
 
 
 def run_view(run: Run, anchor: str) -> dict[str, Any]:
-    """Everything one run's part of the page shows."""
-    return {
-        "anchor": anchor,
-        "header": sections.header(run),
-        "summary": sections.summary(run),
-        "cascade": sections.cascade(run),
-        "metrics": sections.attack_metrics(run),
-        "curves": eps_curves(run),
-        "eot": eot_curves(run),
-        "classes": sections.per_class(run),
-        "images": image_gallery(run),
-        "videos": video_gallery(run),
-        "artifacts": artifact_gallery(run),
-        "findings": sections.findings(run),
-        "defense": sections.defense(run),
-        "timing": sections.timing(run),
-        "provenance": sections.provenance(run),
-    }
+    """Everything one run's part of the page shows: its anchor, its header and every registered
+    section's views (``layout.register_section``), by the names the templates read."""
+    view: dict[str, Any] = {"anchor": anchor, "header": sections.header(run)}
+    for section in registered():
+        view.update((name, fn(run)) for name, fn in section.views.items())
+    return view
 
 
 def rerender_command(runs: list[Run], out: str | Path | None = None) -> str:
@@ -153,7 +127,8 @@ def render_html(runs: list[Run], title: str | None = None, out: str | Path | Non
         title=title,
         runs=views,
         comparison=comparison(runs) if len(runs) > 1 else None,
-        sections=SECTIONS,
+        sections=navigation(),
+        layout=registered(),
         csp=CSP,
         script=SCRIPT,
         version=__version__,
