@@ -162,3 +162,14 @@ def test_every_module_imports_by_its_path(name):
     exec(f"import {name} as m", namespace)
     assert namespace["m"] is sys.modules[name]
     assert importlib.import_module(name) is sys.modules[name]
+
+
+def test_every_package_is_installed():
+    """A package missing from pyproject's list works in an editable install and breaks ``pip install .``."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    packages = {".".join(p.parent.relative_to(ROOT.parent).parts) for p in ROOT.rglob("__init__.py")}
+    assert packages - listed == set()
