@@ -11,17 +11,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .attacks import ATTACKS
+from .builtin.zoo import ZOO
+from .data.loading import manifest_names
+from .data.synthetic import BUILTIN
 from .defenses.adaptive import honor
+from .defenses.base import DEFENSES
 from .device import resolve_device
 from .evaluation import distributed, runner
 from .evaluation.compare import compare
 from .evaluation.config import RunConfig
 from .evaluation.defended import split_defenses
 from .evaluation.runner import RunResult
+from .evaluation.suite import builtin_suites
 from .files import atomic_write, safe_name
 from .report import render_report
 
-__all__ = ["RunConfig", "RunResult", "evaluate", "evaluate_defenses", "run"]
+__all__ = ["RunConfig", "RunResult", "catalogue", "evaluate", "evaluate_defenses", "run"]
 
 
 def run(config: RunConfig) -> RunResult:
@@ -87,3 +93,16 @@ def evaluate_defenses(
         return results, None
     target = out_dir / f"{safe_name(stem)}-comparison.html"
     return results, render_report([r.run_dir for r in results], target, title=f"defenses on {base.data_name}")
+
+
+def catalogue() -> dict[str, list[str]]:
+    """The names ``robustkit list`` shows: attacks, built-in suites, built-in datasets, dataset manifests,
+    zoo models and defenses (every registry loaded)."""
+    return {
+        "attacks": ATTACKS.names(),
+        "suites": builtin_suites(),
+        "datasets": BUILTIN.names(),
+        "manifests": manifest_names(),
+        "models": ZOO.names(),
+        "defenses": DEFENSES.names(),
+    }

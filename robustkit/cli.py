@@ -70,25 +70,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .attacks import ATTACKS
-    from .builtin.zoo import ZOO
-    from .data.loading import manifest_names
-    from .data.synthetic import BUILTIN
-    from .defenses.base import DEFENSES
-    from .evaluation.suite import builtin_suites
+    from .files import cache_root, cached_json
 
-    print("attacks:  " + ", ".join(ATTACKS.names()))
-    print("suites:   " + ", ".join(builtin_suites()))
+    names = cached_json(cache_root() / "catalogue.json", _catalogue_stamp(), _catalogue)
+    print("attacks:  " + ", ".join(names["attacks"]))
+    print("suites:   " + ", ".join(names["suites"]))
     print(
         "datasets: "
-        + ", ".join(BUILTIN.names())
+        + ", ".join(names["datasets"])
         + " (built-in); "
-        + ", ".join(manifest_names())
+        + ", ".join(names["manifests"])
         + " (manifests)"
     )
-    print("models:   " + ", ".join(ZOO.names()) + " (zoo)")
-    print("defenses: " + ", ".join(DEFENSES.names()))
+    print("models:   " + ", ".join(names["models"]) + " (zoo)")
+    print("defenses: " + ", ".join(names["defenses"]))
     return 0
+
+
+def _catalogue() -> dict[str, list[str]]:
+    from .api import catalogue
+
+    return catalogue()
+
+
+def _catalogue_stamp() -> str:
+    """What the names of ``robustkit list`` are computed from: robustkit's modules and the recipe and
+    manifest files. While it is unchanged, ``list`` reads the cached names and imports no torch."""
+    from importlib import resources
+    from pathlib import Path
+
+    from .files import files_stamp
+
+    files = list(Path(__file__).parent.rglob("*.py"))
+    for package in ("robustkit.recipes", "robustkit.manifests"):
+        files += Path(str(resources.files(package))).glob("*.yaml")
+    return files_stamp(files, __version__)
 
 
 # the ``train`` options passed to ``train_defense`` under their own names

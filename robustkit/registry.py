@@ -38,17 +38,53 @@ def dataclass_fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
+# Entries that a higher layer registers, loaded on the first lookup: ``robustkit/__init__`` names the
+# modules that register the built-in datasets, the zoo's model source and the ART adapter, and a lookup
+# here (or in ``models.loading``) imports them then. The names are data handed down, so a lower layer
+# never imports a higher one, and ``import robustkit`` stays light (no torch).
+_PROVIDERS: dict[str, list[str]] = {}
+_PROVIDED: set[tuple[str, str]] = set()
+
+
+def provide(group: str, spec: str) -> None:
+    """Have the first ``load_providers(group)`` import ``spec``: ``package.module``, or
+    ``package.module:function`` (imported, then called without arguments). Once per (group, spec)."""
+    if (group, spec) not in _PROVIDED and spec not in _PROVIDERS.setdefault(group, []):
+        _PROVIDERS[group].append(spec)
+
+
+def load_providers(group: str) -> None:
+    """Import (and call) every provider of ``group`` not loaded yet; a failed one stays pending."""
+    pending = _PROVIDERS.get(group)
+    while pending:
+        spec = pending.pop(0)
+        _PROVIDED.add((group, spec))
+        module_name, _, function = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            if function:
+                getattr(module, function)()
+        except BaseException:
+            _PROVIDED.discard((group, spec))
+            pending.insert(0, spec)
+            raise
+
+
 class Registry(Generic[T]):
     """Maps names to factories (classes or functions)."""
 
     def __init__(self, kind: str, autoload: tuple[str, ...] = ()) -> None:
+        """``autoload``: packages of this layer whose modules register entries; entries registered by
+        higher layers come from the providers of the group ``kind`` (see ``provide``)."""
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
         self._autoload = autoload
         self._loaded = not autoload
 
     def load_all(self) -> None:
-        """Import every module of the ``autoload`` packages, so that every entry has registered itself."""
+        """Import every module of the ``autoload`` packages and every provider of this kind, so that
+        every entry has registered itself."""
+        load_providers(self.kind)
         if self._loaded:
             return
         self._loaded = True

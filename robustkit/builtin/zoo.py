@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import cache_root
 from ..models.checkpoint import load_into, save_weights, sha256
 from ..models.loading import ModelRequest, ModelSource, Resolved, register_source
 from ..models.normalized import Normalized
 from ..models.resnet import SmallResNet
 from ..registry import Registry
-from ..training.checkpoints import cache_root
 from ..training.data import accuracy
 from ..training.loop import fit
 from ..training.schedule import OneCycle

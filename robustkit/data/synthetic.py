@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 
 from ..registry import Registry
 
-# The built-in datasets live in ``robustkit.builtin`` (each with its zoo model), which ``import robustkit``
-# loads; a registry here is only the mechanism, so nothing is autoloaded from this layer.
+# The built-in datasets live in ``robustkit.builtin`` (each with its zoo model), a higher layer that
+# ``robustkit/__init__`` names as the provider of this registry's kind: the first lookup loads it.
 BUILTIN: Registry[Dataset] = Registry("built-in dataset")
 register_dataset = BUILTIN.register
 

@@ -27,9 +27,10 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import ConfigError
+from ..files import cache_root
 from ..models.checkpoint import load_into, load_state
 from ..models.normalized import Normalized
-from ..training.checkpoints import cache_root, read_final, save_final
+from ..training.checkpoints import read_final, save_final
 from ..training.data import DataSpec, accuracy, batches, load_split, spec_for
 from ..training.loop import fit
 from ..training.meter import reference_cost, summarize_cost

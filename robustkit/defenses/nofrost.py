@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import ScaledStdConv2d
-from timm.models.nfnet import NormFreeBlock, _nonlin_gamma
 from torch import nn
 
 from ..errors import ConfigError
@@ -65,6 +63,10 @@ class NFResNet(nn.Module):
         zero_init_last: bool = False,
         center_input: bool = True,
     ) -> None:
+        # timm (and torchvision under it) load when a network is built, not when the defense registers
+        from timm.layers import ScaledStdConv2d
+        from timm.models.nfnet import NormFreeBlock, _nonlin_gamma
+
         super().__init__()
         self.center_input = center_input
         gamma = _nonlin_gamma[act]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from ..registry import suggest
+from ..registry import load_providers, suggest
 from .checkpoint import load_into
 from .normalized import Normalized
 
@@ -110,6 +110,7 @@ def _import_object(path: str, what: str) -> Any:
 
 def adapt(obj: Any) -> Any:
     """``obj`` converted by the first adapter whose module prefix its class ancestry matches."""
+    load_providers("model adapter")
     for prefix, convert in _ADAPTERS:
         if any(c.__module__.startswith(prefix) for c in type(obj).__mro__):
             fn = _import_object(convert, "adapter") if isinstance(convert, str) else convert
@@ -118,12 +119,14 @@ def adapt(obj: Any) -> Any:
 
 
 def sources() -> list[ModelSource]:
+    """Every model source, those of the higher layers (the zoo's) loaded on first use."""
+    load_providers("model source")
     return list(_SOURCES)
 
 
 def default_model_for(dataset: str) -> str:
     """The model a source offers for ``dataset`` (the zoo model trained on a built-in dataset)."""
-    for source in _SOURCES:
+    for source in sources():
         name = source.default_for(dataset)
         if name:
             return name
@@ -254,10 +257,10 @@ for _source in (VideoSource(), TorchvisionSource(), TimmSource(), FactorySource(
 
 
 def _resolve(spec: str, request: ModelRequest) -> Resolved:
-    for source in _SOURCES:
+    for source in sources():
         if source.claims(spec):
             return source.resolve(spec, request)
-    known = [n for s in _SOURCES for n in s.names()]
+    known = [n for s in sources() for n in s.names()]
     raise ConfigError(
         f"unknown model '{spec}'{suggest(spec, known)}: not a zoo model ({', '.join(known)}), "
         "a torchvision or timm architecture, or package.module:function"

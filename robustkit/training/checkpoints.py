@@ -30,15 +30,6 @@ FINAL_META = "model.json"
 STATE_KEY = "robustkit_state"
 
 
-def cache_root() -> Path:
-    """Where robustkit keeps what it trains on first use: ``$ROBUSTKIT_CACHE``, else
-    ``$XDG_CACHE_HOME/robustkit`` (``~/.cache/robustkit``)."""
-    root = os.environ.get("ROBUSTKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "robustkit"
-    )
-    return Path(root)
-
-
 def atomic_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
