@@ -424,3 +424,16 @@ def test_two_processes_training_the_same_zoo_model_train_it_once(tmp_path):
     assert len(trained) == 1  # the second process waited for the lock, then loaded the first one's weights
     assert got == [float(trained[0].name.rsplit("-", 1)[1])] * 2
     assert not list((tmp_path / "zoo").glob("*.tmp"))
+
+
+def test_the_catalogue_names_tests_that_exist():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    named = set(re.findall(r"`(test_\w+)`", (root / "docs" / "reliability.md").read_text()))
+    defined = {
+        m for f in root.glob("tests/test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)
+    }
+    assert named and named <= defined, sorted(named - defined)
+    mine = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
+    assert mine - {"test_the_catalogue_names_tests_that_exist"} <= named  # every fault tested here is listed
