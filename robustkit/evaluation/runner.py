@@ -282,7 +282,7 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
     indices, bs = loaded.indices, config.batch_size
     batches = [indices[s : s + bs] for s in range(0, len(indices), bs)]
     mine = distributed.shard(batches, loaded.rank, loaded.size)
-    if resumed:
+    if resumed and loaded.rank == 0:  # only rank 0 knows whether the directory existed
         _say_resumed(store, config, run_name, [i for c in mine for i in c], loaded)
     work = sum(len(c) for c in mine) * (1 + len(config.suite.entries))
     show = config.progress and loaded.rank == 0
@@ -302,7 +302,7 @@ def _done(store: Store, config: RunConfig, indices: list[int]) -> int:
 
 
 def _say_resumed(store: Store, config: RunConfig, run_name: str, indices: list[int], loaded: Loaded) -> None:
-    where = f" (rank {loaded.rank} of {loaded.size})" if loaded.size > 1 else ""
+    where = f" (rank 0's shard of {loaded.size})" if loaded.size > 1 else ""
     done = _done(store, config, indices)
     if done == len(indices):
         log.info("run %s is already complete%s: all %d samples were evaluated; rewriting its summary",
