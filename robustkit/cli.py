@@ -291,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # robustkit's own progress lines (resuming, already complete, training on first use) at the default level
+    logging.getLogger("robustkit").setLevel(logging.DEBUG if args.debug else logging.INFO)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

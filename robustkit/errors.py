@@ -1,4 +1,5 @@
-"""Typed errors. Every user-facing mistake is a ``ValueError`` subclass; the CLI maps them to exit code 2."""
+"""Typed errors. Every user-facing mistake is a ``ValueError`` subclass, every environment fault (a file
+that cannot be read or written) a :class:`StorageError`; the CLI maps them all to exit code 2."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ class UnsafeCheckpointError(ModelError):
 
 class RunExistsError(RobustkitError, ValueError):
     """The run directory already holds a different run."""
+
+
+class StorageError(RobustkitError, OSError):
+    """A file robustkit reads or writes is corrupt, in the way, read-only, or the disk is full. The
+    message names the file and what to do."""

@@ -1,8 +1,11 @@
-"""Resume after SIGKILL, torchrun sharding, batch-size independence and CUDA OOM back-off."""
+"""Resume after SIGKILL, torchrun sharding, batch-size independence and CUDA OOM back-off; the fault
+catalogue of docs/reliability.md (killed creation, corrupt store or config, read-only, full disk, concurrent
+zoo training)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -184,3 +187,253 @@ def test_cuda_oom_halves_the_batch_and_continues(tmp_path, shapes_model):
     assert [a["robust_accuracy"] for a in res.summary["attacks"]] == [
         a["robust_accuracy"] for a in ref.summary["attacks"]
     ]
+
+
+# ----------------------------------------------------------------------------- faults (issue 18)
+FGSM = {"name": "f", "attacks": [{"attack": "fgsm", "eps": "2/255"}]}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, shapes_model):
+    """A tiny finished run (8 samples, one attack, batches of 4) and the suite file that made it."""
+    import yaml
+
+    out = tmp_path_factory.mktemp("finished")
+    (out / "f.yaml").write_text(yaml.safe_dump(FGSM))
+    evaluate(suite=FGSM, out=out, name="r", limit=8, batch_size=4, device="cpu", progress=False, report=False)
+    return out / "r"
+
+
+def _again(finished, tmp_path, *extra):
+    """A copy of the finished run in ``tmp_path`` and the CLI arguments that rerun it there."""
+    run = tmp_path / "r"
+    shutil.copytree(finished, run)
+    suite = str(finished.parent / "f.yaml")
+    args = ["evaluate", "--suite", suite, "--out", str(tmp_path), "--name", "r", "--limit", "8",
+            "--batch-size", "4", "--device", "cpu", "--quiet", *extra]  # fmt: skip
+    return run, args
+
+
+def test_killed_creation_leaves_temp_files_that_are_cleaned_up(finished, tmp_path, capsys, caplog):
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    shutil.rmtree(run)
+    run.mkdir()  # what a SIGKILL while config.yaml was being written leaves: temporary files only
+    (run / ".config.yaml.k3x9.tmp").write_text("model: null\nmodel_sha2")
+    (run / "config.yaml.tmp").write_text("")
+    assert main(args) == 0, capsys.readouterr().err
+    assert any("left by an interrupted start" in r.getMessage() for r in caplog.records)
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+    assert _outcomes(run) == _outcomes(finished)
+    # a directory holding anything else is not touched and not taken for a run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    (other / "x.tmp").write_text("")
+    args[args.index("--name") + 1] = "other"
+    code = main(args)
+    assert code == 2 and "is not a robustkit run" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt", "x.tmp"]
+
+
+def test_resume_says_from_how_many_samples_on_stderr_and_is_identical(finished, tmp_path):
+    run, args = _again(finished, tmp_path)
+    db = sqlite3.connect(run / "results.sqlite")
+    db.execute("DELETE FROM outcomes WHERE idx >= 4")  # killed after the first batch of the attack
+    db.commit()
+    db.close()
+    (run / "summary.json").unlink()
+    done = subprocess.run([sys.executable, "-m", "robustkit", *args], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "resuming run r from 4 of 8 samples" in done.stderr  # at the default level, no flag needed
+    assert _outcomes(run) == _outcomes(finished)
+
+
+def test_rerunning_a_complete_run_says_so(finished, tmp_path, caplog):
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    assert main(args) == 0
+    said = [r for r in caplog.records if "already complete" in r.getMessage()]
+    assert said and said[0].levelno == logging.INFO and "all 8 samples" in said[0].getMessage()
+    assert logging.getLogger("robustkit.evaluation.runner").isEnabledFor(logging.INFO)  # the CLI default
+
+
+def test_a_run_that_ends_incomplete_says_so(finished, tmp_path, caplog, monkeypatch):
+    from robustkit.cli import main
+    from robustkit.evaluation import runner
+
+    run, args = _again(finished, tmp_path)
+    shutil.rmtree(run)
+    real = runner.run_suite
+    monkeypatch.setattr(runner, "run_suite", lambda job, batches, *a: real(job, batches[:1], *a))
+    assert main(args) == 0  # the documented exit code of a run that ended; the warning says the rest
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "INCOMPLETE" in r.getMessage()]
+    assert warned and "clean pass on 4 of 8 samples" in warned[0].getMessage()
+    assert "run the same command again" in warned[0].getMessage().lower()
+    assert json.loads((run / "summary.json").read_text())["complete"] is False
+    monkeypatch.undo()
+    caplog.clear()
+    assert main(args) == 0
+    assert not [r for r in caplog.records if "INCOMPLETE" in r.getMessage()]
+    assert json.loads((run / "summary.json").read_text())["complete"] is True
+    assert _outcomes(run) == _outcomes(finished)
+
+
+def _truncate(run):
+    path = run / "results.sqlite"
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _bad_yaml(run):
+    (run / "config.yaml").write_text("model: null\nsuite: {name: f, attacks: [{attack: fgsm")
+
+
+def _not_a_config(run):
+    (run / "config.yaml").write_text("model")  # truncated to a scalar
+
+
+def _store_is_a_dir(run):
+    (run / "results.sqlite").unlink()
+    (run / "results.sqlite").mkdir()
+
+
+@pytest.mark.parametrize(
+    "fault,file,says",
+    [
+        (_truncate, "results.sqlite", "is unreadable or corrupt"),
+        (_bad_yaml, "config.yaml", "not valid YAML"),
+        (_not_a_config, "config.yaml", "not a robustkit run configuration"),
+        (_store_is_a_dir, "results.sqlite", "is a directory"),
+    ],
+)
+def test_corrupt_store_or_config_exits_2_naming_the_file(finished, tmp_path, capsys, fault, file, says):
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    fault(run)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and str(run / file) in err and says in err and "--overwrite" in err, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert main([*args, "--overwrite"]) == 0  # the fix the message names works
+    assert _outcomes(run) == _outcomes(finished)
+
+
+def test_read_only_run_directory_exits_2_saying_what_to_do(finished, tmp_path, capsys, monkeypatch):
+    from robustkit.cli import main
+    from robustkit.evaluation import store
+
+    run, args = _again(finished, tmp_path)
+    (run / "summary.json").unlink()
+    modes = {p: p.stat().st_mode for p in [run, *run.iterdir()]}
+    for p in modes:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    if os.geteuid() == 0:  # root writes through permissions: open the store as a read-only mount would
+        connect = sqlite3.connect
+        monkeypatch.setattr(
+            store.sqlite3, "connect", lambda path, **kw: connect(f"file:{path}?mode=ro", uri=True, **kw)
+        )
+    try:
+        code = main(args)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    err = capsys.readouterr().err
+    assert code == 2 and "results.sqlite" in err and "read-only" in err and "chmod" in err, err
+    monkeypatch.undo()
+    assert main(args) == 0 and _outcomes(run) == _outcomes(finished)  # nothing was lost
+
+
+def test_full_disk_exits_2_naming_the_file_and_leaves_nothing(tmp_path, capsys, monkeypatch, finished):
+    import errno
+
+    from robustkit import files
+    from robustkit.cli import main
+
+    _, args = _again(finished, tmp_path)
+    args[args.index("--name") + 1] = "new"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path / "new" / "config.yaml") in err and "disk is full" in err, err
+    assert not [p for p in (tmp_path / "new").rglob("*") if p.is_file()]  # no half-written run, no temp file
+
+
+def test_full_disk_while_committing_results_then_resume(tmp_path, capsys, monkeypatch, finished):
+    from robustkit.cli import main
+    from robustkit.evaluation.store import Store
+
+    _, args = _again(finished, tmp_path)
+    opened = Store.__init__
+
+    def capped(self, path):  # the store may not grow past its first batch: sqlite's own "disk is full"
+        opened(self, path)
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        self.db.execute(f"PRAGMA max_page_count = {pages + 1}")
+
+    shutil.rmtree(tmp_path / "r")
+    monkeypatch.setattr(Store, "__init__", capped)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path / "r" / "results.sqlite") in err and "disk is full" in err, err
+    monkeypatch.undo()
+    assert main(args) == 0  # space freed: the same command resumes from what was committed
+    assert _outcomes(tmp_path / "r") == _outcomes(finished)
+
+
+def _zoo_worker(cache: str, barrier, results) -> None:
+    """One process asking for a zoo model that is not cached yet (spawned: nothing shared but the disk)."""
+    os.environ["ROBUSTKIT_CACHE"] = cache
+    from torch import nn
+
+    from robustkit.builtin.zoo import ZooEntry, load_zoo_model, register_zoo
+
+    def train(model, device, progress):
+        Path(cache, f"trained-by-{os.getpid()}").touch()
+        with torch.no_grad():
+            model.weight.fill_(os.getpid())  # each process's weights are its own
+        time.sleep(1.5)  # long enough for the other process to arrive while this one trains
+        return {"pid": os.getpid()}
+
+    register_zoo(ZooEntry(name="lock-test", dataset="none", build=lambda: nn.Linear(3, 2), train=train))
+    barrier.wait()
+    results.put(load_zoo_model("lock-test", progress=False).weight[0, 0].item())
+
+
+def test_two_processes_training_the_same_zoo_model_train_it_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_zoo_worker, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    trained = list(tmp_path.glob("trained-by-*"))
+    assert len(trained) == 1  # the second process waited for the lock, then loaded the first one's weights
+    assert got == [float(trained[0].name.rsplit("-", 1)[1])] * 2
+    assert not list((tmp_path / "zoo").glob("*.tmp"))
+
+
+def test_the_catalogue_names_tests_that_exist():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    named = set(re.findall(r"`(test_\w+)`", (root / "docs" / "reliability.md").read_text()))
+    defined = {
+        m for f in root.glob("tests/test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)
+    }
+    assert named and named <= defined, sorted(named - defined)
+    mine = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
+    assert mine - {"test_the_catalogue_names_tests_that_exist"} <= named  # every fault tested here is listed

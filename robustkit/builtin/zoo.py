@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..files import cache_root
+from ..files import atomic_write, cache_root, file_lock
 from ..models.checkpoint import load_into, save_weights, sha256
 from ..models.loading import ModelRequest, ModelSource, Resolved, register_source
 from ..models.normalized import Normalized
@@ -71,34 +70,40 @@ def zoo_path(name: str) -> Path:
     return cache_dir() / f"{name}-{_key(entry)}.safetensors"
 
 
+def _verified(path: Path) -> bool:
+    """The cached weights exist and match the checksum recorded next to them."""
+    meta_path = path.with_suffix(".json")
+    if not (path.exists() and meta_path.exists()):
+        return False
+    try:
+        return json.loads(meta_path.read_text()).get("sha256") == sha256(path)
+    except (OSError, ValueError):
+        return False
+
+
 def load_zoo_model(name: str, device: torch.device | str = "cpu", progress: bool = True) -> nn.Module:
+    """The trained zoo model ``name`` in eval mode, trained and cached on first use.
+
+    Training and writing the cache hold a lock (``<weights>.lock``), so two processes asking for the same
+    model at once train it once: the second waits and loads the first one's weights. Weights and their
+    checksum are each written atomically (a temporary file in the same directory, then a rename).
+    """
     entry = ZOO.create(name)
     path = zoo_path(name)
-    meta_path = path.with_suffix(".json")
     model = entry.build()
-    if path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") == sha256(path):
+    if _verified(path):
+        return load_into(model, path).to(device).eval()
+    with file_lock(path.with_suffix(".lock"), f"training zoo model '{name}'"):
+        if _verified(path):  # trained by another process while this one waited
             return load_into(model, path).to(device).eval()
-        log.warning("cached weights %s fail their checksum; retraining", path)
-    log.info("training zoo model '%s' on first use (cached in %s)", name, path.parent)
-    dev = torch.device(device)
-    figures = entry.train(model, dev, progress)
-    digest = save_weights(model, path, metadata={"zoo": name})
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "name": name,
-                "sha256": digest,
-                "figures": figures,
-                "entry": asdict(entry) | {"build": None, "train": None},
-            },
-            default=str,
-            indent=2,
-        )
-    )
-    os.replace(tmp, meta_path)
+        if path.exists():
+            log.warning("cached weights %s fail their checksum; retraining", path)
+        log.info("training zoo model '%s' on first use (cached in %s)", name, path.parent)
+        figures = entry.train(model, torch.device(device), progress)
+        digest = save_weights(model, path, metadata={"zoo": name})
+        meta = {"name": name, "sha256": digest, "figures": figures,
+                "entry": asdict(entry) | {"build": None, "train": None}}  # fmt: skip
+        atomic_write(path.with_suffix(".json"), json.dumps(meta, default=str, indent=2))
     return model.to(device).eval()
 
 

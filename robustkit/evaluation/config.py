@@ -23,7 +23,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
-from ..files import atomic_write
+from ..files import atomic_write, storage_error
 from ..models.fastpath import FastPath, make_fastpath
 from ..registry import check_keys, dataclass_fields
 from .suite import Suite, load_suite
@@ -203,5 +203,16 @@ class RunConfig:
         path = Path(run_dir) / CONFIG_FILE
         if not path.is_file():
             return None
-        old = yaml.safe_load(path.read_text()) or {}
+        fix = (
+            "robustkit cannot tell which run this directory holds. Pass --overwrite (overwrite=True) to "
+            f"start the run over, or move {path.parent} away"
+        )
+        try:
+            old = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise storage_error(path, exc, fix) from exc
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise storage_error(path, ValueError(f"not valid YAML: {str(exc).splitlines()[0]}"), fix) from exc
+        if not isinstance(old, dict) or "suite" not in old:
+            raise storage_error(path, ValueError("not a robustkit run configuration"), fix)
         return [k for k, v in self.identity().items() if old.get(k) != v]

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from ..device import resolve_device
 from ..errors import ConfigError, RunExistsError
-from ..files import atomic_write, inside, safe_name
+from ..files import atomic_write, inside, is_temporary, safe_name, storage_error
 from . import distributed
-from .config import RunConfig
+from .config import CONFIG_FILE, RunConfig
 from .execute import Job, get_batch, preflight, run_suite
 from .metrics import summarize
 from .profile import profile_run
@@ -143,10 +143,27 @@ def _load(config: RunConfig) -> Loaded:
     return Loaded(net, info, model_name, dataset, str(data_name), classes, indices, dev, rank, size)
 
 
+def _remove_leftovers(run_dir: Path) -> None:
+    """A directory becomes a run when its ``config.yaml`` is complete (written atomically). One holding
+    only temporary files is a creation that was killed: remove them, so that the run starts normally."""
+    if not run_dir.is_dir() or (run_dir / CONFIG_FILE).exists():
+        return
+    entries = list(run_dir.iterdir())
+    if entries and all(is_temporary(e) for e in entries):
+        for e in entries:
+            e.unlink()
+        log.warning("%s: removed %d temporary file(s) left by an interrupted start (%s)", run_dir,
+                    len(entries), ", ".join(sorted(e.name for e in entries)))  # fmt: skip
+
+
 def _prepare_dir(config: RunConfig, run_dir: Path, rank: int) -> bool:
     """Create the run directory, or find it resumable; True when resuming."""
     if rank != 0:  # rank 0 decides and prepares; the others wait for it at the next barrier
         return True
+    try:
+        _remove_leftovers(run_dir)
+    except OSError as exc:
+        raise storage_error(run_dir, exc) from exc
     if run_dir.exists() and any(run_dir.iterdir()):
         if config.overwrite:
             shutil.rmtree(run_dir)
@@ -162,7 +179,10 @@ def _prepare_dir(config: RunConfig, run_dir: Path, rank: int) -> bool:
                     "Pick another --name, or pass --overwrite to start over."
                 )
             return True
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(run_dir, exc, "pick another --name or --out") from exc
     return False
 
 
@@ -259,17 +279,49 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
     store.set_meta("provenance", _provenance(loaded.device))
     if config.defense is not None:
         store.set_meta("defense", config.defense)
-    if resumed:
-        log.info("resuming run %s", run_name)
     indices, bs = loaded.indices, config.batch_size
     batches = [indices[s : s + bs] for s in range(0, len(indices), bs)]
     mine = distributed.shard(batches, loaded.rank, loaded.size)
+    if resumed and loaded.rank == 0:  # only rank 0 knows whether the directory existed
+        _say_resumed(store, config, run_name, [i for c in mine for i in c], loaded)
     work = sum(len(c) for c in mine) * (1 + len(config.suite.entries))
     show = config.progress and loaded.rank == 0
     with tqdm(total=work, unit="sample", disable=None if show else True, dynamic_ncols=True) as bar:
         net = config.fastpath.precisions(loaded.net)
         job = Job(store, net, loaded.dataset, loaded.device, config.seed, config.gallery, bar)
         run_suite(job, mine, config.suite, lambda entry, k: _fit_universal(entry, k, config, loaded))
+
+
+def _done(store: Store, config: RunConfig, indices: list[int]) -> int:
+    """How many of ``indices`` have their clean pass and every attack of the suite committed."""
+    done = store.clean_done() & set(indices)
+    ids = {a["name"]: a["id"] for a in store.attacks()}
+    for entry in config.suite.entries:
+        done &= store.attacked(ids[entry.name]) if entry.name in ids else set()
+    return len(done)
+
+
+def _say_resumed(store: Store, config: RunConfig, run_name: str, indices: list[int], loaded: Loaded) -> None:
+    where = f" (rank 0's shard of {loaded.size})" if loaded.size > 1 else ""
+    done = _done(store, config, indices)
+    if done == len(indices):
+        log.info("run %s is already complete%s: all %d samples were evaluated; rewriting its summary",
+                 run_name, where, done)  # fmt: skip
+    else:
+        log.info("resuming run %s%s from %d of %d samples", run_name, where, done, len(indices))
+
+
+def _missing(summary: dict[str, Any], config: RunConfig, loaded: Loaded) -> list[str]:
+    """What a finished run lacks (empty when complete): samples without a clean pass, attacks not done."""
+    missing = []
+    if summary["n_samples"] < len(loaded.indices):
+        missing.append(f"clean pass on {summary['n_samples']} of {len(loaded.indices)} samples")
+    rows = {a["name"]: a for a in summary["attacks"]}
+    for entry in config.suite.entries:
+        row = rows.get(entry.name)
+        if row is None or not row["complete"]:
+            missing.append(entry.name)
+    return missing
 
 
 def _finish(run_dir: Path, config: RunConfig, loaded: Loaded, run_name: str) -> dict[str, Any]:
@@ -296,6 +348,11 @@ def _finish(run_dir: Path, config: RunConfig, loaded: Loaded, run_name: str) -> 
             summary["defense"] = config.defense
     finally:
         store.close()
+    missing = _missing(summary, config, loaded)
+    summary["complete"] = not missing
+    if missing:
+        log.warning("run %s ended INCOMPLETE (%s): its figures cover only what was evaluated. Run the same "
+                    "command again to finish it.", run_name, "; ".join(missing))  # fmt: skip
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 

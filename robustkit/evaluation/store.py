@@ -25,7 +25,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..files import storage_error
+
 STORE_FILE = "results.sqlite"
+STORE_FIX = (
+    "the results in it cannot be read. Pass --overwrite (overwrite=True) to start the run over, or move "
+    "the run directory away to keep it for inspection"
+)
 
 ARTIFACTS = """CREATE TABLE IF NOT EXISTS artifacts (
     attack_id INTEGER NOT NULL, first_idx INTEGER NOT NULL, key TEXT NOT NULL, part INTEGER NOT NULL,
@@ -166,30 +172,52 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.db = sqlite3.connect(str(self.path), timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        _add_artifact_parts(self.db)
-        self.db.commit()
+        with self.guard():
+            self.db = sqlite3.connect(str(self.path), timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+            _add_artifact_parts(self.db)
+            self.db.commit()
 
     def close(self) -> None:
-        self.db.close()
+        if getattr(self, "db", None) is not None:  # None when opening failed
+            self.db.close()
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """sqlite's errors about the file itself (corrupt, truncated, a directory, read-only, disk full,
+        locked) become a :class:`StorageError` naming the file and what to do; the connection is closed."""
+        try:
+            yield
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            if type(exc) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
+                raise  # integrity and programming errors are bugs, not the environment's
+            with contextlib.suppress(sqlite3.Error):
+                self.close()
+            raise storage_error(self.path, exc, STORE_FIX) from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """All writes inside commit together or not at all."""
-        try:
-            yield self.db
-            self.db.commit()
-        except BaseException:
-            self.db.rollback()
-            raise
+        with self.guard():
+            try:
+                yield self.db
+                self.db.commit()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.rollback()
+                raise
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self.guard():
+            return self.db.execute(sql, args).fetchall()
 
     def _records(self, make: Callable[[tuple], R], sql: str, args: tuple = ()) -> list[R]:
-        cur = self.db.cursor()
-        cur.row_factory = _factory(make)
-        return cur.execute(sql, args).fetchall()
+        with self.guard():
+            cur = self.db.cursor()
+            cur.row_factory = _factory(make)
+            return cur.execute(sql, args).fetchall()
 
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
@@ -197,13 +225,13 @@ class Store:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, default=str)))
 
     def meta(self, key: str, default: Any = None) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
 
     def all_meta(self) -> dict[str, Any]:
         """Every meta entry (a value that is not JSON comes back as its text)."""
         out = {}
-        for key, value in self.db.execute("SELECT key, value FROM meta"):
+        for key, value in self._rows("SELECT key, value FROM meta"):
             try:
                 out[key] = json.loads(value)
             except ValueError:
@@ -212,7 +240,7 @@ class Store:
 
     # --- clean pass -------------------------------------------------------------------------
     def clean_done(self) -> set[int]:
-        return {idx for (idx,) in self.db.execute("SELECT idx FROM samples")}
+        return {idx for (idx,) in self._rows("SELECT idx FROM samples")}
 
     def write_clean(self, samples: Iterable[SampleRecord], batch: BatchRecord) -> None:
         with self.transaction() as db:
@@ -230,9 +258,9 @@ class Store:
     def attack_id(
         self, name: str, attack: str, params: dict, eps: float | None, norm: str | None, kind: str
     ) -> int:
-        row = self.db.execute("SELECT id FROM attacks WHERE name = ?", (name,)).fetchone()
-        if row:
-            return int(row[0])
+        rows = self._rows("SELECT id FROM attacks WHERE name = ?", (name,))
+        if rows:
+            return int(rows[0][0])
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO attacks (name, attack, params, eps, norm, kind) VALUES (?, ?, ?, ?, ?, ?)",
@@ -251,9 +279,7 @@ class Store:
         )
 
     def attacked(self, attack_id: int) -> set[int]:
-        return {
-            idx for (idx,) in self.db.execute("SELECT idx FROM outcomes WHERE attack_id = ?", (attack_id,))
-        }
+        return {idx for (idx,) in self._rows("SELECT idx FROM outcomes WHERE attack_id = ?", (attack_id,))}
 
     def write_outcomes(
         self,
@@ -313,9 +339,7 @@ class Store:
 
     def examples(self, attack_id: int) -> dict[int, bytes]:
         return dict(
-            self.db.execute(
-                "SELECT idx, data FROM examples WHERE attack_id = ? ORDER BY idx", (attack_id,)
-            ).fetchall()
+            self._rows("SELECT idx, data FROM examples WHERE attack_id = ? ORDER BY idx", (attack_id,))
         )
 
     # --- findings ---------------------------------------------------------------------------

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ..files import atomic_write
 from ..models.checkpoint import save_weights, sha256
 
 log = logging.getLogger(__name__)
@@ -31,11 +30,8 @@ STATE_KEY = "robustkit_state"
 
 
 def atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` atomically (fsynced temporary file, then a rename; nothing left on failure)."""
+    atomic_write(path, text)
 
 
 # ----------------------------------------------------------------------------- optimizer state
