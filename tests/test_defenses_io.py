@@ -165,6 +165,11 @@ def test_user_objects_names_and_errors():
         load_defense("standard:", dataset="shapes")
     with pytest.raises(ConfigError, match="module names"):
         Capabilities(non_differentiable="jpeg")
+    for empty in (("",), (" ",), ("jpeg", "")):  # "" names the whole model: BPDA would silently do nothing
+        with pytest.raises(ConfigError, match="module names"):
+            Capabilities(non_differentiable=empty)
+    with pytest.raises(ConfigError, match="True or False"):
+        Capabilities(stochastic="yes")
 
 
 def test_views_load_from_one_checkpoint(tmp_path):

@@ -45,10 +45,16 @@ class Capabilities:
 
     def __post_init__(self) -> None:
         if isinstance(self.non_differentiable, str | bytes) or not all(
-            isinstance(n, str) for n in self.non_differentiable
+            isinstance(n, str) and n.strip() for n in self.non_differentiable
         ):
             raise ConfigError(
-                f"non_differentiable must be a tuple of module names, got {self.non_differentiable!r}"
+                f"non_differentiable must be a tuple of submodule names (as model.named_modules() gives "
+                f"them, e.g. ('preprocess',)), got {self.non_differentiable!r}"
+            )
+        if not isinstance(self.stochastic, bool) or not isinstance(self.batch_dependent, bool):
+            raise ConfigError(
+                f"stochastic and batch_dependent must be True or False, got {self.stochastic!r} and "
+                f"{self.batch_dependent!r}"
             )
         object.__setattr__(self, "non_differentiable", tuple(self.non_differentiable))
 
