@@ -8,12 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.loop import cross_entropy
 from ..training.settings import StepContext, TrainSettings
 from .adversarial import pgd_examples
 from .base import DefenseRecipe, register_defense
-
-standard_loss = cross_entropy
 
 
 def madry_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:

@@ -234,7 +234,7 @@ def load_defense(
         spec=DataSpec.from_dict(info["spec"]),
         device=dev,
         progress=progress,
-        load=lambda other: cached_model(other, dataset, dev, progress)[0].to(dev).eval(),
+        load=lambda other: cached_model(other, dataset, dev, progress)[0],  # on dev, in eval mode
     )
     model = recipe.view(model.to(dev).eval(), ctx).to(dev).eval()
     info = {

@@ -235,10 +235,9 @@ class _FullPrecision(nn.Module):
     def __init__(self, fast: FastModel) -> None:
         super().__init__()
         self.fast = fast
-        self.amp = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fast(x, amp=self.amp)
+        return self.fast(x, amp=False)
 
 
 def make_fastpath(

@@ -44,13 +44,12 @@ class ModelRequest:
 
 @dataclass
 class Resolved:
-    """A source's answer: the model, its provenance, and whether it already consumed ``weights`` and
-    ``normalize`` from the request (otherwise ``load_model`` applies them)."""
+    """A source's answer: the model, its provenance, and whether it already applied the request's
+    ``weights`` and ``normalize`` (otherwise ``load_model`` applies them)."""
 
     model: Any
     info: dict[str, Any] = field(default_factory=dict)
-    used_weights: bool = False
-    used_normalize: bool = False
+    applied_request: bool = False
 
 
 class ModelSource:
@@ -193,9 +192,14 @@ class ArchitectureSource(ModelSource):
         arch = self._build(name, kwargs)
         mean, std = request.normalize or (IMAGENET_MEAN, IMAGENET_STD)
         load_into(arch, request.weights)
-        info = {"kind": "architecture", "name": spec, "weights": str(request.weights)}
-        info.update(mean=list(mean), std=list(std))
-        return Resolved(Normalized(arch, mean, std), info, used_weights=True, used_normalize=True)
+        info = {
+            "kind": "architecture",
+            "name": spec,
+            "weights": str(request.weights),
+            "mean": list(mean),
+            "std": list(std),
+        }
+        return Resolved(Normalized(arch, mean, std), info, applied_request=True)
 
 
 class TorchvisionSource(ArchitectureSource):
@@ -249,7 +253,7 @@ class VideoSource(ModelSource):
         info = {"kind": "architecture", "name": spec, "weights": str(request.weights), "video": True}
         if isinstance(model, Normalized):
             info.update(mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
-        return Resolved(model, info, used_weights=True, used_normalize=True)
+        return Resolved(model, info, applied_request=True)
 
 
 for _source in (VideoSource(), TorchvisionSource(), TimmSource(), FactorySource()):
@@ -289,12 +293,12 @@ def load_model(
     else:
         resolved = Resolved(spec, {"kind": "object", "name": type(spec).__name__})
     model, info = resolved.model, resolved.info
-    if weights is not None and not resolved.used_weights:
+    if weights is not None and not resolved.applied_request:
         if not isinstance(model, nn.Module):
             raise ConfigError("--weights needs a model that is an nn.Module")
         load_into(model.model if isinstance(model, Normalized) else model, weights)
         info["weights"] = str(weights)
-    if normalize is not None and not resolved.used_normalize:
+    if normalize is not None and not resolved.applied_request:
         model = Normalized(model, *normalize)
     if isinstance(model, nn.Module):
         model = model.to(device).eval()

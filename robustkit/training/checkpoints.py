@@ -29,11 +29,6 @@ FINAL_META = "model.json"
 STATE_KEY = "robustkit_state"
 
 
-def atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (fsynced temporary file, then a rename; nothing left on failure)."""
-    atomic_write(path, text)
-
-
 # ----------------------------------------------------------------------------- optimizer state
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``opt.state_dict()`` into tensors (``optim.<param>.<key>``) and a JSON-able remainder."""
@@ -71,7 +66,7 @@ def save_checkpoint(
     blob = json.dumps({**state, "optimizer": optim_meta}, default=str)
     path = out_dir / CHECKPOINT
     save_weights(tensors, path, metadata={STATE_KEY: blob})
-    atomic_text(out_dir / "checkpoint.json", json.dumps(json.loads(blob), indent=2))  # human-readable copy
+    atomic_write(out_dir / "checkpoint.json", json.dumps(json.loads(blob), indent=2))  # human-readable copy
     return path
 
 
@@ -109,7 +104,7 @@ def save_final(out_dir: Path, model: nn.Module, info: dict[str, Any]) -> dict[st
     }
     digest = save_weights(model, out_dir / FINAL, metadata=meta)
     info = {**info, "weights": str(out_dir / FINAL), "sha256": digest}
-    atomic_text(out_dir / FINAL_META, json.dumps(info, indent=2, default=str))
+    atomic_write(out_dir / FINAL_META, json.dumps(info, indent=2, default=str))
     return info
 
 

@@ -164,12 +164,12 @@ def fit(
 
 def _step(model, opt, loss, x, y, ctx, clip, device) -> float:
     """One optimizer step; returns the loss value."""
-    from timm.utils.agc import adaptive_clip_grad
-
     value = loss(model, x, y, ctx)
     opt.zero_grad(set_to_none=True)
     value.backward()
     if clip is not None:
+        from timm.utils.agc import adaptive_clip_grad  # timm only loads for a recipe that clips
+
         adaptive_clip_grad(clip, clip_factor=ctx.settings.agc)
     opt.step()
     if device.type == "cuda":
