@@ -272,9 +272,9 @@ class EOT:
             raise ConfigError(f"eot.n_samples must be an integer >= 1, got {self.n_samples!r}")
 
     # ----------------------------------------------------------------- configuration
-    @property
+    @cached_property
     def active(self) -> tuple[str, ...]:
-        """The transforms that apply, in application order."""
+        """The transforms that apply, in application order (computed once: every step replays them)."""
         return tuple(name for name, t in TRANSFORMS.items() if t.active(self))
 
     @property

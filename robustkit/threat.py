@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ConfigError
-from .functional.projection import flat_norm, project_l2, project_linf, random_l2, random_linf, unit_l2
+from .functional.projection import (
+    batch_view,
+    flat_norm,
+    project_l2,
+    project_linf,
+    random_l2,
+    random_linf,
+    unit_l2,
+)
 from .functional.random import GeneratorLike, uniform
 from .registry import suggest
-
-
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.ndim - 1)))
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class ThreatModel:
     ) -> None:
         """One projected steepest-ascent step of length ``step`` of ``x_adv``, in place; samples in
         ``frozen`` do not move. ``grad`` is consumed (used as scratch memory)."""
-        scale = _per_sample((~frozen).to(x_adv.dtype).mul_(step), x_adv)
+        scale = batch_view((~frozen).to(x_adv.dtype).mul_(step), x_adv)
         moved = x + self.clip(x, self.direction(grad).mul_(scale).add_(x_adv).sub_(x))
         x_adv.copy_(torch.where(frozen.view_as(scale), x_adv, moved))
 
@@ -111,7 +115,7 @@ class Linf(ThreatModel):
     ) -> None:
         """Allocates nothing the size of the input: the direction and then the bounds live in ``grad``;
         a frozen sample takes a step of 0 and the projection leaves it where it is."""
-        scale = _per_sample((~frozen).to(x_adv.dtype).mul_(step), x_adv)
+        scale = batch_view((~frozen).to(x_adv.dtype).mul_(step), x_adv)
         x_adv.addcmul_(grad.sign_(), scale)
         self.project_(x_adv, x, work=grad)
 

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ConfigError
 from ..functional.losses import get_loss
-from ..functional.projection import flat_norm
+from ..functional.projection import batch_view, flat_norm
 from ..functional.random import GeneratorLike, normal, uniform
 from ..threat import L2, Linf, ThreatModel
 from .base import (
@@ -47,17 +47,10 @@ from .base import (
     repeat_runs,
 )
 from .expectation import expected_loss_and_grad
+from .loop import where_batch
 from .lp import SweepAttack, SweepCall, robust_runs, stacked_targets
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.ndim - 1)))
-
-
-def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(_bview(mask, a), a, b)
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -76,10 +69,10 @@ def random_start(x: torch.Tensor, threat: ThreatModel, generator: GeneratorLike)
     direction), clipped to [0, 1], as in the reference APGD."""
     if isinstance(threat, Linf):
         t = 2 * uniform(x.shape, generator, x.device, x.dtype) - 1
-        delta = threat.eps * t / _bview(flat_norm(t, float("inf")) + 1e-12, t)
+        delta = threat.eps * t / batch_view(flat_norm(t, float("inf")) + 1e-12, t)
     elif isinstance(threat, L2):
         t = normal(x.shape, generator, x.device, x.dtype)
-        delta = threat.eps * t / _bview(flat_norm(t, 2) + 1e-12, t)
+        delta = threat.eps * t / batch_view(flat_norm(t, 2) + 1e-12, t)
     else:
         delta = threat.init(x, generator)
     return (x + threat.project(delta)).clamp(0.0, 1.0)
@@ -179,15 +172,15 @@ def apgd_run(
         momentum = x_adv - s.x_old
         s.x_old = x_adv
         a = 0.75 if i > 0 else 1.0
-        z = _step(xs, x_adv + _bview(s.step, xs) * threat.direction(s.grad), threat)
+        z = _step(xs, x_adv + batch_view(s.step, xs) * threat.direction(s.grad), threat)
         x_adv = _step(xs, x_adv + (z - x_adv) * a + momentum * (1 - a), threat)
         loss, logits, grad = grad_at(x_adv, s.y, s.loss_target)
         hit = judge(logits, s.y, s.success_target) & ~s.ok
-        s.x_succ = _where(hit, x_adv, s.x_succ)
+        s.x_succ = where_batch(hit, x_adv, s.x_succ)
         s.ok = s.ok | hit
         better = loss > s.loss_best
-        s.x_best = _where(better, x_adv, s.x_best)
-        s.grad_best = _where(better, grad, s.grad_best)
+        s.x_best = where_batch(better, x_adv, s.x_best)
+        s.grad_best = where_batch(better, grad, s.grad_best)
         s.loss_best = torch.where(better, loss, s.loss_best)
         s.ups = s.ups + (loss > s.loss_prev).int()
         s.loss_prev = loss
@@ -200,8 +193,8 @@ def apgd_run(
         halve = oscillating | stalled
         s.reduced_last, s.loss_best_last = halve, s.loss_best
         s.step = torch.where(halve, s.step / 2, s.step)
-        s.x_adv = _where(halve, s.x_best, s.x_adv)
-        s.grad = _where(halve, s.grad_best, s.grad)
+        s.x_adv = where_batch(halve, s.x_best, s.x_adv)
+        s.grad = where_batch(halve, s.grad_best, s.grad)
         s.ups = torch.zeros_like(s.ups)
         since = 0
         if compact and i < steps - 1:
@@ -222,7 +215,7 @@ def _write(out_adv, out_ok, out_loss, idx, s: _Batch, which) -> None:
     """Copy the finished samples (``which``) of the working batch into the output buffers."""
     sel = idx[which]
     ok = s.ok[which]
-    out_adv[sel] = _where(ok, s.x_succ[which], s.x_best[which])
+    out_adv[sel] = where_batch(ok, s.x_succ[which], s.x_best[which])
     out_ok[sel] = ok
     out_loss[sel] = s.loss_best[which]
 

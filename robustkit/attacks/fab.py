@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
-from ..functional.projection import flat_norm
+from ..functional.projection import batch_view, flat_norm
 from ..functional.random import GeneratorLike, normal, uniform
 from ..threat import ThreatModel
 from .base import (
@@ -41,10 +41,6 @@ from .base import (
     repeat_runs,
 )
 from .lp import SweepAttack, SweepCall, robust_runs, stacked_targets
-
-
-def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.ndim - 1)))
 
 
 def project_onto_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
@@ -113,7 +109,7 @@ def random_offset(x0: torch.Tensor, threat: ThreatModel, generator: GeneratorLik
         draw = uniform(x0.shape, generator, x0.device, x0.dtype) * 2 - 1
     else:
         draw = normal(x0.shape, generator, x0.device, x0.dtype)
-    return draw / _bview(flat_norm(draw, threat.p) + 1e-12, draw) * 0.5 * threat.eps
+    return draw / batch_view(flat_norm(draw, threat.p) + 1e-12, draw) * 0.5 * threat.eps
 
 
 def fab_run(
@@ -169,15 +165,15 @@ def fab_run(
         d1, d2 = d[: x1.shape[0]].view_as(x1), d[x1.shape[0] :].view_as(x1)
         a1 = flat_norm(d1, p).clamp_min(1e-8)
         a2 = flat_norm(d2, p).clamp_min(1e-8)
-        alpha = _bview((a1 / (a1 + a2)).clamp(0.0, alpha_max), x1)
+        alpha = batch_view((a1 / (a1 + a2)).clamp(0.0, alpha_max), x1)
         x1 = ((x1 + eta * d1) * (1 - alpha) + (xs + eta * d2) * alpha).clamp(0.0, 1.0)
         with torch.no_grad():
             is_adv = judge(forward(model, x1, counter), ys, ts)
         norm = flat_norm(x1 - xs, p)
         better = is_adv & (norm < best_norm)
-        best_adv = torch.where(_bview(better, x1), x1, best_adv)
+        best_adv = torch.where(batch_view(better, x1), x1, best_adv)
         best_norm = torch.where(better, norm, best_norm)
-        x1 = torch.where(_bview(is_adv, x1), xs + (x1 - xs) * beta, x1)
+        x1 = torch.where(batch_view(is_adv, x1), xs + (x1 - xs) * beta, x1)
         if (i + 1) % check_every == 0 and i < steps - 1:
             done = best_norm <= threat.eps
             n_done = int(done.sum())  # one host sync every ``check_every`` steps
@@ -230,9 +226,8 @@ class FAB(SweepAttack):
             raise ConfigError(f"{self.name}: beta must be in (0, 1], got {self.beta!r}")
 
     def verdict(self, call: SweepCall, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
-        return success & call.judge.verdict(
-            x_adv, call.y, call.target, call.counter
-        )  # in fp32, fast path too
+        # in fp32, behind a bf16 fast path too
+        return success & call.judge.verdict(x_adv, call.y, call.target, call.counter)
 
     def serial(self, call: SweepCall, plans: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first

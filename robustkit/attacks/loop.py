@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..functional.projection import batch_view
 from ..threat import ThreatModel
 from .base import Counter, Judge, forward, is_success
 
@@ -36,7 +37,7 @@ Succeeded = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Te
 
 def where_batch(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample choice between two batches of the same shape."""
-    return torch.where(mask.view(-1, *([1] * (a.ndim - 1))), a, b)
+    return torch.where(batch_view(mask, a), a, b)
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -136,12 +137,8 @@ class KeepSuccess(Keep):
         early_stop: bool = False,
     ) -> None:  # fmt: skip
         self.model, self.ascent, self.y, self.target, self.counter = model, ascent, y, target, counter
-        self.last, self.succeeded, self.final_check, self.early_stop = (
-            last,
-            succeeded,
-            final_check,
-            early_stop,
-        )
+        self.last, self.succeeded = last, succeeded
+        self.final_check, self.early_stop = final_check, early_stop
         self.found = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         self.best: torch.Tensor | None = None
 
@@ -241,13 +238,8 @@ class Freeze(Keep):
         objective_at: Callable[[torch.Tensor], Objective] | None = None, mask: torch.Tensor | None = None,
         judge: Judge | None = None,
     ) -> None:  # fmt: skip
-        self.model, self.threat, self.steps, self.step_size, self.counter = (
-            model,
-            threat,
-            steps,
-            step_size,
-            counter,
-        )
+        self.model, self.threat, self.counter = model, threat, counter
+        self.steps, self.step_size = steps, step_size
         self.x, self.y, self.target, self.mask, self.objective_at = x, y, target, mask, objective_at
         self.y_all, self.target_all = y, target  # the working batch shrinks when it compacts
         self.judge = judge or Judge.of(model)
@@ -290,9 +282,7 @@ class Freeze(Keep):
         return param[keep]
 
     def result(self, param: torch.Tensor, stopped: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if (
-            not stopped and not self.judge.tentative
-        ):  # the last iterate of the samples still running: one more pass
+        if not stopped and not self.judge.tentative:  # the last iterate of the samples still running
             with torch.no_grad():
                 self.found |= is_success(forward(self.model, param, self.counter), self.y, self.target)
         if self.live is None:

@@ -24,7 +24,7 @@ from .base import (
     stacked_or_none,
 )
 from .loop import gradient_ascent
-from .lp import IterativeLpAttack, LossAttack, LpAttack, final_result
+from .lp import IterativeLpAttack, LossAttack, LpAttack, final_result, unattacked
 
 __all__ = ["FGSM", "PGD", "gradient_ascent"]
 
@@ -42,8 +42,7 @@ class PGD(IterativeLpAttack):
         threat = self.threat
         target = self.targets(model, x, y, target, generator, counter)
         if self.eps == 0:
-            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
+            return unattacked(x, counter)
         step = self.step
         if self.restarts > 1 and stack_in_batch(x):
             stacked = stacked_or_none(

@@ -23,7 +23,7 @@ from ..registry import suggest
 from ..threat import make_threat
 from .base import AttackResult, Counter, loss_and_grad, positive, register
 from .loop import Ascent, gradient_ascent, until_success
-from .lp import IterativeLpAttack
+from .lp import IterativeLpAttack, unattacked
 from .video_base import VideoAttack
 
 
@@ -48,8 +48,7 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
         counter = Counter()
         target = self.targets(model, x, y, target, generator, counter)
         if self.eps == 0:
-            success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            return AttackResult(x_adv=x.clone(), success=success, counters=counter.as_dict())
+            return unattacked(x, counter)
         mask = self.frame_mask(model, x, y, target, generator, counter)
 
         def attempt(xs, ys, ts, gens, ms) -> tuple[torch.Tensor, torch.Tensor]:

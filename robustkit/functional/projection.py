@@ -7,7 +7,8 @@ import torch
 from .random import GeneratorLike, normal, uniform
 
 
-def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample tensor (B,) viewed to broadcast against ``like`` (B, ...)."""
     return v.view(-1, *([1] * (like.ndim - 1)))
 
 
@@ -18,7 +19,7 @@ def flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
 
 def project_linf(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     if isinstance(eps, torch.Tensor):
-        e = _view(eps, delta)
+        e = batch_view(eps, delta)
         return torch.maximum(torch.minimum(delta, e), -e)
     return delta.clamp(-eps, eps)
 
@@ -27,12 +28,12 @@ def project_l2(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     n = flat_norm(delta, 2)
     eps_t = eps if isinstance(eps, torch.Tensor) else torch.full_like(n, float(eps))
     factor = torch.where(n > eps_t, eps_t / (n + 1e-12), torch.ones_like(n))
-    return delta * _view(factor, delta)
+    return delta * batch_view(factor, delta)
 
 
 def unit_l2(g: torch.Tensor) -> torch.Tensor:
     """g scaled to unit L2 norm per sample (zero stays zero)."""
-    return g / _view(flat_norm(g, 2) + 1e-12, g)
+    return g / batch_view(flat_norm(g, 2) + 1e-12, g)
 
 
 def random_linf(x: torch.Tensor, eps: float, generator: GeneratorLike) -> torch.Tensor:
@@ -44,4 +45,4 @@ def random_l2(x: torch.Tensor, eps: float, generator: GeneratorLike) -> torch.Te
     draw = normal((x.shape[0], x[0].numel() + 1), generator, x.device, x.dtype)
     g = draw[:, :-1].view_as(x)
     r = torch.special.ndtr(draw[:, -1]) ** (1.0 / x[0].numel())  # uniform from the extra Gaussian draw
-    return unit_l2(g) * _view(r * eps, g)
+    return unit_l2(g) * batch_view(r * eps, g)
