@@ -133,11 +133,10 @@ def _clean_batch(job: Job, chunk: list[int]) -> None:
     t0 = time.perf_counter()
     logits = fp32_logits(job.net.reference, x.to(job.device))
     check_logits(logits, len(chunk), job.num_classes)
-    pred = logits.argmax(1).cpu()
-    conf = logits.softmax(1).max(1).values.cpu()
+    pred, conf = logits.argmax(1).tolist(), logits.softmax(1).max(1).values.tolist()
     samples = [
-        SampleRecord(i, int(y[j]), int(pred[j]), bool(pred[j] == y[j]), float(conf[j]))
-        for j, i in enumerate(chunk)
+        SampleRecord(i, label, p, p == label, c)
+        for i, label, p, c in zip(chunk, y.tolist(), pred, conf, strict=True)
     ]
     job.store.write_clean(
         samples, BatchRecord("clean", chunk[0], len(chunk), time.perf_counter() - t0, {}, chunk)
@@ -206,21 +205,25 @@ def _attack(job: Job, stage: Stage, todo: list[int]) -> Attacked:
         raise InputError(
             f"attack {entry.name} returned x_adv of shape {tuple(x_adv.shape)} for input {tuple(x.shape)}"
         )
-    logits, _, within = check = confirm(job.net.reference, getattr(entry.attack, "threat", None), x, x_adv, y)
-    pred = logits.argmax(1)
-    conf = logits.softmax(1).max(1).values
-    robust = ~check.confirmed
+    check = confirm(job.net.reference, getattr(entry.attack, "threat", None), x, x_adv, y)
     diff = (x_adv - x).flatten(1).float()
-    linf, l2 = diff.abs().amax(1), diff.norm(dim=1)
-    metrics = per_sample_metrics(result.metrics, len(todo))
-    claimed = result.success.bool().cpu()
+    # each per-sample column copied to the host once (one sync each), not element by element
+    pred = check.logits.argmax(1).tolist()
+    conf = check.logits.softmax(1).max(1).values.tolist()
+    robust, within = (~check.confirmed).tolist(), check.within.tolist()
+    linf, l2 = diff.abs().amax(1).tolist(), diff.norm(dim=1).tolist()
+    claimed = result.success.bool().tolist()
+    metrics = {
+        key: v.reshape(-1).tolist()
+        for key, v in per_sample_metrics(result.metrics, len(todo)).items()
+        if v[0].numel() == 1
+    }
     outcomes = []
     for j, i in enumerate(todo):
-        m = {key: float(v[j]) for key, v in metrics.items() if v[j].numel() == 1}
-        if not bool(within[j]):
+        m = {key: v[j] for key, v in metrics.items()}
+        if not within[j]:
             m["norm_violation"] = 1.0
-        outcomes.append(Outcome(i, True, bool(claimed[j]), bool(robust[j]), int(pred[j]), float(conf[j]),
-                                float(linf[j]), float(l2[j]), m))  # fmt: skip
+        outcomes.append(Outcome(i, True, claimed[j], robust[j], pred[j], conf[j], linf[j], l2[j], m))
     examples = {
         i: pack_tensors({"clean": _u8(x[j]), "adv": _u8(x_adv[j])})
         for j, i in enumerate(todo)

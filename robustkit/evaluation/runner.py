@@ -28,7 +28,7 @@ from ..errors import ConfigError, RunExistsError
 from ..files import atomic_write, inside, is_temporary, safe_name, storage_error
 from . import distributed
 from .config import CONFIG_FILE, RunConfig
-from .execute import Job, get_batch, preflight, run_suite
+from .execute import Job, chunks, get_batch, preflight, run_suite
 from .metrics import summarize
 from .profile import profile_run
 from .store import STORE_FILE, Store
@@ -279,9 +279,7 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
     store.set_meta("provenance", _provenance(loaded.device))
     if config.defense is not None:
         store.set_meta("defense", config.defense)
-    indices, bs = loaded.indices, config.batch_size
-    batches = [indices[s : s + bs] for s in range(0, len(indices), bs)]
-    mine = distributed.shard(batches, loaded.rank, loaded.size)
+    mine = distributed.shard(chunks(loaded.indices, config.batch_size), loaded.rank, loaded.size)
     if resumed and loaded.rank == 0:  # only rank 0 knows whether the directory existed
         _say_resumed(store, config, run_name, [i for c in mine for i in c], loaded)
     work = sum(len(c) for c in mine) * (1 + len(config.suite.entries))
