@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustkit.defenses.abnn import ABNN, AdaptiveBN, TargetOnly, Transfer, adaptive_bn, moments
+from robustkit.defenses.abnn import ABNN, AdaptiveBN, TargetOnly, adaptive_bn, moments
+from robustkit.defenses.adaptive import Transfer
 from robustkit.defenses.backbones import MEAN, STD, DataSpec, SmallResNet3d, bn_backbone, normalized
 from robustkit.errors import ConfigError
 from robustkit.models.resnet import SmallResNet

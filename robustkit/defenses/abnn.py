@@ -13,7 +13,7 @@ a linear layer to 2*C_t, initialized to gamma = 1, beta = 0). T trains on clean 
 frozen. Works on images (4-D) and video (5-D) alike.
 
 Evaluation views: white-box through both networks (``abnn``), gradients through the target only
-(``abnn-target-only``: the substitute path is detached), and transfer from an undefended network
+(``abnn-target-only``: the substitute path is detached), and transfer from the substitute
 (``abnn-transfer``).
 """
 
@@ -34,6 +34,7 @@ from ..training.data import DataSpec
 from ..training.seeding import fixed_seed
 from ..training.settings import TrainSettings
 from .backbones import MEAN, STD, bn_backbone
+from .adaptive import Transfer
 from .base import Capabilities, Context, DefenseRecipe, register_defense
 
 log = logging.getLogger(__name__)
@@ -261,23 +262,6 @@ class TargetOnly(nn.Module):
         return self.abnn(x, detach_substitute=True)
 
 
-class Transfer(nn.Module):
-    """Transfer attack as a model: the value is the defended model's logits, the gradient is the
-    source model's (``defended(x) + source(x) - source(x).detach()``). Success is always judged on the
-    defended model; the attack only borrows the undefended network's gradients."""
-
-    def __init__(self, defended: nn.Module, source: nn.Module) -> None:
-        super().__init__()
-        self.defended = defended
-        self.source = source
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            out = self.defended(x)
-        src = self.source(x)
-        return out + (src - src.detach())
-
-
 # ----------------------------------------------------------------------------- recipes
 def substitute_architecture(spec: DataSpec) -> tuple[Normalized, str]:
     """The substitute's (untrained) architecture and where its trained weights come from: the zoo model
@@ -352,6 +336,11 @@ class ABNNRecipe(DefenseRecipe):
     def prepare(self, model: nn.Module, ctx: Context) -> dict[str, Any]:
         return prepare_abnn(model, ctx)
 
+    def sources(self, model: nn.Module, ctx: Context) -> dict[str, nn.Module]:
+        """The substitute ABNN routes through: transfer from it is the natural adaptive attack."""
+        inner = model.abnn if isinstance(model, TargetOnly) else model
+        return {"substitute": inner.substitute} if isinstance(inner, ABNN) else {}
+
     def networks(self, model: nn.Module) -> dict[str, nn.Module]:
         """Cost accounting: a call of the ABNN is one target pass; the substitute counts on its own."""
         assert isinstance(model, ABNN)
@@ -382,12 +371,16 @@ class TargetOnlyView(ABNNRecipe):
 
 @dataclass(frozen=True, kw_only=True)
 class TransferView(ABNNRecipe):
-    """ABNN's weights attacked by transfer from the undefended ``standard`` network (``Transfer``)."""
+    """ABNN's weights attacked by transfer from the substitute it routes through (``Transfer``)."""
 
     weights_of: str | None = "abnn"
 
     def view(self, model: nn.Module, ctx: Context) -> nn.Module:
-        return Transfer(model, ctx.load("standard"))
+        assert isinstance(model, ABNN)
+        return Transfer(model, model.substitute)
+
+    def sources(self, model: nn.Module, ctx: Context) -> dict[str, nn.Module]:
+        return {}
 
 
 register_defense(
@@ -435,8 +428,8 @@ register_defense(
 register_defense(
     TransferView(
         name="abnn-transfer",
-        description="ABNN (weights of 'abnn') attacked by transfer: gradients from the undefended 'standard' network, "
-        "success judged on ABNN.",
+        description="ABNN (weights of 'abnn') attacked by transfer: gradients from the substitute network ABNN "
+        "routes through, success judged on ABNN.",
         **_VIEW,
     )
 )

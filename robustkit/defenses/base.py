@@ -68,12 +68,15 @@ class Capabilities:
 
 @dataclass
 class Defense:
-    """``model`` maps [0, 1] input to logits; ``info`` holds provenance, training figures and costs."""
+    """``model`` maps [0, 1] input to logits; ``info`` holds provenance, training figures and costs;
+    ``sources``: models to transfer attacks from (each one more view of the evaluation; ABNN: its
+    substitute)."""
 
     name: str
     model: nn.Module
     capabilities: Capabilities = field(default_factory=Capabilities)
     info: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, nn.Module] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class DefenseBackend(Protocol):
       returns provenance info.
     - ``view(model, ctx)``: the evaluation variant (the ``nn.Module`` attacks see); ``weights_of``
       names the recipe whose trained weights a view uses.
+    - ``sources(model, ctx)``: models to transfer attacks from (each a view of the evaluation).
     - ``networks(model)``: modules whose forward/backward passes count towards the training cost.
     - ``reference(spec, settings)``: the network whose standard-training step is the cost unit.
     """
@@ -118,6 +122,7 @@ class DefenseBackend(Protocol):
     def trainable(self, model: nn.Module) -> list[nn.Parameter]: ...
     def prepare(self, model: nn.Module, ctx: Context) -> dict[str, Any]: ...
     def view(self, model: nn.Module, ctx: Context) -> nn.Module: ...
+    def sources(self, model: nn.Module, ctx: Context) -> dict[str, nn.Module]: ...
     def networks(self, model: nn.Module) -> dict[str, nn.Module]: ...
     def reference(self, spec: DataSpec, settings: TrainSettings) -> nn.Module: ...
     def trained_recipe(self) -> DefenseBackend: ...
@@ -153,6 +158,9 @@ class DefenseRecipe:
 
     def view(self, model: nn.Module, ctx: Context) -> nn.Module:
         return model
+
+    def sources(self, model: nn.Module, ctx: Context) -> dict[str, nn.Module]:
+        return {}
 
     def networks(self, model: nn.Module) -> dict[str, nn.Module]:
         return {"model": model}
@@ -192,9 +200,14 @@ def as_defense(
     *,
     name: str | None = None,
     capabilities: Capabilities | None = None,
+    transfer_from: dict[str, nn.Module] | nn.Module | None = None,
     **info: Any,
 ) -> Defense:
-    """Wrap a user's own model (any ``nn.Module`` mapping [0, 1] input to logits) as a Defense."""
+    """Wrap a user's own model (any ``nn.Module`` mapping [0, 1] input to logits) as a Defense.
+
+    ``transfer_from``: a model (or ``{name: model}``) whose gradients a transfer view uses; the model
+    itself is never put in eval mode: it is evaluated in the mode it is given.
+    """
     if isinstance(obj, Defense):
         return obj
     if not isinstance(obj, nn.Module):
@@ -204,11 +217,18 @@ def as_defense(
     caps = capabilities or getattr(obj, "capabilities", None) or Capabilities()
     if not isinstance(caps, Capabilities):
         raise ConfigError(f"{type(obj).__name__}.capabilities must be a robustkit Capabilities, got {caps!r}")
+    if isinstance(transfer_from, nn.Module):
+        transfer_from = {type(transfer_from).__name__: transfer_from}
+    sources = dict(transfer_from or {})
+    bad = [k for k, v in sources.items() if not isinstance(k, str) or not k or not isinstance(v, nn.Module)]
+    if bad:
+        raise ConfigError(f"transfer_from must map names to nn.Module source models; bad entries: {bad}")
     return Defense(
         name=name or type(obj).__name__,
         model=obj,
         capabilities=caps,
         info={"source": "python object", **info},
+        sources=sources,
     )
 
 

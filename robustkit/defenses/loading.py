@@ -212,7 +212,8 @@ def load_defense(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Defense:
-    """A ready-to-evaluate defense (model in eval mode on ``device``).
+    """A ready-to-evaluate defense on ``device`` (a recipe's model in eval mode; a user's model in the mode
+    it was given).
 
     A registered name trains on first use (cached under ``$ROBUSTKIT_CACHE/defenses``); ``name:path``
     loads a user checkpoint (safetensors, or a torch file with ``weights_only=True``; pickles carrying
@@ -220,7 +221,9 @@ def load_defense(
     """
     if not isinstance(name, str):
         defense = as_defense(name)
-        defense.model.to(resolve_device(device)).eval()
+        defense.model.to(resolve_device(device))  # evaluated in the mode it was given (never .eval())
+        for source in defense.sources.values():
+            source.to(resolve_device(device))
         return defense
     recipe_name, path = split_spec(name)
     recipe = DEFENSES.create(recipe_name)
@@ -236,7 +239,9 @@ def load_defense(
         progress=progress,
         load=lambda other: cached_model(other, dataset, dev, progress)[0],  # on dev, in eval mode
     )
-    model = recipe.view(model.to(dev).eval(), ctx).to(dev).eval()
+    model = model.to(dev).eval()  # robustkit built and trained it: eval mode is how it is deployed
+    sources = recipe.sources(model, ctx)
+    model = recipe.view(model, ctx).to(dev).eval()
     info = {
         **info,
         "recipe": recipe.name,
@@ -249,4 +254,5 @@ def load_defense(
         model=model,
         capabilities=recipe.capabilities,
         info=info,
+        sources=sources,
     )
