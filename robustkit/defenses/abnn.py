@@ -33,8 +33,8 @@ from ..models.normalized import Normalized
 from ..training.data import DataSpec
 from ..training.seeding import fixed_seed
 from ..training.settings import TrainSettings
-from .backbones import MEAN, STD, bn_backbone
 from .adaptive import Transfer
+from .backbones import MEAN, STD, bn_backbone
 from .base import Capabilities, Context, DefenseRecipe, register_defense
 
 log = logging.getLogger(__name__)

@@ -76,7 +76,9 @@ class Adapted:
         if not self.capabilities.stochastic or self.eot_samples <= 1:
             return attack
         fields = {f.name for f in dataclasses.fields(attack)} if dataclasses.is_dataclass(attack) else set()
-        if getattr(attack, "name", None) == "autoattack" and isinstance(getattr(attack, "version", None), str):
+        if getattr(attack, "name", None) == "autoattack" and isinstance(
+            getattr(attack, "version", None), str
+        ):
             if attack.version in ("standard", "plus"):
                 return attack.replace(version="rand", eot_samples=self.eot_samples)
             return attack.replace(eot_samples=self.eot_samples)
@@ -181,7 +183,11 @@ def adapt(
                    f"version); verdict on the deployed random model over {draws} fresh draws")  # fmt: skip
     views = [View("white-box")]
     if caps.batch_dependent:
-        views = [View(WHOLE_BATCH, WHOLE_BATCH), View(ONE_AT_A_TIME, ONE_AT_A_TIME), View(AMONG_CLEAN, AMONG_CLEAN)]
+        views = [
+            View(WHOLE_BATCH, WHOLE_BATCH),
+            View(ONE_AT_A_TIME, ONE_AT_A_TIME),
+            View(AMONG_CLEAN, AMONG_CLEAN),
+        ]
         how.append("batch-dependent: attacked on the deployed batch composition (no subsets, no compaction) in "
                    f"the views {', '.join(BATCH_VIEWS)}; the robust accuracy is the worst view")  # fmt: skip
     for src_name, src in defense.sources.items():
