@@ -21,6 +21,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..defenses.base import Capabilities
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
 from ..files import atomic_write, storage_error
@@ -97,6 +98,16 @@ class RunConfig:
     seed: int = 0
     model_name: str | None = None
     defense: dict[str, Any] | None = None
+    # adaptive evaluation (``robustkit.defenses.adaptive``): capabilities declared for a plain model (a
+    # ``Defense`` brings its own), EOT draws inside gradient attacks and fresh draws for the verdict of a
+    # stochastic model; ``eps`` overrides the eps of every attack of the suite; ``num_classes`` for
+    # ``(x, y)`` data; ``keep_adversarial`` stores every adversarial example (``RunResult.adversarial``)
+    capabilities: Capabilities | None = None
+    eot_samples: int = 20
+    draws: int = 10
+    eps: float | None = None
+    num_classes: int | None = None
+    keep_adversarial: bool = False
     fold_bn: bool = False
     channels_last: bool = False
     compile: bool | str = False
@@ -129,6 +140,11 @@ class RunConfig:
         if not isinstance(self.split, str) or not self.split:
             raise ConfigError(f"split must be a split name such as 'test', got {self.split!r}")
         resolve_device(self.device)
+        _positive(self.eot_samples, "eot_samples")
+        _positive(self.draws, "draws")
+        _positive(self.num_classes, "num_classes", optional=True)
+        if self.capabilities is not None and not isinstance(self.capabilities, Capabilities):
+            raise ConfigError(f"capabilities must be a robustkit Capabilities, got {self.capabilities!r}")
         put = object.__setattr__  # frozen: derived fields are set once, here
         put(self, "fastpath", make_fastpath(self.channels_last, self.compile, self.amp, self.fold_bn))
         if not isinstance(self.suite, Suite):
@@ -183,6 +199,11 @@ class RunConfig:
             "seed": self.seed,
             "fastpath": self.fastpath.as_dict() if self.fastpath.active else None,
             "defense": (self.defense or {}).get("how_honored"),
+            "capabilities": self.capabilities.as_dict() if self.capabilities else None,
+            "eot_samples": self.eot_samples,
+            "draws": self.draws,
+            "eps": self.eps,
+            "num_classes": self.num_classes,
         }
 
     def as_dict(self) -> dict[str, Any]:
