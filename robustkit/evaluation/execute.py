@@ -85,7 +85,7 @@ def preflight(
     x, y = get_batch(dataset, chunk)
     check_inputs(x, f"data samples {chunk[0]}..{chunk[-1]}")
     check_labels(y, len(chunk), f"labels of samples {chunk[0]}..{chunk[-1]}", num_classes)
-    with torch.no_grad():
+    with torch.no_grad(), preserved(net):  # a model in train mode keeps its BatchNorm statistics
         logits = net(x.to(device))
     if not isinstance(logits, torch.Tensor):
         raise ModelError(f"the model must return a logits tensor (B, K), got {type(logits).__name__}")
@@ -236,14 +236,15 @@ def _clean_batch(job: Job, chunk: list[int]) -> None:
 
 
 @contextlib.contextmanager
-def _draws(job: Job, key: int) -> Any:
-    """The fresh draws of a stochastic model's verdict, seeded by (seed, batch) inside a forked RNG (the
-    caller's global RNG state is restored afterwards); nothing for a deterministic model."""
+def _draws(job: Job, *key: int) -> Any:
+    """A stochastic model's own randomness (the attack's draws, the verdict's fresh draws) seeded by the
+    run's seed and ``key`` inside a forked RNG, so that a run is reproducible and the caller's global RNG
+    state is restored afterwards; nothing for a deterministic model."""
     if job.draws <= 1:
         yield
         return
     with torch.random.fork_rng(devices=[job.device] if job.device.type == "cuda" else []):
-        torch.manual_seed(job.seed * 1_000_003 + key)
+        torch.manual_seed(hash((job.seed, *key)) & 0x7FFF_FFFF)
         yield
 
 
@@ -334,7 +335,8 @@ def _attack(
     t0 = time.perf_counter()
     net = target.precisions
     criterion = Misclassification(margin=net.tolerance)  # net: the model's Precisions (fast path)
-    result = stage.attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens)
+    with _draws(job, todo[0], stage.k + 1):
+        result = stage.attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
