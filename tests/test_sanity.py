@@ -83,6 +83,7 @@ def _summary(monotone: bool = True, square_wins: bool = False) -> dict:
             {"attack": "square", "name": "square@2", "norm": "Linf", "eps": 2 / 255, "params": {},
              "robust_accuracy": 0.3 if square_wins else 0.95},
         ],
+        "views": [{"view": "white-box", "robust_accuracy": 0.5}, {"view": "transfer:std", "robust_accuracy": 0.6}],
     }  # fmt: skip
 
 
@@ -134,14 +135,37 @@ def test_check_fires_on_misbehaving_model(shapes_model, data, wrap, check):
         assert found[name].status == "pass", (name, found[name].evidence)
 
 
-def test_randomized_model_with_eot_is_a_warning(shapes_model, data):
+def test_randomized_model_with_eot_passes(shapes_model, data):
+    """The evaluation applied EOT (and judged over fresh draws): the randomness was handled, so the check
+    passes and says how (it used to warn even then)."""
     x, y = data
     f = _by_name(
         run_sanity_checks(
             Noisy(shapes_model), x, y, context={"eot_samples": 20}, checks=["randomized-outputs"]
         )
     )
-    assert f["randomized-outputs"].status == "warn"
+    assert f["randomized-outputs"].status == "pass" and "EOT over 20" in f["randomized-outputs"].evidence
+    record = {"eot_samples": 20, "draws": 12}
+    f = _by_name(run_sanity_checks(Noisy(shapes_model), x, y, context={"adaptations": record},
+                                   checks=["randomized-outputs"]))  # fmt: skip
+    assert f["randomized-outputs"].status == "pass" and "12 fresh draws" in f["randomized-outputs"].evidence
+    f = _by_name(run_sanity_checks(Noisy(shapes_model), x, y, context={}, checks=["randomized-outputs"]))
+    assert f["randomized-outputs"].status == "fail"
+
+
+@pytest.mark.parametrize(("transfer", "status"), [(0.2, "fail"), (0.48, "pass"), (0.7, "pass")])
+def test_transfer_beating_white_box_is_masking(shapes_model, data, transfer, status):
+    x, y = data
+    summary = {"n_samples": 100, "views": [{"view": "whole-batch", "robust_accuracy": 0.5},
+               {"view": "one-at-a-time", "robust_accuracy": 0.6},
+               {"view": "transfer:substitute", "robust_accuracy": transfer}]}  # fmt: skip
+    (f,) = run_sanity_checks(
+        shapes_model, x, y, context={"summary": summary}, checks=["transfer-vs-white-box"]
+    )
+    assert f.status == status, f.evidence
+    assert f.values["white_box"] == "whole-batch" and f.values["gap"] == pytest.approx(0.5 - transfer)
+    assert not run_sanity_checks(shapes_model, x, y, context={"summary": {"views": summary["views"][:2]}},
+                                 checks=["transfer-vs-white-box"])  # fmt: skip
 
 
 def test_model_state_restored(shapes_model, data):

@@ -29,20 +29,36 @@ def total_counters(batches: list[BatchRecord]) -> dict[str, int]:
     return dict(counters)
 
 
+def view_of(attack: dict[str, Any]) -> str:
+    """The view an attack row ran in (``params["view"]``; the white-box view stores none)."""
+    return str((attack.get("params") or {}).get("view", "white-box"))
+
+
 def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
-    """clean / worst-case robust accuracy, per-attack figures, per-class breakdown and eps curves."""
+    """clean / worst-case robust accuracy, per-attack and per-view figures, per-class breakdown and eps
+    curves.
+
+    Per view, a sample's robust accuracy is the lowest over the view's attacks (1 / 0, or for a stochastic
+    model the fraction of fresh draws classifying it correctly, ``Outcome.score``) and never above its
+    clean one; ``robust_accuracy`` is the worst view's mean (``views`` lists every view, ``worst_view``
+    names it). A stochastic model also has ``clean_accuracy_every_draw`` and ``robust_accuracy_every_draw``:
+    the fraction of samples classified correctly under every draw.
+    """
     samples = store.samples()
     n = len(samples)
     label = {s.idx: s.label for s in samples}
-    robust_all = {s.idx: s.correct for s in samples}
-    clean_correct = sum(s.correct for s in samples)
+    clean = {s.idx: s.score for s in samples}
+    stochastic = any(s.accuracy is not None for s in samples)
+    by_view: dict[str, dict[int, float]] = {}
     attacks_out = []
     per_class_attack: dict[str, dict[int, int]] = {}
     for a in store.attacks():
         rows = store.outcomes(a["id"])
         robust = {o.idx: o.robust for o in rows}
-        for i in robust_all:
-            robust_all[i] = robust_all[i] and robust.get(i, False)
+        score = {o.idx: o.score for o in rows}
+        view = by_view.setdefault(view_of(a), dict(clean))
+        for i in view:
+            view[i] = min(view[i], score.get(i, 0.0))
         attacked = [o for o in rows if o.attacked]
         broken = sum(1 for o in attacked if not o.robust)
         claimed_not_confirmed = sum(1 for o in attacked if o.claimed and o.robust)
@@ -50,38 +66,43 @@ def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
         batches = store.batches(a["name"])
         lo, hi = wilson(n_robust, n)
         linfs = [o.linf for o in attacked if o.linf is not None and not o.robust]
-        attacks_out.append(
-            {
-                "name": a["name"],
-                "attack": a["attack"],
-                "params": a["params"],
-                "eps": a["eps"],
-                "norm": a["norm"],
-                "kind": a["kind"],
-                "robust_accuracy": n_robust / n if n else 0.0,
-                "robust_accuracy_ci": [lo, hi],
-                "success_rate": broken / len(attacked) if attacked else 0.0,
-                "attacked": len(attacked),
-                "complete": len(rows) == n,
-                "claimed_not_confirmed": claimed_not_confirmed,
-                "mean_linf_of_successes": sum(linfs) / len(linfs) if linfs else None,
-                "seconds": sum(b.seconds for b in batches),
-                "counters": total_counters(batches),
-            }
-        )
+        row = {
+            "name": a["name"],
+            "attack": a["attack"],
+            "params": a["params"],
+            "eps": a["eps"],
+            "norm": a["norm"],
+            "kind": a["kind"],
+            "robust_accuracy": (sum(score.values()) if stochastic else n_robust) / n if n else 0.0,
+            "robust_accuracy_ci": [lo, hi],
+            "success_rate": broken / len(attacked) if attacked else 0.0,
+            "attacked": len(attacked),
+            "complete": len(rows) == n,
+            "claimed_not_confirmed": claimed_not_confirmed,
+            "mean_linf_of_successes": sum(linfs) / len(linfs) if linfs else None,
+            "seconds": sum(b.seconds for b in batches),
+            "counters": total_counters(batches),
+        }
+        if "view" in a["params"]:
+            row["view"] = view_of(a)
+        if stochastic:
+            row["robust_accuracy_every_draw"] = n_robust / n if n else 0.0
+        attacks_out.append(row)
         per_class_attack[a["name"]] = {c: 0 for c in set(label.values())}
         for i, r in robust.items():
             if r:
                 per_class_attack[a["name"]][label[i]] += 1
-    n_robust_all = sum(robust_all.values()) if attacks_out else clean_correct
+    views = [_view_row(name, scores, n, stochastic) for name, scores in by_view.items()]
+    worst = min(views, key=lambda v: v["robust_accuracy"], default=None)
+    robust_all = by_view[worst["view"]] if worst else clean
     per_class = []
     counts: dict[int, int] = defaultdict(int)
-    correct_by_class: dict[int, int] = defaultdict(int)
-    robust_by_class: dict[int, int] = defaultdict(int)
+    correct_by_class: dict[int, float] = defaultdict(float)
+    robust_by_class: dict[int, float] = defaultdict(float)
     for s in samples:
         counts[s.label] += 1
-        correct_by_class[s.label] += int(s.correct)
-        robust_by_class[s.label] += int(robust_all[s.idx])
+        correct_by_class[s.label] += s.score
+        robust_by_class[s.label] += robust_all[s.idx]
     for y in sorted(counts):
         per_class.append(
             {
@@ -95,20 +116,43 @@ def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
     curves: dict[str, list[dict[str, float]]] = defaultdict(list)
     for a in attacks_out:
         if a["eps"] is not None:
-            curves[f"{a['attack']} ({a['norm'] or '-'})"].append(
+            where = f" [{a['view']}]" if "view" in a else ""
+            curves[f"{a['attack']} ({a['norm'] or '-'}){where}"].append(
                 {"eps": a["eps"], "robust_accuracy": a["robust_accuracy"]}
             )
     for pts in curves.values():
         pts.sort(key=lambda p: p["eps"])
+    n_robust_all = sum(v == 1.0 for v in robust_all.values())
+    n_clean = sum(s.correct and s.score == 1.0 for s in samples)
     lo, hi = wilson(n_robust_all, n)
-    clo, chi = wilson(clean_correct, n)
-    return {
+    clo, chi = wilson(n_clean, n)
+    out = {
         "n_samples": n,
-        "clean_accuracy": clean_correct / n if n else 0.0,
+        "clean_accuracy": sum(clean.values()) / n if n else 0.0,
         "clean_accuracy_ci": [clo, chi],
-        "robust_accuracy": n_robust_all / n if n else 0.0,
+        "robust_accuracy": sum(robust_all.values()) / n if n else 0.0,
         "robust_accuracy_ci": [lo, hi],
         "attacks": attacks_out,
+        "views": views,
+        "worst_view": worst["view"] if worst else None,
         "per_class": per_class,
         "curves": dict(curves),
     }
+    if stochastic:
+        out["clean_accuracy_every_draw"] = n_clean / n if n else 0.0
+        out["robust_accuracy_every_draw"] = n_robust_all / n if n else 0.0
+    return out
+
+
+def _view_row(name: str, scores: dict[int, float], n: int, stochastic: bool) -> dict[str, Any]:
+    """One view's figures: robust accuracy (the mean over draws for a stochastic model, which also gets
+    the fraction of samples robust under every attack of the view and every draw)."""
+    every = sum(v == 1.0 for v in scores.values())
+    row = {
+        "view": name,
+        "robust_accuracy": sum(scores.values()) / n if n else 0.0,
+        "robust_accuracy_ci": list(wilson(every, n)),
+    }
+    if stochastic:
+        row["robust_accuracy_every_draw"] = every / n if n else 0.0
+    return row

@@ -1,14 +1,19 @@
 """The evaluation runner: ``run(config)`` evaluates one :class:`RunConfig` into its run directory.
 
-Flow: validate everything (the configuration, data, model) before writing anything; create or resume
-the run directory (``RunConfig.identity()`` decides); clean pass; each attack on the clean-correct
-samples not yet done, batch by batch, each batch committed in one transaction; recheck every claimed
-success with an independent fp32 eval forward pass and the norm bound; sanity checks; summary.json
-written atomically. The report is rendered above this layer (``robustkit.api``).
+Flow: validate everything (the configuration, data, model) before writing anything; adapt the model to
+how it is deployed (``robustkit.defenses.adaptive.adapt``: a ``Defense`` as given, any other model as
+``as_defense`` with ``config.capabilities``; its mode is never changed); create or resume the run
+directory (``RunConfig.identity()`` decides); clean pass; each attack (EOT inside the gradient attacks
+of a stochastic model) in each view of the defense on the samples not yet done, batch by batch, each
+batch committed in one transaction; recheck every claimed success with an independent fp32 forward pass
+of the deployed model and the norm bound; sanity checks; summary.json written atomically (robust
+accuracy: the worst view). The report is rendered above this layer (``robustkit.api``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import platform
@@ -23,12 +28,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..defenses.adaptive import Adapted, adapt
+from ..defenses.base import Capabilities, Defense, as_defense
 from ..device import resolve_device
 from ..errors import ConfigError, RunExistsError
 from ..files import atomic_write, inside, is_temporary, safe_name, storage_error
+from ..models.fastpath import Precisions
+from ..models.state import preserved
 from . import distributed
 from .config import CONFIG_FILE, RunConfig
-from .execute import Job, chunks, get_batch, preflight, run_suite
+from .execute import Job, chunks, get_batch, preflight, run_suite, view_name
 from .metrics import summarize
 from .profile import profile_run
 from .store import STORE_FILE, Store
@@ -66,10 +75,18 @@ class Loaded:
     device: torch.device
     rank: int
     size: int
+    adapted: Adapted
+    # whether the run says how the defense was adapted (a Defense, declared or detected capabilities,
+    # more than one view); a plain batch-independent model's run stays as it always was
+    adaptive: bool = False
 
     @property
     def run_name(self) -> str:
         return f"{safe_name(self.model_name)}-{safe_name(self.data_name)}"
+
+    def names(self, config: RunConfig) -> list[str]:
+        """The store names of every (suite entry, view)."""
+        return [view_name(e.name, v) for e in config.suite.entries for v in self.adapted.views]
 
 
 def _spec_name(spec: Any) -> str:
@@ -123,14 +140,19 @@ def _load(config: RunConfig) -> Loaded:
     data_name = data if isinstance(data, str) else getattr(dataset, "name", type(dataset).__name__)
     if rank != 0:
         distributed.barrier()  # rank 0 trains or loads zoo weights first; the others read its cache
-    net, info = load_model(
-        config.model,
-        dataset=data_name if isinstance(data, str) else None,
-        weights=config.weights,
-        num_classes=len(classes) or None,
-        device=dev,
-        progress=config.progress and rank == 0,
-    )
+    given = config.model if isinstance(config.model, Defense) else None
+    if given is not None:  # a defense is evaluated as given: its mode and state stay the user's
+        net, info = given.model.to(dev), {"kind": "defense", "name": given.name}
+    else:
+        with _modes_kept(config.model):
+            net, info = load_model(
+                config.model,
+                dataset=data_name if isinstance(data, str) else None,
+                weights=config.weights,
+                num_classes=len(classes) or None,
+                device=dev,
+                progress=config.progress and rank == 0,
+            )
     if rank == 0:
         distributed.barrier()
     net, info = _multi_clip(net, info, dataset)
@@ -140,7 +162,54 @@ def _load(config: RunConfig) -> Loaded:
     indices = list(range(min(n_total, config.limit) if config.limit else n_total))
     preflight(net, dataset, indices, len(classes) or None, dev)
     model_name = config.model_name or info.get("name", _spec_name(config.model))
-    return Loaded(net, info, model_name, dataset, str(data_name), classes, indices, dev, rank, size)
+    adapted, adaptive = _adapt(config, given, net, model_name, get_batch(dataset, indices[:4])[0].to(dev))
+    for line in adapted.detected:
+        log.warning(
+            "%s: %s; evaluated as such (%s)", model_name, line, ", ".join(v.name for v in adapted.views)
+        )
+    return Loaded(adapted.model, info, model_name, dataset, str(data_name), classes, indices, dev, rank, size,
+                  adapted, adaptive)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _modes_kept(model: Any) -> Any:
+    """A user's module keeps the training flags it was given across loading (loading calls ``.eval()``)."""
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _adapt(
+    config: RunConfig, given: Defense | None, net: nn.Module, name: str, probe: torch.Tensor
+) -> tuple[Adapted, bool]:
+    """The loaded model as a Defense (``given``, or ``net`` with ``config.capabilities``), adapted; and
+    whether the run must say how (anything beyond a plain batch-independent model)."""
+    declared = config.capabilities or _declared(config.defense)
+    if given is not None:
+        defense = dataclasses.replace(given, model=net)
+    else:
+        defense = as_defense(net, name=name, capabilities=declared)
+    defense.sources = {k: v.to(probe.device) for k, v in defense.sources.items()}
+    with preserved(net):  # probing a model in train mode must not move its BatchNorm statistics
+        adapted = adapt(defense, eot_samples=config.eot_samples, draws=config.draws, probe=probe)
+    adaptive = bool(given is not None or declared or config.defense is not None or adapted.detected
+                    or len(adapted.views) > 1)  # fmt: skip
+    return adapted, adaptive
+
+
+def _declared(record: dict[str, Any] | None) -> Capabilities | None:
+    """The capabilities declared in a defense record (``honor``'s), for a model given with one."""
+    caps = (record or {}).get("declared") or (record or {}).get("capabilities")
+    if not isinstance(caps, dict):
+        return None
+    return Capabilities(
+        stochastic=bool(caps.get("stochastic", False)),
+        batch_dependent=bool(caps.get("batch_dependent", False)),
+        non_differentiable=tuple(caps.get("non_differentiable") or ()),
+    )
 
 
 def _remove_leftovers(run_dir: Path) -> None:
@@ -277,31 +346,39 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
         },
     )
     store.set_meta("provenance", _provenance(loaded.device))
-    if config.defense is not None:
-        store.set_meta("defense", config.defense)
+    adapted = loaded.adapted
+    if loaded.adaptive:
+        store.set_meta("defense", adapted.record)
     mine = distributed.shard(chunks(loaded.indices, config.batch_size), loaded.rank, loaded.size)
     if resumed and loaded.rank == 0:  # only rank 0 knows whether the directory existed
         _say_resumed(store, config, run_name, [i for c in mine for i in c], loaded)
-    work = sum(len(c) for c in mine) * (1 + len(config.suite.entries))
+    work = sum(len(c) for c in mine) * (1 + len(loaded.names(config)))
     show = config.progress and loaded.rank == 0
+    caps = adapted.capabilities
     with tqdm(total=work, unit="sample", disable=None if show else True, dynamic_ncols=True) as bar:
-        net = config.fastpath.precisions(loaded.net)
-        job = Job(store, net, loaded.dataset, loaded.device, config.seed, config.gallery, bar)
-        run_suite(job, mine, config.suite, lambda entry, k: _fit_universal(entry, k, config, loaded))
+        # a model that reads batch statistics is not folded or cast: its deployed form is the one attacked
+        net = (
+            Precisions.single(loaded.net) if caps.batch_dependent else config.fastpath.precisions(loaded.net)
+        )
+        surrogate = adapted.attack_model if adapted.attack_model is not adapted.model else None
+        job = Job(store, net, loaded.dataset, loaded.device, config.seed, config.gallery, bar, adapted.views,
+                  surrogate, caps.batch_dependent, adapted.draws)  # fmt: skip
+        fit = lambda entry, k: _fit_universal(entry, k, config, loaded)  # noqa: E731
+        run_suite(job, mine, config.suite, fit, adapted.adapt_attack)
 
 
-def _done(store: Store, config: RunConfig, indices: list[int]) -> int:
+def _done(store: Store, config: RunConfig, indices: list[int], loaded: Loaded) -> int:
     """How many of ``indices`` have their clean pass and every attack of the suite committed."""
     done = store.clean_done() & set(indices)
     ids = {a["name"]: a["id"] for a in store.attacks()}
-    for entry in config.suite.entries:
-        done &= store.attacked(ids[entry.name]) if entry.name in ids else set()
+    for name in loaded.names(config):
+        done &= store.attacked(ids[name]) if name in ids else set()
     return len(done)
 
 
 def _say_resumed(store: Store, config: RunConfig, run_name: str, indices: list[int], loaded: Loaded) -> None:
     where = f" (rank 0's shard of {loaded.size})" if loaded.size > 1 else ""
-    done = _done(store, config, indices)
+    done = _done(store, config, indices, loaded)
     if done == len(indices):
         log.info("run %s is already complete%s: all %d samples were evaluated; rewriting its summary",
                  run_name, where, done)  # fmt: skip
@@ -315,10 +392,10 @@ def _missing(summary: dict[str, Any], config: RunConfig, loaded: Loaded) -> list
     if summary["n_samples"] < len(loaded.indices):
         missing.append(f"clean pass on {summary['n_samples']} of {len(loaded.indices)} samples")
     rows = {a["name"]: a for a in summary["attacks"]}
-    for entry in config.suite.entries:
-        row = rows.get(entry.name)
+    for name in loaded.names(config):
+        row = rows.get(name)
         if row is None or not row["complete"]:
-            missing.append(entry.name)
+            missing.append(name)
     return missing
 
 
@@ -326,7 +403,7 @@ def _finish(run_dir: Path, config: RunConfig, loaded: Loaded, run_name: str) -> 
     """Sanity checks and summary from the (merged) store; summary.json written atomically."""
     store = Store(run_dir / STORE_FILE)
     try:
-        _sanity(store, loaded)
+        _sanity(store, loaded, config)
         store.set_meta("finished_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         elapsed = store.meta("elapsed", 0.0)
         summary = summarize(store, loaded.classes)
@@ -342,8 +419,8 @@ def _finish(run_dir: Path, config: RunConfig, loaded: Loaded, run_name: str) -> 
             skipped_files=list(getattr(loaded.dataset, "skipped", [])),
             oom_backoffs=store.meta("oom_backoffs") or [],
         )
-        if config.defense is not None:
-            summary["defense"] = config.defense
+        if loaded.adaptive:
+            summary["defense"] = loaded.adapted.record
     finally:
         store.close()
     missing = _missing(summary, config, loaded)
@@ -362,7 +439,7 @@ def _cascades(store: Store) -> list[list[dict[str, Any]]]:
     ]
 
 
-def _sanity(store: Store, loaded: Loaded) -> None:
+def _sanity(store: Store, loaded: Loaded, config: RunConfig) -> None:
     """Runner-level findings, plus the sanity-check module's."""
     from . import sanity
 
@@ -380,7 +457,11 @@ def _sanity(store: Store, loaded: Loaded) -> None:
         )
     ]
     x, y = get_batch(loaded.dataset, loaded.indices[: min(len(loaded.indices), 64)])
-    context = {"summary": summary, "device": loaded.device, "cascade": _cascades(store)}
+    context = {"summary": summary, "device": loaded.device, "cascade": _cascades(store),
+               "adaptations": loaded.adapted.record}  # fmt: skip
+    if loaded.adapted.eot_samples > 1 and any(e.attack is not loaded.adapted.adapt_attack(e.attack)
+                                              for e in config.suite.entries):  # fmt: skip
+        context["eot_samples"] = loaded.adapted.eot_samples
     for f in sanity.run_sanity_checks(loaded.net, x.to(loaded.device), y.to(loaded.device), context=context):
         findings.append((f.name, f.status, f.evidence, f.advice))
     store.write_findings(findings)

@@ -16,7 +16,9 @@ black-box-vs-white-box         Square (score-based) breaks samples the gradient 
 inference-time-optimization    a forward pass under ``torch.no_grad()`` still records an autograd graph
 unbounded-eps                  PGD with eps = 1 (the whole image box) leaves accuracy above chance
 monotone-eps                   robust accuracy rises with eps for the same attack and norm
-batch-dependence               a sample's logits change when its batch companions change
+batch-dependence               a sample's logits change when its batch companions change (and the batch
+                               views were not run)
+transfer-vs-white-box          a transfer view leaves lower robust accuracy than the white-box views
 =============================  ===========================================================================
 
 ``context`` keys (all optional):
@@ -29,6 +31,10 @@ batch-dependence               a sample's logits change when its batch companion
 - ``square_beat_whitebox``: bool, or ``cascade``: AutoAttack's ``artifacts["cascade"]`` (a list of
   stage entries, or a list of such lists, one per batch).
 - ``eot_samples``: EOT passes the evaluation used (randomized models need > 1).
+- ``adaptations``: the adapted defense's record (``robustkit.defenses.adaptive.Adapted.record``): which
+  capabilities were honored how (EOT draws, views run); the randomized-outputs and batch-dependence
+  checks pass when the evaluation already handled what they detect.
+- ``summary["views"]``: robust accuracy per view (``view``, ``robust_accuracy``), for the transfer check.
 - ``unbounded_accuracy``: accuracy already measured at unbounded eps (skips running PGD).
 - ``run_attacks``: False to skip checks that run an attack (default True).
 - ``max_samples``: cap on the samples the checks use (default 64).
@@ -45,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.base import ATTACKS
+from ..defenses.adaptive import BATCH_VIEWS
 from ..functional.losses import margin
 from ..models.state import preserved
 
@@ -158,6 +165,17 @@ CHECKS: tuple[CheckInfo, ...] = (
         "Evaluate with model.eval() unless the defense is batch-adaptive by design; for such defenses state "
         "the batch size and composition with the results and attack the batch as a whole.",
     ),
+    CheckInfo(
+        "transfer-vs-white-box",
+        "a transfer view (the attack takes a source model's gradients, success judged on the defense) leaves "
+        "lower robust accuracy than the worst white-box view by more than 2 samples",
+        "Gradients borrowed from another model should never beat the defense's own gradients; when they do, "
+        "the defense's gradients are masked (obfuscated, shattered or routed through a network the white-box "
+        "attack does not see), and the white-box figure overstates its robustness.",
+        "Report the worst view, which includes the transfer view, as the robust accuracy (robustkit does). "
+        "Find where the white-box gradients go wrong (gradient-health, BPDA through non-differentiable parts, "
+        "attack the substitute or the path the defense routes inputs through).",
+    ),
 )
 _INFO = {c.name: c for c in CHECKS}
 
@@ -190,10 +208,15 @@ def check_randomized(model, x, y, ctx) -> Finding:
     if rel <= 1e-3:
         return _finding("randomized-outputs", "warn", evidence + " (tiny: nondeterministic kernels?)",
                         relative_difference=rel, flips=flips)  # fmt: skip
-    eot = int(ctx.get("eot_samples") or _eot_in_summary(ctx))
-    if eot > 1:
-        return _finding("randomized-outputs", "warn", evidence + f"; the evaluation used EOT over {eot} passes",
-                        relative_difference=rel, flips=flips, eot_samples=eot)  # fmt: skip
+    record = ctx.get("adaptations") or {}
+    eot = int(ctx.get("eot_samples") or record.get("eot_samples") or _eot_in_summary(ctx))
+    if eot > 1:  # the evaluation honored the randomness: EOT inside the attacks (and draws for the verdict)
+        draws = int(record.get("draws") or 1)
+        how = f"; handled: EOT over {eot} draws inside the gradient attacks" + (
+            f", verdict over {draws} fresh draws of the deployed model" if draws > 1 else ""
+        )
+        return _finding("randomized-outputs", "pass", evidence + how, relative_difference=rel, flips=flips,
+                        eot_samples=eot, draws=draws)  # fmt: skip
     return _finding("randomized-outputs", "fail", evidence, relative_difference=rel, flips=flips)
 
 
@@ -417,8 +440,46 @@ def check_batch(model, x, y, ctx) -> Finding | None:
     evidence = (
         f"max relative logit change when the batch composition changes: {worst:.2e} (threshold {limit:.0e})"
     )
+    ran = _batch_views(ctx)
+    if worst > limit and ran:
+        return _finding("batch-dependence", "pass", evidence + f"; handled: attacked in the batch views {ran}",
+                        relative_difference=worst, views=ran)  # fmt: skip
+    if worst > limit and (ctx.get("adaptations") or {}).get("capabilities", {}).get("batch_dependent"):
+        evidence += "; the model was treated as batch-dependent but no batch view was run"
     return _finding(
         "batch-dependence", "fail" if worst > limit else "pass", evidence, relative_difference=worst
+    )
+
+
+def _batch_views(ctx) -> str:
+    """The batch views the evaluation ran, with their robust accuracy ('' when none was run)."""
+    views = {v["view"]: v for v in (ctx.get("summary") or {}).get("views", [])}
+    ran = [f"{n} {views[n]['robust_accuracy']:.1%}" for n in BATCH_VIEWS if n in views]
+    return ", ".join(ran) if len(ran) == len(BATCH_VIEWS) else ""
+
+
+def check_transfer(model, x, y, ctx) -> Finding | None:
+    summary = ctx.get("summary") or {}
+    views = summary.get("views") or []
+    transfer = [v for v in views if str(v["view"]).startswith("transfer:")]
+    white = [v for v in views if not str(v["view"]).startswith("transfer:")]
+    if not transfer or not white:
+        return None
+    n = int(summary.get("n_samples") or 0)
+    tol = 2.0 / n if n else 0.02
+    best_t = min(transfer, key=lambda v: v["robust_accuracy"])
+    worst_w = min(white, key=lambda v: v["robust_accuracy"])
+    gap = worst_w["robust_accuracy"] - best_t["robust_accuracy"]
+    evidence = (f"{best_t['view']} leaves {best_t['robust_accuracy']:.1%} robust accuracy, the white-box view "
+                f"{worst_w['view']} {worst_w['robust_accuracy']:.1%}")  # fmt: skip
+    status = "fail" if gap > tol + 1e-9 else "pass"
+    evidence += (
+        ": the transfer attack is stronger, the white-box gradients are masked"
+        if status == "fail"
+        else ": the white-box attack is at least as strong"
+    )
+    return _finding(
+        "transfer-vs-white-box", status, evidence, gap=gap, transfer=best_t["view"], white_box=worst_w["view"]
     )
 
 
@@ -431,6 +492,7 @@ _RUNNERS: dict[str, Callable[..., Finding | None]] = {
     "unbounded-eps": check_unbounded,
     "monotone-eps": check_monotone,
     "batch-dependence": check_batch,
+    "transfer-vs-white-box": check_transfer,
 }
 
 

@@ -40,7 +40,7 @@ SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     idx INTEGER PRIMARY KEY, label INTEGER NOT NULL, pred INTEGER NOT NULL,
-    correct INTEGER NOT NULL, confidence REAL NOT NULL);
+    correct INTEGER NOT NULL, confidence REAL NOT NULL, accuracy REAL);
 CREATE TABLE IF NOT EXISTS attacks (
     id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, attack TEXT NOT NULL, params TEXT NOT NULL,
     eps REAL, norm TEXT, kind TEXT);
@@ -91,16 +91,23 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class SampleRecord(Record):
-    """One sample's clean pass."""
+    """One sample's clean pass. ``accuracy``: for a stochastic model, the fraction of fresh draws that
+    classify it correctly (``correct``: in some draw); None for a deterministic one."""
 
     idx: int
     label: int
     pred: int
     correct: bool
     confidence: float
+    accuracy: float | None = None
 
-    READ = (int, int, int, bool, float)
-    WRITE = (int, int, int, int, float)
+    READ = (int, int, int, bool, float, _same)
+    WRITE = (int, int, int, int, float, _same)
+
+    @property
+    def score(self) -> float:
+        """Its clean accuracy: the fraction of draws, or 1 / 0."""
+        return float(self.correct) if self.accuracy is None else self.accuracy
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,12 @@ class Outcome(Record):
 
     READ = (int, bool, bool, bool, int, float, _same, _same, _json_or(dict))
     WRITE = (int, int, int, int, int, float, _same, _same, _json_or_none)
+
+    @property
+    def score(self) -> float:
+        """Robust accuracy of this sample: the fraction of fresh draws of a stochastic model that classify
+        the adversarial example correctly (metric ``draw_accuracy``), else 1 / 0."""
+        return float(self.metrics.get("draw_accuracy", self.robust))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +191,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
             _add_artifact_parts(self.db)
+            _add_sample_accuracy(self.db)
             self.db.commit()
 
     def close(self) -> None:
@@ -245,13 +259,14 @@ class Store:
     def write_clean(self, samples: Iterable[SampleRecord], batch: BatchRecord) -> None:
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?)", [s.row() for s in samples]
+                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?)", [s.row() for s in samples]
             )
             db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", batch.row())
 
     def samples(self) -> list[SampleRecord]:
         return self._records(
-            SampleRecord.from_row, "SELECT idx, label, pred, correct, confidence FROM samples ORDER BY idx"
+            SampleRecord.from_row,
+            "SELECT idx, label, pred, correct, confidence, accuracy FROM samples ORDER BY idx",
         )
 
     # --- attacks ----------------------------------------------------------------------------
@@ -306,6 +321,7 @@ class Store:
             )
 
     def outcomes(self, attack_id: int) -> list[Outcome]:
+        """The attack's outcomes by sample (``Outcome.score``: 1 / 0, or the fraction of fresh draws)."""
         return self._records(
             Outcome.from_row,
             "SELECT idx, attacked, claimed, robust, pred, confidence, linf, l2, metrics FROM outcomes "
@@ -367,3 +383,9 @@ def _add_artifact_parts(db: sqlite3.Connection) -> None:
         "CASE WHEN instr(key, '#') > 0 THEN CAST(substr(key, instr(key, '#') + 1) AS INTEGER) - 1 ELSE 0 END, "
         "kind, data FROM artifacts_old; DROP TABLE artifacts_old;"
     )
+
+
+def _add_sample_accuracy(db: sqlite3.Connection) -> None:
+    """Stores written before the verdict over fresh draws lack ``samples.accuracy`` (NULL: deterministic)."""
+    if "accuracy" not in [row[1] for row in db.execute("PRAGMA table_info(samples)")]:
+        db.execute("ALTER TABLE samples ADD COLUMN accuracy REAL")

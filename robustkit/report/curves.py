@@ -1,7 +1,7 @@
 """Accuracy-vs-ε curves per norm and EOT robustness curves, as :class:`~.charts.Chart` data.
 
 ε curves come from the stored outcomes: per attack family (registry key) the robust accuracy at each
-ε, and the worst case over every attack at that ε; ε = 0 is the clean accuracy. EOT curves come from
+ε, and the worst case over every attack at that ε (in the worst view of a defense attacked in several); ε = 0 is the clean accuracy. EOT curves come from
 the ``eot_curve`` artifacts physical attacks store per batch (success rate on a fixed rotation x scale
 x brightness grid), averaged over batches weighted by how many samples each batch attacked.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ..evaluation.metrics import view_of
 from .charts import Chart, line_chart
 from .load import Run
 
@@ -36,7 +37,7 @@ def eps_curves(run: Run) -> list[Chart]:
     clean = run.summary.get("clean_accuracy")
     correct = run.correct
     fams: dict[str, dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
-    worst: dict[str, dict[float, set[int]]] = defaultdict(dict)
+    per_view: dict[tuple[str, float, str], set[int]] = {}
     for a in run.attacks:
         if a.get("eps") is None or not a.get("norm"):
             continue
@@ -45,7 +46,11 @@ def eps_curves(run: Run) -> list[Chart]:
         robust = {i for i, o in outs.items() if o.robust}
         fam = fams[a["norm"]][a["attack"]]
         fam[eps] = min(fam.get(eps, 1.0), len(robust) / n)
-        worst[a["norm"]][eps] = worst[a["norm"]].get(eps, set(correct)) & robust
+        key = (a["norm"], eps, view_of(a))
+        per_view[key] = per_view.get(key, set(correct)) & robust
+    worst: dict[str, dict[float, int]] = defaultdict(dict)  # the worst view's count of robust samples
+    for (norm, eps, _view), robust in per_view.items():
+        worst[norm][eps] = min(worst[norm].get(eps, n), len(robust))
     charts = []
     for norm in sorted(fams):
         label, scale = _norm_axis(norm)
@@ -56,7 +61,7 @@ def eps_curves(run: Run) -> list[Chart]:
             ]
         if len(fams[norm]) > 1:
             series["worst case"] = ([(0.0, clean)] if clean is not None else []) + [
-                (e * scale, len(s) / n) for e, s in worst[norm].items()
+                (e * scale, k / n) for e, k in worst[norm].items()
             ]
         chart = line_chart(
             series, title=f"Robust accuracy vs ε ({norm})", x_label=label, y_label="robust accuracy"

@@ -180,6 +180,7 @@ def register_section(
 # The built-in sections in page order: (name, anchors, views); each renders templates/_<name>.html.j2.
 BUILTIN = (
     ("summary", (("summary", "Summary"),), {"summary": sections.summary}),
+    ("views", (("views", "Views"),), {"views": sections.views}),
     ("attacks", (("attacks", "Attacks"),), {"cascade": sections.cascade, "metrics": sections.attack_metrics}),
     (
         "curves",

@@ -67,7 +67,12 @@ def summary(run: Run) -> dict[str, Any]:
     s = run.summary
     attacks = s.get("attacks") or []
     strongest = min(attacks, key=lambda a: a["robust_accuracy"], default=None)
+    views = s.get("views") or []
     return {
+        "worst_view": s.get("worst_view") if len(views) > 1 else None,
+        "draws": (run.meta.get("defense") or {}).get("draws") if "robust_accuracy_every_draw" in s else None,
+        "robust_every_draw": s.get("robust_accuracy_every_draw"),
+        "clean_every_draw": s.get("clean_accuracy_every_draw"),
         "n": s.get("n_samples", 0),
         "clean": s.get("clean_accuracy"),
         "clean_ci": s.get("clean_accuracy_ci") or [None, None],
@@ -254,6 +259,60 @@ def findings(run: Run) -> dict[str, Any]:
     return {"rows": rows, "counts": list(counts.items())}
 
 
+# what each view of an adapted defense means (``robustkit.defenses.adaptive``)
+VIEW_MEANING = {
+    "white-box": "the run's batches, only the clean-correct samples attacked",
+    "whole-batch": "the deployed batches attacked whole by one attacker; misclassified samples carried along",
+    "one-at-a-time": "each sample attacked and judged alone (batches of one)",
+    "among-clean": "each sample attacked alone among its clean batch mates",
+}
+
+
+def masking_verdict(summary: dict[str, Any]) -> str:
+    """One plain sentence on gradient masking from a run's summary: the transfer-vs-white-box finding
+    (transfer from a source beating the white-box views), and the other masking findings."""
+    found = {f["name"]: f for f in summary.get("findings") or []}
+    views = {v["view"]: v for v in summary.get("views") or []}
+    transfer = found.get("transfer-vs-white-box")
+    other = [n for n in ("gradient-health", "black-box-vs-white-box", "unbounded-eps")
+             if (found.get(n) or {}).get("status") == "fail"]  # fmt: skip
+    text = ""
+    if transfer is not None and transfer["status"] == "fail":
+        text = (f"Transfer is stronger than the white-box attack ({transfer['evidence']}): the white-box gradients "
+                "are masked, and the reported robust accuracy is the transfer view's.")  # fmt: skip
+    elif transfer is not None:
+        sources = ", ".join(v.split(":", 1)[1] for v in views if v.startswith("transfer:"))
+        text = f"The white-box attack is at least as strong as transfer from {sources or 'the sources'}"
+        text += "." if other else ": no sign of gradient masking."
+    if other:
+        text += (" " if text else "") + f"Signs of gradient masking: {', '.join(other)} failed."
+    return text or "No transfer view was run; no other finding shows gradient masking."
+
+
+def views(run: Run) -> dict[str, Any]:
+    """Robust accuracy in each view of the defense (the robust accuracy is the worst), with what each
+    view means and the masking verdict (``single``: only the white-box view was run)."""
+    s = run.summary
+    rows = s.get("views") or []
+    worst = s.get("worst_view") if len(rows) > 1 else None
+    out = []
+    for v in rows:
+        name = str(v["view"])
+        source = name.split(":", 1)[1] if name.startswith("transfer:") else None
+        meaning = (f"gradients from {source}, success judged on the defense" if source
+                   else VIEW_MEANING.get(name, ""))  # fmt: skip
+        out.append({"view": name, "meaning": meaning, "robust": v.get("robust_accuracy"),
+                    "ci": v.get("robust_accuracy_ci") or [None, None],
+                    "every_draw": v.get("robust_accuracy_every_draw"), "worst": name == worst})  # fmt: skip
+    return {
+        "rows": out,
+        "worst": worst,
+        "single": len(rows) <= 1,
+        "stochastic": "robust_accuracy_every_draw" in s,
+        "verdict": masking_verdict(s),
+    }
+
+
 def defense(run: Run) -> dict[str, Any] | None:
     d = run.meta.get("defense")
     if not isinstance(d, dict):
@@ -277,8 +336,18 @@ def defense(run: Run) -> dict[str, Any] | None:
         "batch_dependent": caps.get("batch_dependent"),
         "non_differentiable": [str(x) for x in nd],
         "honored": items,
-        "extra": {str(k): v for k, v in d.items() if k not in ("name", "capabilities", "how_honored")},
+        "detected": [_treated(str(line)) for line in d.get("detected") or []],
+        "extra": {
+            str(k): v for k, v in d.items() if k not in ("name", "capabilities", "how_honored", "detected")
+        },
     }
+
+
+def _treated(line: str) -> str:
+    """A detected capability as the report says it: 'BatchNorm uses batch statistics in …: treated as
+    batch-dependent'."""
+    capability, sep, why = line.partition(": ")
+    return f"{why}: treated as {capability}" if sep else line
 
 
 def _plain(v: Any) -> str:
