@@ -51,6 +51,12 @@ class RunResult:
     def robust_accuracy(self) -> float:
         return self.summary["robust_accuracy"]
 
+    def adversarial(self, attack: str, *, successful_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, x_adv) of ``attack`` (needs ``keep_adversarial=True``; ``adversarial.load_adversarial``)."""
+        from .adversarial import load_adversarial
+
+        return load_adversarial(self.run_dir, attack, successful_only=successful_only)
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -286,7 +292,8 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
     show = config.progress and loaded.rank == 0
     with tqdm(total=work, unit="sample", disable=None if show else True, dynamic_ncols=True) as bar:
         net = config.fastpath.precisions(loaded.net)
-        job = Job(store, net, loaded.dataset, loaded.device, config.seed, config.gallery, bar)
+        job = Job(store, net, loaded.dataset, loaded.device, config.seed, config.gallery, bar,
+                  config.keep_adversarial)  # fmt: skip
         run_suite(job, mine, config.suite, lambda entry, k: _fit_universal(entry, k, config, loaded))
 
 
