@@ -15,7 +15,7 @@ from .attacks import ATTACKS
 from .builtin.zoo import ZOO
 from .data.loading import manifest_names
 from .data.synthetic import BUILTIN
-from .defenses.base import DEFENSES
+from .defenses.base import DEFENSES, Defense
 from .device import resolve_device
 from .evaluation import distributed, runner
 from .evaluation.compare import compare
@@ -24,6 +24,7 @@ from .evaluation.defended import resolve_defense, split_defenses
 from .evaluation.runner import RunResult
 from .evaluation.suite import builtin_suites
 from .files import atomic_write, safe_name
+from .models.state import preserved
 from .report import render_report
 
 __all__ = ["RunConfig", "RunResult", "catalogue", "evaluate", "evaluate_defenses", "run"]
@@ -31,8 +32,13 @@ __all__ = ["RunConfig", "RunResult", "catalogue", "evaluate", "evaluate_defenses
 
 def run(config: RunConfig) -> RunResult:
     """Evaluate ``config`` into its run directory, then render ``report.html`` (unless ``config.report``
-    is off; under torchrun rank 0 renders)."""
-    result = runner.run(config)
+    is off; under torchrun rank 0 renders). A user's model object comes back as it was given: mode,
+    ``requires_grad``, ``.grad`` and buffers."""
+    user = config.model.model if isinstance(config.model, Defense) else config.model
+    with preserved(
+        user, freeze=False
+    ):  # the user's model is left as found (a train-mode BN's statistics too)
+        result = runner.run(config)
     if config.report and distributed.world()[0] == 0:
         result.report = render_report([result.run_dir], result.run_dir / "report.html")
     return result

@@ -56,6 +56,7 @@ class Suite:
     entries: list[SuiteEntry]
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    original: Suite | None = field(default=None, repr=False)  # the recipe before ``with_eps``
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved recipe: every entry with all its constructor fields."""
@@ -146,8 +147,10 @@ def parse_eps(value: Any, where: str = "eps") -> float:
 def with_eps(suite: Suite, eps: float) -> Suite:
     """``suite`` with the eps of every attack that has one replaced by ``eps`` (its name ``<name>@<eps>``,
     e.g. ``pgd@4/255``; a recipe's explicit ``step_size`` scaled by the same ratio). Entries that become
-    identical (an eps sweep) are kept once; attacks without an eps (patches) are kept as they are."""
+    identical (an eps sweep) are kept once; attacks without an eps (patches) are kept as they are.
+    Applied to a suite already overridden, it starts again from the recipe."""
     eps = parse_eps(eps)
+    suite = suite.original or suite  # overriding again starts from the recipe
     entries: dict[str, SuiteEntry] = {}
     for entry in suite.entries:
         if "eps" not in entry.params and "eps" not in entry.attack.params():
@@ -169,7 +172,8 @@ def with_eps(suite: Suite, eps: float) -> Suite:
             )
         entries.setdefault(name, new)
     return Suite(name=f"{suite.name}@{_fmt_eps(eps)}", description=f"{suite.description} (eps set to "
-                 f"{_fmt_eps(eps)})", entries=list(entries.values()), source=suite.source, raw=suite.raw)  # fmt: skip
+                 f"{_fmt_eps(eps)})", entries=list(entries.values()), source=suite.source, raw=suite.raw,
+                 original=suite)  # fmt: skip
 
 
 def load_suite(spec: str | dict[str, Any]) -> Suite:
