@@ -23,7 +23,6 @@ from torch import nn
 
 from ..data.loading import tensor_dataset
 from ..defenses.adaptive import MIN_DRAWS
-from ..defenses.adaptive import _check_names as check_bpda_names
 from ..defenses.base import Capabilities, Defense, as_defense
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
@@ -80,6 +79,20 @@ def merge_capabilities(a: Capabilities, b: Capabilities | None) -> Capabilities:
     names = tuple(dict.fromkeys((*a.non_differentiable, *b.non_differentiable)))
     return Capabilities(stochastic=a.stochastic or b.stochastic, non_differentiable=names,
                         batch_dependent=a.batch_dependent or b.batch_dependent)  # fmt: skip
+
+
+def check_bpda_names(defense: Defense, shown: int = 24) -> None:
+    """Every module declared non-differentiable is a real submodule of the defense's model; otherwise a
+    ConfigError listing the submodule names, shallowest first."""
+    known = sorted((n for n, _ in defense.model.named_modules() if n), key=lambda n: (n.count("."), n))
+    wrong = [n for n in defense.capabilities.non_differentiable if n not in known]
+    if wrong:
+        listed = ", ".join(known[:shown]) + (f" and {len(known) - shown} more" if len(known) > shown else "")
+        raise ConfigError(
+            f"--bpda / non_differentiable: {', '.join(map(repr, wrong))} is not a submodule of '{defense.name}'; "
+            f"its submodules (model.named_modules()) are: {listed or '(none)'}. Wrap an inline "
+            "non-differentiable step in an nn.Module to name it"
+        )
 
 
 def _is_tensors(data: Any) -> bool:
