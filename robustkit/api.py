@@ -15,16 +15,16 @@ from .attacks import ATTACKS
 from .builtin.zoo import ZOO
 from .data.loading import manifest_names
 from .data.synthetic import BUILTIN
-from .defenses.adaptive import honor
-from .defenses.base import DEFENSES
+from .defenses.base import DEFENSES, Defense
 from .device import resolve_device
 from .evaluation import distributed, runner
 from .evaluation.compare import compare
 from .evaluation.config import RunConfig
-from .evaluation.defended import split_defenses
+from .evaluation.defended import resolve_defense, split_defenses
 from .evaluation.runner import RunResult
 from .evaluation.suite import builtin_suites
 from .files import atomic_write, safe_name
+from .models.state import preserved
 from .report import render_report
 
 __all__ = ["RunConfig", "RunResult", "catalogue", "evaluate", "evaluate_defenses", "run"]
@@ -32,8 +32,13 @@ __all__ = ["RunConfig", "RunResult", "catalogue", "evaluate", "evaluate_defenses
 
 def run(config: RunConfig) -> RunResult:
     """Evaluate ``config`` into its run directory, then render ``report.html`` (unless ``config.report``
-    is off; under torchrun rank 0 renders)."""
-    result = runner.run(config)
+    is off; under torchrun rank 0 renders). A user's model object comes back as it was given: mode,
+    ``requires_grad``, ``.grad`` and buffers."""
+    user = config.model.model if isinstance(config.model, Defense) else config.model
+    with preserved(
+        user, freeze=False
+    ):  # the user's model is left as found (a train-mode BN's statistics too)
+        result = runner.run(config)
     if config.report and distributed.world()[0] == 0:
         result.report = render_report([result.run_dir], result.run_dir / "report.html")
     return result
@@ -42,48 +47,60 @@ def run(config: RunConfig) -> RunResult:
 def evaluate(model: Any = None, data: Any = "shapes", suite: Any = "quick", **options: Any) -> RunResult:
     """Evaluate ``model`` on ``data`` under ``suite``; write the run directory and its report.
 
-    ``options`` are the fields of :class:`RunConfig` (``out``, ``name``, ``device``, ``batch_size``,
-    ``limit``, ``seed``, ``weights``, ``data_root``, ``split``, ``gallery``, ``overwrite``, ``progress``,
-    ``report``, ``threads``, ``model_name``, ``fold_bn``, ``channels_last``, ``compile``, ``amp``
-    ('bf16'), ``profile``). An existing run directory with the same ``RunConfig.identity()`` resumes.
+    ``model``: a model (``nn.Module``, spec string, ART estimator) or a defense (``as_defense(model,
+    capabilities=Capabilities(...))``); the runner attacks it as deployed (``defenses.adaptive.adapt``:
+    EOT, BPDA, batch views, transfer views), and a user's model is evaluated in the mode it is given.
+    ``data``: a dataset name, manifest, dataset object or ``(x, y)`` tensors (with ``num_classes=K``).
+
+    ``options`` are the fields of :class:`RunConfig`: ``eps`` (every attack of the suite at this eps,
+    e.g. ``8/255`` or ``'8/255'``), ``keep_adversarial`` (store every adversarial example:
+    ``result.adversarial('pgd@8/255')`` returns ``(indices, x_adv)``), ``num_classes``, ``capabilities``
+    (declared for a plain model, added to a defense's), ``eot_samples``, ``draws``, ``out``, ``name``,
+    ``device``, ``batch_size``, ``limit``, ``seed``, ``weights``, ``data_root``, ``split``, ``gallery``,
+    ``overwrite``, ``progress``, ``report``, ``threads``, ``model_name``, ``fold_bn``, ``channels_last``,
+    ``compile``, ``amp`` ('bf16'), ``profile``. An existing run directory with the same
+    ``RunConfig.identity()`` resumes.
     """
     return run(RunConfig.build(model=model, data=data, suite=suite, **options))
 
 
 def evaluate_defenses(
-    defenses: str | list[Any], *, eot_samples: int = 20, config: RunConfig | None = None, **options: Any
+    defenses: str | list[Any],
+    *,
+    eot_samples: int | None = None,
+    config: RunConfig | None = None,
+    **options: Any,
 ) -> tuple[list[RunResult], Path | None]:
-    """Evaluate each defense under the same suite and data (its declared capabilities honored), then
-    write a side-by-side comparison (JSON, and an HTML report unless ``report=False``).
+    """Evaluate each defense under the same suite and data, then write a side-by-side comparison (JSON,
+    and an HTML report unless ``report=False``).
 
-    ``config`` (or ``options``, the fields of :class:`RunConfig`) is shared by every defense; its
-    ``name`` names the comparison, each run is called ``<name>-<defense>``.
-    Returns (list of RunResult, path of the comparison report).
+    ``defenses``: comma-separated names or a list of registered names, ``name:weights`` checkpoints,
+    ``package.module:function`` factories, Defense objects or models (``evaluation.defended``). Each is
+    passed to the runner as a Defense, which attacks it as deployed (``defenses.adaptive.adapt``).
+    ``config`` (or ``options``, the fields of :class:`RunConfig`) is shared by every defense (its
+    ``capabilities`` are added to each defense's own); its ``name`` names the comparison, each run is
+    called ``<name>-<defense>``. Returns (list of RunResult, path of the comparison report).
     """
-    from .defenses.loading import load_defense
-
     base = config if config is not None else RunConfig.build(**options)
+    if eot_samples is not None:
+        base = base.replace(eot_samples=eot_samples)
     names = split_defenses(defenses)
     dev = resolve_device(base.device)
     data = base.data if isinstance(base.data, str) else "shapes"
-    loaded = [load_defense(n, dataset=data, device=dev, progress=base.progress) for n in names]
+    loaded = [resolve_defense(n, dataset=data, device=dev, progress=base.progress) for n in names]
     stem = base.name or f"defenses-{safe_name(base.data_name)}"
-    results = []
-    for d in loaded:
-        model, record = honor(d, eot_samples)
-        name = f"{stem}-{safe_name(d.name)}"
-        results.append(
-            run(base.replace(model=model, model_name=d.name, defense=record, name=name, device=dev))
-        )
+    configs = [base.replace(model=d, model_name=d.name, name=f"{stem}-{safe_name(d.name)}", device=dev)
+               for d in loaded]  # fmt: skip
+    results = [run(c) for c in configs]
     rows = [
         r.summary
         | {
             "defense": d.name,
-            "capabilities": d.capabilities.as_dict(),
+            "capabilities": c.declared.as_dict() if c.declared else None,
             "training_cost": d.info.get("cost"),
             "published": d.info.get("published"),
         }
-        for r, d in zip(results, loaded, strict=True)
+        for r, d, c in zip(results, loaded, configs, strict=True)
     ]
     out_dir = Path(base.out)
     atomic_write(

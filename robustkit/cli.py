@@ -27,8 +27,10 @@ def _positive_int(text: str) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .api import evaluate_defenses, run
+    from .device import resolve_device
     from .errors import ConfigError
     from .evaluation.config import RunConfig
+    from .evaluation.defended import is_factory, resolve_defense, split_defenses
 
     config = RunConfig.from_cli(args)
     if not args.defense:
@@ -36,9 +38,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if args.model or args.weights:
         raise ConfigError("--defense builds its own models: drop --model/--weights, or drop --defense")
-    results, report = evaluate_defenses(args.defense, config=config, eot_samples=args.eot_samples)
+    specs = split_defenses(args.defense)
+    if len(specs) == 1 and is_factory(specs[0]):  # the user's own defense: one run, as with --model
+        data = config.data if isinstance(config.data, str) else "shapes"
+        dev = resolve_device(config.device)
+        defense = resolve_defense(specs[0], dataset=data, device=dev, progress=config.progress)
+        _print_summary(run(config.replace(model=defense, device=dev)))
+        return 0
+    results, report = evaluate_defenses(specs, config=config)
     for result in results:
-        print(f"== defense {result.summary['defense']['name']}")
+        print(f"== defense {result.summary['model']}")
         _print_summary(result)
     if report:
         print(f"comparison: {report}")
@@ -232,14 +241,47 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--defense",
         default=None,
-        help="comma-separated defense names (see `robustkit list`): evaluate each under the suite and "
-        "write a side-by-side comparison",
+        help="your own defense, package.module:function (a factory returning an nn.Module or a robustkit "
+        "Defense, evaluated in the mode it returns it), or comma-separated defense names (see `robustkit "
+        "list`; name:weights.safetensors for a checkpoint): each is evaluated under the suite and compared",
+    )
+    ev.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="declare the model random: EOT inside the gradient attacks, verdict over fresh draws",
+    )
+    ev.add_argument(
+        "--batch-dependent",
+        action="store_true",
+        help="declare that a sample's output depends on its batch mates: attacked in every batch view, "
+        "the worst reported (BatchNorm in train mode is detected without it)",
+    )
+    ev.add_argument(
+        "--bpda",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a non-differentiable submodule of the model (as model.named_modules() names it), attacked "
+        "with BPDA; repeatable. Wrap an inline step in an nn.Module to name it",
     )
     ev.add_argument(
         "--eot-samples",
         type=_positive_int,
         default=20,
-        help="draws averaged when attacking a stochastic defense (default: 20)",
+        help="draws averaged per gradient step when attacking a stochastic model (default: 20)",
+    )
+    ev.add_argument(
+        "--draws",
+        type=_positive_int,
+        default=10,
+        help="fresh draws a stochastic model's verdict is judged over (at least 10; default: 10)",
+    )
+    ev.add_argument(
+        "--eps",
+        default=None,
+        metavar="VALUE",
+        help="run every attack of the suite at this eps instead of the recipe's (8/255 or 0.03); "
+        "entries are named <attack>@<eps>",
     )
     ev.add_argument(
         "--channels-last", action="store_true", help="attacks run the model in channels_last memory format"

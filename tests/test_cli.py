@@ -128,3 +128,86 @@ def test_list_and_report_commands(quick_run, tmp_path, capsys):
     assert main(["report", str(quick_run), str(quick_run), "--out", str(out)]) == 0
     html = out.read_text()
     assert 'data-section="comparison"' in html and html.count('data-section="summary"') == 2
+
+
+DEFENSE_MODULE = """
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from robustkit.defenses.base import Capabilities, as_defense
+
+
+class Quantize(nn.Module):
+    def forward(self, x):
+        return torch.round(x * 8) / 8
+
+
+def build():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    return nn.Sequential(OrderedDict(preprocess=Quantize(), net=net)).eval()
+
+
+def build_defense():
+    return as_defense(build(), name="quantized", capabilities=Capabilities(batch_dependent=True))
+"""
+
+
+@pytest.fixture
+def defense_module(tmp_path, monkeypatch):
+    (tmp_path / "rk_user_defense.py").write_text(DEFENSE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "rk_user_defense"
+
+
+def test_defense_factory_with_capability_flags_and_eps(tmp_path, defense_module, capsys):
+    out = tmp_path / "runs"
+    args = ["evaluate", "--suite", str(_one_fgsm(tmp_path)), "--limit", "6", "--quiet", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    flags = ["--bpda", "preprocess", "--stochastic", "--eot-samples", "2", "--draws", "12", "--eps", "4/255"]
+    assert main([*args, "--defense", f"{defense_module}:build", *flags, "--name", "d"]) == 0
+    assert "fgsm@4/255" in capsys.readouterr().out
+    config = yaml.safe_load((out / "d" / "config.yaml").read_text())
+    assert config["model"] == f"{defense_module}:build"
+    assert config["capabilities"] == {"stochastic": True, "batch_dependent": False,
+                                      "non_differentiable": ["preprocess"]}  # fmt: skip
+    assert config["eot_samples"] == 2 and config["draws"] == 12 and config["eps"] == pytest.approx(4 / 255)
+    assert [a["name"] for a in config["suite"]["attacks"]] == ["fgsm@4/255"]
+    assert config["suite"]["attacks"][0]["eps"] == pytest.approx(4 / 255)
+    # a factory returning a Defense: its own capabilities, the flags added to them
+    assert (
+        main([*args, "--defense", f"{defense_module}:build_defense", "--bpda", "preprocess", "--name", "e"])
+        == 0
+    )
+    config = yaml.safe_load((out / "e" / "config.yaml").read_text())
+    assert config["model"] == "quantized" and config["capabilities"] == {
+        "stochastic": False, "batch_dependent": True, "non_differentiable": ["preprocess"]}  # fmt: skip
+    # the same run with other flags is a different run: refused, naming what differs
+    assert main([*args, "--defense", f"{defense_module}:build", *flags[:-2], "--name", "d"]) == 2
+    assert "differs in: suite" in capsys.readouterr().err
+
+
+def test_bpda_with_a_wrong_name_exits_2_naming_the_submodules(tmp_path, defense_module, capsys):
+    args = ["evaluate", "--defense", f"{defense_module}:build", "--bpda", "preproc", "--quiet",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "'preproc'" in err
+        and "are: net, preprocess, net.0, net.1, net.2, net.3." in err
+        and "Traceback" not in err
+    )
+    assert not (tmp_path / "out").exists()
+    assert (
+        main(["evaluate", "--defense", "no_such_module_rk:build", "--quiet", "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert "cannot import module 'no_such_module_rk'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("eps", ["nan", "inf", "0", "-8/255", "8/0", "big"])
+def test_bad_eps_exits_2(tmp_path, capsys, eps):
+    assert main(["evaluate", f"--eps={eps}", "--quiet", "--out", str(tmp_path / "out")]) == 2
+    assert "eps" in capsys.readouterr().err and not (tmp_path / "out").exists()

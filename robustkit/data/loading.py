@@ -6,6 +6,7 @@ A manifest is YAML: ``name``, ``format`` (a registered loader), ``root``, ``sour
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -73,18 +74,19 @@ def load_dataset(
     root: str | Path | None = None,
     seed: int = 0,
     n: int | None = None,
+    num_classes: int | None = None,
 ) -> Dataset:
     """A torch Dataset of (x in [0, 1], label) with a ``classes`` attribute.
 
     ``n`` asks a built-in dataset for its first ``n`` samples only (each built-in sample depends only
     on its index, so they equal the first ``n`` of the whole split); files on disk ignore it.
+    ``num_classes``: the class count of ``(x, y)`` tensor data (without it, ``max(y) + 1`` with a
+    warning: a subset that lacks the last classes would be counted short).
     """
     if isinstance(spec, Dataset):
         return spec
     if isinstance(spec, tuple) and len(spec) == 2:
-        x, y = spec
-        k = int(y.max()) + 1 if len(y) else 0
-        return SyntheticDataset("tensors", x, y.long(), [str(i) for i in range(k)])
+        return tensor_dataset(*spec, num_classes=num_classes)
     if spec in BUILTIN:
         return BUILTIN.create(spec, split=split, seed=seed, **({"n": n} if n is not None else {}))
     manifest, path = read_manifest(str(spec))
@@ -98,3 +100,34 @@ def load_dataset(
         )
     loader = FORMATS.get(str(manifest["format"]))
     return loader(manifest, split, root_dir)
+
+
+def tensor_dataset(x: torch.Tensor, y: torch.Tensor, *, num_classes: int | None = None) -> SyntheticDataset:
+    """``(x, y)`` tensors as a dataset with ``num_classes`` classes (inferred as ``max(y) + 1``, with a
+    warning, when not given). A label outside ``[0, num_classes)`` is an ``InputError`` naming its index."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise InputError(
+            f"data (x, y) must be two torch tensors, got ({type(x).__name__}, {type(y).__name__})"
+        )
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool or len(y) != len(x):
+        raise InputError(
+            f"labels y must be integer class indices of shape ({len(x)},) matching x, got dtype {y.dtype} "
+            f"shape {tuple(y.shape)}"
+        )
+    y = y.long()
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if len(y) else 0
+        warnings.warn(
+            f"(x, y) data: the class count was inferred as max(y) + 1 = {num_classes}; pass num_classes= "
+            "(the model's number of outputs) if the labels do not cover every class",
+            UserWarning,
+            stacklevel=2,
+        )
+    bad = ((y < 0) | (y >= num_classes)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(
+            f"label y[{i}] = {int(y[i])} is outside [0, {num_classes}) (num_classes={num_classes}); "
+            f"{len(bad)} label(s) out of range"
+        )
+    return SyntheticDataset("tensors", x, y, [str(i) for i in range(num_classes)])

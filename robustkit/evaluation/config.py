@@ -21,13 +21,15 @@ import torch
 import yaml
 from torch import nn
 
-from ..defenses.base import Capabilities
+from ..data.loading import tensor_dataset
+from ..defenses.adaptive import MIN_DRAWS
+from ..defenses.base import Capabilities, Defense, as_defense
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
 from ..files import atomic_write, storage_error
 from ..models.fastpath import FastPath, make_fastpath
 from ..registry import check_keys, dataclass_fields
-from .suite import Suite, load_suite
+from .suite import Suite, load_suite, parse_eps, with_eps
 
 CONFIG_FILE = "config.yaml"
 CHUNK = 1 << 20
@@ -53,16 +55,48 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def content_sha256(obj: Any) -> str | None:
-    """The content hash of an in-memory model (its parameters and buffers; an ART estimator's torch
-    model) or of data given as tensors (``(x, y)``); None for anything else (a spec string, a dataset)."""
+    """The content hash of an in-memory model (its parameters and buffers; an ART estimator's or a
+    ``Defense``'s torch model) or of data given as tensors (``(x, y)``, or an in-memory dataset holding
+    tensors ``x`` and ``y``); None for anything else (a spec string, a dataset on disk)."""
     inner = getattr(obj, "model", None)
     if not isinstance(obj, nn.Module) and isinstance(inner, nn.Module):
         obj = inner
     if isinstance(obj, nn.Module):
         return tensors_sha256(obj.state_dict())
+    if not isinstance(obj, tuple | list) and all(
+        isinstance(getattr(obj, k, None), torch.Tensor) for k in "xy"
+    ):
+        obj = (obj.x, obj.y)
     if isinstance(obj, tuple | list) and obj and all(isinstance(t, torch.Tensor) for t in obj):
         return tensors_sha256({str(k): t for k, t in enumerate(obj)})
     return None
+
+
+def merge_capabilities(a: Capabilities, b: Capabilities | None) -> Capabilities:
+    """Both sets of declared capabilities (flags OR-ed, non-differentiable modules joined in order)."""
+    if b is None:
+        return a
+    names = tuple(dict.fromkeys((*a.non_differentiable, *b.non_differentiable)))
+    return Capabilities(stochastic=a.stochastic or b.stochastic, non_differentiable=names,
+                        batch_dependent=a.batch_dependent or b.batch_dependent)  # fmt: skip
+
+
+def check_bpda_names(defense: Defense, shown: int = 24) -> None:
+    """Every module declared non-differentiable is a real submodule of the defense's model; otherwise a
+    ConfigError listing the submodule names, shallowest first."""
+    known = sorted((n for n, _ in defense.model.named_modules() if n), key=lambda n: (n.count("."), n))
+    wrong = [n for n in defense.capabilities.non_differentiable if n not in known]
+    if wrong:
+        listed = ", ".join(known[:shown]) + (f" and {len(known) - shown} more" if len(known) > shown else "")
+        raise ConfigError(
+            f"--bpda / non_differentiable: {', '.join(map(repr, wrong))} is not a submodule of '{defense.name}'; "
+            f"its submodules (model.named_modules()) are: {listed or '(none)'}. Wrap an inline "
+            "non-differentiable step in an nn.Module to name it"
+        )
+
+
+def _is_tensors(data: Any) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
 
 
 def _positive(value: Any, flag: str, optional: bool = False) -> None:
@@ -78,14 +112,25 @@ def _label(spec: Any) -> str | None:
     return str(getattr(spec, "name", None) or type(spec).__name__)
 
 
+def _sources(model: Any) -> dict[str, str | None] | None:
+    """A Defense's transfer sources by name and content hash (each is one more view of the run)."""
+    if not isinstance(model, Defense) or not model.sources:
+        return None
+    return {name: content_sha256(src) for name, src in sorted(model.sources.items())}
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Everything a run needs to know from its caller (see the module docstring for the identity).
 
-    ``model``: None (the zoo model for ``data``), a spec string, an ``nn.Module``, a callable or an
-    ART estimator; ``data``: a dataset name, manifest path or dataset object; ``suite``: a recipe name,
-    path, dict or :class:`Suite` (loaded here); ``defense``: how a defense's capabilities were honored
-    (``robustkit.evaluation.defended.honor``), recorded with the run.
+    ``model``: None (the zoo model for ``data``), a spec string, an ``nn.Module``, a callable, an
+    ART estimator or a :class:`~robustkit.defenses.base.Defense` (``as_defense(...)``: its name names
+    the run, its capabilities and transfer sources are part of the identity; ``capabilities`` given here
+    are added to its own); ``data``: a dataset name, manifest path, dataset object or ``(x, y)`` tensors
+    (a dataset of ``num_classes`` classes once built); ``suite``: a recipe name, path, dict or
+    :class:`Suite` (loaded here; with ``eps``, every attack that has an eps runs at ``eps`` instead:
+    ``suite.with_eps``); ``defense``: a record of how a defense's capabilities were honored, stored
+    with the run.
     """
 
     model: Any = None
@@ -105,7 +150,7 @@ class RunConfig:
     capabilities: Capabilities | None = None
     eot_samples: int = 20
     draws: int = 10
-    eps: float | None = None
+    eps: float | str | None = None
     num_classes: int | None = None
     keep_adversarial: bool = False
     fold_bn: bool = False
@@ -141,7 +186,10 @@ class RunConfig:
             raise ConfigError(f"split must be a split name such as 'test', got {self.split!r}")
         resolve_device(self.device)
         _positive(self.eot_samples, "eot_samples")
-        _positive(self.draws, "draws")
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < MIN_DRAWS:
+            raise ConfigError(
+                f"--draws must be an integer >= {MIN_DRAWS} (fresh draws of a stochastic model's verdict), got {self.draws!r}"
+            )
         _positive(self.num_classes, "num_classes", optional=True)
         if self.capabilities is not None and not isinstance(self.capabilities, Capabilities):
             raise ConfigError(f"capabilities must be a robustkit Capabilities, got {self.capabilities!r}")
@@ -149,6 +197,21 @@ class RunConfig:
         put(self, "fastpath", make_fastpath(self.channels_last, self.compile, self.amp, self.fold_bn))
         if not isinstance(self.suite, Suite):
             put(self, "suite", load_suite(self.suite))
+        if self.eps is not None:
+            put(self, "eps", parse_eps(self.eps))
+            put(self, "suite", with_eps(self.suite, self.eps))
+        if _is_tensors(self.data):
+            put(self, "data", tensor_dataset(*self.data, num_classes=self.num_classes))
+        elif self.num_classes is not None and len(getattr(self.data, "classes", ())) != self.num_classes:
+            raise ConfigError(
+                f"num_classes={self.num_classes} applies to (x, y) tensor data; {self.data_name!r} names its "
+                "own classes: drop num_classes"
+            )
+        if isinstance(self.model, Defense) and self.capabilities is not None:
+            caps = merge_capabilities(self.model.capabilities, self.capabilities)
+            put(self, "model", dataclasses.replace(self.model, capabilities=caps))
+        if isinstance(self.model, Defense) or (isinstance(self.model, nn.Module) and self.capabilities):
+            check_bpda_names(self.defense_for(getattr(self.model, "model", self.model)))
         if self.weights is not None:
             path = Path(self.weights).expanduser()
             if not path.is_file():
@@ -165,8 +228,12 @@ class RunConfig:
 
     @classmethod
     def from_cli(cls, args: Any) -> RunConfig:
-        """The configuration of ``robustkit evaluate`` from its parsed arguments."""
+        """The configuration of ``robustkit evaluate`` from its parsed arguments (``--stochastic``,
+        ``--batch-dependent`` and ``--bpda NAME`` declare capabilities)."""
+        flags = (args.stochastic, args.batch_dependent, tuple(args.bpda or ()))
+        caps = Capabilities(*flags[:2], non_differentiable=flags[2]) if any(flags) else None
         return cls(model=args.model, data=args.data, suite=args.suite, weights=args.weights,
+                   capabilities=caps, eps=args.eps, eot_samples=args.eot_samples, draws=args.draws,
                    data_root=args.data_root, limit=args.limit, seed=args.seed, fold_bn=args.fold_bn,
                    channels_last=args.channels_last, compile=args.compile, amp=args.amp, out=args.out,
                    name=args.name, device=args.device, batch_size=args.batch_size, threads=args.threads,
@@ -175,6 +242,19 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A new configuration with ``changes`` (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def declared(self) -> Capabilities | None:
+        """The declared capabilities: a Defense's own (with ``capabilities`` added), or ``capabilities``."""
+        return self.model.capabilities if isinstance(self.model, Defense) else self.capabilities
+
+    def defense_for(self, net: nn.Module) -> Defense:
+        """The Defense the runner adapts (``robustkit.defenses.adaptive.adapt``) given ``net``, the model as
+        loaded on the device: ``model``'s Defense (name, capabilities, sources, info) around ``net``, or
+        ``net`` named after the run's model with the declared ``capabilities``."""
+        if isinstance(self.model, Defense):
+            return dataclasses.replace(self.model, model=net)
+        return as_defense(net, name=self.model_label or type(net).__name__, capabilities=self.capabilities)
 
     @property
     def data_name(self) -> str:
@@ -199,7 +279,8 @@ class RunConfig:
             "seed": self.seed,
             "fastpath": self.fastpath.as_dict() if self.fastpath.active else None,
             "defense": (self.defense or {}).get("how_honored"),
-            "capabilities": self.capabilities.as_dict() if self.capabilities else None,
+            "capabilities": self.declared.as_dict() if self.declared else None,
+            "sources": _sources(self.model),
             "eot_samples": self.eot_samples,
             "draws": self.draws,
             "eps": self.eps,

@@ -119,6 +119,7 @@ class Job:
     attack_model: Any = None
     batch_dependent: bool = False
     draws: int = 1
+    keep_adversarial: bool = False  # every attacked sample's exact x_adv stored too (``adversarial.py``)
 
     @property
     def num_classes(self) -> int | None:
@@ -370,10 +371,11 @@ def _attack(
         if not within[j]:
             m["norm_violation"] = 1.0
         outcomes.append(Outcome(i, attacked[j], claimed[j], robust[j], pred[j], conf[j], linf[j], l2[j], m))
+    kept = job.keep_adversarial
     examples = {
-        i: pack_tensors({"clean": _u8(x[j]), "adv": _u8(x_adv[j])})
+        i: pack_tensors({"clean": _u8(x[j]), "adv": _u8(x_adv[j])} | ({"x_adv": x_adv[j]} if kept else {}))
         for j, i in enumerate(todo)
-        if i < job.gallery and attacked[j]
+        if attacked[j] and (kept or i < job.gallery)
     }
     return Attacked(outcomes, seconds, dict(result.counters), [_artifacts(entry, result.artifacts)], examples)
 

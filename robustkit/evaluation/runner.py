@@ -60,6 +60,12 @@ class RunResult:
     def robust_accuracy(self) -> float:
         return self.summary["robust_accuracy"]
 
+    def adversarial(self, attack: str, *, successful_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, x_adv) of ``attack`` (needs ``keep_adversarial=True``; ``adversarial.load_adversarial``)."""
+        from .adversarial import load_adversarial
+
+        return load_adversarial(self.run_dir, attack, successful_only=successful_only)
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -362,7 +368,7 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
         )
         surrogate = adapted.attack_model if adapted.attack_model is not adapted.model else None
         job = Job(store, net, loaded.dataset, loaded.device, config.seed, config.gallery, bar, adapted.views,
-                  surrogate, caps.batch_dependent, adapted.draws)  # fmt: skip
+                  surrogate, caps.batch_dependent, adapted.draws, config.keep_adversarial)  # fmt: skip
         fit = lambda entry, k: _fit_universal(entry, k, config, loaded)  # noqa: E731
         run_suite(job, mine, config.suite, fit, adapted.adapt_attack)
 

@@ -14,6 +14,7 @@ attacks:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,6 +56,7 @@ class Suite:
     entries: list[SuiteEntry]
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    original: Suite | None = field(default=None, repr=False)  # the recipe before ``with_eps``
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved recipe: every entry with all its constructor fields."""
@@ -117,6 +119,63 @@ def find_suite(spec: str) -> Path:
     return Path(str(candidate))
 
 
+def _build(key: str, params: dict[str, Any], where: str) -> Attack:
+    try:
+        if str(key).startswith("art."):  # ART's own attack class, e.g. art.ProjectedGradientDescent
+            from ..art import recipe_attack
+
+            return recipe_attack(key[4:], **params)
+        return create_attack(key, **params)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid parameters for '{key}': {exc}") from exc
+
+
+def parse_eps(value: Any, where: str = "eps") -> float:
+    """An eps override: '8/255', '0.03' or a number; finite and > 0."""
+    number = parse_number(value, where)
+    try:
+        eps = float(number)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a number such as 8/255 or 0.03, got {value!r}") from None
+    if isinstance(number, bool) or not math.isfinite(eps) or eps <= 0:
+        raise ConfigError(f"{where} must be a finite number > 0 (e.g. 8/255), got {value!r}")
+    return eps
+
+
+def with_eps(suite: Suite, eps: float) -> Suite:
+    """``suite`` with the eps of every attack that has one replaced by ``eps`` (its name ``<name>@<eps>``,
+    e.g. ``pgd@4/255``; a recipe's explicit ``step_size`` scaled by the same ratio). Entries that become
+    identical (an eps sweep) are kept once; attacks without an eps (patches) are kept as they are.
+    Applied to a suite already overridden, it starts again from the recipe."""
+    eps = parse_eps(eps)
+    suite = suite.original or suite  # overriding again starts from the recipe
+    entries: dict[str, SuiteEntry] = {}
+    for entry in suite.entries:
+        if "eps" not in entry.params and "eps" not in entry.attack.params():
+            entries.setdefault(entry.name, entry)
+            continue
+        params = {**entry.params, "eps": eps}
+        old = entry.eps
+        if isinstance(params.get("step_size"), int | float) and old:
+            params["step_size"] = params["step_size"] * eps / old
+        name = f"{entry.name.partition('@')[0]}@{_fmt_eps(eps)}"
+        new = SuiteEntry(
+            name, entry.attack_key, params, _build(entry.attack_key, params, f"{suite.source}: {name}")
+        )
+        same = entries.get(name)
+        if same is not None and _jsonable(same.attack.params()) != _jsonable(new.attack.params()):
+            raise ConfigError(
+                f"eps={_fmt_eps(eps)}: attacks of suite '{suite.name}' become two different '{name}'; give "
+                "each entry its own 'name' in the recipe"
+            )
+        entries.setdefault(name, new)
+    return Suite(name=f"{suite.name}@{_fmt_eps(eps)}", description=f"{suite.description} (eps set to "
+                 f"{_fmt_eps(eps)})", entries=list(entries.values()), source=suite.source, raw=suite.raw,
+                 original=suite)  # fmt: skip
+
+
 def load_suite(spec: str | dict[str, Any]) -> Suite:
     """Load and validate a recipe (name, path or already-parsed dict). Nothing runs before it is valid."""
     if isinstance(spec, dict):
@@ -153,17 +212,7 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
             p = dict(params)
             if eps is not None:
                 p["eps"] = parse_number(eps, f"{where}.eps")
-            try:
-                if str(key).startswith("art."):  # ART's own attack class, e.g. art.ProjectedGradientDescent
-                    from ..art import recipe_attack
-
-                    attack = recipe_attack(key[4:], **p)
-                else:
-                    attack = create_attack(key, **p)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from exc
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{where}: invalid parameters for '{key}': {exc}") from exc
+            attack = _build(key, p, where)
             base = item.get("name", key)
             label = f"{base}@{_fmt_eps(p['eps'])}" if "eps" in p and len(sweep) > 1 else str(base)
             if "eps" in p and len(sweep) == 1 and "name" not in item:

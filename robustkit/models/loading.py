@@ -44,12 +44,15 @@ class ModelRequest:
 
 @dataclass
 class Resolved:
-    """A source's answer: the model, its provenance, and whether it already applied the request's
-    ``weights`` and ``normalize`` (otherwise ``load_model`` applies them)."""
+    """A source's answer: the model, its provenance, whether it already applied the request's
+    ``weights`` and ``normalize`` (otherwise ``load_model`` applies them), and whether the model is the
+    user's own object (``user``: kept in the mode it is given) rather than one robustkit built and loaded
+    (put in eval mode, the mode it is deployed in)."""
 
     model: Any
     info: dict[str, Any] = field(default_factory=dict)
     applied_request: bool = False
+    user: bool = False
 
 
 class ModelSource:
@@ -146,13 +149,29 @@ class FactorySource(ModelSource):
         return ":" in spec and all(head != s.scheme for s in _SOURCES)
 
     def resolve(self, spec: str, request: ModelRequest) -> Resolved:
-        fn = _import_object(spec, "--model")
-        if not callable(fn):
-            raise ConfigError(f"--model {spec}: '{spec.partition(':')[2]}' is not callable")
-        result = adapt(fn())
-        if not isinstance(result, nn.Module) and not callable(result):
-            raise ConfigError(f"--model {spec}: the factory returned {type(result).__name__}, not a model")
-        return Resolved(result, {"kind": "factory", "name": spec})
+        return Resolved(call_factory(spec), {"kind": "factory", "name": spec}, user=True)
+
+
+def call_factory(spec: str, what: str = "--model") -> Any:
+    """The object ``package.module:function`` returns when called without arguments (converted by an
+    adapter where one knows it): an ``nn.Module``, a callable, or a defense (an object with an
+    ``nn.Module`` in ``model``, as ``robustkit.defenses.base.Defense``)."""
+    fn = _import_object(spec, what)
+    if not callable(fn):
+        raise ConfigError(f"{what} {spec}: '{spec.partition(':')[2]}' is not callable")
+    result = adapt(fn())
+    if not isinstance(result, nn.Module) and not callable(result) and defense_model(result) is None:
+        raise ConfigError(f"{what} {spec}: the factory returned {type(result).__name__}, not a model")
+    return result
+
+
+def defense_model(obj: Any) -> nn.Module | None:
+    """The model of a defense (``robustkit.defenses.base.Defense``, a layer above this one, recognized by
+    its fields: an ``nn.Module`` in ``model`` and ``capabilities``); None for anything else."""
+    model = getattr(obj, "model", None)
+    if isinstance(obj, nn.Module) or not isinstance(model, nn.Module) or not hasattr(obj, "capabilities"):
+        return None
+    return model
 
 
 def _need_weights(spec: str, request: ModelRequest, video: bool = False) -> None:
@@ -281,7 +300,14 @@ def load_model(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return (model in eval mode on ``device``, provenance info)."""
+    """Return (model on ``device``, provenance info).
+
+    A model robustkit builds and loads itself (zoo, architectures with ``weights``) is put in eval mode.
+    A user's own model (an ``nn.Module`` object, what a ``package.module:function`` factory returns, a
+    defense's model) is never: it is evaluated in the mode it is given, so a model with BatchNorm in train
+    mode stays batch-dependent (and ``robustkit.defenses.adaptive.adapt`` says so). A defense
+    (``robustkit.defenses.base.Defense``) passes its model through; its transfer sources move along.
+    """
     request = ModelRequest(dataset, weights, num_classes, normalize, device, progress)
     if spec is None:
         if dataset is None:
@@ -291,17 +317,25 @@ def load_model(
     if isinstance(spec, str):
         resolved = _resolve(spec, request)
     else:
-        resolved = Resolved(spec, {"kind": "object", "name": type(spec).__name__})
+        resolved = Resolved(spec, {"kind": "object", "name": type(spec).__name__}, user=True)
     model, info = resolved.model, resolved.info
+    inner = defense_model(model)
+    if inner is not None:
+        for source in getattr(model, "sources", {}).values():
+            source.to(device)
+        info = {**info, "kind": "defense", "name": str(getattr(model, "name", info["name"]))}
+        model = inner
     if weights is not None and not resolved.applied_request:
         if not isinstance(model, nn.Module):
             raise ConfigError("--weights needs a model that is an nn.Module")
         load_into(model.model if isinstance(model, Normalized) else model, weights)
         info["weights"] = str(weights)
     if normalize is not None and not resolved.applied_request:
-        model = Normalized(model, *normalize)
+        wrapped = Normalized(model, *normalize)
+        wrapped.training = getattr(model, "training", False)  # the wrapper alone: the user's mode is kept
+        model = wrapped
     if isinstance(model, nn.Module):
-        model = model.to(device).eval()
+        model = model.to(device) if resolved.user else model.to(device).eval()
     elif not callable(model):
         raise ModelError(f"{spec!r} is not a model")
     return model, info
