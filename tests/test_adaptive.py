@@ -115,3 +115,13 @@ def test_among_clean_evaluates_each_row_with_the_clean_mates():
         for i in range(2):
             assert torch.allclose(out[i], net(torch.cat([x[i : i + 1], mates]))[0], atol=1e-6)
         assert not torch.allclose(out, net(x))  # batch statistics differ from attacking the two together
+
+
+def test_a_model_that_cannot_run_on_one_sample_has_no_one_at_a_time_view():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)).train()
+    before = net[2].running_mean.clone()
+    a = adapt(as_defense(net), probe=torch.rand(4, 3, 16, 16))
+    assert [v.name for v in a.views] == ["whole-batch", "among-clean"]
+    assert any("single sample" in h for h in a.record["how_honored"])
+    assert torch.equal(net[2].running_mean, before) and net.training  # probing left the model as it was

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..attacks.bpda import BPDA
 from ..errors import ConfigError
+from ..models.state import preserved
 from .base import Capabilities, Defense
 
 WHOLE_BATCH, ONE_AT_A_TIME, AMONG_CLEAN = "whole-batch", "one-at-a-time", "among-clean"
@@ -125,6 +126,18 @@ def _head(model: nn.Module, names: tuple[str, ...], probe: torch.Tensor | None) 
             and torch.equal(o, out)}  # fmt: skip
 
 
+def _runs_alone(model: nn.Module, probe: torch.Tensor | None) -> str | None:
+    """Why ``model`` cannot classify a batch of one sample (BatchNorm over a single value), or None."""
+    if probe is None:
+        return None
+    with preserved(model), torch.no_grad():
+        try:
+            model(probe[:1])
+        except (ValueError, RuntimeError) as exc:
+            return str(exc).splitlines()[0]
+    return None
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -188,8 +201,12 @@ def adapt(
             View(ONE_AT_A_TIME, ONE_AT_A_TIME),
             View(AMONG_CLEAN, AMONG_CLEAN),
         ]
+        alone = _runs_alone(model, probe)
+        if alone is not None:
+            views.pop(1)
+            how.append(f"no one-at-a-time view: the model cannot run on a single sample ({alone})")
         how.append("batch-dependent: attacked on the deployed batch composition (no subsets, no compaction) in "
-                   f"the views {', '.join(BATCH_VIEWS)}; the robust accuracy is the worst view")  # fmt: skip
+                   f"the views {', '.join(v.name for v in views)}; the robust accuracy is the worst view")  # fmt: skip
     for src_name, src in defense.sources.items():
         views.append(View(f"transfer:{src_name}", WHOLE_BATCH, src))
         how.append(f"transfer view: gradients from {src_name}, success judged on the defense")
