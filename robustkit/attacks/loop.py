@@ -225,6 +225,7 @@ class Freeze(Keep):
     Compaction: after 2, 4, 8, ... steps (never after the last) it counts the samples done, one host
     synchronization per check, stops when all are done, and drops the done ones from the working batch
     once they are a quarter of it (``objective_at(live)`` gives the objective of the samples left).
+    Under ``judge.whole_batch`` (a batch-dependent model) the done samples stay in the batch, frozen.
 
     ``judge`` (default: the exact criterion on ``model``) decides success. Behind a bf16 fast path its
     criterion has a margin (``judge.tentative``): a sample is frozen only once it is adversarial by a
@@ -267,7 +268,7 @@ class Freeze(Keep):
         n_done = int(found.sum())  # the only host synchronizations of the loop: log2(steps) checks
         if n_done == found.numel():
             return None
-        if 4 * n_done < found.numel():
+        if 4 * n_done < found.numel() or self.judge.whole_batch:
             return param
         if self.live is None:
             self.out_found, self.live = found.clone(), torch.arange(found.numel(), device=found.device)

@@ -51,10 +51,10 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
             return unattacked(x, counter)
         mask = self.frame_mask(model, x, y, target, generator, counter)
 
-        def attempt(xs, ys, ts, gens, ms) -> tuple[torch.Tensor, torch.Tensor]:
+        def attempt(xs, ys, ts, gens, ms, model=model, judge=judge) -> tuple[torch.Tensor, torch.Tensor]:
             return self._attack(model, xs, ys, ts, ms, gens, counter, judge)
 
-        x_adv, success = self.restarted(attempt, x, y, target, generator, mask)
+        x_adv, success = self.restarted(attempt, x, y, target, generator, mask, model=model, judge=judge)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
     def _attack(
