@@ -151,7 +151,7 @@ def test_a_broken_row_is_no_longer_updated(name, one_thread):
     res = attack(model, x, y, precisions=Precisions.single(model, batch_dependent=True),
                  generator=sample_generators(0, range(B)))  # fmt: skip
     broke = _frozen_after_breaking(model, x, y, bounded=name == "fab")
-    assert 0 < broke and res.success.any()  # the property was exercised
+    assert broke > 0 and res.success.any()  # the property was exercised
 
 
 def test_autoattack_holds_broken_rows_at_their_example_in_later_stages(one_thread):
@@ -214,7 +214,9 @@ def test_precisions_carry_the_flag_and_held_rows_get_no_gradient():
         held(torch.rand(2, 4))
 
 
-def test_whole_batch_autoattack_beats_the_subset_path_on_test_time_batchnorm(shapes_model, shapes_test, one_thread):
+def test_whole_batch_autoattack_beats_the_subset_path_on_test_time_batchnorm(
+    shapes_model, shapes_test, one_thread
+):
     """On a test-time-BN model (BatchNorm in train mode) the cascade on shrinking subsets attacks other
     models than the deployed one: its claims come from batches of a few samples, and its examples, put
     back together as the batch the model is deployed on, leave many samples robust. Attacking the

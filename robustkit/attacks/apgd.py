@@ -209,7 +209,9 @@ def apgd_run(
             n_done = int(done.sum())  # one host sync per checkpoint
             if n_done == done.numel():
                 break
-            if compact and n_done * 4 >= done.numel():  # drop broken samples once a quarter of the batch is done
+            if (
+                compact and n_done * 4 >= done.numel()
+            ):  # drop broken samples once a quarter of the batch is done
                 _write(out_adv, out_ok, out_loss, idx, s, done)
                 keep = ~done
                 idx = idx[keep]

@@ -180,7 +180,12 @@ class AutoAttack(LpAttack):
             if todo and judge.whole_batch:
                 held, held_judge = judge.holding(model, ~robust, x_adv)
                 res = attack(
-                    held, x, y, criterion=judge.criterion, precisions=held_judge.precisions, generator=generator
+                    held,
+                    x,
+                    y,
+                    criterion=judge.criterion,
+                    precisions=held_judge.precisions,
+                    generator=generator,
                 )
                 claimed = robust & res.success
                 check = confirm(reference, threat, x, where_batch(claimed, res.x_adv, x_adv), y,
@@ -210,7 +215,9 @@ class AutoAttack(LpAttack):
             entry["seconds"] = round(time.perf_counter() - start, 4)
             cascade.append(entry)
         if judge.whole_batch:  # the verdict on the batch as returned
-            broken = confirm(reference, threat, x, x_adv, y, tolerance=self.tolerance, counter=counter).confirmed
+            broken = confirm(
+                reference, threat, x, x_adv, y, tolerance=self.tolerance, counter=counter
+            ).confirmed
             broken_by = torch.where(broken & robust, -3, torch.where(robust | broken, broken_by, -1))
             robust = ~broken
         return AttackResult(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+
 from ..errors import ConfigError
 from ..functional.losses import cw_margin
 from ..models.state import preserved
