@@ -144,10 +144,21 @@ def _frozen_after_breaking(model: Probe, x: torch.Tensor, y: torch.Tensor, *, bo
     return broke
 
 
-@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "apgd-t", "square", "fab"])
+FROZEN = {
+    "pgd": IMAGE_ATTACKS["pgd"],
+    "apgd-ce": IMAGE_ATTACKS["apgd-ce"],
+    "apgd-t": IMAGE_ATTACKS["apgd-t"],
+    "square": IMAGE_ATTACKS["square"],
+    "fab": IMAGE_ATTACKS["fab"],
+    "video-pgd": VIDEO_ATTACKS["video-pgd"],
+    "video-pgd-shared": {**VIDEO_ATTACKS["video-pgd"], "shared_frames": True, "eps": 4 / 255},
+}
+
+
+@pytest.mark.parametrize("name", FROZEN)
 def test_a_broken_row_is_no_longer_updated(name, one_thread):
-    model, x, y = _batch()
-    attack = robustkit.create_attack(name, **{"eps": EPS, **IMAGE_ATTACKS[name]})
+    model, x, y = _batch(video=name.startswith("video"))
+    attack = robustkit.create_attack(name.removesuffix("-shared"), **{"eps": EPS, **FROZEN[name]})
     res = attack(model, x, y, precisions=Precisions.single(model, batch_dependent=True),
                  generator=sample_generators(0, range(B)))  # fmt: skip
     broke = _frozen_after_breaking(model, x, y, bounded=name == "fab")

@@ -90,7 +90,8 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
                 target=target, start=start, counter=counter, objective_at=objective_at, mask=mask, judge=judge,
             )  # fmt: skip
         ascent = Ascent(objective=self.objective(y, target), update=update, compose=compose)
-        adv, ok, _ = until_success(model, param, ascent, y, target, counter, steps=self.steps)
+        freeze = judge is not None and judge.whole_batch  # a batch-dependent model: broken clips stay put
+        adv, ok, _ = until_success(model, param, ascent, y, target, counter, steps=self.steps, freeze=freeze)
         return adv, ok
 
 
