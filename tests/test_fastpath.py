@@ -4,6 +4,7 @@ profile; the benchmark helpers."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -330,18 +331,20 @@ def test_confirm_checks_the_verdict_in_fp32_and_the_bound():
     net = TinyNet().train()
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        y = net.eval()(x).argmax(1)
-    net.train()
+        y = net(x).argmax(1)  # the model as given: BatchNorm in train mode, batch statistics
+        assert not torch.equal(copy.deepcopy(net).eval()(x).argmax(1), y)  # eval mode is another model
+    buffers = [b.clone() for b in net.buffers()]
     threat = make_threat("Linf", 0.1)
     x_adv = x.clone()
     x_adv[1] = (x[1] + 0.2).clamp(0, 1)  # outside the ball
     x_adv[2, 0, 0, 0] = 1.5  # outside the box
     check = confirm(net, threat, x, x_adv, y)
-    assert net.training  # eval for the pass, the mode restored after it
+    assert net.training  # judged in the mode it was given, never .eval() behind the user's back
+    assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers(), strict=True))  # statistics kept
     assert check.within.tolist() == [True, False, False, True]
     assert torch.equal(check.adversarial, check.logits.argmax(1) != y)
     assert torch.equal(check.confirmed, check.adversarial & check.within)
-    assert not confirm(net, threat, x, x, y).adversarial.any()  # the clean inputs: eval-mode labels
+    assert not confirm(net, threat, x, x, y).adversarial.any()  # the clean inputs: train-mode labels
     targeted = confirm(net, threat, x, x, y, criterion=TargetedMisclassification(y))
     assert targeted.confirmed.all()
     assert confirm(net, None, x, x_adv, y).within.all()  # no Lp bound: only the verdict counts

@@ -18,7 +18,9 @@ steps since the last checkpoint increased its loss, or when it was not halved at
 checkpoint and its best loss has not improved since. On halving, the iterate restarts from the best
 point. Differences from the reference code, none of which weakens the attack: the first step's
 "increase" is measured against the loss at the random start, and samples that are already broken
-are dropped from the batch at checkpoints (compaction) instead of being optimized further.
+are dropped from the batch at checkpoints (compaction) instead of being optimized further. For a
+batch-dependent model (``Judge.whole_batch``) every run keeps the whole batch: broken samples stay in
+it, held at their adversarial point, and the reported success is the verdict on the final batch.
 
 Returned ``x_adv``: for broken samples the adversarial iterate found; for robust samples the iterate
 with the highest loss over all restarts (always inside the threat model).
@@ -140,7 +142,8 @@ def apgd_run(
     ``objective(logits, y, loss_target)`` is maximized; success is misclassification, or
     ``pred == success_target`` when given, decided by ``judge`` (default: the exact criterion on
     ``model``; behind a bf16 fast path only clear successes count). Samples that succeed are removed from the working batch at
-    checkpoints (the only host synchronizations of the loop) when ``compact``.
+    checkpoints (the only host synchronizations of the loop) when ``compact``. Under
+    ``judge.whole_batch`` they stay in it, held at their first adversarial iterate.
     """
     n = x.shape[0]
     out_adv = x.clone()
@@ -155,6 +158,8 @@ def apgd_run(
         return expected_loss_and_grad(model, point, obj, counter, eot_samples)
 
     judge = judge or Judge.of(model)
+    whole = judge.whole_batch
+    compact = compact and not whole
     x_adv = random_start(x, threat, generator) if start is None else start
     loss, logits, grad = grad_at(x_adv, y, loss_target)
     s = _Batch(
@@ -174,6 +179,8 @@ def apgd_run(
         a = 0.75 if i > 0 else 1.0
         z = _step(xs, x_adv + batch_view(s.step, xs) * threat.direction(s.grad), threat)
         x_adv = _step(xs, x_adv + (z - x_adv) * a + momentum * (1 - a), threat)
+        if whole:  # a broken row stays in the batch where it broke
+            x_adv = where_batch(s.ok, s.x_succ, x_adv)
         loss, logits, grad = grad_at(x_adv, s.y, s.loss_target)
         hit = judge(logits, s.y, s.success_target) & ~s.ok
         s.x_succ = where_batch(hit, x_adv, s.x_succ)
@@ -197,12 +204,14 @@ def apgd_run(
         s.grad = where_batch(halve, s.grad_best, s.grad)
         s.ups = torch.zeros_like(s.ups)
         since = 0
-        if compact and i < steps - 1:
+        if (compact or whole) and i < steps - 1:
             done = s.ok
             n_done = int(done.sum())  # one host sync per checkpoint
             if n_done == done.numel():
                 break
-            if n_done * 4 >= done.numel():  # drop broken samples once a quarter of the batch is done
+            if (
+                compact and n_done * 4 >= done.numel()
+            ):  # drop broken samples once a quarter of the batch is done
                 _write(out_adv, out_ok, out_loss, idx, s, done)
                 keep = ~done
                 idx = idx[keep]
@@ -271,30 +280,31 @@ class APGD(SweepAttack):
         return self.plans(call, lambda: clean), call._replace(setup=loss_fn)
 
     def verdict(self, call: SweepCall, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
-        if call.judge.tentative:  # bf16 fast path: report what is adversarial in fp32
+        if call.judge.tentative or call.judge.whole_batch:  # in fp32 (bf16 fast path); in the final batch
             return call.judge.verdict(x_adv, call.y, call.target, call.counter)
         return success
 
     def serial(self, call: SweepCall, plans: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each (target, restart) run on the samples no earlier run broke; a sample keeps its first
-        success, else the result of highest loss."""
+        """Each (target, restart) run on the samples no earlier run broke (``robust_runs``); a sample
+        keeps its first success, else the result of highest loss."""
         x, y, target = call.x, call.y, call.target
         n = x.shape[0]
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
         best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-        for loss_target, _, sel, gens in robust_runs(success, plans, self.restarts, call.generator):
+        for run in robust_runs(success, plans, self.restarts, call.generator, call.model, call.judge, x_adv):
+            sel, keep, loss_target = run.sel, run.keep, run.plan
             adv, ok, loss = apgd_run(
-                call.model, x[sel], y[sel], self.threat, call.setup,
-                steps=self.steps, rho=self.rho, counter=call.counter, generator=gens,
+                run.model, x[sel], y[sel], self.threat, call.setup,
+                steps=self.steps, rho=self.rho, counter=call.counter, generator=run.generator,
                 loss_target=None if loss_target is None else loss_target[sel],
                 success_target=None if target is None else target[sel],
-                eot_samples=self.eot_samples, judge=call.judge,
+                eot_samples=self.eot_samples, judge=run.judge,
             )  # fmt: skip
-            take = ok | (loss > best_loss[sel])
+            take = keep & (ok | (loss > best_loss[sel]))
             x_adv[sel[take]] = adv[take]
-            best_loss[sel] = torch.maximum(best_loss[sel], loss)
-            success[sel] = ok
+            best_loss[sel] = torch.where(keep, torch.maximum(best_loss[sel], loss), best_loss[sel])
+            success[sel] = torch.where(keep, ok, success[sel])
         return x_adv, success
 
     def stacked(self, call: SweepCall, runs: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,9 +14,18 @@ custom        ``attacks``: a list of registry keys or dicts ``{attack: key, name
 
 Every stage runs only on the samples still robust, always starting from the clean input; a sample's
 verdict is the AND over stages. A stage's claimed successes are re-checked by
-``robustkit.attacks.criteria.confirm``, as the runner does: an independent fp32 forward pass in eval
-mode (autocast off, the fp32 reference model behind a bf16 fast path) and a bound check with tolerance
-``tolerance``; claims that fail stay robust and count as ``rejected``. Every stage gets the call's
+``robustkit.attacks.criteria.confirm``, as the runner does: an independent fp32 forward pass in the
+mode the model was given (autocast off, the fp32 reference model behind a bf16 fast path) and a bound
+check with tolerance ``tolerance``; claims that fail stay robust and count as ``rejected``.
+
+For a batch-dependent model (``Judge.whole_batch``: ``Precisions(batch_dependent=True)``) every stage
+runs on the whole batch instead, with every sample's generator; the samples already broken are held at
+their confirmed adversarial example (``Judge.holding``: the model sees them there and they get no
+gradient), only the results of the samples still robust are taken, and the re-check runs on the whole
+batch as it would be deployed (broken samples at their examples, the others at their claimed examples
+or clean). A final re-check of the returned batch gives ``success``: a sample broken by a stage that its
+batch mates' later examples made robust again counts as robust (``broken_by`` -1), and a sample that the
+others' examples made misclassified counts as broken (``broken_by`` -3). Every stage gets the call's
 criterion and precisions: behind the fast path a stage runs at the precision it declares and reports
 the fp32 verdict on its examples (``robustkit.attacks.base.Judge``), so a success too thin for bf16 to
 be sure of is still claimed.
@@ -28,7 +37,7 @@ passed to every stage that has a field of that name: they override a version's p
 Result: ``success`` is True where some stage broke the sample (or it was misclassified already);
 ``x_adv`` is the confirmed adversarial example there and the clean input elsewhere.
 Per-sample metric ``broken_by``: index of the stage that broke the sample, -1 when robust, -2 when
-already misclassified on the clean input. ``artifacts["cascade"]``: one entry per stage,
+already misclassified on the clean input (-3: see batch-dependent models above). ``artifacts["cascade"]``: one entry per stage,
 ``{attack, black_box, attacked, robust_after, rejected, total, seconds, counters}`` (counts within
 this batch).
 """
@@ -47,6 +56,7 @@ from ..functional.random import GeneratorLike, subset
 from ..registry import dataclass_fields, suggest
 from .base import ATTACKS, Attack, AttackResult, Counter, Judge, positive, register
 from .criteria import confirm
+from .loop import where_batch
 from .lp import LpAttack
 
 VERSIONS: dict[str, list[dict[str, Any]]] = {
@@ -167,7 +177,23 @@ class AutoAttack(LpAttack):
                 "rejected": 0,
                 "counters": {},
             }
-            if todo:
+            if todo and judge.whole_batch:
+                held, held_judge = judge.holding(model, ~robust, x_adv)
+                res = attack(
+                    held,
+                    x,
+                    y,
+                    criterion=judge.criterion,
+                    precisions=held_judge.precisions,
+                    generator=generator,
+                )
+                claimed = robust & res.success
+                check = confirm(reference, threat, x, where_batch(claimed, res.x_adv, x_adv), y,
+                                tolerance=self.tolerance, counter=counter)  # fmt: skip
+                hit = (claimed & check.confirmed).nonzero()[:, 0]
+                x_adv[hit] = res.x_adv[hit]
+                entry["rejected"] = int((claimed & ~check.confirmed).sum())
+            elif todo:
                 sel = robust.nonzero()[:, 0]
                 res = attack(
                     model, x[sel], y[sel], criterion=judge.criterion, precisions=judge.precisions,
@@ -177,16 +203,23 @@ class AutoAttack(LpAttack):
                                 counter=counter)  # fmt: skip
                 confirmed = res.success & check.confirmed
                 hit = sel[confirmed]
-                robust[hit] = False
-                broken_by[hit] = k
                 x_adv[hit] = res.x_adv[confirmed]
                 entry["rejected"] = int((res.success & ~confirmed).sum())
+            if todo:
+                robust[hit] = False
+                broken_by[hit] = k
                 entry["counters"] = dict(res.counters)
                 for name, value in res.counters.items():
                     setattr(counter, name, getattr(counter, name, 0) + value)
             entry["robust_after"] = int(robust.sum())
             entry["seconds"] = round(time.perf_counter() - start, 4)
             cascade.append(entry)
+        if judge.whole_batch:  # the verdict on the batch as returned
+            broken = confirm(
+                reference, threat, x, x_adv, y, tolerance=self.tolerance, counter=counter
+            ).confirmed
+            broken_by = torch.where(broken & robust, -3, torch.where(robust | broken, broken_by, -1))
+            robust = ~broken
         return AttackResult(
             x_adv=x_adv,
             success=~robust,

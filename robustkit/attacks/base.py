@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
+from ..functional.projection import batch_view
 from ..functional.random import GeneratorLike, uniform
 from ..models.fastpath import Precisions
 from ..models.state import preserved
@@ -91,6 +93,12 @@ class Judge:
     ``tentative`` is True when the criterion asks for a margin (the attack runs under bf16, see
     ``robustkit.attacks.criteria``): the attack's own decisions are then only sure ones, and it reports
     the fp32 verdict on its results, so that no example adversarial in fp32 goes unreported.
+
+    ``whole_batch`` is True for a batch-dependent model (``Precisions.batch_dependent``): the attack then
+    calls the model only on the whole batch it was given, rows in order (no compaction, no subsets, no
+    stacked restarts), and a row it has broken stays in the batch, no longer updated; a later run
+    (restart, target) sees the broken rows held at their adversarial points (``holding``). Every
+    forward pass, the verdict's included, runs in the mode the model was given.
     """
 
     criterion: Criterion
@@ -104,6 +112,24 @@ class Judge:
     def tentative(self) -> bool:
         return self.criterion.margin > 0
 
+    @property
+    def whole_batch(self) -> bool:
+        return self.precisions.batch_dependent
+
+    def holding(self, model: Callable, rows: torch.Tensor, values: torch.Tensor) -> tuple[Callable, Judge]:
+        """``model`` (one of ``precisions``' members) and this judge with the rows ``rows`` (bool (B,))
+        of every batch held at ``values`` (``Held``): what a run on the whole batch attacks when some
+        rows are already broken."""
+        rows, values = rows.clone(), values.detach().clone()
+        held: dict[int, Held] = {}
+
+        def hold(m: Callable) -> Held:
+            return held.setdefault(id(m), Held(m, rows, values))
+
+        p = self.precisions
+        precisions = dataclasses.replace(p, fast=hold(p.fast), fp32=hold(p.fp32), reference=hold(p.reference))
+        return hold(model), Judge(self.criterion, precisions)
+
     def verdict(
         self, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, counter: Counter
     ) -> torch.Tensor:
@@ -116,6 +142,24 @@ class Judge:
     def of(cls, model: Callable) -> Judge:
         """The exact criterion on ``model`` itself: what an attack called without a criterion uses."""
         return cls(Misclassification(), Precisions.single(model))
+
+
+class Held(nn.Module):
+    """``model`` with the rows ``rows`` (bool (B,)) of every batch replaced by ``values``:
+    ``forward(x) = model(where(rows, values, x))``, so the model sees them there and they get no
+    gradient. It takes batches of B rows only (``Judge.holding``)."""
+
+    def __init__(self, model: Callable, rows: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.rows, self.values = model, rows, values
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.rows.shape[0]:
+            raise ConfigError(
+                f"a batch-dependent model is attacked on its whole batch of {self.rows.shape[0]} rows, and "
+                f"an attack called it with {x.shape[0]}: that attack does not support batch_dependent models"
+            )
+        return self.model(torch.where(batch_view(self.rows, x), self.values.to(x.dtype), x))
 
 
 @dataclass(frozen=True, kw_only=True)

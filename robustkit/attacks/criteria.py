@@ -14,7 +14,8 @@ An attack is called with ``criterion=`` (default ``Misclassification()``); a
 ``TargetedMisclassification`` is the same as passing ``target=``.
 
 ``confirm(model, threat, x, x_adv, y)`` is the verdict that counts, for the runner and for AutoAttack
-alike: an independent fp32 forward pass of ``model`` in eval mode with autocast off, and the check that
+alike: an independent fp32 forward pass of ``model`` in the mode it was given (its deployed mode: a
+model with BatchNorm in train mode is judged in train mode) with autocast off, and the check that
 ``x_adv`` stays inside the threat model's bound and the [0, 1] box (with a small tolerance).
 """
 
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..functional.losses import cw_margin
+from ..models.state import preserved
 from ..threat import ThreatModel
 
 
@@ -103,17 +104,11 @@ def resolve(
 
 
 def fp32_logits(model: Callable, x: torch.Tensor) -> torch.Tensor:
-    """An independent forward pass of ``model`` in eval mode with autocast off, in fp32; the model's
-    training flags are restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    try:
-        if isinstance(model, nn.Module):
-            model.eval()
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            return model(x.float()).float()
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    """An independent forward pass of ``model`` with autocast off, in fp32, in the mode the model was
+    given (never ``.eval()`` behind the user's back: a model with BatchNorm in train mode is deployed
+    that way); its state (buffers such as BatchNorm running statistics) is left as it was."""
+    with preserved(model, freeze=False), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        return model(x.float()).float()
 
 
 class Confirmation(NamedTuple):

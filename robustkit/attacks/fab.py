@@ -137,7 +137,8 @@ def fab_run(
     which iterates are adversarial.
 
     Samples whose best norm is already within ``threat.eps`` leave the batch every ``check_every``
-    steps (a host synchronization), since their verdict cannot change.
+    steps (a host synchronization), since their verdict cannot change; under ``judge.whole_batch`` they
+    stay in it, held at that example, and the run ends once every sample is done.
     """
     p = threat.p
     n = x0.shape[0]
@@ -149,7 +150,10 @@ def fab_run(
     x1 = x0.clone() if offset is None else (x0 + offset).clamp(0.0, 1.0)
     best_adv, best_norm = x0.clone(), out_norm.clone()
     xs, ys, ts = x0, y, target
+    whole = judge.whole_batch
     for i in range(steps):
+        if whole:  # a sample done stays in the batch at its example within the budget
+            x1 = torch.where(batch_view(best_norm <= threat.eps, x1), best_adv, x1)
         df, dg, _ = _diffs(model, x1, ys, ts, counter)
         dual = dg.flatten(2).norm(p=1.0 if p == float("inf") else 2.0, dim=2)  # dual norm of each gradient
         dist = df.abs() / (dual + 1e-12)
@@ -167,6 +171,8 @@ def fab_run(
         a2 = flat_norm(d2, p).clamp_min(1e-8)
         alpha = batch_view((a1 / (a1 + a2)).clamp(0.0, alpha_max), x1)
         x1 = ((x1 + eta * d1) * (1 - alpha) + (xs + eta * d2) * alpha).clamp(0.0, 1.0)
+        if whole:
+            x1 = torch.where(batch_view(best_norm <= threat.eps, x1), best_adv, x1)
         with torch.no_grad():
             is_adv = judge(forward(model, x1, counter), ys, ts)
         norm = flat_norm(x1 - xs, p)
@@ -177,7 +183,9 @@ def fab_run(
         if (i + 1) % check_every == 0 and i < steps - 1:
             done = best_norm <= threat.eps
             n_done = int(done.sum())  # one host sync every ``check_every`` steps
-            if n_done:
+            if whole and n_done == done.numel():
+                break
+            if n_done and not whole:
                 out_adv[idx[done]], out_norm[idx[done]] = best_adv[done], best_norm[done]
                 keep = ~done
                 if n_done == done.numel():
@@ -235,15 +243,16 @@ class FAB(SweepAttack):
         x, threat = call.x, self.threat
         success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         x_adv = x.clone()
-        for tgt, restart, sel, gens in robust_runs(success, plans, self.restarts, call.generator):
+        for run in robust_runs(success, plans, self.restarts, call.generator, call.model, call.judge, x_adv):
+            sel, tgt = run.sel, run.plan
             adv, norm = fab_run(
-                call.model, x[sel], call.y[sel], threat, target=None if tgt is None else tgt[sel],
+                run.model, x[sel], call.y[sel], threat, target=None if tgt is None else tgt[sel],
                 steps=self.steps, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
-                random_start=restart > 0, generator=gens, counter=call.counter, judge=call.judge,
+                random_start=run.restart > 0, generator=run.generator, counter=call.counter, judge=run.judge,
             )  # fmt: skip
-            ok = threat.within(adv - x[sel], tol=0.0) & torch.isfinite(norm)
+            ok = run.keep & threat.within(adv - x[sel], tol=0.0) & torch.isfinite(norm)
             x_adv[sel[ok]] = x[sel[ok]] + threat.clip(x[sel[ok]], adv[ok] - x[sel[ok]])
-            success[sel] = ok
+            success[sel] = torch.where(run.keep, ok, success[sel])
         return x_adv, success
 
     def stacked(self, call: SweepCall, runs: list) -> tuple[torch.Tensor, torch.Tensor]:

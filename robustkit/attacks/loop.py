@@ -129,16 +129,18 @@ class KeepSuccess(Keep):
 
     ``succeeded(logits, y, target)`` judges success; with ``final_check`` the final input is judged by
     one more forward pass of ``ascent`` (else only the inputs of the steps count); ``early_stop`` stops
-    once every sample succeeded. ``result`` is ``(x_adv, success, param)``."""
+    once every sample succeeded; ``freeze`` (a per-sample parameter, a batch-dependent model) holds a
+    sample's parameter where it first succeeded. ``result`` is ``(x_adv, success, param)``."""
 
     def __init__(
         self, model: Callable, ascent: Ascent, y: torch.Tensor, target: torch.Tensor | None, counter: Counter,
         *, last: bool = False, succeeded: Succeeded = is_success, final_check: bool = True,
-        early_stop: bool = False,
+        early_stop: bool = False, freeze: bool = False,
     ) -> None:  # fmt: skip
         self.model, self.ascent, self.y, self.target, self.counter = model, ascent, y, target, counter
         self.last, self.succeeded = last, succeeded
         self.final_check, self.early_stop = final_check, early_stop
+        self.freeze, self.frozen = freeze, None  # frozen: the parameter where each sample first succeeded
         self.found = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         self.best: torch.Tensor | None = None
 
@@ -149,8 +151,16 @@ class KeepSuccess(Keep):
         hit = self.succeeded(logits, self.y, self.target)
         take = self._take(hit)
         self.best = x_adv if self.best is None else where_batch(take, x_adv, self.best)
+        if self.freeze:
+            first = hit & ~self.found
+            self.frozen = (
+                param.detach().clone() if self.frozen is None else where_batch(first, param, self.frozen)
+            )
         self.found = self.found | hit
         return self.early_stop and bool(self.found.all())
+
+    def settle(self, step: int, param: torch.Tensor) -> torch.Tensor | None:
+        return param if self.frozen is None else where_batch(self.found, self.frozen, param)
 
     def result(self, param: torch.Tensor, stopped: bool):
         if stopped:
@@ -225,6 +235,7 @@ class Freeze(Keep):
     Compaction: after 2, 4, 8, ... steps (never after the last) it counts the samples done, one host
     synchronization per check, stops when all are done, and drops the done ones from the working batch
     once they are a quarter of it (``objective_at(live)`` gives the objective of the samples left).
+    Under ``judge.whole_batch`` (a batch-dependent model) the done samples stay in the batch, frozen.
 
     ``judge`` (default: the exact criterion on ``model``) decides success. Behind a bf16 fast path its
     criterion has a margin (``judge.tentative``): a sample is frozen only once it is adversarial by a
@@ -267,7 +278,7 @@ class Freeze(Keep):
         n_done = int(found.sum())  # the only host synchronizations of the loop: log2(steps) checks
         if n_done == found.numel():
             return None
-        if 4 * n_done < found.numel():
+        if 4 * n_done < found.numel() or self.judge.whole_batch:
             return param
         if self.live is None:
             self.out_found, self.live = found.clone(), torch.arange(found.numel(), device=found.device)

@@ -6,7 +6,7 @@ random start and restarts)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -135,16 +135,42 @@ def stacked_or_serial(
     return out if out is not None else serial()
 
 
-def robust_runs(success: torch.Tensor, plans: list, restarts: int, generator: GeneratorLike):
-    """The one-by-one form of ``restarts`` runs per plan (a target, or None): yields ``(plan, restart,
-    sel, generators)`` for each run, with ``sel`` the samples no earlier run broke (``success``, which
-    the caller updates between runs) and their generators; a plan's restarts stop once all are broken."""
+class Run(NamedTuple):
+    """One run of ``robust_runs``: its plan and restart, the rows ``sel`` it attacks with their
+    generators, the model and judge it attacks, and ``keep``, which of its rows' results count."""
+
+    plan: Any
+    restart: int
+    sel: torch.Tensor
+    generator: GeneratorLike
+    model: Callable
+    judge: Judge
+    keep: torch.Tensor
+
+
+def robust_runs(
+    success: torch.Tensor, plans: list, restarts: int, generator: GeneratorLike, model: Callable,
+    judge: Judge, x_adv: torch.Tensor,
+) -> Iterator[Run]:  # fmt: skip
+    """The one-by-one form of ``restarts`` runs per plan (a target, or None); a plan's restarts stop
+    once every sample is broken (``success``, which the caller updates between runs, with ``x_adv``).
+
+    Each run attacks the samples no earlier run broke (``sel``, all of whose results count) with their
+    generators; under ``judge.whole_batch`` it attacks every row with every generator, the broken rows
+    held at their ``x_adv`` (``Judge.holding``), and only the results of the rows still to do count."""
     for plan in plans:
         for restart in range(restarts):
             todo = ~success
             if not bool(todo.any()):
                 break
-            yield plan, restart, todo.nonzero()[:, 0], subset(generator, todo)
+            if judge.whole_batch:
+                held, held_judge = judge.holding(model, success, x_adv)
+                every = torch.arange(todo.shape[0], device=todo.device)
+                yield Run(plan, restart, every, generator, held, held_judge, todo)
+            else:
+                sel = todo.nonzero()[:, 0]
+                keep = torch.ones(sel.shape[0], dtype=torch.bool, device=sel.device)
+                yield Run(plan, restart, sel, subset(generator, todo), model, judge, keep)
 
 
 class SweepCall(NamedTuple):
@@ -170,7 +196,8 @@ class SweepAttack(LpAttack):
     """An ``LpAttack`` made of runs, ``restarts`` per plan. A plan is the target of its runs: the
     call's ``target`` (None: untargeted), or with ``targeted`` each class ranked 2nd, 3rd, ... by the
     clean logits (``n_targets`` of them). The runs go one by one, each on the samples no earlier run
-    broke (``serial``), or where ``stack_in_batch`` all in one batch (``stacked``), from the same draws.
+    broke (``serial``, see ``robust_runs``), or where ``stack_in_batch`` all in one batch (``stacked``),
+    from the same draws; under ``Judge.whole_batch`` always one by one, each on the whole batch.
 
     Subclasses (APGD, FAB) declare the fields ``restarts``, ``targeted`` and ``n_targets``, and give
     ``serial``, ``stacked`` and ``verdict``; ``plan`` may add what their runs need to the call."""
@@ -185,7 +212,7 @@ class SweepAttack(LpAttack):
         plans, call = self.plan(SweepCall(model, x, y, target, generator, counter, judge))
         runs = [(plan, restart) for plan in plans for restart in range(self.restarts)]
         x_adv, success = stacked_or_serial(
-            len(runs) > 1 and stack_in_batch(x),
+            len(runs) > 1 and stack_in_batch(x) and not judge.whole_batch,
             lambda: self.stacked(call, runs),
             lambda: self.serial(call, plans),
             generator,
@@ -250,15 +277,25 @@ class IterativeLpAttack(LpAttack, LossAttack):
 
     def restarted(
         self, attempt: Attempt, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
-        generator: GeneratorLike, *per_sample: torch.Tensor,
+        generator: GeneratorLike, *per_sample: torch.Tensor, model: Callable | None = None,
+        judge: Judge | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """``attempt(x, y, target, generator, *per_sample) -> (x_adv, success)`` on the whole batch (no
-        copies), then once per further restart on the samples still robust, with their generators."""
+        copies), then once per further restart on the samples still robust, with their generators.
+
+        Under ``judge.whole_batch`` a further restart attacks every row, with every generator, the
+        broken rows held at their adversarial points: ``attempt(..., model=, judge=)`` gets the model
+        and judge to attack (``Judge.holding``), and only the rows still robust take its results."""
         x_adv, success = attempt(x, y, target, generator, *per_sample)
         for _ in range(1, self.restarts):
             todo = ~success
             if not bool(todo.any()):
                 break
+            if judge is not None and judge.whole_batch:
+                held, held_judge = judge.holding(model, success, x_adv)
+                adv, ok = attempt(x, y, target, generator, *per_sample, model=held, judge=held_judge)
+                x_adv[todo], success[todo] = adv[todo], ok[todo]
+                continue
             idx = todo.nonzero()[:, 0]
             ts = target[idx] if target is not None else None
             extra = [t[idx] for t in per_sample]

@@ -1,7 +1,8 @@
 """Projected gradient descent (Madry et al. 2018) and FGSM (Goodfellow et al. 2015), L-inf and L2.
 
 PGD keeps, per sample, the first iterate that succeeds; restarts run only on samples that are still
-robust. Nothing in the step loop synchronizes with the host.
+robust (on a batch-dependent model, on the whole batch with the broken samples held where they broke).
+Nothing in the step loop synchronizes with the host.
 """
 
 from __future__ import annotations
@@ -44,18 +45,18 @@ class PGD(IterativeLpAttack):
         if self.eps == 0:
             return unattacked(x, counter)
         step = self.step
-        if self.restarts > 1 and stack_in_batch(x):
+        if self.restarts > 1 and stack_in_batch(x) and not (judge is not None and judge.whole_batch):
             stacked = stacked_or_none(
                 lambda: self._stacked(model, x, y, target, generator, counter, threat, step, judge), generator
             )
             if stacked is not None:
                 return stacked
 
-        def attempt(xs, ys, ts, gens) -> tuple[torch.Tensor, torch.Tensor]:
+        def attempt(xs, ys, ts, gens, model=model, judge=judge) -> tuple[torch.Tensor, torch.Tensor]:
             start = self._start(xs, threat, gens)
             return self._ascend(model, xs, ys, ts, start, threat, step, counter, judge)
 
-        x_adv, success = self.restarted(attempt, x, y, target, generator)
+        x_adv, success = self.restarted(attempt, x, y, target, generator, model=model, judge=judge)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
     def _start(self, x: torch.Tensor, threat: ThreatModel, generator: GeneratorLike) -> torch.Tensor:

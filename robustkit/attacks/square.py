@@ -12,7 +12,9 @@ windows into one, keeping the total L2 norm at ``eps``.
 Layouts: images (B, C, H, W) with any H and W (the window is at most ``min(H, W)``) and video
 (B, C, T, H, W), where each (channel, frame) pair gets its own sign. Window positions and signs are
 drawn per sample from that sample's generator, so a sample's result does not depend on the batch it
-is in. Samples leave the batch once broken, checked every ``sync_every`` queries.
+is in. Samples leave the batch once broken, checked every ``sync_every`` queries; for a batch-dependent
+model (``Judge.whole_batch``) they stay in it, queried at their adversarial point, and restarts run on
+the whole batch with the broken samples held there.
 
 Per-sample metric ``queries``: model queries spent on the sample until it broke (or the budget).
 """
@@ -31,7 +33,7 @@ from ..functional.losses import margin
 from ..functional.projection import flat_norm
 from ..functional.random import GeneratorLike, subset, uniform
 from ..threat import ThreatModel
-from .base import AttackResult, Counter, forward, positive_ints, register
+from .base import AttackResult, Counter, Judge, forward, positive_ints, register
 from .lp import LpAttack, robust_runs, unattacked
 
 _P_SCHEDULE = (
@@ -117,8 +119,10 @@ def square_run(
     generator: GeneratorLike,
     counter: Counter,
     sync_every: int,
+    whole: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Square run from a fresh start. Returns (x_best, success, queries used), batch size B."""
+    """One Square run from a fresh start. Returns (x_best, success, queries used), batch size B.
+    ``whole`` (a batch-dependent model): broken samples stay in the batch, queried at their best point."""
     n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     shape = x.shape
     xf = x.reshape(n, -1, h, w)
@@ -168,7 +172,7 @@ def square_run(
     while it < queries:
         live = st["margin"] > 0
         n_live = int(live.sum())  # one host sync per ``sync_every`` queries
-        if n_live < live.numel():
+        if n_live < live.numel() and not whole:
             _store(out, idx, st, ~live)
             idx = idx[live]
             st = {k: (v[live] if isinstance(v, torch.Tensor) else v) for k, v in st.items()}
@@ -176,7 +180,7 @@ def square_run(
         if n_live == 0:
             break
         chunk = min(sync_every, queries - it)
-        u = uniform((n_live, chunk, draws), gens, dev, dt)
+        u = uniform((st["margin"].shape[0], chunk, draws), gens, dev, dt)
         for j in range(chunk):
             p = p_fraction(it + j, p_init, queries, rescale)
             xs, xb = st["x"], st["x_best"]
@@ -191,8 +195,10 @@ def square_run(
                 if s not in patterns:
                     patterns[s] = l2_pattern(s).to(dev, dt)
                 x_new = _l2_proposal(xs, xb, u[:, j], s, patterns[s], eps)
-            m, lo = evaluate(x_new, st["y"], st["t"])
             live = st["margin"] > 0
+            if whole:
+                x_new = torch.where(live.view(-1, 1, 1, 1), x_new, xb)
+            m, lo = evaluate(x_new, st["y"], st["t"])
             improved = (lo < st["loss"]) & live
             st["loss"] = torch.where(improved, lo, st["loss"])
             keep = (improved | (m <= 0)) & live
@@ -272,23 +278,27 @@ class Square(LpAttack):
         if self.loss not in ("margin", "ce"):
             raise ConfigError(f"square: loss must be 'margin' or 'ce', got {self.loss!r}")
 
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(
+        self, model, x, y, *, target=None, generator: GeneratorLike = None, judge: Judge | None = None
+    ) -> AttackResult:
         counter = Counter()
+        judge = judge or Judge.of(model)
         n = x.shape[0]
         spent = torch.zeros(n, dtype=torch.long, device=x.device)
         if self.vacuous(x):
             return unattacked(x, counter, metrics={"queries": spent})
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
-        for _, _, sel, gens in robust_runs(success, [target], self.restarts, generator):
+        for run in robust_runs(success, [target], self.restarts, generator, model, judge, x_adv):
+            sel, keep = run.sel, run.keep
             adv, ok, used = square_run(
-                model, x[sel], y[sel], self.threat, target=None if target is None else target[sel],
+                run.model, x[sel], y[sel], self.threat, target=None if target is None else target[sel],
                 queries=self.queries, p_init=self.p_init, loss=self.loss, rescale=self.rescale_schedule,
-                generator=gens, counter=counter, sync_every=self.sync_every,
+                generator=run.generator, counter=counter, sync_every=self.sync_every, whole=judge.whole_batch,
             )  # fmt: skip
-            x_adv[sel] = adv
-            success[sel] = ok
-            spent[sel] += used
+            x_adv[sel[keep]] = adv[keep]
+            success[sel] = torch.where(keep, ok, success[sel])
+            spent[sel] += torch.where(keep, used, 0)
         return AttackResult(
             x_adv=x_adv, success=success, counters=counter.as_dict(), metrics={"queries": spent}
         )

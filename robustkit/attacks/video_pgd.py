@@ -51,10 +51,10 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
             return unattacked(x, counter)
         mask = self.frame_mask(model, x, y, target, generator, counter)
 
-        def attempt(xs, ys, ts, gens, ms) -> tuple[torch.Tensor, torch.Tensor]:
+        def attempt(xs, ys, ts, gens, ms, model=model, judge=judge) -> tuple[torch.Tensor, torch.Tensor]:
             return self._attack(model, xs, ys, ts, ms, gens, counter, judge)
 
-        x_adv, success = self.restarted(attempt, x, y, target, generator, mask)
+        x_adv, success = self.restarted(attempt, x, y, target, generator, mask, model=model, judge=judge)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
 
     def _attack(
@@ -90,7 +90,8 @@ class VideoPGD(IterativeLpAttack, VideoAttack):
                 target=target, start=start, counter=counter, objective_at=objective_at, mask=mask, judge=judge,
             )  # fmt: skip
         ascent = Ascent(objective=self.objective(y, target), update=update, compose=compose)
-        adv, ok, _ = until_success(model, param, ascent, y, target, counter, steps=self.steps)
+        freeze = judge is not None and judge.whole_batch  # a batch-dependent model: broken clips stay put
+        adv, ok, _ = until_success(model, param, ascent, y, target, counter, steps=self.steps, freeze=freeze)
         return adv, ok
 
 

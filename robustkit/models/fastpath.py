@@ -98,13 +98,16 @@ class FastPath:
         """The margin (fraction of max |logit|) a success needs in the fast model's logits."""
         return BF16_TOLERANCE if self.amp_dtype is not None else 0.0
 
-    def precisions(self, model: Callable) -> Precisions:
-        """``model`` at the precisions an attack may declare; see ``Precisions``."""
+    def precisions(self, model: Callable, *, batch_dependent: bool = False) -> Precisions:
+        """``model`` at the precisions an attack may declare; see ``Precisions`` (``batch_dependent``:
+        attacks keep the batch they are given whole, see there)."""
         fast = self.wrap(model)  # type: ignore[arg-type]
         if fast is model:
-            return Precisions.single(model)
+            return Precisions.single(model, batch_dependent=batch_dependent)
         fp32 = _FullPrecision(fast) if self.amp_dtype is not None else fast
-        return Precisions(fast=fast, fp32=fp32, reference=model, tolerance=self.tolerance)
+        return Precisions(
+            fast=fast, fp32=fp32, reference=model, tolerance=self.tolerance, batch_dependent=batch_dependent
+        )
 
 
 @dataclass(frozen=True)
@@ -115,17 +118,27 @@ class Precisions:
     ``fp32``: the fast path with autocast off (BN folding, channels_last and compile kept), for attacks
     whose decisions hinge on differences below bf16 rounding; ``reference``: the user's model, the fp32
     model of every final verdict; ``tolerance``: the margin a success needs in ``fast``'s logits.
+
+    ``batch_dependent``: a sample's output depends on its batch mates (test-time BatchNorm, a defense
+    that reads batch statistics). Attacks then call the model only on the whole batch they were given,
+    rows in order: no compaction, no subsets, no restarts stacked in one batch; a finished row stays in
+    the batch, held at its adversarial point (``robustkit.attacks.base.Judge.whole_batch``).
     """
 
     fast: Callable
     fp32: Callable
     reference: Callable
     tolerance: float = 0.0
+    batch_dependent: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_dependent, bool):
+            raise ConfigError(f"batch_dependent must be True or False, got {self.batch_dependent!r}")
 
     @classmethod
-    def single(cls, model: Callable) -> Precisions:
+    def single(cls, model: Callable, *, batch_dependent: bool = False) -> Precisions:
         """A model without a fast path: itself at every precision."""
-        return cls(fast=model, fp32=model, reference=model)
+        return cls(fast=model, fp32=model, reference=model, batch_dependent=batch_dependent)
 
     def at(self, precision: str) -> Callable:
         """The model for an attack that declares ``precision`` ("any" or "fp32")."""
