@@ -235,6 +235,9 @@ def test_a_stochastic_model_is_judged_over_fresh_draws(tmp_path):
     found = {f["name"]: f for f in s["findings"]}
     assert found["randomized-outputs"]["status"] == "pass"
     assert net.training and net[3].training
+    html = render_html([load_run(res.run_dir)])
+    assert "mean over 12 draws" in html and "robust under every draw" in html
+    assert "dropout is active in 3: treated as stochastic" in html
     again = _run(tmp_path, net, (x, y), suite, name="again", eot_samples=2, draws=12).summary
     assert again["robust_accuracy"] == s["robust_accuracy"]  # the draws are seeded by the run's seed
 
