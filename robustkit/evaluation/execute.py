@@ -345,25 +345,25 @@ def _attack(
         raise InputError(
             f"attack {entry.name} returned x_adv of shape {tuple(x_adv.shape)} for input {tuple(x.shape)}"
         )
-    kept = torch.tensor(carry or [False] * len(todo), device=device)
+    carried = torch.tensor(carry or [False] * len(todo), device=device)
     if carry is not None:
-        x_adv = torch.where(kept.view(-1, *[1] * (x.dim() - 1)), x, x_adv)
+        x_adv = torch.where(carried.view(-1, *[1] * (x.dim() - 1)), x, x_adv)
     check, accuracy = verdict(job, target.judge, getattr(entry.attack, "threat", None), x, x_adv, y, todo[0])
     diff = (x_adv - x).flatten(1).float()
     # each per-sample column copied to the host once (one sync each), not element by element
     pred = check.logits.argmax(1).tolist()
     conf = check.logits.softmax(1).max(1).values.tolist()
-    robust = (~check.confirmed if accuracy is None else accuracy == 1) & ~kept
-    robust, within, attacked = robust.tolist(), check.within.tolist(), (~kept).tolist()
+    robust = (~check.confirmed if accuracy is None else accuracy == 1) & ~carried
+    robust, within, attacked = robust.tolist(), check.within.tolist(), (~carried).tolist()
     linf, l2 = diff.abs().amax(1).tolist(), diff.norm(dim=1).tolist()
-    claimed = (result.success.bool() & ~kept).tolist()
+    claimed = (result.success.bool() & ~carried).tolist()
     metrics = {
         key: v.reshape(-1).tolist()
         for key, v in per_sample_metrics(result.metrics, len(todo)).items()
         if v[0].numel() == 1
     }
     if accuracy is not None:
-        metrics[DRAW_ACCURACY] = torch.where(kept, 0.0, accuracy).tolist()
+        metrics[DRAW_ACCURACY] = torch.where(carried, 0.0, accuracy).tolist()
     outcomes = []
     for j, i in enumerate(todo):
         m = {key: v[j] for key, v in metrics.items()}
