@@ -99,7 +99,7 @@ def _data(n: int = 12) -> torch.Tensor:
 
 def _run(tmp_path, model, data, suite=PGD, name="r", **options):
     config = RunConfig(model=model, data=data, suite=suite, out=tmp_path, name=name, batch_size=B, device="cpu",
-                       progress=False, report=False, **options)  # fmt: skip
+                       progress=False, report=False, num_classes=3, **options)  # fmt: skip
     return runner.run(config)
 
 

@@ -143,7 +143,10 @@ class Job:
         whole = self.whole(view)
         if attack_model is self.net.reference and not whole:
             return Target(self.net, self.judge)  # the plain white-box view: the fast path as configured
-        extra = {"batch_dependent": True} if whole and "batch_dependent" in _PRECISION_FIELDS else {}
+        # whole batches (helper fields of Precisions, set where this version of Precisions has them); a
+        # surrogate (BPDA head skipped): the attacks decide success on the deployed model
+        flags = {"batch_dependent": whole, "surrogate": self.attack_model is not None}
+        extra = {k: True for k, on in flags.items() if on and k in _PRECISION_FIELDS}
         return Target(
             Precisions(fast=attack_model, fp32=attack_model, reference=model, **extra), AsDeployed(model)
         )
