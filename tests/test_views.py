@@ -22,6 +22,7 @@ from torch import nn
 
 from robustkit.attacks import create_attack
 from robustkit.defenses.base import Capabilities, as_defense
+from robustkit.errors import RunExistsError
 from robustkit.evaluation import runner
 from robustkit.evaluation.config import RunConfig
 from robustkit.evaluation.store import STORE_FILE, Store
@@ -98,7 +99,7 @@ def _data(n: int = 12) -> torch.Tensor:
 
 def _run(tmp_path, model, data, suite=PGD, name="r", **options):
     config = RunConfig(model=model, data=data, suite=suite, out=tmp_path, name=name, batch_size=B, device="cpu",
-                       progress=False, report=False, **options)  # fmt: skip
+                       progress=False, report=False, num_classes=3, **options)  # fmt: skip
     return runner.run(config)
 
 
@@ -234,6 +235,9 @@ def test_a_stochastic_model_is_judged_over_fresh_draws(tmp_path):
     found = {f["name"]: f for f in s["findings"]}
     assert found["randomized-outputs"]["status"] == "pass"
     assert net.training and net[3].training
+    html = render_html([load_run(res.run_dir)])
+    assert "mean over 12 draws" in html and "robust under every draw" in html
+    assert "dropout is active in 3: treated as stochastic" in html
     again = _run(tmp_path, net, (x, y), suite, name="again", eot_samples=2, draws=12).summary
     assert again["robust_accuracy"] == s["robust_accuracy"]  # the draws are seeded by the run's seed
 
@@ -289,3 +293,32 @@ def test_declared_capabilities_reach_a_plain_module(tmp_path):
     assert not s["defense"]["detected"] and s["defense"]["declared"]["batch_dependent"]
     # a batch-independent model attacked in every view: the same figure in each
     assert len({round(v["robust_accuracy"], 6) for v in s["views"]}) == 1
+
+
+def test_a_batch_dependent_run_resumes_whole_batches_at_its_batch_size(tmp_path):
+    net = BatchStatsNet().train()
+    x = _data()
+    y = _deployed_labels(net, x)
+    suite = {"name": "fgsm", "attacks": [{"attack": "fgsm", "eps": "4/255"}]}
+    first = _run(tmp_path, net, (x, y), suite).summary
+    store = Store(tmp_path / "r" / STORE_FILE)
+    try:
+        aid = {a["name"]: a["id"] for a in store.attacks()}["fgsm@4/255 [whole-batch]"]
+        with store.transaction() as db:  # as if killed after committing part of a batch
+            db.execute("DELETE FROM outcomes WHERE attack_id = ? AND idx IN (7, 8)", (aid,))
+            db.execute(
+                "UPDATE outcomes SET robust = 1 - robust, linf = -1 WHERE attack_id = ? AND idx = 6", (aid,)
+            )
+    finally:
+        store.close()
+    again = _run(tmp_path, net, (x, y), suite).summary
+    assert again["views"] == first["views"] and again["robust_accuracy"] == first["robust_accuracy"]
+    store = Store(tmp_path / "r" / STORE_FILE)
+    try:
+        redone = {o.idx: o for o in store.outcomes(aid)}
+    finally:
+        store.close()
+    assert redone[6].linf != -1  # its batch (6..11) was attacked again whole, not samples 7 and 8 alone
+    with pytest.raises(RunExistsError, match="batches of 6"):
+        runner.run(RunConfig(model=net, data=(x, y), suite=suite, out=tmp_path, name="r", batch_size=4, device="cpu",
+                             progress=False, report=False))  # fmt: skip

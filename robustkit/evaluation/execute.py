@@ -144,7 +144,10 @@ class Job:
         whole = self.whole(view)
         if attack_model is self.net.reference and not whole:
             return Target(self.net, self.judge)  # the plain white-box view: the fast path as configured
-        extra = {"batch_dependent": True} if whole and "batch_dependent" in _PRECISION_FIELDS else {}
+        # whole batches (helper fields of Precisions, set where this version of Precisions has them); a
+        # surrogate (BPDA head skipped): the attacks decide success on the deployed model
+        flags = {"batch_dependent": whole, "surrogate": self.attack_model is not None}
+        extra = {k: True for k, on in flags.items() if on and k in _PRECISION_FIELDS}
         return Target(
             Precisions(fast=attack_model, fp32=attack_model, reference=model, **extra), AsDeployed(model)
         )
@@ -346,25 +349,25 @@ def _attack(
         raise InputError(
             f"attack {entry.name} returned x_adv of shape {tuple(x_adv.shape)} for input {tuple(x.shape)}"
         )
-    kept = torch.tensor(carry or [False] * len(todo), device=device)
+    carried = torch.tensor(carry or [False] * len(todo), device=device)
     if carry is not None:
-        x_adv = torch.where(kept.view(-1, *[1] * (x.dim() - 1)), x, x_adv)
+        x_adv = torch.where(carried.view(-1, *[1] * (x.dim() - 1)), x, x_adv)
     check, accuracy = verdict(job, target.judge, getattr(entry.attack, "threat", None), x, x_adv, y, todo[0])
     diff = (x_adv - x).flatten(1).float()
     # each per-sample column copied to the host once (one sync each), not element by element
     pred = check.logits.argmax(1).tolist()
     conf = check.logits.softmax(1).max(1).values.tolist()
-    robust = (~check.confirmed if accuracy is None else accuracy == 1) & ~kept
-    robust, within, attacked = robust.tolist(), check.within.tolist(), (~kept).tolist()
+    robust = (~check.confirmed if accuracy is None else accuracy == 1) & ~carried
+    robust, within, attacked = robust.tolist(), check.within.tolist(), (~carried).tolist()
     linf, l2 = diff.abs().amax(1).tolist(), diff.norm(dim=1).tolist()
-    claimed = (result.success.bool() & ~kept).tolist()
+    claimed = (result.success.bool() & ~carried).tolist()
     metrics = {
         key: v.reshape(-1).tolist()
         for key, v in per_sample_metrics(result.metrics, len(todo)).items()
         if v[0].numel() == 1
     }
     if accuracy is not None:
-        metrics[DRAW_ACCURACY] = torch.where(kept, 0.0, accuracy).tolist()
+        metrics[DRAW_ACCURACY] = torch.where(carried, 0.0, accuracy).tolist()
     outcomes = []
     for j, i in enumerate(todo):
         m = {key: v[j] for key, v in metrics.items()}

@@ -355,6 +355,14 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
     adapted = loaded.adapted
     if loaded.adaptive:
         store.set_meta("defense", adapted.record)
+    if adapted.capabilities.batch_dependent:  # the batch size is part of what a batch-dependent model is
+        before = store.meta("batch_size")
+        if before is not None and before != config.batch_size:
+            raise RunExistsError(
+                f"run {run_name} evaluated a batch-dependent model in batches of {before}; resume it with "
+                f"--batch-size {before}, or pass --overwrite to start over in batches of {config.batch_size}"
+            )
+        store.set_meta("batch_size", config.batch_size)
     mine = distributed.shard(chunks(loaded.indices, config.batch_size), loaded.rank, loaded.size)
     if resumed and loaded.rank == 0:  # only rank 0 knows whether the directory existed
         _say_resumed(store, config, run_name, [i for c in mine for i in c], loaded)
