@@ -131,11 +131,11 @@ def test_keep_adversarial_returns_the_examples_also_after_a_resume(tmp_path, mon
     net, (x, y) = _net(), _data(40)
     real, calls = execute._attack, []
 
-    def dies_once(job, stage, todo):
+    def dies_once(job, stage, todo, *rest):
         calls.append(len(todo))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(job, stage, todo)
+        return real(job, stage, todo, *rest)
 
     monkeypatch.setattr(execute, "_attack", dies_once)
     opts = {
