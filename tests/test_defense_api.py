@@ -190,3 +190,28 @@ def test_tensor_data_takes_an_explicit_class_count(tmp_path):
         RunConfig.build(data=(x, bad), suite=SUITE, num_classes=10)
     with pytest.raises(ConfigError, match="num_classes"):
         RunConfig.build(data="shapes", suite=SUITE, num_classes=10)
+
+
+def test_the_readme_defense_section_runs(tmp_path, monkeypatch, capsys, shapes_model):
+    import re
+    import shlex
+    from pathlib import Path
+
+    from robustkit.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Evaluating your own defense", 1)[1].split("\n## ", 1)[0]
+    code = {lang: src for lang, src in re.findall(r"^```(\w*)\n(.*?)^```", section, flags=re.S | re.M)}
+    monkeypatch.chdir(tmp_path)  # the snippet writes reports/ where it runs
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(code["python"], "README.md", "exec"), namespace)  # noqa: S102
+    result, x_adv, fooled = namespace["result"], namespace["x_adv"], namespace["fooled"]
+    assert capsys.readouterr().out.strip() and (tmp_path / "reports" / "quantized" / "report.html").is_file()
+    pgd = next(a for a in result.summary["attacks"] if a["name"] == "pgd@4/255")
+    n, clean = result.summary["n_samples"], result.summary["clean_accuracy"]
+    assert len(namespace["indices"]) == x_adv.shape[0] == round(clean * n) > 0
+    assert len(fooled) == round((clean - pgd["robust_accuracy"]) * n)
+    assert (x_adv - namespace["x"][namespace["indices"]]).abs().max() <= 4 / 255 + 1e-6
+    args = build_parser().parse_args(shlex.split(code["bash"].strip())[1:])
+    assert args.defense == "mymodule:build" and args.bpda == ["preprocess"] and args.stochastic
+    assert [a["name"] for a in result.summary["attacks"]] == ["fgsm@4/255", "pgd@4/255"]
