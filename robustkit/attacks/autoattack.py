@@ -28,7 +28,8 @@ passed to every stage that has a field of that name: they override a version's p
 Result: ``success`` is True where some stage broke the sample (or it was misclassified already);
 ``x_adv`` is the confirmed adversarial example there and the clean input elsewhere.
 Per-sample metric ``broken_by``: index of the stage that broke the sample, -1 when robust, -2 when
-already misclassified on the clean input. ``artifacts["cascade"]``: one entry per stage,
+already misclassified on the clean input; ``loss_gain`` and ``grad_norm`` of the first stage that records
+them (APGD-CE: the ``flat-loss`` sanity check), NaN where it did not attack. ``artifacts["cascade"]``: one entry per stage,
 ``{attack, black_box, attacked, robust_after, rejected, total, seconds, counters}`` (counts within
 this batch).
 """
@@ -156,6 +157,7 @@ class AutoAttack(LpAttack):
         broken_by = torch.where(robust, -1, -2).to(torch.int64)
         x_adv = x.clone()
         cascade: list[dict[str, Any]] = []
+        traces: dict[str, torch.Tensor] = {}
         for k, (label, attack) in enumerate(self.stages()):
             start = time.perf_counter()
             todo = int(robust.sum())
@@ -182,6 +184,10 @@ class AutoAttack(LpAttack):
                 x_adv[hit] = res.x_adv[confirmed]
                 entry["rejected"] = int((res.success & ~confirmed).sum())
                 entry["counters"] = dict(res.counters)
+                if not traces and {"loss_gain", "grad_norm"} <= res.metrics.keys():
+                    for key in ("loss_gain", "grad_norm"):
+                        traces[key] = torch.full((n,), float("nan"), device=x.device)
+                        traces[key][sel] = res.metrics[key].float()
                 for name, value in res.counters.items():
                     setattr(counter, name, getattr(counter, name, 0) + value)
             entry["robust_after"] = int(robust.sum())
@@ -192,7 +198,7 @@ class AutoAttack(LpAttack):
             success=~robust,
             counters=counter.as_dict(),
             artifacts={"cascade": cascade},
-            metrics={"broken_by": broken_by},
+            metrics={"broken_by": broken_by, **traces},
         )
 
 

@@ -90,7 +90,8 @@ class Judge:
 
     ``tentative`` is True when the criterion asks for a margin (the attack runs under bf16, see
     ``robustkit.attacks.criteria``): the attack's own decisions are then only sure ones, and it reports
-    the fp32 verdict on its results, so that no example adversarial in fp32 goes unreported.
+    the fp32 verdict on its results, so that no example adversarial in fp32 goes unreported. It is also
+    True for a surrogate (``Precisions.surrogate``), whose logits never decide success (``decide``).
     """
 
     criterion: Criterion
@@ -102,7 +103,17 @@ class Judge:
 
     @property
     def tentative(self) -> bool:
-        return self.criterion.margin > 0
+        return self.criterion.margin > 0 or self.precisions.surrogate
+
+    def decide(
+        self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+        counter: Counter,
+    ) -> torch.Tensor:  # fmt: skip
+        """An attack's decision at ``x_adv`` whose logits (of the model it attacks) are ``logits``: the
+        criterion on them, or behind a surrogate the ``verdict`` of the deployed model at ``x_adv``."""
+        if self.precisions.surrogate:
+            return self.verdict(x_adv.detach(), y, target, counter)
+        return self(logits, y, target)
 
     def verdict(
         self, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, counter: Counter

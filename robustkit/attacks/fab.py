@@ -168,7 +168,7 @@ def fab_run(
         alpha = batch_view((a1 / (a1 + a2)).clamp(0.0, alpha_max), x1)
         x1 = ((x1 + eta * d1) * (1 - alpha) + (xs + eta * d2) * alpha).clamp(0.0, 1.0)
         with torch.no_grad():
-            is_adv = judge(forward(model, x1, counter), ys, ts)
+            is_adv = judge.decide(x1, forward(model, x1, counter), ys, ts, counter)
         norm = flat_norm(x1 - xs, p)
         better = is_adv & (norm < best_norm)
         best_adv = torch.where(batch_view(better, x1), x1, best_adv)

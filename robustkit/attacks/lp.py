@@ -148,7 +148,8 @@ def robust_runs(success: torch.Tensor, plans: list, restarts: int, generator: Ge
 
 
 class SweepCall(NamedTuple):
-    """One call of a ``SweepAttack``: its arguments, and what its runs need besides (``setup``)."""
+    """One call of a ``SweepAttack``: its arguments, and what its runs need besides (``setup``);
+    ``metrics``: the per-sample metrics its runs record (the result's ``metrics``)."""
 
     model: Callable
     x: torch.Tensor
@@ -158,6 +159,7 @@ class SweepCall(NamedTuple):
     counter: Counter
     judge: Judge
     setup: Any = None
+    metrics: dict[str, torch.Tensor] | None = None
 
     def clean_logits(self) -> torch.Tensor:
         """The logits of the clean inputs (one counted forward pass)."""
@@ -182,7 +184,7 @@ class SweepAttack(LpAttack):
         judge = judge or Judge.of(model)
         if self.vacuous(x):
             return unattacked(x, counter)
-        plans, call = self.plan(SweepCall(model, x, y, target, generator, counter, judge))
+        plans, call = self.plan(SweepCall(model, x, y, target, generator, counter, judge, metrics={}))
         runs = [(plan, restart) for plan in plans for restart in range(self.restarts)]
         x_adv, success = stacked_or_serial(
             len(runs) > 1 and stack_in_batch(x),
@@ -191,8 +193,9 @@ class SweepAttack(LpAttack):
             generator,
         )
         return AttackResult(
-            x_adv=x_adv, success=self.verdict(call, x_adv, success), counters=counter.as_dict()
-        )
+            x_adv=x_adv, success=self.verdict(call, x_adv, success), counters=counter.as_dict(),
+            metrics=call.metrics,
+        )  # fmt: skip
 
     def plan(self, call: SweepCall) -> tuple[list, SweepCall]:
         """The plans and the call their runs get (here: as it is)."""

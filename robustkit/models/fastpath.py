@@ -115,17 +115,29 @@ class Precisions:
     ``fp32``: the fast path with autocast off (BN folding, channels_last and compile kept), for attacks
     whose decisions hinge on differences below bf16 rounding; ``reference``: the user's model, the fp32
     model of every final verdict; ``tolerance``: the margin a success needs in ``fast``'s logits.
+
+    ``surrogate``: ``fast`` and ``fp32`` compute another function than ``reference`` (a defense's attack
+    model, whose saturating head is skipped: ``robustkit.defenses.adaptive``). Attacks take their loss,
+    step-size control and best-point selection from ``fast``, and decide every success with a forward
+    pass of ``reference`` (``robustkit.attacks.base.Judge.decide``).
     """
 
     fast: Callable
     fp32: Callable
     reference: Callable
     tolerance: float = 0.0
+    surrogate: bool = False
 
     @classmethod
     def single(cls, model: Callable) -> Precisions:
         """A model without a fast path: itself at every precision."""
         return cls(fast=model, fp32=model, reference=model)
+
+    @classmethod
+    def adapted(cls, attack_model: Callable, model: Callable) -> Precisions:
+        """A defense as ``adapt`` returns it: attacks differentiate ``attack_model``, success is judged
+        on the deployed ``model`` (``surrogate`` when they differ)."""
+        return cls(fast=attack_model, fp32=attack_model, reference=model, surrogate=attack_model is not model)
 
     def at(self, precision: str) -> Callable:
         """The model for an attack that declares ``precision`` ("any" or "fp32")."""
