@@ -177,7 +177,9 @@ class AutoAttack(LpAttack):
                 )  # fmt: skip
                 check = confirm(reference, threat, x[sel], res.x_adv, y[sel], tolerance=self.tolerance,
                                 counter=counter)  # fmt: skip
-                confirmed = res.success & check.confirmed
+                # behind a surrogate (a skipped saturating head) a stage's claims come from the deployed model
+                # only where it decides them (not Square's): every confirmed example counts
+                confirmed = (res.success | judge.precisions.surrogate) & check.confirmed
                 hit = sel[confirmed]
                 robust[hit] = False
                 broken_by[hit] = k

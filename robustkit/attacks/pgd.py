@@ -67,9 +67,8 @@ class PGD(IterativeLpAttack):
 
         def attempt(xs, ys, ts, gens) -> tuple[torch.Tensor, torch.Tensor]:
             start = self._start(xs, threat, gens)
-            return self._ascend(
-                model, xs, ys, ts, start, threat, step, counter, judge, None if trace else trace
-            )
+            first = None if trace else trace  # the metrics of the first run (the whole batch)
+            return self._ascend(model, xs, ys, ts, start, threat, step, counter, judge, trace=first)
 
         x_adv, success = self.restarted(attempt, x, y, target, generator)
         return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict(), metrics=trace)
@@ -113,7 +112,9 @@ class PGD(IterativeLpAttack):
         ts = repeat_runs(target, r) if target is not None else None
         trace: dict[str, torch.Tensor] = {}
         xs, ys = repeat_runs(x, r), repeat_runs(y, r)
-        adv, ok = self._ascend(model, xs, ys, ts, torch.cat(starts), threat, step, counter, judge, trace)
+        adv, ok = self._ascend(
+            model, xs, ys, ts, torch.cat(starts), threat, step, counter, judge, trace=trace
+        )
         ok = ok.view(r, n)
         first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last
         metrics = {key: v.view(r, n)[0] for key, v in trace.items()}  # of the first run, as one by one
