@@ -71,10 +71,10 @@ def test_compaction_targeted_equals_plain_loop():
     full = atk(model, x, y, generator=gens())
     orig = pgd_mod.PGD._ascend
 
-    def plain(self, model, xs, ys, ts, start, threat, step, counter, judge=None):
+    def plain(self, model, xs, ys, ts, start, threat, step, counter, judge=None, trace=None):
         return pgd_mod.gradient_ascent(
             model, xs, ys, threat, steps=self.steps, step_size=step, objective=self.objective(ys, ts),
-            target=ts, start=start, counter=counter, judge=judge,
+            target=ts, start=start, counter=counter, judge=judge, trace=trace,
         )  # fmt: skip
 
     try:

@@ -78,7 +78,8 @@ def _summary(monotone: bool = True, square_wins: bool = False) -> dict:
     return {
         "n_samples": 100,
         "attacks": [
-            {"attack": "pgd", "name": "pgd@1", "norm": "Linf", "eps": 1 / 255, "params": {"steps": 10}, "robust_accuracy": 0.8},
+            {"attack": "pgd", "name": "pgd@1", "norm": "Linf", "eps": 1 / 255, "params": {"steps": 10}, "robust_accuracy": 0.8,
+             "loss_trace": {"robust": 80, "flat": 1}},
             {"attack": "pgd", "name": "pgd@2", "norm": "Linf", "eps": 2 / 255, "params": {"steps": 10}, "robust_accuracy": at2},
             {"attack": "square", "name": "square@2", "norm": "Linf", "eps": 2 / 255, "params": {},
              "robust_accuracy": 0.3 if square_wins else 0.95},

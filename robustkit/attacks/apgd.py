@@ -135,6 +135,7 @@ def apgd_run(
     compact: bool = True,
     start: torch.Tensor | None = None,
     judge: Judge | None = None,
+    trace: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from a random start (``start`` when given, else drawn from ``generator``).
     Returns (x_adv, success, best loss), all of batch size B.
@@ -143,7 +144,9 @@ def apgd_run(
     ``pred == success_target`` when given, decided by ``judge`` (default: the exact criterion on
     ``model``; behind a bf16 fast path only clear successes count). Samples that succeed are removed from the working batch at
     checkpoints (the only host synchronizations of the loop) when ``compact``. Under
-    ``judge.whole_batch`` they stay in it, held at their first adversarial iterate.
+    ``judge.whole_batch`` they stay in it, held at their first adversarial iterate. ``trace``, when given,
+    receives the per-sample ``loss_gain`` (best loss less the loss at the start) and ``grad_norm`` (the
+    input gradient's L2 norm at the start).
     """
     n = x.shape[0]
     out_adv = x.clone()
@@ -162,10 +165,11 @@ def apgd_run(
     compact = compact and not whole
     x_adv = random_start(x, threat, generator) if start is None else start
     loss, logits, grad = grad_at(x_adv, y, loss_target)
+    loss_start, grad_norm = loss.clone(), grad.flatten(1).norm(dim=1)
     s = _Batch(
         x=x, y=y, loss_target=loss_target, success_target=success_target, x_adv=x_adv, x_old=x_adv, grad=grad,
         x_best=x_adv, grad_best=grad, loss_best=loss, loss_prev=loss, loss_best_last=loss, x_succ=x_adv,
-        ok=judge(logits, y, success_target),
+        ok=judge.decide(x_adv, logits, y, success_target, counter),
         step=torch.full((n,), 2.0 * threat.eps, dtype=x.dtype, device=x.device),
         ups=torch.zeros(n, dtype=torch.int32, device=x.device),
         reduced_last=torch.ones(n, dtype=torch.bool, device=x.device),
@@ -182,7 +186,7 @@ def apgd_run(
         if whole:  # a broken row stays in the batch where it broke
             x_adv = where_batch(s.ok, s.x_succ, x_adv)
         loss, logits, grad = grad_at(x_adv, s.y, s.loss_target)
-        hit = judge(logits, s.y, s.success_target) & ~s.ok
+        hit = judge.decide(x_adv, logits, s.y, s.success_target, counter) & ~s.ok
         s.x_succ = where_batch(hit, x_adv, s.x_succ)
         s.ok = s.ok | hit
         better = loss > s.loss_best
@@ -217,6 +221,8 @@ def apgd_run(
                 idx = idx[keep]
                 s = s.rows(keep)
     _write(out_adv, out_ok, out_loss, idx, s, torch.ones_like(s.ok))
+    if trace is not None:
+        trace.update(loss_gain=out_loss - loss_start, grad_norm=grad_norm)
     return out_adv, out_ok, out_loss
 
 
@@ -299,7 +305,7 @@ class APGD(SweepAttack):
                 steps=self.steps, rho=self.rho, counter=call.counter, generator=run.generator,
                 loss_target=None if loss_target is None else loss_target[sel],
                 success_target=None if target is None else target[sel],
-                eot_samples=self.eot_samples, judge=run.judge,
+                eot_samples=self.eot_samples, judge=run.judge, trace=None if call.metrics else call.metrics,
             )  # fmt: skip
             take = keep & (ok | (loss > best_loss[sel]))
             x_adv[sel[take]] = adv[take]
@@ -319,12 +325,14 @@ class APGD(SweepAttack):
         x, target = call.x, call.target
         r, n = len(runs), x.shape[0]
         starts = torch.cat([random_start(x, self.threat, call.generator) for _ in runs])
+        trace: dict[str, torch.Tensor] = {}
         adv, ok, loss = apgd_run(
             call.model, repeat_runs(x, r), repeat_runs(call.y, r), self.threat, call.setup,
             steps=self.steps, rho=self.rho, counter=call.counter, generator=None,
             loss_target=stacked_targets(runs), success_target=None if target is None else repeat_runs(target, r),
-            eot_samples=self.eot_samples, start=starts, judge=call.judge,
+            eot_samples=self.eot_samples, start=starts, judge=call.judge, trace=trace,
         )  # fmt: skip
+        call.metrics.update({key: v.view(r, n)[0] for key, v in trace.items()})  # the first run's, as serial
         ok, loss = ok.view(r, n), loss.view(r, n)
         return pick_runs(adv, torch.where(ok.any(0), ok.float().argmax(0), loss.argmax(0))), ok.any(0)
 

@@ -37,7 +37,8 @@ passed to every stage that has a field of that name: they override a version's p
 Result: ``success`` is True where some stage broke the sample (or it was misclassified already);
 ``x_adv`` is the confirmed adversarial example there and the clean input elsewhere.
 Per-sample metric ``broken_by``: index of the stage that broke the sample, -1 when robust, -2 when
-already misclassified on the clean input (-3: see batch-dependent models above). ``artifacts["cascade"]``: one entry per stage,
+already misclassified on the clean input (-3: see batch-dependent models above); ``loss_gain`` and ``grad_norm`` of the first stage that records
+them (APGD-CE: the ``flat-loss`` sanity check), NaN where it did not attack. ``artifacts["cascade"]``: one entry per stage,
 ``{attack, black_box, attacked, robust_after, rejected, total, seconds, counters}`` (counts within
 this batch).
 """
@@ -166,6 +167,7 @@ class AutoAttack(LpAttack):
         broken_by = torch.where(robust, -1, -2).to(torch.int64)
         x_adv = x.clone()
         cascade: list[dict[str, Any]] = []
+        traces: dict[str, torch.Tensor] = {}
         for k, (label, attack) in enumerate(self.stages()):
             start = time.perf_counter()
             todo = int(robust.sum())
@@ -187,7 +189,8 @@ class AutoAttack(LpAttack):
                     precisions=held_judge.precisions,
                     generator=generator,
                 )
-                claimed = robust & res.success
+                sel = robust.nonzero()[:, 0]  # the rows this stage attacks (its metrics are read there)
+                claimed = robust & (res.success | judge.precisions.surrogate)
                 check = confirm(reference, threat, x, where_batch(claimed, res.x_adv, x_adv), y,
                                 tolerance=self.tolerance, counter=counter)  # fmt: skip
                 hit = (claimed & check.confirmed).nonzero()[:, 0]
@@ -201,7 +204,9 @@ class AutoAttack(LpAttack):
                 )  # fmt: skip
                 check = confirm(reference, threat, x[sel], res.x_adv, y[sel], tolerance=self.tolerance,
                                 counter=counter)  # fmt: skip
-                confirmed = res.success & check.confirmed
+                # behind a surrogate (a skipped saturating head) a stage's claims come from the deployed model
+                # only where it decides them (not Square's): every confirmed example counts
+                confirmed = (res.success | judge.precisions.surrogate) & check.confirmed
                 hit = sel[confirmed]
                 x_adv[hit] = res.x_adv[confirmed]
                 entry["rejected"] = int((res.success & ~confirmed).sum())
@@ -209,6 +214,11 @@ class AutoAttack(LpAttack):
                 robust[hit] = False
                 broken_by[hit] = k
                 entry["counters"] = dict(res.counters)
+                if not traces and {"loss_gain", "grad_norm"} <= res.metrics.keys():
+                    for key in ("loss_gain", "grad_norm"):
+                        traces[key] = torch.full((n,), float("nan"), device=x.device)
+                        value = res.metrics[key].float()
+                        traces[key][sel] = value[sel] if value.shape[0] == n and judge.whole_batch else value
                 for name, value in res.counters.items():
                     setattr(counter, name, getattr(counter, name, 0) + value)
             entry["robust_after"] = int(robust.sum())
@@ -225,7 +235,7 @@ class AutoAttack(LpAttack):
             success=~robust,
             counters=counter.as_dict(),
             artifacts={"cascade": cascade},
-            metrics={"broken_by": broken_by},
+            metrics={"broken_by": broken_by, **traces},
         )
 
 

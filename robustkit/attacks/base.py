@@ -98,7 +98,8 @@ class Judge:
     calls the model only on the whole batch it was given, rows in order (no compaction, no subsets, no
     stacked restarts), and a row it has broken stays in the batch, no longer updated; a later run
     (restart, target) sees the broken rows held at their adversarial points (``holding``). Every
-    forward pass, the verdict's included, runs in the mode the model was given.
+    forward pass, the verdict's included, runs in the mode the model was given. ``tentative`` is also
+    True for a surrogate (``Precisions.surrogate``), whose logits never decide success (``decide``).
     """
 
     criterion: Criterion
@@ -110,7 +111,17 @@ class Judge:
 
     @property
     def tentative(self) -> bool:
-        return self.criterion.margin > 0
+        return self.criterion.margin > 0 or self.precisions.surrogate
+
+    def decide(
+        self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+        counter: Counter,
+    ) -> torch.Tensor:  # fmt: skip
+        """An attack's decision at ``x_adv`` whose logits (of the model it attacks) are ``logits``: the
+        criterion on them, or behind a surrogate the ``verdict`` of the deployed model at ``x_adv``."""
+        if self.precisions.surrogate:
+            return self.verdict(x_adv.detach(), y, target, counter)
+        return self(logits, y, target)
 
     @property
     def whole_batch(self) -> bool:

@@ -5,8 +5,8 @@ attacker should instead follow the gradient of the *expected* loss, which is the
 per-draw gradients. Two tools:
 
 - ``expected_loss_and_grad`` averages loss, logits and input gradient over ``samples`` independent
-  forward/backward passes, one pass at a time (memory of a single pass). APGD's ``eot_samples`` and the
-  ``rand`` version of ``autoattack`` use it.
+  forward/backward passes, one pass at a time (memory of a single pass). The ``eot_samples`` of APGD,
+  PGD and FGSM and the ``rand`` version of ``autoattack`` use it.
 - ``Expectation`` wraps a model so that its forward returns the logits averaged over ``samples``
   calls; differentiating it gives the averaged gradient in one backward (memory of ``samples`` passes).
   Use it to hand a stochastic model to an attack that has no ``eot_samples`` field.
@@ -40,14 +40,17 @@ def expected_loss_and_grad(
     """
     if samples == 1:
         return loss_and_grad(model, x_adv, objective, counter)
-    loss_sum, logit_sum, grad_sum = None, None, None
-    for _ in range(samples):
-        loss, logits, grad = loss_and_grad(model, x_adv, objective, counter)
-        if loss_sum is None:
-            loss_sum, logit_sum, grad_sum = loss, logits, grad
-        else:
-            loss_sum, logit_sum, grad_sum = loss_sum + loss, logit_sum + logits, grad_sum + grad
-    return loss_sum / samples, logit_sum / samples, grad_sum / samples
+    loss, logits, grad = averaged(lambda: loss_and_grad(model, x_adv, objective, counter), samples)
+    return loss, logits, grad
+
+
+def averaged(one_pass: Callable[[], tuple[torch.Tensor, ...]], samples: int) -> tuple[torch.Tensor, ...]:
+    """The mean over ``samples`` calls of ``one_pass()`` of each tensor it returns (summed one pass at a
+    time: the memory of one pass). ``robustkit.attacks.loop.Ascent`` (PGD, FGSM) uses it for EOT."""
+    total = one_pass()
+    for _ in range(samples - 1):
+        total = tuple(t + u for t, u in zip(total, one_pass(), strict=True))
+    return tuple(t / samples for t in total)
 
 
 class Expectation(nn.Module):

@@ -174,7 +174,7 @@ def fab_run(
         if whole:
             x1 = torch.where(batch_view(best_norm <= threat.eps, x1), best_adv, x1)
         with torch.no_grad():
-            is_adv = judge(forward(model, x1, counter), ys, ts)
+            is_adv = judge.decide(x1, forward(model, x1, counter), ys, ts, counter)
         norm = flat_norm(x1 - xs, p)
         better = is_adv & (norm < best_norm)
         best_adv = torch.where(batch_view(better, x1), x1, best_adv)

@@ -18,6 +18,7 @@ The keep strategies are below; PGD's in-place, compacting form is :class:`Freeze
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from ..functional.projection import batch_view
 from ..threat import ThreatModel
 from .base import Counter, Judge, forward, is_success
+from .expectation import averaged
 
 Compose = Callable[[torch.Tensor], torch.Tensor]
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -50,18 +52,31 @@ class Ascent:
 
     ``objective`` maps the logits of the model's rows to one gain per sample; ``regularize(gain, param,
     x_adv)``, when given, is what the gradient ascends instead (the gain minus penalties on the parameter
-    or the input); keep strategies see the bare gain."""
+    or the input); keep strategies see the bare gain. ``eot_samples`` > 1: gain, logits and gradient are
+    the means over that many passes of a stochastic model (EOT, ``robustkit.attacks.expectation``)."""
 
     objective: Objective
     update: Update
     compose: Compose = _identity
     view: Compose | None = None
     regularize: Regularize | None = None
+    eot_samples: int = 1
 
     def evaluate(
         self, model: Callable, param: torch.Tensor, counter: Counter
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x_adv, gain, logits, grad)`` at ``param``: one counted forward and backward pass."""
+        """``(x_adv, gain, logits, grad)`` at ``param``: one counted forward and backward pass (one per
+        EOT draw)."""
+        if self.eot_samples > 1:
+            once, seen = dataclasses.replace(self, eot_samples=1), []
+
+            def one_pass() -> tuple[torch.Tensor, ...]:
+                x_adv, *rest = once.evaluate(model, param, counter)
+                seen[:] = [x_adv]
+                return tuple(rest)
+
+            gain, logits, grad = averaged(one_pass, self.eot_samples)
+            return seen[0], gain, logits, grad
         with torch.enable_grad():
             leaf = param.detach().requires_grad_(True)
             x_adv = self.compose(leaf)
@@ -240,14 +255,15 @@ class Freeze(Keep):
     ``judge`` (default: the exact criterion on ``model``) decides success. Behind a bf16 fast path its
     criterion has a margin (``judge.tentative``): a sample is frozen only once it is adversarial by a
     margin bf16 rounding cannot fake, and the final verdict is an fp32 forward pass.
-    ``result`` is ``(x_adv, success)``.
+    ``result`` is ``(x_adv, success)``; ``trace()`` the per-sample ``loss_gain`` (best loss over the steps
+    less the loss at the start) and ``grad_norm`` (L2 norm of the input gradient at the start).
     """
 
     def __init__(
         self, model: Callable, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
         threat: ThreatModel, *, steps: int, step_size: float, objective: Objective, counter: Counter,
         objective_at: Callable[[torch.Tensor], Objective] | None = None, mask: torch.Tensor | None = None,
-        judge: Judge | None = None,
+        judge: Judge | None = None, eot_samples: int = 1,
     ) -> None:  # fmt: skip
         self.model, self.threat, self.counter = model, threat, counter
         self.steps, self.step_size = steps, step_size
@@ -257,18 +273,23 @@ class Freeze(Keep):
         self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         self.out: torch.Tensor | None = None
         self.out_found, self.live = self.found, None  # live: working-batch indices once compacted
-        self.ascent = Ascent(objective=objective, update=self._update)
+        self.ascent = Ascent(objective=objective, update=self._update, eot_samples=eot_samples)
+        self.loss_start = self.loss_best = self.grad_norm = None  # per sample, of the whole batch
 
     def _update(self, x_adv: torch.Tensor, grad: torch.Tensor, step: int) -> torch.Tensor:
         if self.mask is not None:
             grad.mul_(self.mask)
+        if step == 0:  # before the step: it works in the memory of the gradient
+            self.grad_norm = grad.flatten(1).norm(dim=1)
         self.threat.step_(x_adv, self.x, grad, self.step_size, self.found)
         return x_adv
 
     def observe(self, step, param, x_adv, gain, logits) -> bool:
         if self.out is None:
-            self.out = param
-        self.found |= self.judge(logits, self.y, self.target)
+            self.out, self.loss_start, self.loss_best = param, gain.clone(), gain.clone()
+        rows = slice(None) if self.live is None else self.live
+        self.loss_best[rows] = torch.maximum(self.loss_best[rows], gain)
+        self.found |= self.judge.decide(x_adv, logits, self.y, self.target, self.counter)
         return False
 
     def settle(self, step: int, param: torch.Tensor) -> torch.Tensor | None:
@@ -305,6 +326,13 @@ class Freeze(Keep):
             success = self.judge.verdict(adv, self.y_all, self.target_all, self.counter)
         return adv, success
 
+    def trace(self) -> dict[str, torch.Tensor]:
+        """Per sample: ``loss_gain`` (the best loss seen less the loss at the start: about 0 where the
+        loss stays flat) and ``grad_norm`` (the input gradient's norm at the start)."""
+        if self.loss_start is None or self.grad_norm is None:
+            return {}
+        return {"loss_gain": self.loss_best - self.loss_start, "grad_norm": self.grad_norm}
+
 
 def gradient_ascent(
     model: Callable,
@@ -321,6 +349,8 @@ def gradient_ascent(
     objective_at: Callable[[torch.Tensor], Objective] | None = None,
     mask: torch.Tensor | None = None,
     judge: Judge | None = None,
+    eot_samples: int = 1,
+    trace: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PGD ascent (:class:`Freeze`). Returns (x_adv, success): per sample the first successful
     iterate, else the last one.
@@ -333,12 +363,18 @@ def gradient_ascent(
     ``mask`` (broadcastable to ``x``, per sample; e.g. the frames a video attack may change) zeroes
     the gradient outside it, so the iterate never moves there: where ``start`` equals ``x`` those
     entries stay bit-identical to ``x``.
+
+    ``eot_samples`` > 1 ascends the mean over that many passes (EOT, see ``Ascent``); ``trace``, when
+    given, receives ``Freeze.trace()`` (per-sample ``loss_gain`` and ``grad_norm``).
     """
     keep = Freeze(
         model, x, y, target, threat, steps=steps, step_size=step_size, objective=objective, counter=counter,
-        objective_at=objective_at, mask=mask, judge=judge,
+        objective_at=objective_at, mask=mask, judge=judge, eot_samples=eot_samples,
     )  # fmt: skip
-    return ascend(model, threat.project_(start, x), keep.ascent, keep, steps=steps, counter=counter)
+    out = ascend(model, threat.project_(start, x), keep.ascent, keep, steps=steps, counter=counter)
+    if trace is not None:
+        trace.update(keep.trace())
+    return out
 
 
 def until_success(

@@ -174,7 +174,8 @@ def robust_runs(
 
 
 class SweepCall(NamedTuple):
-    """One call of a ``SweepAttack``: its arguments, and what its runs need besides (``setup``)."""
+    """One call of a ``SweepAttack``: its arguments, and what its runs need besides (``setup``);
+    ``metrics``: the per-sample metrics its runs record (the result's ``metrics``)."""
 
     model: Callable
     x: torch.Tensor
@@ -184,6 +185,7 @@ class SweepCall(NamedTuple):
     counter: Counter
     judge: Judge
     setup: Any = None
+    metrics: dict[str, torch.Tensor] | None = None
 
     def clean_logits(self) -> torch.Tensor:
         """The logits of the clean inputs (one counted forward pass)."""
@@ -209,7 +211,7 @@ class SweepAttack(LpAttack):
         judge = judge or Judge.of(model)
         if self.vacuous(x):
             return unattacked(x, counter)
-        plans, call = self.plan(SweepCall(model, x, y, target, generator, counter, judge))
+        plans, call = self.plan(SweepCall(model, x, y, target, generator, counter, judge, metrics={}))
         runs = [(plan, restart) for plan in plans for restart in range(self.restarts)]
         x_adv, success = stacked_or_serial(
             len(runs) > 1 and stack_in_batch(x) and not judge.whole_batch,
@@ -218,8 +220,9 @@ class SweepAttack(LpAttack):
             generator,
         )
         return AttackResult(
-            x_adv=x_adv, success=self.verdict(call, x_adv, success), counters=counter.as_dict()
-        )
+            x_adv=x_adv, success=self.verdict(call, x_adv, success), counters=counter.as_dict(),
+            metrics=call.metrics,
+        )  # fmt: skip
 
     def plan(self, call: SweepCall) -> tuple[list, SweepCall]:
         """The plans and the call their runs get (here: as it is)."""

@@ -2,13 +2,18 @@
 
 PGD keeps, per sample, the first iterate that succeeds; restarts run only on samples that are still
 robust (on a batch-dependent model, on the whole batch with the broken samples held where they broke).
-Nothing in the step loop synchronizes with the host.
+Nothing in the step loop synchronizes with the host. ``eot_samples`` > 1 (both) takes every
+gradient as the mean over that many passes of a stochastic model (EOT). PGD's per-sample metrics
+(``AttackResult.metrics``, from its first run): ``loss_gain``, the best loss over the steps less the
+loss at the start, and ``grad_norm``, the input gradient's L2 norm at the start (a flat loss with
+non-zero gradients: the ``flat-loss`` finding).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,13 +22,14 @@ from ..threat import ThreatModel
 from .base import (
     AttackResult,
     Counter,
-    loss_and_grad,
     pick_runs,
+    positive_ints,
     register,
     repeat_runs,
     stack_in_batch,
     stacked_or_none,
 )
+from .expectation import expected_loss_and_grad
 from .loop import gradient_ascent
 from .lp import IterativeLpAttack, LossAttack, LpAttack, final_result, unattacked
 
@@ -38,6 +44,13 @@ class PGD(IterativeLpAttack):
     else picks targets by ``target_mode`` ('random', 'least-likely' or a class index).
     """
 
+    eot_samples: int = 1
+    """Gradient passes averaged per step over a stochastic model's randomness (EOT)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive_ints(self, "eot_samples")
+
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None, judge=None) -> AttackResult:
         counter = Counter()
         threat = self.threat
@@ -51,20 +64,22 @@ class PGD(IterativeLpAttack):
             )
             if stacked is not None:
                 return stacked
+        trace: dict[str, torch.Tensor] = {}
 
         def attempt(xs, ys, ts, gens, model=model, judge=judge) -> tuple[torch.Tensor, torch.Tensor]:
             start = self._start(xs, threat, gens)
-            return self._ascend(model, xs, ys, ts, start, threat, step, counter, judge)
+            first = None if trace else trace  # the metrics of the first run (the whole batch)
+            return self._ascend(model, xs, ys, ts, start, threat, step, counter, judge, trace=first)
 
         x_adv, success = self.restarted(attempt, x, y, target, generator, model=model, judge=judge)
-        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict())
+        return AttackResult(x_adv=x_adv, success=success, counters=counter.as_dict(), metrics=trace)
 
     def _start(self, x: torch.Tensor, threat: ThreatModel, generator: GeneratorLike) -> torch.Tensor:
         """A fresh starting point: ``x`` plus a random draw from the ball, or a copy of ``x``."""
         return threat.random_start(x, generator) if self.random_start else x.clone()
 
     def _ascend(
-        self, model, xs, ys, ts, start, threat, step, counter, judge=None
+        self, model, xs, ys, ts, start, threat, step, counter, judge=None, trace: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def objective_at(live: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
             return self.objective(ys[live], ts[live] if ts is not None else None)
@@ -82,6 +97,8 @@ class PGD(IterativeLpAttack):
             counter=counter,
             objective_at=objective_at,
             judge=judge,
+            eot_samples=self.eot_samples,
+            trace=trace,
         )
 
     def _stacked(self, model, x, y, target, generator, counter, threat, step, judge) -> AttackResult:
@@ -94,24 +111,43 @@ class PGD(IterativeLpAttack):
         r, n = self.restarts, x.shape[0]
         starts = [self._start(x, threat, generator) for _ in range(r)]
         ts = repeat_runs(target, r) if target is not None else None
+        trace: dict[str, torch.Tensor] = {}
+        xs, ys = repeat_runs(x, r), repeat_runs(y, r)
         adv, ok = self._ascend(
-            model, repeat_runs(x, r), repeat_runs(y, r), ts, torch.cat(starts), threat, step, counter, judge
+            model, xs, ys, ts, torch.cat(starts), threat, step, counter, judge, trace=trace
         )
         ok = ok.view(r, n)
         first = torch.where(ok.any(0), ok.float().argmax(0), r - 1)  # first successful restart, else last
-        return AttackResult(x_adv=pick_runs(adv, first), success=ok.any(0), counters=counter.as_dict())
+        metrics = {key: v.view(r, n)[0] for key, v in trace.items()}  # of the first run, as one by one
+        return AttackResult(
+            x_adv=pick_runs(adv, first), success=ok.any(0), counters=counter.as_dict(), metrics=metrics
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class FGSM(LpAttack, LossAttack):
-    """One signed-gradient (L-inf) or normalized-gradient (L2) step of size eps from the clean input."""
+    """One signed-gradient (L-inf) or normalized-gradient (L2) step of size eps from the clean input;
+    ``eot_samples`` > 1 steps along the mean gradient over that many passes (EOT)."""
+
+    eot_samples: int = 1
+    """Gradient passes averaged over a stochastic model's randomness (EOT)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive_ints(self, "eot_samples")
 
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None, judge=None) -> AttackResult:
         counter = Counter()
         threat = self.threat
         target = self.targets(model, x, y, target, generator, counter)
-        _, _, grad = loss_and_grad(model, x, self.objective(y, target), counter)
-        return final_result(model, x + threat.clip(x, self.eps * threat.direction(grad)), y, target, counter)
+        _, _, grad = expected_loss_and_grad(model, x, self.objective(y, target), counter, self.eot_samples)
+        result = final_result(
+            model, x + threat.clip(x, self.eps * threat.direction(grad)), y, target, counter
+        )
+        if judge is not None and judge.precisions.surrogate:  # the deployed model's verdict
+            result.success = judge.verdict(result.x_adv, y, target, counter)
+            result.counters = counter.as_dict()
+        return result
 
 
 register("pgd")(PGD)

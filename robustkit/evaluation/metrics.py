@@ -6,7 +6,10 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from .store import BatchRecord, Store
+from .store import BatchRecord, Outcome, Store
+
+FLAT_GAIN = 1e-6
+"""|best loss - loss at the start| at or below which an attack's tracked loss counts as flat."""
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -32,6 +35,18 @@ def total_counters(batches: list[BatchRecord]) -> dict[str, int]:
 def view_of(attack: dict[str, Any]) -> str:
     """The view an attack row ran in (``params["view"]``; the white-box view stores none)."""
     return str((attack.get("params") or {}).get("view", "white-box"))
+
+
+def loss_trace(outcomes: list[Outcome]) -> dict[str, int] | None:
+    """Of the still-robust attacked samples whose attack recorded ``loss_gain`` and ``grad_norm`` (APGD,
+    PGD, AutoAttack's first stage): how many (``robust``), and on how many the tracked loss stayed flat
+    (|gain| <= ``FLAT_GAIN``) although the input gradient was non-zero (``flat``). None when the attack
+    recorded neither (the ``flat-loss`` sanity check)."""
+    rows = [o.metrics for o in outcomes if o.robust and "loss_gain" in o.metrics and "grad_norm" in o.metrics]
+    if not rows and not any("loss_gain" in o.metrics for o in outcomes):
+        return None
+    flat = sum(1 for m in rows if abs(m["loss_gain"]) <= FLAT_GAIN and m["grad_norm"] > 0)
+    return {"robust": len(rows), "flat": flat}
 
 
 def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
@@ -83,6 +98,7 @@ def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
             "seconds": sum(b.seconds for b in batches),
             "counters": total_counters(batches),
         }
+        row["loss_trace"] = loss_trace(attacked)
         if "view" in a["params"]:
             row["view"] = view_of(a)
         if stochastic:

@@ -19,12 +19,15 @@ monotone-eps                   robust accuracy rises with eps for the same attac
 batch-dependence               a sample's logits change when its batch companions change (and the batch
                                views were not run)
 transfer-vs-white-box          a transfer view leaves lower robust accuracy than the white-box views
+flat-loss                      the loss an attack tracked stayed flat on still-robust samples with non-zero
+                               input gradients (a saturating or clamping output)
 =============================  ===========================================================================
 
 ``context`` keys (all optional):
 
 - ``summary``: the runner's summary (``attacks`` with ``attack``, ``name``, ``norm``, ``eps``,
-  ``params``, ``robust_accuracy``; ``n_samples``), used by the monotone and black-box checks.
+  ``params``, ``robust_accuracy``, ``loss_trace``; ``n_samples``), used by the monotone, black-box and
+  flat-loss checks.
 - ``robust_accuracy``: ``{attack name: {norm: {eps: accuracy}}}``, the same data given directly.
 - ``black_box``: names of black-box attacks in that dict (default: registry classes with
   ``black_box = True``, and names starting with ``square``).
@@ -175,6 +178,20 @@ CHECKS: tuple[CheckInfo, ...] = (
         "Report the worst view, which includes the transfer view, as the robust accuracy (robustkit does). "
         "Find where the white-box gradients go wrong (gradient-health, BPDA through non-differentiable parts, "
         "attack the substitute or the path the defense routes inputs through).",
+    ),
+    CheckInfo(
+        "flat-loss",
+        "on at least 10 % (and 2) of the samples an attack left robust, the loss it tracked (APGD, PGD, "
+        "AutoAttack's first stage) never rose above its starting value (by more than 1e-6) although the input "
+        "gradient was non-zero",
+        "The output saturates or is clamped (a tanh or clamped log-probability head, a hard-thresholded "
+        "score): gradients flow, through BPDA or a leaky saturation, but the loss does not move, so the "
+        "attack's step-size control and best-point selection keep returning to the starting point and the "
+        "robust accuracy is overestimated.",
+        "Declare the saturating head non-differentiable (Capabilities(non_differentiable=('head',)) with "
+        "as_defense): robustkit then attacks the logits before it, so losses, margins and step-size control "
+        "see pre-saturation logits while success is judged on the deployed model. Otherwise use a margin "
+        "loss on pre-saturation logits.",
     ),
 )
 _INFO = {c.name: c for c in CHECKS}
@@ -483,6 +500,19 @@ def check_transfer(model, x, y, ctx) -> Finding | None:
     )
 
 
+def check_flat_loss(model, x, y, ctx) -> Finding | None:
+    traces = [(str(a.get("name") or a.get("attack")), a["loss_trace"])
+              for a in (ctx.get("summary") or {}).get("attacks", []) if a.get("loss_trace")]  # fmt: skip
+    if not traces:
+        return None
+    name, worst = max(traces, key=lambda t: (t[1]["flat"] / max(t[1]["robust"], 1), t[1]["flat"]))
+    flat, robust = int(worst["flat"]), int(worst["robust"])
+    evidence = (f"{name}: the tracked loss stayed flat (never rose by more than 1e-6 from its start) on {flat} of "
+                f"{robust} still-robust samples whose input gradients were non-zero")  # fmt: skip
+    status = "fail" if flat >= max(2, 0.1 * robust) else "pass"
+    return _finding("flat-loss", status, evidence, attack=name, flat=flat, robust=robust)
+
+
 _RUNNERS: dict[str, Callable[..., Finding | None]] = {
     "randomized-outputs": check_randomized,
     "probability-outputs": check_probabilities,
@@ -493,6 +523,7 @@ _RUNNERS: dict[str, Callable[..., Finding | None]] = {
     "monotone-eps": check_monotone,
     "batch-dependence": check_batch,
     "transfer-vs-white-box": check_transfer,
+    "flat-loss": check_flat_loss,
 }
 
 

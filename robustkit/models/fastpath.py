@@ -123,6 +123,11 @@ class Precisions:
     that reads batch statistics). Attacks then call the model only on the whole batch they were given,
     rows in order: no compaction, no subsets, no restarts stacked in one batch; a finished row stays in
     the batch, held at its adversarial point (``robustkit.attacks.base.Judge.whole_batch``).
+
+    ``surrogate``: ``fast`` and ``fp32`` compute another function than ``reference`` (a defense's attack
+    model, whose saturating head is skipped: ``robustkit.defenses.adaptive``). Attacks take their loss,
+    step-size control and best-point selection from ``fast``, and decide every success with a forward
+    pass of ``reference`` (``robustkit.attacks.base.Judge.decide``).
     """
 
     fast: Callable
@@ -130,6 +135,7 @@ class Precisions:
     reference: Callable
     tolerance: float = 0.0
     batch_dependent: bool = False
+    surrogate: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_dependent, bool):
@@ -139,6 +145,13 @@ class Precisions:
     def single(cls, model: Callable, *, batch_dependent: bool = False) -> Precisions:
         """A model without a fast path: itself at every precision."""
         return cls(fast=model, fp32=model, reference=model, batch_dependent=batch_dependent)
+
+    @classmethod
+    def adapted(cls, attack_model: Callable, model: Callable, *, batch_dependent: bool = False) -> Precisions:
+        """A defense as ``adapt`` returns it: attacks differentiate ``attack_model``, success is judged
+        on the deployed ``model`` (``surrogate`` when they differ)."""
+        return cls(fast=attack_model, fp32=attack_model, reference=model, surrogate=attack_model is not model,
+                   batch_dependent=batch_dependent)  # fmt: skip
 
     def at(self, precision: str) -> Callable:
         """The model for an attack that declares ``precision`` ("any" or "fp32")."""
