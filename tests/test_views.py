@@ -321,4 +321,4 @@ def test_a_batch_dependent_run_resumes_whole_batches_at_its_batch_size(tmp_path)
     assert redone[6].linf != -1  # its batch (6..11) was attacked again whole, not samples 7 and 8 alone
     with pytest.raises(RunExistsError, match="batches of 6"):
         runner.run(RunConfig(model=net, data=(x, y), suite=suite, out=tmp_path, name="r", batch_size=4, device="cpu",
-                             progress=False, report=False))  # fmt: skip
+                             progress=False, report=False, num_classes=3))  # fmt: skip
