@@ -466,8 +466,9 @@ def _sanity(store: Store, loaded: Loaded, config: RunConfig) -> None:
             f"attacks whose claimed successes failed the fp32 recheck: {', '.join(bad)}"
             if bad
             else "every claimed success was confirmed by an independent fp32 forward pass",
-            "An attack reported success that an independent eval-mode fp32 pass does not confirm: the model may be "
-            "stochastic or numerically unstable (bf16?). Those samples count as robust.",
+            "An attack reported success that an independent fp32 pass of the deployed model (in its own mode and "
+            "batch composition; for a stochastic model, every fresh draw) does not confirm: the model may be "
+            "stochastic, batch-dependent or numerically unstable (bf16?). Those samples count as robust.",
         )
     ]
     x, y = get_batch(loaded.dataset, loaded.indices[: min(len(loaded.indices), 64)])

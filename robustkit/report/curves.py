@@ -35,22 +35,24 @@ def eps_curves(run: Run) -> list[Chart]:
     if not n:
         return []
     clean = run.summary.get("clean_accuracy")
-    correct = run.correct
     fams: dict[str, dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
-    per_view: dict[tuple[str, float, str], set[int]] = {}
+    # per (norm, eps, view): each sample's robust accuracy (1 / 0, or the fraction of fresh draws of a
+    # stochastic model), the lowest over the view's attacks and never above its clean one
+    per_view: dict[tuple[str, float, str], dict[int, float]] = {}
     for a in run.attacks:
         if a.get("eps") is None or not a.get("norm"):
             continue
         eps = float(a["eps"])
         outs = run.outcomes.get(a["name"], {})
-        robust = {i for i, o in outs.items() if o.robust}
+        score = {i: o.score for i, o in outs.items()}
         fam = fams[a["norm"]][a["attack"]]
-        fam[eps] = min(fam.get(eps, 1.0), len(robust) / n)
-        key = (a["norm"], eps, view_of(a))
-        per_view[key] = per_view.get(key, set(correct)) & robust
-    worst: dict[str, dict[float, int]] = defaultdict(dict)  # the worst view's count of robust samples
-    for (norm, eps, _view), robust in per_view.items():
-        worst[norm][eps] = min(worst[norm].get(eps, n), len(robust))
+        fam[eps] = min(fam.get(eps, 1.0), sum(score.values()) / n)
+        view = per_view.setdefault((a["norm"], eps, view_of(a)), {i: s.score for i, s in run.samples.items()})
+        for i in view:
+            view[i] = min(view[i], score.get(i, 0.0))
+    worst: dict[str, dict[float, float]] = defaultdict(dict)  # the worst view's robust accuracy
+    for (norm, eps, _view), scores in per_view.items():
+        worst[norm][eps] = min(worst[norm].get(eps, 1.0), sum(scores.values()) / n)
     charts = []
     for norm in sorted(fams):
         label, scale = _norm_axis(norm)
@@ -61,7 +63,7 @@ def eps_curves(run: Run) -> list[Chart]:
             ]
         if len(fams[norm]) > 1:
             series["worst case"] = ([(0.0, clean)] if clean is not None else []) + [
-                (e * scale, k / n) for e, k in worst[norm].items()
+                (e * scale, v) for e, v in worst[norm].items()
             ]
         chart = line_chart(
             series, title=f"Robust accuracy vs ε ({norm})", x_label=label, y_label="robust accuracy"
