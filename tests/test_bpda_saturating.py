@@ -217,7 +217,7 @@ def test_flat_loss_finding_from_a_real_run(net, data, tmp_path):
     suite = {"name": "flat", "attacks": [{"attack": "apgd-ce", "eps": "38/255", "steps": 50}]}
     found = {}
     for name, model in (("naive", a.model), ("sound", net)):
-        res = evaluate(model=model, data=(x[:64], y[:64]), suite=suite, out=tmp_path, name=name, device="cpu",
+        res = evaluate(model=model, data=(x[:64], y[:64]), num_classes=K, suite=suite, out=tmp_path, name=name, device="cpu",
                        progress=False, report=False)  # fmt: skip
         found[name] = {f["name"]: f for f in res.summary["findings"]}["flat-loss"]
     assert found["naive"]["status"] == "fail", found["naive"]

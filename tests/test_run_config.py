@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,20 @@ def _outcomes(run_dir: Path) -> list[tuple]:
             "SELECT a.name, o.idx, o.attacked, o.claimed, o.robust, o.pred, round(o.confidence, 5), "
             "round(o.linf, 6), o.metrics FROM outcomes o JOIN attacks a ON a.id = o.attack_id ORDER BY a.name, o.idx"
         ).fetchall()
+        # per-sample float metrics (a gradient norm) are rounded like the confidence: the last bits of a
+        # batched matmul depend on the batch size
+        rows = [(*r[:-1], _rounded(r[-1])) for r in rows]
         return rows + db.execute("SELECT * FROM samples ORDER BY idx").fetchall()
     finally:
         db.close()
+
+
+def _rounded(metrics: str | None) -> str | None:
+    if metrics is None:
+        return None
+    return repr(
+        {k: round(v, 5) if isinstance(v, float) else v for k, v in sorted(json.loads(metrics).items())}
+    )
 
 
 def test_identity_follows_weights_content_at_the_same_path(tmp_path):
