@@ -99,8 +99,12 @@ def test_a_users_model_keeps_its_mode(tmp_path):
     evaluate(net, _data(), SUITE, out=tmp_path, num_classes=3, **OPTS)
     assert [m.training for m in net.modules()] == modes
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
-    # a model robustkit builds and loads itself is deployed in eval mode
+    # a model robustkit builds and loads itself is deployed in eval mode; an ART estimator as ART predicts
     assert not load_model("shapes-resnet", progress=False)[0].training
+    art = pytest.importorskip("art.estimators.classification")
+    clf = art.PyTorchClassifier(model=_net(train=True), loss=nn.CrossEntropyLoss(), input_shape=(3, 8, 8),
+                                nb_classes=3, clip_values=(0.0, 1.0))  # fmt: skip
+    assert not load_model(clf)[0].training
 
 
 def test_eps_override_rebuilds_every_attack_and_changes_the_identity(tmp_path):

@@ -149,20 +149,26 @@ class FactorySource(ModelSource):
         return ":" in spec and all(head != s.scheme for s in _SOURCES)
 
     def resolve(self, spec: str, request: ModelRequest) -> Resolved:
-        return Resolved(call_factory(spec), {"kind": "factory", "name": spec}, user=True)
+        raw, model = _call_factory(spec, "--model")
+        return Resolved(model, {"kind": "factory", "name": spec}, user=model is raw)
+
+
+def _call_factory(spec: str, what: str) -> tuple[Any, Any]:
+    fn = _import_object(spec, what)
+    if not callable(fn):
+        raise ConfigError(f"{what} {spec}: '{spec.partition(':')[2]}' is not callable")
+    raw = fn()
+    result = adapt(raw)
+    if not isinstance(result, nn.Module) and not callable(result) and defense_model(result) is None:
+        raise ConfigError(f"{what} {spec}: the factory returned {type(result).__name__}, not a model")
+    return raw, result
 
 
 def call_factory(spec: str, what: str = "--model") -> Any:
     """The object ``package.module:function`` returns when called without arguments (converted by an
     adapter where one knows it): an ``nn.Module``, a callable, or a defense (an object with an
     ``nn.Module`` in ``model``, as ``robustkit.defenses.base.Defense``)."""
-    fn = _import_object(spec, what)
-    if not callable(fn):
-        raise ConfigError(f"{what} {spec}: '{spec.partition(':')[2]}' is not callable")
-    result = adapt(fn())
-    if not isinstance(result, nn.Module) and not callable(result) and defense_model(result) is None:
-        raise ConfigError(f"{what} {spec}: the factory returned {type(result).__name__}, not a model")
-    return result
+    return _call_factory(spec, what)[1]
 
 
 def defense_model(obj: Any) -> nn.Module | None:
@@ -304,7 +310,8 @@ def load_model(
 
     A model robustkit builds and loads itself (zoo, architectures with ``weights``) is put in eval mode.
     A user's own model (an ``nn.Module`` object, what a ``package.module:function`` factory returns, a
-    defense's model) is never: it is evaluated in the mode it is given, so a model with BatchNorm in train
+    defense's model) is never: it is evaluated in the mode it is given (an ART estimator is evaluated as
+    ART's ``predict`` runs it, in eval mode), so a model with BatchNorm in train
     mode stays batch-dependent (and ``robustkit.defenses.adaptive.adapt`` says so). A defense
     (``robustkit.defenses.base.Defense``) passes its model through; its transfer sources move along.
     """
@@ -313,11 +320,11 @@ def load_model(
         if dataset is None:
             raise ConfigError("no model given and no built-in dataset to pick a zoo model for")
         spec = default_model_for(dataset)
-    spec = adapt(spec)
+    given, spec = spec, adapt(spec)
     if isinstance(spec, str):
         resolved = _resolve(spec, request)
-    else:
-        resolved = Resolved(spec, {"kind": "object", "name": type(spec).__name__}, user=True)
+    else:  # an object an adapter converted (an ART estimator) is deployed the way its library predicts: eval
+        resolved = Resolved(spec, {"kind": "object", "name": type(spec).__name__}, user=spec is given)
     model, info = resolved.model, resolved.info
     inner = defense_model(model)
     if inner is not None:
