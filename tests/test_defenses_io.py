@@ -156,8 +156,9 @@ def test_user_objects_names_and_errors():
         def forward(self, x):
             return x.flatten(1)[:, :10]
 
-    d = load_defense(Mine(), dataset="shapes")
-    assert d.name == "Mine" and d.capabilities.stochastic and not d.model.training
+    d = load_defense(Mine(), dataset="shapes")  # a user's module keeps the mode it was given
+    assert d.name == "Mine" and d.capabilities.stochastic and d.model.training
+    assert not load_defense(Mine().eval(), dataset="shapes").model.training
     assert split_spec("abnn:w/x.safetensors")[0] == "abnn" and split_spec("pgd-at") == ("pgd-at", None)
     with pytest.raises(ConfigError, match="did you mean 'standard'"):
         load_defense("standart", dataset="shapes")

@@ -14,8 +14,6 @@ fresh draws, and findings that know the adaptations.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
@@ -26,7 +24,6 @@ from robustkit.errors import RunExistsError
 from robustkit.evaluation import runner
 from robustkit.evaluation.config import RunConfig
 from robustkit.evaluation.store import STORE_FILE, Store
-from robustkit.models.fastpath import Precisions
 from robustkit.report.load import load_run
 from robustkit.report.render import render_html
 
@@ -147,11 +144,6 @@ def test_test_time_batchnorm_is_attacked_in_every_batch_view(tmp_path):
     assert f"worst case: {s['worst_view']} view" in html
 
 
-@pytest.mark.xfail(
-    "batch_dependent" not in {f.name for f in dataclasses.fields(Precisions)},
-    reason="attacks keep the whole batch once Precisions has batch_dependent (helper 'batch')",
-    strict=True,
-)
 def test_the_whole_batch_view_attacks_only_whole_batches(tmp_path, monkeypatch):
     net = BatchStatsNet().train()
     x = _data()

@@ -143,15 +143,18 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _check_names(defense: Defense) -> None:
-    known = {n for n, _ in defense.model.named_modules() if n}
-    for name in defense.capabilities.non_differentiable:
-        if name not in known:
-            sample = ", ".join(sorted(known)[:12]) or "(none: wrap the step in an nn.Module)"
-            raise ConfigError(
-                f"defense '{defense.name}' declares non-differentiable module '{name}', which it does not have; "
-                f"its submodules are: {sample}"
-            )
+def check_names(defense: Defense, shown: int = 24) -> None:
+    """Every module declared non-differentiable is a real submodule of the defense's model; otherwise a
+    ConfigError listing the submodule names, shallowest first."""
+    known = sorted((n for n, _ in defense.model.named_modules() if n), key=lambda n: (n.count("."), n))
+    wrong = [n for n in defense.capabilities.non_differentiable if n not in known]
+    if wrong:
+        listed = ", ".join(known[:shown]) + (f" and {len(known) - shown} more" if len(known) > shown else "")
+        raise ConfigError(
+            f"--bpda / non_differentiable: {', '.join(map(repr, wrong))} is not a submodule of '{defense.name}'; "
+            f"its submodules (model.named_modules()) are: {listed or '(none)'}. Wrap an inline "
+            "non-differentiable step in an nn.Module to name it"
+        )
 
 
 def adapt(
@@ -164,7 +167,7 @@ def adapt(
         raise ConfigError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
     if not isinstance(draws, int) or isinstance(draws, bool) or draws < MIN_DRAWS:
         raise ConfigError(f"draws must be an integer >= {MIN_DRAWS}, got {draws!r}")
-    _check_names(defense)
+    check_names(defense)
     caps, model = defense.capabilities, defense.model
     detected: list[str] = []
     bn = batch_statistics(model)

@@ -3,10 +3,12 @@ to ``config.yaml``, and the one judge of whether a run directory may be resumed.
 
 ``RunConfig.identity()`` covers everything that can change a result: what is evaluated (model spec or
 name, the sha256 of a weights file's content and of an in-memory model's parameters), the data (spec,
-or the sha256 of tensors given directly; root, split, limit), the resolved suite, the seed, the fast-path options and how a defense's
-capabilities were honored. Options that cannot change a result stay out of it (batch size, threads,
-progress, output directory, gallery size, report, profile): a run resumed with another batch size
-attacks every sample not yet done and ends with the same outcomes as an uninterrupted run.
+or the sha256 of tensors given directly; root, split, limit), the resolved suite, the seed, the fast-path options, the
+declared capabilities and transfer sources, EOT draws, verdict draws, an eps override and the class count.
+Options that cannot change a result stay out of it (batch size, threads, progress, output directory,
+gallery size, report, profile): a run resumed with another batch size attacks every sample not yet done
+and ends with the same outcomes as an uninterrupted run. A batch-dependent model is the exception: its
+results depend on its batches, so its run refuses another batch size.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import yaml
 from torch import nn
 
 from ..data.loading import tensor_dataset
-from ..defenses.adaptive import MIN_DRAWS
+from ..defenses.adaptive import MIN_DRAWS, check_names
 from ..defenses.base import Capabilities, Defense, as_defense
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
@@ -81,20 +83,6 @@ def merge_capabilities(a: Capabilities, b: Capabilities | None) -> Capabilities:
                         batch_dependent=a.batch_dependent or b.batch_dependent)  # fmt: skip
 
 
-def check_bpda_names(defense: Defense, shown: int = 24) -> None:
-    """Every module declared non-differentiable is a real submodule of the defense's model; otherwise a
-    ConfigError listing the submodule names, shallowest first."""
-    known = sorted((n for n, _ in defense.model.named_modules() if n), key=lambda n: (n.count("."), n))
-    wrong = [n for n in defense.capabilities.non_differentiable if n not in known]
-    if wrong:
-        listed = ", ".join(known[:shown]) + (f" and {len(known) - shown} more" if len(known) > shown else "")
-        raise ConfigError(
-            f"--bpda / non_differentiable: {', '.join(map(repr, wrong))} is not a submodule of '{defense.name}'; "
-            f"its submodules (model.named_modules()) are: {listed or '(none)'}. Wrap an inline "
-            "non-differentiable step in an nn.Module to name it"
-        )
-
-
 def _is_tensors(data: Any) -> bool:
     return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
 
@@ -129,8 +117,7 @@ class RunConfig:
     are added to its own); ``data``: a dataset name, manifest path, dataset object or ``(x, y)`` tensors
     (a dataset of ``num_classes`` classes once built); ``suite``: a recipe name, path, dict or
     :class:`Suite` (loaded here; with ``eps``, every attack that has an eps runs at ``eps`` instead:
-    ``suite.with_eps``); ``defense``: a record of how a defense's capabilities were honored, stored
-    with the run.
+    ``suite.with_eps``).
     """
 
     model: Any = None
@@ -142,7 +129,6 @@ class RunConfig:
     limit: int | None = None
     seed: int = 0
     model_name: str | None = None
-    defense: dict[str, Any] | None = None
     # adaptive evaluation (``robustkit.defenses.adaptive``): capabilities declared for a plain model (a
     # ``Defense`` brings its own), EOT draws inside gradient attacks and fresh draws for the verdict of a
     # stochastic model; ``eps`` overrides the eps of every attack of the suite; ``num_classes`` for
@@ -211,7 +197,7 @@ class RunConfig:
             caps = merge_capabilities(self.model.capabilities, self.capabilities)
             put(self, "model", dataclasses.replace(self.model, capabilities=caps))
         if isinstance(self.model, Defense) or (isinstance(self.model, nn.Module) and self.capabilities):
-            check_bpda_names(self.defense_for(getattr(self.model, "model", self.model)))
+            check_names(self.defense_for(getattr(self.model, "model", self.model)))
         if self.weights is not None:
             path = Path(self.weights).expanduser()
             if not path.is_file():
@@ -278,7 +264,6 @@ class RunConfig:
             "limit": self.limit,
             "seed": self.seed,
             "fastpath": self.fastpath.as_dict() if self.fastpath.active else None,
-            "defense": (self.defense or {}).get("how_honored"),
             "capabilities": self.declared.as_dict() if self.declared else None,
             "sources": _sources(self.model),
             "eot_samples": self.eot_samples,

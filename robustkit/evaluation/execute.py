@@ -144,16 +144,11 @@ class Job:
         whole = self.whole(view)
         if attack_model is self.net.reference and not whole:
             return Target(self.net, self.judge)  # the plain white-box view: the fast path as configured
-        # whole batches (helper fields of Precisions, set where this version of Precisions has them); a
-        # surrogate (BPDA head skipped): the attacks decide success on the deployed model
-        flags = {"batch_dependent": whole, "surrogate": self.attack_model is not None}
-        extra = {k: True for k, on in flags.items() if on and k in _PRECISION_FIELDS}
-        return Target(
-            Precisions(fast=attack_model, fp32=attack_model, reference=model, **extra), AsDeployed(model)
-        )
-
-
-_PRECISION_FIELDS = {f.name for f in dataclasses.fields(Precisions)}
+        # whole batches for a batch-dependent model; behind a surrogate (BPDA head skipped) the attacks decide
+        # success on the deployed model
+        precisions = Precisions(fast=attack_model, fp32=attack_model, reference=model, batch_dependent=whole,
+                                surrogate=self.attack_model is not None)  # fmt: skip
+        return Target(precisions, AsDeployed(model))
 
 
 @dataclass(frozen=True)

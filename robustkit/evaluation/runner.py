@@ -13,7 +13,6 @@ accuracy: the worst view). The report is rendered above this layer (``robustkit.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import platform
@@ -29,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..defenses.adaptive import Adapted, adapt
-from ..defenses.base import Capabilities, Defense, as_defense
+from ..defenses.base import Defense
 from ..device import resolve_device
 from ..errors import ConfigError, RunExistsError
 from ..files import atomic_write, inside, is_temporary, safe_name, storage_error
@@ -168,7 +167,7 @@ def _load(config: RunConfig) -> Loaded:
     indices = list(range(min(n_total, config.limit) if config.limit else n_total))
     preflight(net, dataset, indices, len(classes) or None, dev)
     model_name = config.model_name or info.get("name", _spec_name(config.model))
-    adapted, adaptive = _adapt(config, given, net, model_name, get_batch(dataset, indices[:4])[0].to(dev))
+    adapted, adaptive = _adapt(config, given, net, get_batch(dataset, indices[:4])[0].to(dev))
     for line in adapted.detected:
         log.warning(
             "%s: %s; evaluated as such (%s)", model_name, line, ", ".join(v.name for v in adapted.views)
@@ -189,33 +188,16 @@ def _modes_kept(model: Any) -> Any:
 
 
 def _adapt(
-    config: RunConfig, given: Defense | None, net: nn.Module, name: str, probe: torch.Tensor
+    config: RunConfig, given: Defense | None, net: nn.Module, probe: torch.Tensor
 ) -> tuple[Adapted, bool]:
-    """The loaded model as a Defense (``given``, or ``net`` with ``config.capabilities``), adapted; and
-    whether the run must say how (anything beyond a plain batch-independent model)."""
-    declared = config.capabilities or _declared(config.defense)
-    if given is not None:
-        defense = dataclasses.replace(given, model=net)
-    else:
-        defense = as_defense(net, name=name, capabilities=declared)
+    """The loaded model as a Defense (``RunConfig.defense_for``), adapted; and whether the run must say
+    how (anything beyond a plain batch-independent model)."""
+    defense = config.defense_for(net)
     defense.sources = {k: v.to(probe.device) for k, v in defense.sources.items()}
     with preserved(net):  # probing a model in train mode must not move its BatchNorm statistics
         adapted = adapt(defense, eot_samples=config.eot_samples, draws=config.draws, probe=probe)
-    adaptive = bool(given is not None or declared or config.defense is not None or adapted.detected
-                    or len(adapted.views) > 1)  # fmt: skip
+    adaptive = bool(given is not None or config.declared or adapted.detected or len(adapted.views) > 1)
     return adapted, adaptive
-
-
-def _declared(record: dict[str, Any] | None) -> Capabilities | None:
-    """The capabilities declared in a defense record (``honor``'s), for a model given with one."""
-    caps = (record or {}).get("declared") or (record or {}).get("capabilities")
-    if not isinstance(caps, dict):
-        return None
-    return Capabilities(
-        stochastic=bool(caps.get("stochastic", False)),
-        batch_dependent=bool(caps.get("batch_dependent", False)),
-        non_differentiable=tuple(caps.get("non_differentiable") or ()),
-    )
 
 
 def _remove_leftovers(run_dir: Path) -> None:
