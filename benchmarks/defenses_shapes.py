@@ -18,8 +18,9 @@ defense's capabilities honored: fixed batch composition for the batch-dependent 
 ``--n-eval`` test images (default 100) in fixed batches of ``--eval-batch``. The suite joins the built-in
 recipes pgd-linf (2/255 and 8/255, 10 steps), autoattack-standard (L-inf 8/255) and physical (patch,
 eyeglass, sticker, ROA) at the reduced costs of ``REDUCTIONS`` (``--suites`` picks parts). ABNN is
-attacked white-box through both networks, with target-only gradients and by transfer from the standard
-network; its batch dependence is measured separately (PGD-10 8/255 on fixed batches, re-evaluated one
+attacked white-box through both networks, with target-only gradients and by transfer from its substitute
+(each run also in the batch views and the transfer view of ``robustkit.defenses.adaptive``; the full
+per-view evaluation of ABNN alone is ``benchmarks/abnn_views.py``); its batch dependence is measured separately (PGD-10 8/255 on fixed batches, re-evaluated one
 image at a time, among other batch-mates, and by an attacker who controls half of each batch).
 
 Writes into ``--out`` (default ``reports``): ``<name>-comparison.html`` / ``.json`` (the side-by-side
@@ -389,7 +390,7 @@ def abnn_verdict(rows: dict[str, dict[str, Any]], attack: str) -> str:
         return f"{attack}: not all three ABNN attacks were run."
     strongest = min(("white-box", wb), ("target-only", to), ("transfer", tr), key=lambda t: t[1])
     text = (f"{attack}: ABNN keeps {_pct(wb)}% under the white-box attack through both networks, "
-            f"{_pct(to)}% with target-only gradients and {_pct(tr)}% under transfer from the standard network "
+            f"{_pct(to)}% with target-only gradients and {_pct(tr)}% under transfer from its substitute "
             f"(standard network: {_pct(std)}%). ")  # fmt: skip
     if strongest[0] != "white-box" and strongest[1] < wb - 0.02:
         text += (f"The {strongest[0]} attack is stronger than the white-box one: the white-box gradients are "
@@ -439,7 +440,7 @@ def render(report: dict[str, Any]) -> str:
     lines += _published_table(comp["rows"])
     lines += [
         "",
-        "## ABNN: white-box through both networks, target-only gradients, transfer from standard",
+        "## ABNN: white-box through both networks, target-only gradients, transfer from the substitute",
         "",
     ]
     attacks = comp["attacks"]
