@@ -157,16 +157,19 @@ class GaussianNoise(nn.Module):
 
 
 class ClampedLogProbs(nn.Module):
-    """A head returning temperature-scaled log-probabilities clamped from below:
-    ``log_softmax(temperature * z).clamp(min=floor)``. Confident predictions give a constant output
-    (0 for the top class, ``floor`` for the rest): the loss is flat and the gradient zero."""
+    """A head returning temperature-scaled log-probabilities clamped to ``[floor, ceiling]``:
+    ``log_softmax(temperature * z).clamp(floor, ceiling)``. A confident prediction gives a constant
+    output (``ceiling`` for the top class, ``floor`` for the rest): the loss is flat and the gradient
+    zero. The argmax is that of ``z`` (at most one class has a log-probability above ``log 0.5``)."""
 
-    def __init__(self, temperature: float = 10.0, floor: float = -5.0) -> None:
+    def __init__(
+        self, temperature: float = 10.0, floor: float = -5.0, ceiling: float = math.log(0.9)
+    ) -> None:
         super().__init__()
-        self.temperature, self.floor = temperature, floor
+        self.temperature, self.floor, self.ceiling = temperature, floor, ceiling
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.temperature * z, dim=1).clamp(min=self.floor)
+        return F.log_softmax(self.temperature * z, dim=1).clamp(self.floor, self.ceiling)
 
 
 class TanhHead(nn.Module):
