@@ -456,10 +456,10 @@ def _joint(
 ) -> torch.Tensor:
     """The whole batch under the attacker's control: PGD on the sum of the clamped margins of every
     sample, the batch always evaluated whole; the best batch (fewest correct) over step sizes and
-    restarts. Returns the per-sample verdicts of that one batch."""
+    restarts. Returns the per-sample verdicts of that one batch, and the batch."""
     threat = make_threat("Linf", eps)
     never = torch.full_like(y, -1)
-    best = _correct(model, x, y)
+    best, best_x = _correct(model, x, y), x
     g = torch.Generator(x.device).manual_seed(seed)
     for size in b.step_sizes:
         for r in range(b.restarts):
@@ -472,8 +472,8 @@ def _joint(
                 )  # fmt: skip
             ok = _correct(model, x_adv, y)
             if ok.sum() < best.sum():
-                best = ok
-    return best
+                best, best_x = ok, x_adv
+    return best, best_x
 
 
 def _one_at_a_time(
@@ -518,9 +518,9 @@ def _among_clean(
 def _batch_dependent(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, b: Budget, seed: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    joint = _joint(model, x, y, eps, b, seed)
+    joint, joint_adv = _joint(model, x, y, eps, b, seed)
     single, single_adv = _one_at_a_time(model, x, y, eps, b, seed)
-    among = _among_clean(model, x, y, [single_adv])
+    among = _among_clean(model, x, y, [joint_adv, single_adv])
     parts = {
         "whole-batch": float(joint.float().mean()),
         "one-at-a-time": float(single.float().mean()),
@@ -548,7 +548,8 @@ def truth(
       Square on the deployed model; robust when no attack broke the sample;
     - randomized: APGD-CE and APGD-DLR with EOT, judged as the mean over fresh draws;
     - batch-dependent: the whole batch under the attacker's control (joint PGD, the batch never split),
-      one sample at a time, and the adversarial sample among clean mates; the worst view;
+      one sample at a time (APGD-CE, APGD-T in batches of one), and the adversarial sample among clean
+      mates (the examples of the other two views, each judged in its clean batch); the worst view;
     - sound and adversarially trained controls: the white-box attacks as for a plain model.
     """
     if case not in CASES:
