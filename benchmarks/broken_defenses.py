@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = load_zoo_model("shapes-resnet", device=device, progress=False).eval()
     data = shapes("test", n=max(args.n, 200))
     x, y = data.x[: args.n].to(device), data.y[: args.n].to(device)
-    budget = broken.Budget(steps=args.truth_steps, restarts=args.truth_restarts, queries=args.truth_queries,
+    budget = broken.Budget(steps=args.truth_steps, restarts=args.truth_restarts, targets=args.truth_targets,
+                           queries=args.truth_queries,
                            eot=args.truth_eot, draws=args.draws, joint_steps=args.truth_steps)  # fmt: skip
     res: dict[str, Any] = {"environment": environment(device), "args": vars(args), "cases": {}}
     t0 = time.perf_counter()
@@ -152,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["verdict"] = _verdict(row, case.kind in broken.BROKEN_KINDS)
         res["cases"][name] = row
         logging.info("%s done at %.0fs: %s", name, time.perf_counter() - t0, row["verdict"])
+        if args.partial:  # every finished case on disk, for long runs
+            Path(args.partial).write_text(json.dumps(res, indent=2, default=str))
     res["seconds"] = time.perf_counter() - t0
     return res
 
@@ -189,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=10, help="fresh draws judging a random defense")
     p.add_argument("--truth-steps", type=int, default=100)
     p.add_argument("--truth-restarts", type=int, default=2)
+    p.add_argument("--truth-targets", type=int, default=9)
     p.add_argument("--truth-queries", type=int, default=1000)
     p.add_argument("--truth-eot", type=int, default=40)
+    p.add_argument("--partial", default=None, help="write the JSON after every case to this path")
     p.add_argument("--cases", default="jpeg,gaussian-noise,tanh-head,batch-standardize,plain,pgd-at")
     args = p.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]

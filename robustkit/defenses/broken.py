@@ -339,12 +339,13 @@ def adversarially_trained(device: torch.device | str = "cpu", progress: bool = F
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:
-    """How hard the truth attack works. ``steps``/``restarts``: APGD; ``queries``: Square on the
+    """How hard the truth attack works. ``steps``/``restarts``/``targets``: APGD (APGD-T); ``queries``: Square on the
     deployed model; ``eot``: gradient passes per step on a random defense; ``draws``: fresh draws that
     judge it; ``joint_steps``: whole-batch PGD steps per step size on a batch-dependent defense."""
 
     steps: int = 100
     restarts: int = 2
+    targets: int = 9
     queries: int = 1000
     eot: int = 40
     draws: int = 20
@@ -403,7 +404,7 @@ def _white_box(
     parts = {}
     attacks = [
         ("apgd-ce", attack_model, create_attack("apgd-ce", eps=eps, steps=b.steps, restarts=b.restarts)),
-        ("apgd-t", attack_model, create_attack("apgd-t", eps=eps, steps=b.steps)),
+        ("apgd-t", attack_model, create_attack("apgd-t", eps=eps, steps=b.steps, n_targets=b.targets)),
         ("apgd-dlr", attack_model, create_attack("apgd-dlr", eps=eps, steps=b.steps, restarts=b.restarts)),
         ("square", deployed, create_attack("square", eps=eps, queries=b.queries)),
     ]
@@ -493,8 +494,12 @@ def _one_at_a_time(
 def _white_box_one(model, xi, yi, eps, b: Budget, seed: int) -> tuple[bool, torch.Tensor]:
     if not bool(_correct(model, xi, yi)):
         return False, xi
-    for j, key in enumerate(("apgd-ce", "apgd-t")):
-        attack = create_attack(key, eps=eps, steps=b.steps)
+    for j, attack in enumerate(
+        (
+            create_attack("apgd-ce", eps=eps, steps=b.steps),
+            create_attack("apgd-t", eps=eps, steps=b.steps, n_targets=b.targets),
+        )
+    ):
         with preserved(model):
             adv = attack(model, xi, yi, generator=torch.Generator(xi.device).manual_seed(seed + j)).x_adv
         if not bool(_correct(model, adv, yi)):
