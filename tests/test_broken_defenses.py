@@ -129,7 +129,10 @@ def test_truth_of_a_plain_model_matches_apgd(shapes_model, data):
 
 
 def _flags(summary) -> list[str]:
-    return [f"{f['name']}: {f['status']}" for f in summary["findings"] if f["status"] != "pass"]
+    """What robustkit said about the model without being told: findings that did not pass, and
+    capabilities it detected from the model itself (and then evaluated it for)."""
+    detected = [f"detected {d}" for d in (summary.get("defense") or {}).get("detected", [])]
+    return [f"{f['name']}: {f['status']}" for f in summary["findings"] if f["status"] != "pass"] + detected
 
 
 @pytest.mark.parametrize("name", BROKEN + CONTROLS)
