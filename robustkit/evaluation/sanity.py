@@ -96,9 +96,10 @@ CHECKS: tuple[CheckInfo, ...] = (
         "The model is stochastic (noise injection, random transforms, dropout left on). A single forward "
         "pass is one draw, and a gradient from one draw points in a random direction, so attacks without "
         "expectation over the randomness overestimate robustness.",
-        "Evaluate with the rand version (--suite autoattack-rand: APGD-CE and APGD-DLR with EOT over 20 "
-        "passes, eot_samples to raise it), or wrap the model in robustkit.attacks.expectation.Expectation. "
-        "If the randomness is unintended, call model.eval() and check for dropout or noise layers.",
+        "Declare it: as_defense(model, capabilities=Capabilities(stochastic=True)) or --stochastic. robustkit "
+        "then puts expectation over 20 draws inside the gradient attacks (eot_samples / --eot-samples; "
+        "autoattack runs as its rand version) and judges the deployed random model over fresh draws (--draws). "
+        "If the randomness is unintended, put the model in eval mode yourself and check for dropout or noise layers.",
     ),
     CheckInfo(
         "probability-outputs",
@@ -165,8 +166,10 @@ CHECKS: tuple[CheckInfo, ...] = (
         "The output depends on the other samples in the batch: BatchNorm in training mode, test-time "
         "adaptation, or batch-level normalization. Attacks and evaluation then depend on batch size and "
         "order, and an attacker may exploit the other samples.",
-        "Evaluate with model.eval() unless the defense is batch-adaptive by design; for such defenses state "
-        "the batch size and composition with the results and attack the batch as a whole.",
+        "If the defense adapts to its batch by design, declare it (Capabilities(batch_dependent=True) or "
+        "--batch-dependent; BatchNorm in train mode is detected): robustkit then attacks the deployed batches "
+        "whole, one sample at a time and among clean batch mates, and reports the worst view. If the dependence "
+        "is unintended, put the model in eval mode yourself.",
     ),
     CheckInfo(
         "transfer-vs-white-box",
