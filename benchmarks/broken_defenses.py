@@ -61,7 +61,10 @@ def _accuracy(model, x, y, draws: int) -> float:
         return float(torch.stack([(model(x).argmax(1) == y).float() for _ in range(draws)]).mean())
 
 
-def _attempt(fn) -> dict[str, Any]:
+def _attempt(fn, before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``fn()`` timed, or ``before`` (the same part of an earlier run, ``--resume``) when it succeeded."""
+    if before and "error" not in before:
+        return before
     t0 = time.perf_counter()
     try:
         out = fn()
@@ -80,6 +83,7 @@ def _evaluate(model, x, y, args, capabilities=None) -> dict[str, Any]:
         res = robustkit.evaluate(target, (x, y), _suite(args), num_classes=10, out=out, report=False,
                                  progress=False, seed=0)  # fmt: skip
     fired = [f"{f['name']}: {f['status']}" for f in res.summary["findings"] if f["status"] != "pass"]
+    fired += [f"detected {d}" for d in (res.summary.get("defense") or {}).get("detected", [])]
     return {
         "robust_accuracy": res.robust_accuracy,
         "clean_accuracy": res.clean_accuracy,
@@ -127,6 +131,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            queries=args.truth_queries,
                            eot=args.truth_eot, draws=args.draws, joint_steps=args.truth_steps)  # fmt: skip
     res: dict[str, Any] = {"environment": environment(device), "args": vars(args), "cases": {}}
+    old: dict[str, Any] = {}
+    if args.resume and Path(args.out).is_file():  # keep every part an earlier run with these args measured
+        earlier = json.loads(Path(args.out).read_text())
+        same = {
+            k: v for k, v in earlier.get("args", {}).items() if k not in ("cases", "resume", "partial", "out")
+        }
+        mine = {k: v for k, v in vars(args).items() if k not in ("cases", "resume", "partial", "out")}
+        old = earlier.get("cases", {}) if same == mine else {}
     t0 = time.perf_counter()
     for name in args.cases:
         case = broken.HELD_OUT[name]
@@ -134,15 +146,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = case.factory(base)
         draws = args.draws if case.kind == broken.RANDOMIZED else 1
         row: dict[str, Any] = {"kind": case.kind, "capabilities": case.capabilities.as_dict()}
+        was = old.get(name, {})
         row["truth"] = _attempt(
-            lambda m=model, n=name: broken.truth(n, m, x, y, eps=args.eps, budget=budget).as_dict()
+            lambda m=model, n=name: broken.truth(n, m, x, y, eps=args.eps, budget=budget).as_dict(),
+            was.get("truth"),
         )
         row["adaptive"] = _attempt(lambda m=model, c=case: _evaluate(m, x, y, args, c.capabilities))
         row["unflagged"] = _attempt(lambda m=model: _evaluate(m, x, y, args))
         row["official"] = {
-            "standard": _attempt(lambda m=model, d=draws: _official(m, x, y, args, "standard", d))
+            "standard": _attempt(
+                lambda m=model, d=draws: _official(m, x, y, args, "standard", d),
+                (was.get("official") or {}).get("standard"),
+            )  # fmt: skip
         }
-        if case.kind == broken.RANDOMIZED:
+        if case.kind == broken.RANDOMIZED:  # timed back to back in this run, never resumed
             ours = _attempt(lambda m=model, d=draws: _robustkit_rand(m, x, y, args, d))
             theirs = _attempt(lambda m=model, d=draws: _official(m, x, y, args, "rand", d))
             row["official"]["rand"] = theirs
@@ -196,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--truth-queries", type=int, default=1000)
     p.add_argument("--truth-eot", type=int, default=40)
     p.add_argument("--partial", default=None, help="write the JSON after every case to this path")
+    p.add_argument("--resume", action="store_true", help="reuse the truth and official-standard figures of --out "
+                   "measured with the same arguments (robustkit's own figures and the timing always rerun)")  # fmt: skip
     p.add_argument("--cases", default="jpeg,gaussian-noise,tanh-head,batch-standardize,plain,pgd-at")
     args = p.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
