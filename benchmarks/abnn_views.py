@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import robustkit  # noqa: E402
 from benchmarks.defenses_shapes import reduced_suite  # noqa: E402
 from robustkit.defenses.loading import load_defense  # noqa: E402
+from robustkit.evaluation.sanity import _same_attack_gaps  # noqa: E402
 
 
 def _pct(v: float | None) -> str:
@@ -56,14 +57,9 @@ def verdict(summary: dict[str, Any], standard: dict[str, Any]) -> str:
             f"{_pct(standard['robust_accuracy'])}). ")  # fmt: skip
     finding = next((f for f in summary["findings"] if f["name"] == "transfer-vs-white-box"), None)
     if transfer and finding and finding["status"] == "fail":
-        best = min(transfer, key=transfer.get)
-        text += (f"Transfer from the {best.split(':', 1)[1]} ({_pct(transfer[best])}) beats the strongest "
-                 f"white-box view ({_pct(min(white.values()))}): ABNN's white-box gradients are masked, and a "
-                 "white-box figure alone would overstate its robustness.")  # fmt: skip
-    elif transfer and per_attack(summary["attacks"]):
-        text += ("Over the whole suite no view is weaker than transfer, but attack by attack transfer from the "
-                 "substitute beats the whole-batch white-box attack: the white-box gradients through ABNN are partly "
-                 "masked, and only the worst view is a figure to trust.")  # fmt: skip
+        text += (f"Transfer from the substitute beats the white-box attack ({finding['evidence']}): ABNN's "
+                 "white-box gradients are masked, and a white-box figure alone would overstate its robustness; "
+                 "only the worst view is a figure to trust.")  # fmt: skip
     elif transfer:
         text += "The white-box attack is at least as strong as transfer from the substitute: no sign of gradient masking."
     text += "".join(f" {line}" for line in per_attack(summary["attacks"]))
@@ -75,23 +71,14 @@ def verdict(summary: dict[str, Any], standard: dict[str, Any]) -> str:
 
 
 def per_attack(attacks: list[dict[str, Any]]) -> list[str]:
-    """Per attack of the suite: where transfer from the substitute beats the whole-batch white-box view."""
-    by: dict[str, dict[str, float]] = {}
-    for a in attacks:
-        base = a["name"].split(" [", 1)[0]
-        by.setdefault(base, {})[a.get("view") or "white-box"] = a["robust_accuracy"]
-    out = []
-    for base, views in by.items():
-        wb = views.get("whole-batch", views.get("white-box"))
-        tr = {k: v for k, v in views.items() if k.startswith("transfer:")}
-        if wb is None or not tr:
-            continue
-        src, acc = min(tr.items(), key=lambda kv: kv[1])
-        if acc < wb - 0.02:
-            worst = min(views, key=views.get)
-            out.append(f"Under {base}, transfer from the {src.split(':', 1)[1]} ({_pct(acc)}) beats the whole-batch "
-                       f"white-box attack ({_pct(wb)}); the worst view there is {worst} ({_pct(views[worst])}).")  # fmt: skip
-    return out
+    """Per attack of the suite: where transfer from the substitute beats the whole-batch white-box view
+    (the per-attack half of the ``transfer-vs-white-box`` finding)."""
+    return [
+        f"Under {entry}, transfer from the {view.split(':', 1)[1]} ({_pct(acc)}) beats the whole-batch white-box "
+        f"attack ({_pct(wb)})."
+        for gap, entry, view, acc, wb in _same_attack_gaps(attacks)
+        if gap > 0.02
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

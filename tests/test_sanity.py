@@ -169,6 +169,29 @@ def test_transfer_beating_white_box_is_masking(shapes_model, data, transfer, sta
                                  checks=["transfer-vs-white-box"])  # fmt: skip
 
 
+@pytest.mark.parametrize(("transfer", "status"), [(0.475, "fail"), (0.65, "pass")])
+def test_transfer_beating_the_same_attack_white_box_is_masking(shapes_model, data, transfer, status):
+    """Views tied overall (every view at 0%: a strong attack broke all) still show masking attack by attack:
+    transfer beating the same attack's whole-batch view (same batch composition)."""
+    x, y = data
+    views = [
+        {"view": v, "robust_accuracy": 0.0} for v in ("whole-batch", "among-clean", "transfer:substitute")
+    ]
+    attacks = [{"name": "pgd@2/255 [whole-batch]", "view": "whole-batch", "robust_accuracy": 0.65},
+               {"name": "pgd@2/255 [among-clean]", "view": "among-clean", "robust_accuracy": 0.375},
+               {"name": "pgd@2/255 [transfer:substitute]", "view": "transfer:substitute", "robust_accuracy": transfer},
+               {"name": "autoattack [whole-batch]", "view": "whole-batch", "robust_accuracy": 0.0},
+               {"name": "autoattack [transfer:substitute]", "view": "transfer:substitute", "robust_accuracy": 0.0}]  # fmt: skip
+    summary = {"n_samples": 40, "views": views, "attacks": attacks}
+    (f,) = run_sanity_checks(
+        shapes_model, x, y, context={"summary": summary}, checks=["transfer-vs-white-box"]
+    )
+    assert f.status == status, f.evidence
+    assert f.values["attack_gap"] == pytest.approx(0.65 - transfer)
+    if status == "fail":
+        assert "pgd@2/255" in f.evidence and "partly masked" in f.evidence
+
+
 def test_model_state_restored(shapes_model, data):
     x, y = data
     model = copy.deepcopy(shapes_model).train()

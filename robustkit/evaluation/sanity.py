@@ -18,7 +18,8 @@ unbounded-eps                  PGD with eps = 1 (the whole image box) leaves acc
 monotone-eps                   robust accuracy rises with eps for the same attack and norm
 batch-dependence               a sample's logits change when its batch companions change (and the batch
                                views were not run)
-transfer-vs-white-box          a transfer view leaves lower robust accuracy than the white-box views
+transfer-vs-white-box          a transfer view leaves lower robust accuracy than the white-box views (overall,
+                               or for one attack in the same batch composition)
 flat-loss                      the loss an attack tracked stayed flat on still-robust samples with non-zero
                                input gradients (a saturating or clamping output)
 =============================  ===========================================================================
@@ -174,7 +175,8 @@ CHECKS: tuple[CheckInfo, ...] = (
     CheckInfo(
         "transfer-vs-white-box",
         "a transfer view (the attack takes a source model's gradients, success judged on the defense) leaves "
-        "lower robust accuracy than the worst white-box view by more than 2 samples",
+        "lower robust accuracy than the worst white-box view, or than the same attack's white-box view in the "
+        "same batch composition, by more than 2 samples",
         "Gradients borrowed from another model should never beat the defense's own gradients; when they do, "
         "the defense's gradients are masked (obfuscated, shattered or routed through a network the white-box "
         "attack does not see), and the white-box figure overstates its robustness.",
@@ -478,6 +480,23 @@ def _batch_views(ctx) -> str:
     return ", ".join(ran) if len(ran) == len(BATCH_VIEWS) else ""
 
 
+def _same_attack_gaps(attacks: list[dict[str, Any]]) -> list[tuple[float, str, str, float, float]]:
+    """Per suite entry: (gap, entry, transfer view, transfer accuracy, white-box accuracy) where a transfer
+    view of the entry leaves less than the white-box view in the same batch composition (``whole-batch``
+    for a batch-dependent model, else ``white-box``)."""
+    by: dict[str, dict[str, float]] = {}
+    for a in attacks:
+        view = str(a.get("view") or "white-box")
+        by.setdefault(str(a["name"]).split(" [", 1)[0], {})[view] = float(a["robust_accuracy"])
+    gaps = []
+    for entry, views in by.items():
+        white = views.get("whole-batch", views.get("white-box"))
+        for view, acc in views.items():
+            if view.startswith("transfer:") and white is not None:
+                gaps.append((white - acc, entry, view, acc, white))
+    return gaps
+
+
 def check_transfer(model, x, y, ctx) -> Finding | None:
     summary = ctx.get("summary") or {}
     views = summary.get("views") or []
@@ -492,14 +511,26 @@ def check_transfer(model, x, y, ctx) -> Finding | None:
     gap = worst_w["robust_accuracy"] - best_t["robust_accuracy"]
     evidence = (f"{best_t['view']} leaves {best_t['robust_accuracy']:.1%} robust accuracy, the white-box view "
                 f"{worst_w['view']} {worst_w['robust_accuracy']:.1%}")  # fmt: skip
-    status = "fail" if gap > tol + 1e-9 else "pass"
-    evidence += (
-        ": the transfer attack is stronger, the white-box gradients are masked"
-        if status == "fail"
-        else ": the white-box attack is at least as strong"
-    )
+    per_attack = max(_same_attack_gaps(summary.get("attacks") or []), default=None)
+    if gap > tol + 1e-9:
+        status = "fail"
+        evidence += ": the transfer attack is stronger, the white-box gradients are masked"
+    elif per_attack is not None and per_attack[0] > tol + 1e-9:
+        status = "fail"
+        g, entry, view, acc, wb = per_attack
+        evidence += (f"; but under {entry} the {view} view leaves {acc:.1%} against {wb:.1%} white-box in the same "
+                     "batch composition: the white-box gradients are partly masked")  # fmt: skip
+    else:
+        status = "pass"
+        evidence += ": the white-box attack is at least as strong, overall and attack by attack"
     return _finding(
-        "transfer-vs-white-box", status, evidence, gap=gap, transfer=best_t["view"], white_box=worst_w["view"]
+        "transfer-vs-white-box",
+        status,
+        evidence,
+        gap=gap,
+        transfer=best_t["view"],
+        white_box=worst_w["view"],
+        attack_gap=per_attack[0] if per_attack else 0.0,
     )
 
 

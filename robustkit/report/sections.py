@@ -278,8 +278,8 @@ def masking_verdict(summary: dict[str, Any]) -> str:
              if (found.get(n) or {}).get("status") == "fail"]  # fmt: skip
     text = ""
     if transfer is not None and transfer["status"] == "fail":
-        text = (f"Transfer is stronger than the white-box attack ({transfer['evidence']}): the white-box gradients "
-                "are masked, and the reported robust accuracy is the transfer view's.")  # fmt: skip
+        text = (f"Transfer is stronger than the white-box attack ({transfer['evidence']}); the reported robust "
+                "accuracy is the worst view, the transfer views included.")  # fmt: skip
     elif transfer is not None:
         sources = ", ".join(v.split(":", 1)[1] for v in views if v.startswith("transfer:"))
         text = f"The white-box attack is at least as strong as transfer from {sources or 'the sources'}"
