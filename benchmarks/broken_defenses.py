@@ -193,6 +193,30 @@ def _verdict(row: dict[str, Any], is_broken: bool) -> dict[str, Any]:
     return out
 
 
+def _pct(part: dict[str, Any]) -> str:
+    if "robust_accuracy" in part:
+        return f"{100 * part['robust_accuracy']:.1f}%"
+    return "not run: " + str(part.get("error", "-")).split(":")[0] if part else "-"
+
+
+def table(res: dict[str, Any]) -> str:
+    """The Markdown table of ``docs/sanity-checks.md`` from a result JSON."""
+    lines = [
+        "| case | kind | truth | robustkit, flags declared (within 5 points?) | fired without flags | official AutoAttack "
+        "standard | official rand | robustkit rand / official rand time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in res["cases"].items():
+        v = row.get("verdict", {})
+        within = {True: " (yes)", False: " (no)"}.get(v.get("within_5_points"), "")
+        fired = ", ".join(f"`{f}`" for f in row["unflagged"].get("findings_fired") or []) or "none"
+        timing = row.get("rand_timing") or {}
+        ratio = f"{timing['ratio']:.2f}" if "ratio" in timing else "-"
+        lines.append(f"| `{name}` | {row['kind']} | {_pct(row['truth'])} | {_pct(row['adaptive'])}{within} | {fired} "
+                     f"| {_pct(row['official']['standard'])} | {_pct(row['official'].get('rand', {}))} | {ratio} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/broken_defenses.json")
@@ -216,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="reuse the truth and official-standard figures of --out "
                    "measured with the same arguments (robustkit's own figures and the timing always rerun)")  # fmt: skip
     p.add_argument("--cases", default="jpeg,gaussian-noise,tanh-head,batch-standardize,plain,pgd-at")
+    p.add_argument("--table", action="store_true", help="print the Markdown table of --out and stop")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return 0
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str))
+    print(table(res))
     print(f"total {res['seconds']:.0f}s; JSON: {out}")
     return 0
 
