@@ -162,7 +162,11 @@ def apgd_run(
 
     judge = judge or Judge.of(model)
     whole = judge.whole_batch
-    compact = compact and not whole
+    # EOT over a stochastic model: success is a probability over draws, so every row is pushed on to its
+    # highest expected loss (no compaction, no early stop) and that point is returned, not the first
+    # iterate whose averaged logits crossed the boundary (misclassified by about half of the draws)
+    deep = eot_samples > 1 and not whole
+    compact = compact and not whole and not deep
     x_adv = random_start(x, threat, generator) if start is None else start
     loss, logits, grad = grad_at(x_adv, y, loss_target)
     loss_start, grad_norm = loss.clone(), grad.flatten(1).norm(dim=1)
@@ -220,6 +224,8 @@ def apgd_run(
                 keep = ~done
                 idx = idx[keep]
                 s = s.rows(keep)
+    if deep:
+        s.x_succ = s.x_best
     _write(out_adv, out_ok, out_loss, idx, s, torch.ones_like(s.ok))
     if trace is not None:
         trace.update(loss_gain=out_loss - loss_start, grad_norm=grad_norm)

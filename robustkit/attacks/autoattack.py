@@ -168,6 +168,9 @@ class AutoAttack(LpAttack):
         x_adv = x.clone()
         cascade: list[dict[str, Any]] = []
         traces: dict[str, torch.Tensor] = {}
+        # under EOT (a stochastic model) a sample no stage confirmed keeps the first EOT stage's point: the
+        # verdict over fresh draws counts every draw it fools, as AutoAttack's rand version keeps its iterates
+        fallback: torch.Tensor | None = None
         for k, (label, attack) in enumerate(self.stages()):
             start = time.perf_counter()
             todo = int(robust.sum())
@@ -210,6 +213,9 @@ class AutoAttack(LpAttack):
                 hit = sel[confirmed]
                 x_adv[hit] = res.x_adv[confirmed]
                 entry["rejected"] = int((res.success & ~confirmed).sum())
+            if todo and fallback is None and getattr(attack, "eot_samples", 1) > 1:
+                fallback = x_adv.clone()
+                fallback[sel] = res.x_adv if res.x_adv.shape[0] == sel.numel() else res.x_adv[sel]
             if todo:
                 robust[hit] = False
                 broken_by[hit] = k
@@ -224,6 +230,8 @@ class AutoAttack(LpAttack):
             entry["robust_after"] = int(robust.sum())
             entry["seconds"] = round(time.perf_counter() - start, 4)
             cascade.append(entry)
+        if fallback is not None:
+            x_adv = where_batch(robust, fallback, x_adv)
         if judge.whole_batch:  # the verdict on the batch as returned
             broken = confirm(
                 reference, threat, x, x_adv, y, tolerance=self.tolerance, counter=counter
