@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from robustkit.api import evaluate_defenses
-from robustkit.defenses.adaptive import honor
+from robustkit.defenses.adaptive import adapt
 from robustkit.defenses.base import Capabilities, as_defense
 
 
@@ -26,10 +26,11 @@ class Noisy(nn.Module):
         return self.inner((x + 0.01 * torch.randn_like(x)).clamp(0, 1))
 
 
-def test_honor_wraps_bpda_and_eot(shapes_model):
+def test_adapt_wraps_bpda_and_eot(shapes_model):
     quant = nn.Sequential(Quantize(), shapes_model)
     d = as_defense(quant, name="quant", capabilities=Capabilities(non_differentiable=("0",)))
-    model, record = honor(d)
+    a = adapt(d)
+    model, record = a.model, a.record
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     model(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # BPDA gives a useful gradient
@@ -38,7 +39,8 @@ def test_honor_wraps_bpda_and_eot(shapes_model):
     noisy = as_defense(
         Noisy(shapes_model), name="noisy", capabilities=Capabilities(stochastic=True, batch_dependent=True)
     )
-    model, record = honor(noisy, eot_samples=4)
+    a = adapt(noisy, eot_samples=4)
+    model, record = a.model, a.record
     assert model is noisy.model  # EOT goes inside the gradient attacks, the deployed model is not averaged
     assert record["eot_samples"] == 4 and record["draws"] >= 10
     assert record["views"] == ["whole-batch", "one-at-a-time", "among-clean"]

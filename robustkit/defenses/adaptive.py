@@ -272,11 +272,5 @@ class AmongClean(nn.Module):
         return torch.cat(rows)
 
 
-def honor(defense: Defense, eot_samples: int = 20) -> tuple[nn.Module, dict[str, Any]]:
-    """The deployed model and the record of how its capabilities are honored (``adapt``'s short form)."""
-    a = adapt(defense, eot_samples=eot_samples)
-    return a.model, a.record
-
-
 def _plain(info: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(info, default=str))
