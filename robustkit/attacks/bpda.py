@@ -43,6 +43,18 @@ class _CustomBackward(torch.autograd.Function):
         return grad, None, None
 
 
+class _ValueOf(torch.autograd.Function):
+    """The value of ``value`` bit for bit (the deployed forward), the gradient of ``surrogate``."""
+
+    @staticmethod
+    def forward(ctx: Any, surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output, None
+
+
 class BPDA(nn.Module):
     """Run ``fn`` forward; differentiate through identity, ``approx`` or a custom ``backward``."""
 
@@ -67,4 +79,4 @@ class BPDA(nn.Module):
                 f"BPDA: fn changes the shape {tuple(surrogate.shape)} -> {tuple(out.shape)}, so {what} cannot "
                 "stand in for it in the backward pass; pass approx= with a surrogate of the output's shape"
             )
-        return surrogate + (out - surrogate).detach()
+        return _ValueOf.apply(surrogate, out)
