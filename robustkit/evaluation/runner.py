@@ -12,7 +12,6 @@ accuracy: the worst view). The report is rendered above this layer (``robustkit.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import platform
@@ -149,15 +148,14 @@ def _load(config: RunConfig) -> Loaded:
     if given is not None:  # a defense is evaluated as given: its mode and state stay the user's
         net, info = given.model.to(dev), {"kind": "defense", "name": given.name}
     else:
-        with _modes_kept(config.model):
-            net, info = load_model(
-                config.model,
-                dataset=data_name if isinstance(data, str) else None,
-                weights=config.weights,
-                num_classes=len(classes) or None,
-                device=dev,
-                progress=config.progress and rank == 0,
-            )
+        net, info = load_model(  # a user's module keeps the mode it was given (load_model never .eval()s it)
+            config.model,
+            dataset=data_name if isinstance(data, str) else None,
+            weights=config.weights,
+            num_classes=len(classes) or None,
+            device=dev,
+            progress=config.progress and rank == 0,
+        )
     if rank == 0:
         distributed.barrier()
     net, info = _multi_clip(net, info, dataset)
@@ -174,17 +172,6 @@ def _load(config: RunConfig) -> Loaded:
         )
     return Loaded(adapted.model, info, model_name, dataset, str(data_name), classes, indices, dev, rank, size,
                   adapted, adaptive)  # fmt: skip
-
-
-@contextlib.contextmanager
-def _modes_kept(model: Any) -> Any:
-    """A user's module keeps the training flags it was given across loading (loading calls ``.eval()``)."""
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _adapt(
