@@ -11,12 +11,34 @@ import torch
 from ..errors import ConfigError
 
 # the settings ``robustkit train`` may override
-OVERRIDABLE = ("epochs", "batch_size", "train_size", "lr")
+OVERRIDABLE = (
+    "epochs",
+    "batch_size",
+    "train_size",
+    "lr",
+    "arch",
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "warmup",
+    "label_smoothing",
+    "drop_path",
+    "augment",
+    "amp",
+    "attack_mode",
+    "width",
+)
+SCHEDULES = ("linear", "cosine")
+AUGMENTS = ("none", "flip", "flip-crop")
+AMPS = ("none", "bf16", "fp16")
+ATTACK_MODES = ("train", "eval")
+_FLOATS = ("lr", "weight_decay", "warmup", "label_smoothing", "drop_path")
+_TEXTS = ("arch", "optimizer", "schedule", "augment", "amp", "attack_mode")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings:
-    """Training hyper-parameters of a recipe (the CLI overrides epochs, batch size, train size and lr).
+    """Training hyper-parameters of a recipe (``robustkit train`` overrides those in ``OVERRIDABLE``).
 
     The defaults are the reduced scale robustkit trains at on a CPU (a few hundred steps on 2400 images):
     Adam, small batches and, for adversarial recipes, an eps ramp. Without the ramp, PGD training from
@@ -38,12 +60,35 @@ class TrainSettings:
     step_size: float = 2 / 255
     eps_warmup: float = 0.0  # fraction of steps over which the training eps ramps linearly from 0 to eps
     width: int = 8
+    # The architecture (``backbones.build_backbone``): None is the recipe's own (robustkit's SmallResNet
+    # family); else "small-resnet", "torchvision:resnet18", "timm:nf_resnet26", "video:r3d_18", or
+    # "package.module:function" (called with num_classes=..., in_ch=...). It travels in the checkpoint.
+    arch: str | None = None
+    nesterov: bool = True  # SGD only
+    schedule: str = "linear"  # "linear": warm-up then linear decay to 0; "cosine": warm-up then cosine to 0
+    label_smoothing: float = 0.0
+    drop_path: float = 0.0  # stochastic depth rate, for architectures that take one (timm)
+    augment: str = "none"  # "none", "flip" (random horizontal flip), "flip-crop" (+ random crop, pad 4)
+    amp: str = "none"  # mixed precision of the training step: "none", "bf16" or "fp16"
+    attack_mode: str = "train"  # the mode the model is in while the inner attack runs: "train" or "eval"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if not 0 <= self.eps_warmup <= 1 or not 0 <= self.warmup <= 1:
             raise ConfigError("warmup and eps_warmup are fractions of the training steps, in [0, 1]")
+        for value, allowed, what in (
+            (self.schedule, SCHEDULES, "schedule"),
+            (self.augment, AUGMENTS, "augment"),
+            (self.amp, AMPS, "amp"),
+            (self.attack_mode, ATTACK_MODES, "attack_mode"),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_path < 1:
+            raise ConfigError("label_smoothing and drop_path must lie in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
     def overridden(self, **overrides: Any) -> TrainSettings:
         """A copy with the given ``OVERRIDABLE`` settings replaced (``None`` keeps the value), validated."""
@@ -51,12 +96,22 @@ class TrainSettings:
         for k, v in given.items():
             if k not in OVERRIDABLE:
                 raise ConfigError(f"train: unknown setting '{k}'; one of {', '.join(OVERRIDABLE)}")
-            if k == "lr":
-                if not isinstance(v, int | float) or isinstance(v, bool) or not v > 0:
-                    raise ConfigError(f"--lr must be a positive number, got {v!r}")
+            flag = f"--{k.replace('_', '-')}"
+            if k in _FLOATS:
+                if (
+                    not isinstance(v, int | float)
+                    or isinstance(v, bool)
+                    or not (v > 0 if k == "lr" else v >= 0)
+                ):
+                    raise ConfigError(
+                        f"{flag} must be a {'positive' if k == 'lr' else 'non-negative'} number, got {v!r}"
+                    )
+            elif k in _TEXTS:
+                if not isinstance(v, str) or not v.strip():
+                    raise ConfigError(f"{flag} must be a non-empty string, got {v!r}")
             elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
-        return dataclasses.replace(self, **given)
+                raise ConfigError(f"{flag} must be a positive integer, got {v!r}")
+        return dataclasses.replace(self, **given)  # __post_init__ checks the allowed values
 
 
 @dataclass
