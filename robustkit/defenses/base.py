@@ -25,7 +25,7 @@ from ..registry import Registry
 from ..training.data import DataSpec
 from ..training.loop import cross_entropy
 from ..training.settings import StepContext, TrainSettings
-from .backbones import bn_resnet
+from .backbones import build_backbone, normalized
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ class DefenseBackend(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class DefenseRecipe:
-    """A defense backend (see ``DefenseBackend``) with the defaults: a BN ResNet of ``settings.width``
-    trained with plain cross-entropy on all its parameters, evaluated as it is. Subclasses override
+    """A defense backend (see ``DefenseBackend``) with the defaults: the network ``settings.arch`` (a BN
+    SmallResNet of ``settings.width`` unless given; ``backbones.build_backbone``) trained with plain cross-entropy on all its parameters, evaluated as it is. Subclasses override
     the methods that differ; their fields are the backend's options."""
 
     name: str
@@ -145,7 +145,10 @@ class DefenseRecipe:
     published: dict[str, Any] = field(default_factory=dict)
 
     def build(self, spec: DataSpec, settings: TrainSettings) -> nn.Module:
-        return bn_resnet(spec, settings.width)
+        return normalized(
+            build_backbone(spec, settings.arch, width=settings.width, drop_path=settings.drop_path),
+            spec.channels,
+        )
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         return cross_entropy(model, x, y, ctx)
@@ -166,7 +169,7 @@ class DefenseRecipe:
         return {"model": model}
 
     def reference(self, spec: DataSpec, settings: TrainSettings) -> nn.Module:
-        return bn_resnet(spec, settings.width)
+        return normalized(build_backbone(spec, settings.arch, width=settings.width), spec.channels)
 
     def trained_recipe(self) -> DefenseBackend:
         """The recipe whose weights this one uses (itself unless it is an evaluation view)."""

@@ -56,8 +56,13 @@ def train_defense(
     init: str | Path | None = None,
     load: Callable[[str], nn.Module] | None = None,
     test_size: int | None = 2000,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Train defense ``name`` on ``dataset`` into ``out_dir`` and return its info (figures and cost).
+
+    ``epochs``, ``batch_size``, ``train_size``, ``lr`` and ``overrides`` (any other name in
+    ``training.settings.OVERRIDABLE``: ``arch``, ``schedule``, ``weight_decay``, ...) replace the recipe's
+    settings; None keeps the recipe's value.
 
     ``resume`` continues from the last completed epoch in ``out_dir`` (and returns at once if the
     defense is already trained there); ``init`` is a weights path the recipe starts from (the trained
@@ -70,7 +75,9 @@ def train_defense(
             "'%s' is an evaluation view of '%s'; training '%s'", name, recipe.weights_of, recipe.weights_of
         )
         recipe = recipe.trained_recipe()
-    settings = recipe.settings.overridden(epochs=epochs, batch_size=batch_size, train_size=train_size, lr=lr)
+    settings = recipe.settings.overridden(
+        epochs=epochs, batch_size=batch_size, train_size=train_size, lr=lr, **overrides
+    )
     out = Path(out_dir)
     dev = resolve_device(device)
     identity = {
