@@ -22,7 +22,8 @@ model with BatchNorm in train mode is judged in train mode) with autocast off, a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -107,8 +108,25 @@ def fp32_logits(model: Callable, x: torch.Tensor) -> torch.Tensor:
     """An independent forward pass of ``model`` with autocast off, in fp32, in the mode the model was
     given (never ``.eval()`` behind the user's back: a model with BatchNorm in train mode is deployed
     that way); its state (buffers such as BatchNorm running statistics) is left as it was."""
-    with preserved(model, freeze=False), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    off = torch.autocast(x.device.type, enabled=False)
+    with preserved(model, freeze=False), torch.no_grad(), off, ieee_fp32(x.device.type):
         return model(x.float()).float()
+
+
+@contextmanager
+def ieee_fp32(device_type: str) -> Iterator[None]:
+    """On CUDA, convolutions and matrix products in IEEE fp32 for the block: cuDNN runs fp32
+    convolutions in TF32 by default (10-bit mantissa) on Ampere and later, enough to flip a verdict at
+    the decision boundary."""
+    if device_type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class Confirmation(NamedTuple):
