@@ -13,9 +13,19 @@ else
 fi
 export PYTHONUNBUFFERED=1 ROBUSTKIT_CACHE=${ROBUSTKIT_CACHE:-/tmp/robustkit-cache}
 { nvidia-smi; python3 -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.cuda.get_device_name(0))'; } >"$OUT/environment.txt" 2>&1
+STEPS=${STEPS:-tests bench}  # a subset, e.g. STEPS=tests; EXTRA='python3 benchmarks/x.py ...' runs last
+if [[ " $STEPS " == *" tests "* ]]; then
 start=$(date +%s)
 timeout "${TEST_LIMIT:-240}" python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/test_gpu.log"
 echo "test_gpu rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/test_gpu.log"
+fi
+if [[ " $STEPS " == *" bench "* ]]; then
 start=$(date +%s)
 timeout "${BENCH_LIMIT:-300}" python3 benchmarks/run_all.py --device cuda --out "$OUT/run_all_cuda.json" 2>&1 | tee "$OUT/run_all_cuda.log"
 echo "run_all rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/run_all_cuda.log"
+fi
+if [[ -n "${EXTRA:-}" ]]; then
+  start=$(date +%s)
+  timeout "${EXTRA_LIMIT:-300}" bash -c "$EXTRA" 2>&1 | tee "$OUT/extra.log"
+  echo "extra rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/extra.log"
+fi
