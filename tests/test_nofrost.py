@@ -29,6 +29,7 @@ def test_the_default_network_is_timms_normfreenet_without_normalization():
     model = recipe.build(SPEC, recipe.settings)
     net = model.model
     assert isinstance(net, NormFreeNet) and normalization_layers(net) == []
+    assert [n for n, _ in net.stem.named_children()] == ["center", "conv", "pool"]
     assert all(isinstance(m, ScaledStdConv2d) for m in net.modules() if isinstance(m, nn.Conv2d))
     blocks = [m for m in net.modules() if isinstance(m, NormFreeBlock)]
     assert len(blocks) == 4 and all(b.alpha == pytest.approx(0.2) for b in blocks)
@@ -58,26 +59,60 @@ def test_timm_names_reach_the_nf_resnets():
     assert isinstance(model.model, NormFreeNet) and model.model.head.drop.p == pytest.approx(0.25)
 
 
-def test_the_recipe_settings_name_the_official_recipe():
-    """PGDAT.py of amazon-science/normalizer-free-robust-training: SGD + Nesterov 0.9, weight decay 5e-5,
-    cosine without warm-up, label smoothing 0.1, drop path 0.1, eval-mode PGD-10 of step
-    min(1.25 eps, eps + 4) / steps = 1/255 at eps 8/255."""
-    for name in ("nofrost", "nofrost-agc", "bn-at"):
-        recipe = DEFENSES.create(name)
-        s = recipe.settings
-        assert (s.optimizer, s.nesterov, s.momentum, s.schedule, s.warmup) == (
-            "sgd",
-            True,
-            0.9,
-            "cosine",
-            0.0,
-        )
-        assert (s.label_smoothing, s.drop_path, s.weight_decay, s.attack_mode) == (0.1, 0.1, 5e-5, "eval")
-        assert (s.eps, s.steps, s.step_size) == (8 / 255, 10, 1 / 255)
-        assert recipe.drop_rate == 0.25
-        text = " ".join(recipe.departures)
-        for word in ("epochs", "eps warm-up", "learning rate", "network"):
-            assert word in text, f"{name}: departure '{word}' not named"
+def test_nofrost_official_is_the_official_recipe():
+    """PGDAT.py of amazon-science/normalizer-free-robust-training: SGD + Nesterov 0.9, lr 0.1 x 256/256,
+    weight decay 5e-5, cosine without warm-up, label smoothing 0.1, drop path 0.1, dropout 0.25, eval-mode
+    PGD-10 of step min(1.25 eps, eps + 4) / steps = 1/255 at eps 8/255, 90 epochs of 256."""
+    recipe = DEFENSES.create("nofrost-official")
+    s = recipe.settings
+    assert (s.optimizer, s.nesterov, s.momentum, s.lr, s.weight_decay) == ("sgd", True, 0.9, 0.1, 5e-5)
+    assert (s.schedule, s.warmup, s.label_smoothing, s.drop_path, s.attack_mode) == (
+        "cosine",
+        0.0,
+        0.1,
+        0.1,
+        "eval",
+    )
+    assert (s.eps, s.steps, s.step_size, s.eps_warmup) == (8 / 255, 10, 1 / 255, 0.0)
+    assert (s.epochs, s.batch_size, s.train_size, recipe.drop_rate) == (90, 256, None, 0.25)
+
+
+# which words in a recipe's departures name a change of each setting
+NAMED_BY = {"epochs": "scale", "batch_size": "scale", "train_size": "scale", "optimizer": "optimizer",
+            "lr": "optimizer", "eps_warmup": "eps warm-up", "agc": "gradient clipping"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["nofrost", "nofrost-agc", "bn-at"])
+def test_every_departure_from_the_official_settings_is_named(name):
+    official = DEFENSES.create("nofrost-official")
+    recipe = DEFENSES.create(name)
+    changed = {k for k, v in vars(recipe.settings).items() if vars(official.settings)[k] != v}
+    assert changed <= set(NAMED_BY), f"{name}: unnamed departures {changed - set(NAMED_BY)}"
+    text = " ".join(recipe.departures)
+    for k in changed:
+        assert NAMED_BY[k] in text, f"{name}: {k} differs from the official recipe but is not named"
+    assert recipe.settings.attack_mode == "eval" and recipe.settings.schedule == "cosine"
+    assert "network" in text  # not the paper's ResNet-50
+    assert recipe.center_input == ("per-image input centering" in text)
+
+
+def test_input_centering_is_per_image_and_named():
+    """With ``center_input`` a uniform colour change of an image leaves the logits unchanged (and the batch
+    does not matter: each image is centred on its own mean)."""
+    from robustkit.builtin.shapes import shapes
+
+    recipe = DEFENSES.create("nofrost")
+    model = recipe.build(SPEC, recipe.settings).eval()
+    x = shapes("train", n=32).x
+    shifted = x + 0.1 * torch.tensor([1.0, -0.5, 0.3])[:, None, None]  # unclipped: the network is affine-fed
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(model(shifted), logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(x[:3]), logits[:3], atol=1e-5, rtol=1e-5)
+    plain = DEFENSES.create("nofrost-official")
+    raw = plain.build(SPEC, plain.settings).eval()
+    with torch.no_grad():
+        assert not torch.allclose(raw(shifted), raw(x), atol=1e-3)
 
 
 class TwoModes(nn.Module):
@@ -161,6 +196,7 @@ def test_each_recipe_trains_one_tiny_epoch(name, arch, tmp_path):
                          width=4, device="cpu", progress=False, test_size=32)  # fmt: skip
     assert info["epochs_done"] == 1 and info["cost"]["steps"] == 2
     assert info["settings"]["arch"] == arch and info["settings"]["attack_mode"] == "eval"
+    assert info["settings"]["label_smoothing"] == 0.1
     assert info["prepared"]["departures"] == list(DEFENSES.create(name).departures)
     # PGD-10 (10 forward + 10 backward + 1 final check) + a forward and a backward pass over 2x the batch
     assert info["cost"]["passes_per_step"]["total"] == pytest.approx(25.0)

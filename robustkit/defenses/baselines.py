@@ -70,7 +70,9 @@ register_defense(
     MadryAT(
         name="pgd-at",
         description="Madry PGD adversarial training: CE on L-inf PGD-10 examples (eps 8/255, step 2/255, random start).",
-        settings=TrainSettings(epochs=PGD_AT_EPOCHS, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4),
+        settings=TrainSettings(
+            epochs=PGD_AT_EPOCHS, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4
+        ),
         paper=MADRY_PAPER,
         departures=(
             f"scale: {PGD_AT_EPOCHS} epochs of 2400 built-in 32x32 images, Adam (lr 5e-3, linear warm-up and "

@@ -68,7 +68,9 @@ def from_standard(model: nn.Module, ctx: Context) -> dict[str, Any]:
 BN_PAPER = "Walter, Stutz, Schiele 2022, On Fragile Features and Batch Normalization in Adversarial Training"
 BN_SETTINGS = TrainSettings(epochs=2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4)
 # BN affine parameters alone on frozen random features: a 10x higher learning rate and 3x the epochs.
-BN_RANDOM_SETTINGS = TrainSettings(epochs=6, lr=5e-2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4)
+BN_RANDOM_SETTINGS = TrainSettings(
+    epochs=6, lr=5e-2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4
+)
 BN_PUBLISHED = {"ordering": "full AT >> BN-only fine-tuning > BN-only from random weights ~ 0"}
 BN_DEPARTURES = (
     "scale: robustkit's BN SmallResNet (width 8) on 2400 built-in 32x32 images instead of a CIFAR-10 "
