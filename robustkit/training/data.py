@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from ..data.loading import load_dataset
 from ..data.synthetic import BUILTIN
@@ -78,6 +78,33 @@ def batches(dataset: Dataset, batch_size: int, generator: torch.Generator | None
     """A DataLoader that draws nothing from the global generator (its per-iteration base seed comes from
     ``generator``, a fresh one unless given)."""
     return DataLoader(dataset, batch_size=batch_size, generator=generator or torch.Generator(), **kw)
+
+
+class _Shard(Sampler[list[int]]):
+    """The ``rows`` of every batch of ``batches``, after skipping the first ``skip`` batches (their
+    indices are drawn, their samples never loaded)."""
+
+    def __init__(self, batches: BatchSampler, rows: slice, skip: int) -> None:
+        self.batches, self.rows, self.skip = batches, rows, skip
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i >= self.skip:
+                yield batch[self.rows]
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)
+
+
+def epoch_batches(
+    dataset: Dataset, batch_size: int, generator: torch.Generator, *, rows: slice | None = None, skip: int = 0
+) -> DataLoader:
+    """One epoch of shuffled global batches of ``batch_size`` (the last partial one dropped), the order
+    drawn from ``generator`` exactly as ``DataLoader(shuffle=True, generator=generator)`` draws it; each
+    batch cut to ``rows`` (this process's shard) and the first ``skip`` batches left out (a resumed epoch)."""
+    order = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=True)
+    shard = _Shard(order, rows or slice(0, batch_size), skip)
+    return DataLoader(dataset, batch_sampler=shard, generator=generator)
 
 
 def accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> float:
