@@ -107,6 +107,7 @@ def save_final(out_dir: Path, model: nn.Module, info: dict[str, Any]) -> dict[st
         "recipe": str(info.get("recipe")),
         "dataset": str(info.get("dataset")),
         "spec": json.dumps(info.get("spec")),
+        "settings": json.dumps(info.get("settings")),  # the architecture and what shapes it travel along
         "format": "robustkit-defense",
     }
     digest = save_weights(model, out_dir / FINAL, metadata=meta)

@@ -53,14 +53,16 @@ class Head(Dataset):
         return self.base[i]
 
 
-def load_split(dataset: str, split: str, n: int | None = None) -> Dataset:
-    """A split of a built-in dataset (generated with only ``n`` samples) or of any loadable dataset."""
+def load_split(dataset: str, split: str, n: int | None = None, *, root: str | None = None) -> Dataset:
+    """A split of a built-in dataset (generated with only ``n`` samples) or of any loadable dataset (a
+    manifest: image folder, GTSRB's CSV layout, UCF-101/HMDB-51 video, ...; ``root`` overrides its
+    directory), cut to its first ``n`` samples."""
     if dataset in BUILTIN and n is not None:
         try:
             return BUILTIN.create(dataset, split=split, n=n)
         except ConfigError:
             pass  # a built-in without an ``n`` argument: take the head below
-    ds = load_dataset(dataset, split)
+    ds = load_dataset(dataset, split, root=root)
     return Head(ds, n) if n is not None and n < len(ds) else ds
 
 

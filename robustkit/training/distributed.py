@@ -119,10 +119,27 @@ def all_mean(value: float, device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------- BatchNorm over the global batch
+class _SumOverProcesses(torch.autograd.Function):
+    """The sum of a tensor over the processes; its gradient is the sum of the processes' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _SumOverProcesses.apply(grad)
+
+
+def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over the processes."""
+    return _SumOverProcesses.apply(tensor)
+
+
 def _global_batch_norm(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """``bn`` in training mode with the mean and (biased) variance of the global batch."""
-    from torch.distributed.nn.functional import all_reduce  # differentiable
-
     dims = [0, *range(2, x.ndim)]
     count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
     dist.all_reduce(count)

@@ -182,7 +182,10 @@ def fit(
                     if order == "one-stream"
                     else torch.Generator().manual_seed(seed * 1_000_003 + epoch)
                 )
-                attack = torch.Generator().manual_seed(seed * 7_919 + epoch * 104_729 + 17)
+                # each process draws its own random starts (rank 0 those of a one-process run)
+                attack = torch.Generator().manual_seed(
+                    seed * 7_919 + epoch * 104_729 + 17 + rank * 15_485_863
+                )
                 partial = state.pop("partial", None) if done else None
                 if partial is not None:
                     attack.set_state(ckpt[0]["rng.attack"])
