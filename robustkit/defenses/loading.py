@@ -134,7 +134,10 @@ def _train(
         raise ConfigError(
             f"the train split has {len(train)} samples, fewer than --batch-size {settings.batch_size}"
         )
-    model = recipe.build(spec, settings)
+    try:
+        model = recipe.build(spec, settings)
+    except ConfigError as exc:
+        raise ConfigError(f"--arch {settings.arch or '(the recipe default)'}: {exc}") from exc
     ctx = Context(
         dataset=str(dataset),
         spec=spec,
