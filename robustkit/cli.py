@@ -184,9 +184,17 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
-    from .training.settings import AMPS, ATTACK_MODES, AUGMENTS, SCHEDULES
+# TrainSettings' allowed values (robustkit.training.settings; a test keeps them equal), spelled here so
+# that building the parser imports nothing heavy
+TRAIN_CHOICES = {
+    "schedule": ("linear", "cosine"),
+    "augment": ("none", "flip", "flip-crop"),
+    "amp": ("none", "bf16", "fp16"),
+    "attack_mode": ("train", "eval"),
+}
 
+
+def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument(
         "--defense", default="standard", help="defense recipe to train (default: standard; see --list)"
     )
@@ -225,7 +233,10 @@ def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
     )
     tr.add_argument("--weight-decay", type=_non_negative_float, default=None, help="weight decay (L2)")
     tr.add_argument(
-        "--schedule", choices=SCHEDULES, default=None, help="after the warm-up: linear or cosine decay to 0"
+        "--schedule",
+        choices=TRAIN_CHOICES["schedule"],
+        default=None,
+        help="after the warm-up: linear or cosine decay to 0",
     )
     tr.add_argument(
         "--warmup",
@@ -239,16 +250,19 @@ def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
     )
     tr.add_argument(
         "--augment",
-        choices=AUGMENTS,
+        choices=TRAIN_CHOICES["augment"],
         default=None,
         help="random horizontal flip, or flip and random crop with 4-pixel padding (same on every frame)",
     )
     tr.add_argument(
-        "--amp", choices=AMPS, default=None, help="mixed precision of the training step (fp16 needs CUDA)"
+        "--amp",
+        choices=TRAIN_CHOICES["amp"],
+        default=None,
+        help="mixed precision of the training step (fp16 needs CUDA)",
     )
     tr.add_argument(
         "--attack-mode",
-        choices=ATTACK_MODES,
+        choices=TRAIN_CHOICES["attack_mode"],
         default=None,
         help="the mode the model is in while adversarial training's inner attack runs",
     )

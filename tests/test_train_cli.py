@@ -84,6 +84,22 @@ def test_bad_values_exit_2_naming_the_flag(flags, names, tmp_path, capsys):
     assert exit_info.value.code == 2 and all(n in err for n in names), err
 
 
+def test_the_parser_offers_the_settings_values():
+    from robustkit.cli import TRAIN_CHOICES
+    from robustkit.training import settings
+
+    assert TRAIN_CHOICES == {"schedule": settings.SCHEDULES, "augment": settings.AUGMENTS, "amp": settings.AMPS,
+                             "attack_mode": settings.ATTACK_MODES}  # fmt: skip
+    assert {a.dest for a in _train_parser()._actions} >= set(settings.OVERRIDABLE)
+
+
+def _train_parser():
+    from robustkit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
 def test_configuration_errors_exit_2(tmp_path, capsys):
     base = ["train", "--out", str(tmp_path), "--train-size", "16", "--batch-size", "8", "--device", "cpu"]
     assert main([*base, "--arch", "torchvision:no_such_net", "--no-progress"]) == 2

@@ -49,26 +49,25 @@ class WarmupLinear:
 
     warmup: float = 0.1
 
+    @staticmethod
+    def lr(step: int, total: int, peak: float, warmup: float) -> float:
+        return lr_at(step, total, peak, warmup)
+
     def bind(self, opt: torch.optim.Optimizer, peak: float, total: int) -> Callable[[int], None]:
         def before(step: int) -> None:
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, peak, self.warmup)
+                group["lr"] = self.lr(step, total, peak, self.warmup)
 
         return before
 
 
 @dataclass(frozen=True)
-class WarmupCosine:
+class WarmupCosine(WarmupLinear):
     """``cosine_lr_at``: linear warm-up over a ``warmup`` fraction of the steps, then cosine decay to zero."""
 
-    warmup: float = 0.1
-
-    def bind(self, opt: torch.optim.Optimizer, peak: float, total: int) -> Callable[[int], None]:
-        def before(step: int) -> None:
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr_at(step, total, peak, self.warmup)
-
-        return before
+    @staticmethod
+    def lr(step: int, total: int, peak: float, warmup: float) -> float:
+        return cosine_lr_at(step, total, peak, warmup)
 
 
 def schedule_for(settings: TrainSettings) -> Schedule:

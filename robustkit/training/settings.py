@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # the CLI reads the choices below without importing torch
+    import torch
 
 # the settings ``robustkit train`` may override
 OVERRIDABLE = (
