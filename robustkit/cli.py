@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -116,8 +117,8 @@ def _catalogue_stamp() -> str:
     return files_stamp(files, __version__)
 
 
-# the ``train`` options passed to ``train_defense`` under their own names
-_TRAIN_OPTIONS = ("epochs", "batch_size", "train_size", "lr", "seed", "init", "device")
+# the ``train`` options passed to ``train_defense`` under their own names (with every OVERRIDABLE setting)
+_TRAIN_OPTIONS = ("seed", "init", "device", "checkpoint_every", "data_root")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -126,6 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .defenses.base import DEFENSES
     from .defenses.loading import train_defense
     from .errors import ConfigError
+    from .training.settings import OVERRIDABLE
 
     if args.list:
         for name in DEFENSES.names():
@@ -135,15 +137,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("train: --out DIR is required (checkpoints and the trained model go there)")
-    options = {k: getattr(args, k) for k in _TRAIN_OPTIONS}
+    options = {k: getattr(args, k) for k in (*_TRAIN_OPTIONS, *OVERRIDABLE)}
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone logs and prints
+    if not main_process:
+        logging.getLogger("robustkit").setLevel(logging.WARNING)
     info = train_defense(
         args.defense,
         args.data,
         out_dir=args.out,
         resume=not args.no_resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress and main_process,
         **options,
     )
+    if not main_process:
+        return 0
     cost = info.get("cost", {})
     summary = {
         "defense": info.get("recipe"),
@@ -154,9 +161,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seconds_per_step": cost.get("seconds_per_step"),
         "relative_cost_passes": cost.get("relative_passes"),
         "relative_cost_seconds": cost.get("relative_seconds"),
+        "processes": info.get("processes", 1),
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+# TrainSettings' allowed values (robustkit.training.settings; a test keeps them equal), spelled here so
+# that building the parser imports nothing heavy
+TRAIN_CHOICES = {
+    "schedule": ("linear", "cosine"),
+    "augment": ("none", "flip", "flip-crop"),
+    "amp": ("none", "bf16", "fp16"),
+    "attack_mode": ("train", "eval"),
+}
 
 
 def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
@@ -164,24 +199,90 @@ def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
         "--defense", default="standard", help="defense recipe to train (default: standard; see --list)"
     )
     tr.add_argument(
-        "--data", default="shapes", help="built-in dataset, manifest name or manifest path (default: shapes)"
+        "--data",
+        default="shapes",
+        help="built-in dataset, manifest name or manifest path (image folder, GTSRB CSV, UCF-101/HMDB-51 "
+        "video, CIFAR-10 ...; default: shapes)",
     )
+    tr.add_argument("--data-root", default=None, help="override the manifest's root directory")
     tr.add_argument("--out", help="output directory: checkpoints, model.safetensors and model.json")
+    tr.add_argument(
+        "--arch",
+        default=None,
+        help="the network: small-resnet, torchvision:NAME, timm:NAME, video:NAME or package.module:function "
+        "(called with num_classes=, in_ch=; default: the recipe's). Stored with the weights",
+    )
+    tr.add_argument("--width", type=_positive_int, default=None, help="small-resnet base width")
     tr.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the recipe's)")
     tr.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="batch size (default: the recipe's)"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="global batch size (under torchrun split evenly across the processes; default: the recipe's)",
     )
     tr.add_argument(
         "--train-size", type=_positive_int, default=None, help="use only the first N training samples"
     )
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    tr.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="sgd (momentum 0.9) or adam")
+    tr.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Nesterov momentum for sgd (default: on)",
+    )
+    tr.add_argument("--weight-decay", type=_non_negative_float, default=None, help="weight decay (L2)")
+    tr.add_argument(
+        "--schedule",
+        choices=TRAIN_CHOICES["schedule"],
+        default=None,
+        help="after the warm-up: linear or cosine decay to 0",
+    )
+    tr.add_argument(
+        "--warmup",
+        type=_fraction,
+        default=None,
+        help="fraction of the steps with a linear learning-rate ramp",
+    )
+    tr.add_argument("--label-smoothing", type=_fraction, default=None, help="label smoothing in [0, 1)")
+    tr.add_argument(
+        "--drop-path", type=_fraction, default=None, help="stochastic depth rate (timm architectures)"
+    )
+    tr.add_argument(
+        "--augment",
+        choices=TRAIN_CHOICES["augment"],
+        default=None,
+        help="random horizontal flip, or flip and random crop with 4-pixel padding (same on every frame)",
+    )
+    tr.add_argument(
+        "--amp",
+        choices=TRAIN_CHOICES["amp"],
+        default=None,
+        help="mixed precision of the training step (fp16 needs CUDA)",
+    )
+    tr.add_argument(
+        "--attack-mode",
+        choices=TRAIN_CHOICES["attack_mode"],
+        default=None,
+        help="the mode the model is in while adversarial training's inner attack runs",
+    )
+    tr.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        help="also checkpoint every N steps within an epoch (default: every 10 minutes)",
+    )
     tr.add_argument(
         "--init",
         default=None,
         help="weights to start from: the trained network for bn-finetune, the substitute for abnn",
     )
     tr.add_argument("--seed", type=int, default=0, help="seed of data order and attack random starts")
-    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    tr.add_argument(
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda or cuda:N (default: auto; torchrun: cuda:LOCAL_RANK)",
+    )
     tr.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--list", action="store_true", help="list the defense recipes and exit")

@@ -6,8 +6,11 @@ it beside the model zoo, and load it ready to evaluate.
 user's checkpoint for that recipe's architecture, loaded safely), a :class:`Defense`, or any
 ``nn.Module`` (a user's own defense; declare its capabilities with :func:`as_defense`).
 
-Every epoch of ``train_defense`` ends with a checkpoint; a resumed run ends with the same weights as an
-uninterrupted one. The training cost per step (network passes and seconds) is measured together with
+Every epoch of ``train_defense`` ends with a checkpoint (and long epochs get checkpoints within); a resumed
+run ends with the same weights as an uninterrupted one. Under ``torchrun`` it trains data-parallel
+(``training.distributed``); rank 0 writes. The settings it trained with (the architecture ``arch``,
+``width``, ...) are stored in the weights' metadata, and ``model_from_weights`` rebuilds that network
+(a foreign file without them gets the recipe's defaults). The training cost per step (network passes and seconds) is measured together with
 the cost of a standard training step of the reference network and stored with the finished model.
 """
 
@@ -30,10 +33,12 @@ from ..errors import ConfigError
 from ..files import cache_root
 from ..models.checkpoint import load_into, load_state
 from ..models.normalized import Normalized
-from ..training.checkpoints import read_final, save_final
+from ..training import distributed as dp
+from ..training.checkpoints import FINAL, FINAL_META, read_final, save_final
 from ..training.data import DataSpec, accuracy, batches, load_split, spec_for
 from ..training.loop import fit
 from ..training.meter import reference_cost, summarize_cost
+from ..training.settings import TrainSettings
 from .base import DEFENSES, Context, Defense, DefenseBackend, as_defense, split_spec
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,8 @@ def train_defense(
     init: str | Path | None = None,
     load: Callable[[str], nn.Module] | None = None,
     test_size: int | None = 2000,
+    checkpoint_every: int | None = None,
+    data_root: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train defense ``name`` on ``dataset`` into ``out_dir`` and return its info (figures and cost).
@@ -79,7 +86,32 @@ def train_defense(
         epochs=epochs, batch_size=batch_size, train_size=train_size, lr=lr, **overrides
     )
     out = Path(out_dir)
-    dev = resolve_device(device)
+    dev = dp.local_device(resolve_device(device))
+    created = dp.init_distributed(dev)
+    try:
+        return _train(recipe, settings, str(dataset), out, dev, resume, progress, seed, init, load, test_size,
+                      checkpoint_every, data_root)  # fmt: skip
+    finally:
+        if created:
+            dp.close_distributed()
+
+
+def _train(
+    recipe: DefenseBackend,
+    settings: TrainSettings,
+    dataset: str,
+    out: Path,
+    dev: torch.device,
+    resume: bool,
+    progress: bool,
+    seed: int,
+    init: str | Path | None,
+    load: Callable[[str], nn.Module] | None,
+    test_size: int | None,
+    checkpoint_every: int | None,
+    data_root: str | Path | None,
+) -> dict[str, Any]:
+    root = str(data_root) if data_root else None
     identity = {
         "recipe": recipe.name,
         "dataset": str(dataset),
@@ -96,19 +128,22 @@ def train_defense(
             "other settings); choose another --out"
         )
 
-    train = load_split(dataset, "train", settings.train_size)
+    train = load_split(dataset, "train", settings.train_size, root=root)
     spec = spec_for(dataset, train)
     if len(train) < settings.batch_size:
         raise ConfigError(
             f"the train split has {len(train)} samples, fewer than --batch-size {settings.batch_size}"
         )
-    model = recipe.build(spec, settings)
+    try:
+        model = recipe.build(spec, settings)
+    except ConfigError as exc:
+        raise ConfigError(f"--arch {settings.arch or '(the recipe default)'}: {exc}") from exc
     ctx = Context(
         dataset=str(dataset),
         spec=spec,
         device=dev,
         progress=progress,
-        load=load or (lambda other: cached_model(other, str(dataset), dev, progress)[0]),
+        load=load or (lambda other: cached_model(other, dataset, dev, progress)[0]),
         init=Path(init).expanduser() if init else None,
     )
 
@@ -121,9 +156,17 @@ def train_defense(
     state = fit(
         model, train, settings, device=dev, loss=recipe.loss, params=recipe.trainable(model), seed=seed,
         out_dir=out, identity=identity, resume=resume, fresh=fresh, networks=recipe.networks(model),
-        desc=f"training {recipe.name}", progress=progress,
+        desc=f"training {recipe.name}", progress=progress, checkpoint_every=checkpoint_every,
     )  # fmt: skip
-    test = load_split(dataset, "test", test_size)
+    if not dp.is_main():  # rank 0 measures and writes the finished model; the others read it back
+        dp.barrier()
+        final = read_final(out)
+        if final is None:
+            raise ConfigError(
+                f"rank 0 wrote no finished model in {out}; is --out on a filesystem every process sees?"
+            )
+        return final
+    test = load_split(dataset, "test", test_size, root=root)
     cost = state["cost"]
     info = {
         **identity,
@@ -138,8 +181,11 @@ def train_defense(
         "train_samples": len(train),
         "device": str(dev),
         "cost": summarize_cost(cost["totals"], cost["steps"], cost["seconds"], state["reference"]),
+        "processes": dp.world()[1],
     }
-    return save_final(out, model, info)
+    final = save_final(out, model, info)
+    dp.barrier()
+    return final
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -169,22 +215,56 @@ def cached_model(
         log.info("training defense '%s' on '%s' on first use (cached in %s)", recipe.name, dataset, out)
         info = train_defense(recipe.name, str(dataset), out_dir=out, device=device, progress=progress)
     spec = DataSpec.from_dict(info["spec"])
-    model = recipe.build(spec, recipe.settings)
-    load_weights(model, out / "model.safetensors")
+    model = recipe.build(spec, trained_settings(recipe, info.get("settings")))
+    load_weights(model, out / FINAL)
     return model.to(device).eval(), info
 
 
 # ----------------------------------------------------------------------------- user weights
+def weights_metadata(path: Path) -> dict[str, Any]:
+    """What robustkit recorded with weights it wrote: ``spec`` (a DataSpec dict) and ``settings`` (the
+    TrainSettings it trained with), from the safetensors metadata or the ``model.json`` beside it; empty
+    for a foreign file."""
+    found: dict[str, Any] = {}
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            found = {k: json.loads(meta[k]) for k in ("spec", "settings") if k in meta}
+        except (SafetensorError, OSError, ValueError, TypeError):
+            found = {}
+    beside = path.parent / FINAL_META
+    if path.name == FINAL and beside.is_file() and not all(found.get(k) for k in ("spec", "settings")):
+        try:
+            info = json.loads(beside.read_text())
+            found = {k: found.get(k) or info.get(k) for k in ("spec", "settings")}
+        except (OSError, ValueError):
+            pass
+    return {k: v for k, v in found.items() if isinstance(v, dict)}
+
+
 def weights_spec(path: Path) -> DataSpec | None:
-    """The DataSpec robustkit recorded in a safetensors file it wrote (None for foreign files)."""
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
+    """The DataSpec robustkit recorded with weights it wrote (None for foreign files)."""
+    spec = weights_metadata(path).get("spec")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return DataSpec.from_dict(json.loads(meta["spec"])) if "spec" in meta else None
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
+        return DataSpec.from_dict(spec) if spec else None
+    except (KeyError, ValueError, TypeError):
         return None
+
+
+def trained_settings(recipe: DefenseBackend, stored: dict[str, Any] | None) -> TrainSettings:
+    """The recipe's settings with those a model was trained with (``stored``, from its metadata) put back,
+    so ``recipe.build`` rebuilds the same network (architecture, width, drop path...)."""
+    if not stored:
+        return recipe.settings
+    known = {f.name for f in dataclasses.fields(TrainSettings)}
+    try:
+        return dataclasses.replace(recipe.settings, **{k: v for k, v in stored.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        log.warning(
+            "ignoring the stored training settings (%s); building %s's default network", exc, recipe.name
+        )
+        return recipe.settings
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -198,16 +278,21 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
 
 
 def model_from_weights(recipe: DefenseBackend, dataset: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The recipe's architecture with a user's weights (safetensors, or a torch state dict loaded with
-    ``weights_only=True``: pickles that would run code raise ``UnsafeCheckpointError``)."""
+    """The network the weights were trained as (the architecture and settings in their metadata; the
+    recipe's defaults for a file without them) with those weights (safetensors, or a torch state dict
+    loaded with ``weights_only=True``: pickles that would run code raise ``UnsafeCheckpointError``)."""
+    meta = weights_metadata(path)
     spec = weights_spec(path) or spec_for(dataset, load_split(dataset, "test"))
-    model = recipe.build(spec, recipe.settings)
+    settings = trained_settings(recipe, meta.get("settings"))
+    model = recipe.build(spec, settings)
     load_weights(model, path)
     return model.eval(), {
         "recipe": recipe.name,
         "dataset": str(dataset),
         "spec": spec.as_dict(),
         "weights": str(path),
+        "arch": settings.arch,
+        "settings": dataclasses.asdict(settings),
     }
 
 

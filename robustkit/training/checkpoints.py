@@ -1,7 +1,7 @@
 """Training checkpoints: safetensors only, with their JSON state inside the same file.
 
-``checkpoint.safetensors`` (written after every epoch) holds the model (``model.*``) and the
-optimizer's tensors (``optim.*``); its metadata holds the JSON training state (epoch, step, settings,
+``checkpoint.safetensors`` (written after every epoch, and within one) holds the model (``model.*``),
+the optimizer's tensors (``optim.*``) and generator states (``rng.*``); its metadata holds the JSON training state (epoch, step, settings,
 measured cost, optimizer hyper-parameters), so one atomic file is always self-consistent.
 ``model.safetensors`` + ``model.json`` are the finished model (weights, figures, cost, SHA-256).
 Nothing here unpickles anything.
@@ -58,11 +58,17 @@ def restore_optimizer(
 
 # ----------------------------------------------------------------------------- per-epoch checkpoint
 def save_checkpoint(
-    out_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]
+    out_dir: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    state: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
+    """Model, optimizer, ``extra`` tensors (named ``rng.*``: generator states) and the JSON state."""
     tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
     optim, optim_meta = optimizer_tensors(opt)
     tensors.update(optim)
+    tensors.update({k: v.detach().cpu().clone() for k, v in (extra or {}).items()})
     blob = json.dumps({**state, "optimizer": optim_meta}, default=str)
     path = out_dir / CHECKPOINT
     save_weights(tensors, path, metadata={STATE_KEY: blob})
@@ -71,7 +77,8 @@ def save_checkpoint(
 
 
 def read_checkpoint(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """(tensors, state) of the last completed epoch, or None when there is no usable checkpoint."""
+    """(tensors, state) of the last checkpoint (an epoch's end or within one), or None when there is no
+    usable checkpoint."""
     path = out_dir / CHECKPOINT
     if not path.is_file():
         return None
@@ -100,6 +107,7 @@ def save_final(out_dir: Path, model: nn.Module, info: dict[str, Any]) -> dict[st
         "recipe": str(info.get("recipe")),
         "dataset": str(info.get("dataset")),
         "spec": json.dumps(info.get("spec")),
+        "settings": json.dumps(info.get("settings")),  # the architecture and what shapes it travel along
         "format": "robustkit-defense",
     }
     digest = save_weights(model, out_dir / FINAL, metadata=meta)

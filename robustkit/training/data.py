@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from ..data.loading import load_dataset
 from ..data.synthetic import BUILTIN
@@ -53,14 +53,16 @@ class Head(Dataset):
         return self.base[i]
 
 
-def load_split(dataset: str, split: str, n: int | None = None) -> Dataset:
-    """A split of a built-in dataset (generated with only ``n`` samples) or of any loadable dataset."""
+def load_split(dataset: str, split: str, n: int | None = None, *, root: str | None = None) -> Dataset:
+    """A split of a built-in dataset (generated with only ``n`` samples) or of any loadable dataset (a
+    manifest: image folder, GTSRB's CSV layout, UCF-101/HMDB-51 video, ...; ``root`` overrides its
+    directory), cut to its first ``n`` samples."""
     if dataset in BUILTIN and n is not None:
         try:
             return BUILTIN.create(dataset, split=split, n=n)
         except ConfigError:
             pass  # a built-in without an ``n`` argument: take the head below
-    ds = load_dataset(dataset, split)
+    ds = load_dataset(dataset, split, root=root)
     return Head(ds, n) if n is not None and n < len(ds) else ds
 
 
@@ -78,6 +80,33 @@ def batches(dataset: Dataset, batch_size: int, generator: torch.Generator | None
     """A DataLoader that draws nothing from the global generator (its per-iteration base seed comes from
     ``generator``, a fresh one unless given)."""
     return DataLoader(dataset, batch_size=batch_size, generator=generator or torch.Generator(), **kw)
+
+
+class _Shard(Sampler[list[int]]):
+    """The ``rows`` of every batch of ``batches``, after skipping the first ``skip`` batches (their
+    indices are drawn, their samples never loaded)."""
+
+    def __init__(self, batches: BatchSampler, rows: slice, skip: int) -> None:
+        self.batches, self.rows, self.skip = batches, rows, skip
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i >= self.skip:
+                yield batch[self.rows]
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)
+
+
+def epoch_batches(
+    dataset: Dataset, batch_size: int, generator: torch.Generator, *, rows: slice | None = None, skip: int = 0
+) -> DataLoader:
+    """One epoch of shuffled global batches of ``batch_size`` (the last partial one dropped), the order
+    drawn from ``generator`` exactly as ``DataLoader(shuffle=True, generator=generator)`` draws it; each
+    batch cut to ``rows`` (this process's shard) and the first ``skip`` batches left out (a resumed epoch)."""
+    order = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=True)
+    shard = _Shard(order, rows or slice(0, batch_size), skip)
+    return DataLoader(dataset, batch_sampler=shard, generator=generator)
 
 
 def accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> float:

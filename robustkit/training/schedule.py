@@ -1,12 +1,14 @@
 """Optimizers and learning-rate schedules of the training loop.
 
 A schedule is bound to an optimizer once (``bind``) and then called with the index of the step about to
-run; it puts that step's learning rate (and momentum, for one-cycle) into the optimizer. Both schedules
-here depend only on the step index, so a resumed run continues exactly where it stopped.
+run; it puts that step's learning rate (and momentum, for one-cycle) into the optimizer. Every schedule
+here depends only on the step index, so a resumed run continues exactly where it stopped.
+``schedule_for(settings)`` is the one ``TrainSettings.schedule`` names.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,18 +33,46 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warm))
 
 
+def cosine_lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear ramp over the first ``warmup`` fraction of steps (as ``lr_at``), then a half cosine from
+    ``peak`` to zero (reached one step after the last)."""
+    warm = max(1, int(round(total * warmup)))
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass(frozen=True)
 class WarmupLinear:
     """``lr_at``: linear warm-up over a ``warmup`` fraction of the steps, then linear decay to zero."""
 
     warmup: float = 0.1
 
+    @staticmethod
+    def lr(step: int, total: int, peak: float, warmup: float) -> float:
+        return lr_at(step, total, peak, warmup)
+
     def bind(self, opt: torch.optim.Optimizer, peak: float, total: int) -> Callable[[int], None]:
         def before(step: int) -> None:
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, peak, self.warmup)
+                group["lr"] = self.lr(step, total, peak, self.warmup)
 
         return before
+
+
+@dataclass(frozen=True)
+class WarmupCosine(WarmupLinear):
+    """``cosine_lr_at``: linear warm-up over a ``warmup`` fraction of the steps, then cosine decay to zero."""
+
+    @staticmethod
+    def lr(step: int, total: int, peak: float, warmup: float) -> float:
+        return cosine_lr_at(step, total, peak, warmup)
+
+
+def schedule_for(settings: TrainSettings) -> Schedule:
+    """The schedule ``settings.schedule`` names, with ``settings.warmup``."""
+    return (WarmupCosine if settings.schedule == "cosine" else WarmupLinear)(settings.warmup)
 
 
 @dataclass(frozen=True)
@@ -67,5 +97,9 @@ def make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     return torch.optim.SGD(
-        params, lr=settings.lr, momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay
+        params,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        nesterov=settings.nesterov and settings.momentum > 0,
+        weight_decay=settings.weight_decay,
     )

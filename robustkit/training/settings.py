@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # the CLI reads the choices below without importing torch
+    import torch
 
 # the settings ``robustkit train`` may override
 OVERRIDABLE = (
@@ -18,6 +19,7 @@ OVERRIDABLE = (
     "lr",
     "arch",
     "optimizer",
+    "nesterov",
     "weight_decay",
     "schedule",
     "warmup",
@@ -34,6 +36,7 @@ AMPS = ("none", "bf16", "fp16")
 ATTACK_MODES = ("train", "eval")
 _FLOATS = ("lr", "weight_decay", "warmup", "label_smoothing", "drop_path")
 _TEXTS = ("arch", "optimizer", "schedule", "augment", "amp", "attack_mode")
+_BOOLS = ("nesterov",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +109,9 @@ class TrainSettings:
                     raise ConfigError(
                         f"{flag} must be a {'positive' if k == 'lr' else 'non-negative'} number, got {v!r}"
                     )
+            elif k in _BOOLS:
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{flag} must be True or False, got {v!r}")
             elif k in _TEXTS:
                 if not isinstance(v, str) or not v.strip():
                     raise ConfigError(f"{flag} must be a non-empty string, got {v!r}")
