@@ -7,6 +7,6 @@ models, ``load_zoo_model`` and the shared small-ResNet entry.
 
 from __future__ import annotations
 
-from . import faces, shapes, shapes_video, signs, zoo
+from . import faces, mixture, shapes, shapes_video, signs, zoo
 
-__all__ = ["faces", "shapes", "shapes_video", "signs", "zoo"]
+__all__ = ["faces", "mixture", "shapes", "shapes_video", "signs", "zoo"]
