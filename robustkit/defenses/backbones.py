@@ -104,6 +104,8 @@ def _build(spec: DataSpec, scheme: str, name: str, arch: str, drop_path: float) 
     if scheme == "timm":
         import timm
 
+        from . import nofrost  # noqa: F401  (registers robustkit's timm configs, e.g. rk_nf_resnet_small)
+
         if not timm.is_model(name):
             raise ConfigError(f"architecture '{arch}': timm has no architecture '{name}'")
         extra = {"drop_path_rate": drop_path} if drop_path else {}

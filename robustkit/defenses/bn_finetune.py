@@ -25,12 +25,12 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.checkpoint import load_into
 from ..models.normalized import Normalized
 from ..training.data import DataSpec
 from ..training.settings import TrainSettings
 from .base import Context, register_defense
 from .baselines import PGD_AT_EPOCHS, MadryAT, build_with_batchnorm
+from .loading import load_weights
 
 
 def bn_parameters(model: nn.Module, *, classifier: bool = False) -> list[nn.Parameter]:
@@ -49,8 +49,8 @@ def bn_parameters(model: nn.Module, *, classifier: bool = False) -> list[nn.Para
 def from_standard(model: nn.Module, ctx: Context) -> dict[str, Any]:
     """Initial weights: ``--init PATH`` or the trained ``standard`` defense of the dataset."""
     inner = model.model if isinstance(model, Normalized) else model
-    if ctx.init is not None:
-        load_into(inner, ctx.init)
+    if ctx.init is not None:  # the inner network's weights, or a robustkit-trained model's (``model.*``)
+        load_weights(model, ctx.init)
         return {"init": str(ctx.init)}
     trained = ctx.load("standard")
     state = (trained.model if isinstance(trained, Normalized) else trained).state_dict()
