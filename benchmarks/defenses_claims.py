@@ -55,7 +55,14 @@ from robustkit.defenses.base import DEFENSES
 from robustkit.defenses.loading import cached_model, load_defense, load_weights, train_defense
 from robustkit.device import resolve_device
 from robustkit.files import atomic_write
-from robustkit.report.claims import claims, derive, render_html_section, render_markdown
+from robustkit.report.claims import (
+    claims,
+    derive,
+    render_html_section,
+    render_markdown,
+    render_summary,
+    replace_block,
+)
 from robustkit.training.data import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +73,7 @@ WORK = ROOT / "reports" / "claims-runs"
 #: The attacks of each dataset's evaluation (names are what the claims refer to) and their plain words.
 SUITES: dict[str, list[dict[str, Any]]] = {
     "shapes": [
-        {"attack": "pgd", "name": "pgd-linf", "norm": "Linf", "eps": "8/255", "step_size": "2/255", "steps": 20,
+        {"attack": "pgd", "name": "pgd-linf", "norm": "Linf", "eps": "8/255", "step_size": "2/255", "steps": 10,
          "random_start": True},
     ],
     "shapes-video": [
@@ -77,11 +84,11 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     ],
 }  # fmt: skip
 ATTACKS = {
-    "pgd-linf": "PGD-20 L∞ 8/255 (step 2/255, random start)",
+    "pgd-linf": "PGD-10 L∞ 8/255 (step 2/255, random start)",
     "video-pgd-linf": "video PGD-10 L∞ 4/255 (step 1/255, random start)",
     "video-roa": "video ROA, 10% of each frame, gradient-guided position, 10 steps",
 }
-QUICK_STEPS = {"pgd-linf": 5, "video-pgd-linf": 3, "video-roa": 3}
+QUICK_STEPS = {"pgd-linf": 3, "video-pgd-linf": 2, "video-roa": 2}
 
 CPU_TRAIN_SIZE, CPU_EPOCHS = 800, 3
 SCALES = {
@@ -89,7 +96,12 @@ SCALES = {
     "cpu": f"each recipe's settings on at most {CPU_TRAIN_SIZE} training images and at most {CPU_EPOCHS} epochs",
     "quick": "1 epoch on 64 training images (smoke run)",
 }
-N_EVAL = {"shapes": 100, "shapes-video": 48}
+#: Test images (clips) per evaluation at each scale: ABNN is attacked in four views, each a full attack.
+N_EVAL = {
+    "quick": {"shapes": 16, "shapes-video": 8},
+    "cpu": {"shapes": 64, "shapes-video": 32},
+    "recipe": {"shapes": 200, "shapes-video": 64},
+}
 ORDER = ["standard", "pgd-at", "abnn", "nofrost", "bn-at", "bn-finetune", "bn-random"]
 
 
@@ -153,7 +165,7 @@ class Runner:
     def train(self, dataset: str, recipe: str, seed: int) -> dict[str, Any]:
         info = train_defense(
             recipe, dataset, out_dir=self.run_dir(dataset, recipe, seed), device=self.device, seed=seed,
-            progress=self.args.progress, load=self.loader(dataset, seed), test_size=N_EVAL[dataset] * 4,
+            progress=self.args.progress, load=self.loader(dataset, seed), test_size=N_EVAL[args_scale(self.args)][dataset] * 4,
             **overrides(recipe, args_scale(self.args)),
         )  # fmt: skip
         cost = info["cost"]
@@ -176,7 +188,7 @@ class Runner:
         weights = self.run_dir(dataset, recipe, seed) / "model.safetensors"
         defense = load_defense(f"{recipe}:{weights}", dataset=dataset, device=self.device, progress=False)
         result = evaluate(
-            defense, data=dataset, suite=suite(dataset, self.args.quick), limit=self.args.n_eval or N_EVAL[dataset],
+            defense, data=dataset, suite=suite(dataset, self.args.quick), limit=n_eval(self.args, dataset),
             batch_size=self.args.eval_batch, seed=seed, out=str(self.work / "evaluations"), name=f"{dataset}-{recipe}-s{seed}",
             device=str(self.device), progress=self.args.progress, report=False, gallery=0, overwrite=True,
         )  # fmt: skip
@@ -205,6 +217,10 @@ def summarize(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def n_eval(args: argparse.Namespace, dataset: str) -> int:
+    return args.n_eval or N_EVAL[args_scale(args)][dataset]
+
+
 def args_scale(args: argparse.Namespace) -> str:
     return "quick" if args.quick else args.scale
 
@@ -216,7 +232,7 @@ def run_config(args: argparse.Namespace, dataset: str, recipe: str) -> dict[str,
         "overrides": overrides(recipe, args_scale(args)),
         "settings": dataclasses.asdict(DEFENSES.create(recipe).trained_recipe().settings),
         "suite": suite(dataset, args.quick),
-        "n_eval": args.n_eval or N_EVAL[dataset],
+        "n_eval": n_eval(args, dataset),
     }
 
 
@@ -243,6 +259,12 @@ def render(stored: dict[str, Any], args: argparse.Namespace) -> str:
         + render_html_section(stored, rows) + "</body></html>\n"
     )  # fmt: skip
     atomic_write(out / "claims.html", page)
+    readme = Path(args.readme)
+    if readme.is_file():  # the README's short summary (between its claims markers)
+        old = readme.read_text()
+        new = replace_block(old, render_summary(stored, rows))
+        if new != old:
+            atomic_write(readme, new)
     return text
 
 
@@ -269,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--examples", default=str(EXAMPLES), help="where claims.md/.html go (default reports/examples)"
     )
+    parser.add_argument(
+        "--readme", default=str(ROOT / "README.md"), help="README whose claims block is rewritten"
+    )
     parser.add_argument("--work", default=str(WORK), help="run directories (weights, evaluations)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)  # fmt: skip
@@ -278,12 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         if not stored["runs"]:
             parser.error(f"--table: no stored runs in {path}")
+        write(stored, args)  # the derived rows follow the current rules; the stored numbers stay as they are
         print(render(stored, args))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.n_eval = args.n_eval or 16
         args.eval_batch = min(args.eval_batch, 16)
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",") if s.strip()]
     keys = [k.strip() for k in args.claims.split(",")] if args.claims else None
@@ -344,7 +369,7 @@ def protocol(
     seconds = sum(sum(r.get("seconds", {}).values()) for r in stored["runs"].values())
     return {
         "seeds": seeds, "scale": scale, "scale_note": SCALES[scale], "quick": args.quick,
-        "n_eval": {d: args.n_eval or n for d, n in N_EVAL.items()}, "attacks": ATTACKS,
+        "n_eval": {d: n_eval(args, d) for d in SUITES}, "attacks": ATTACKS,
         "suites": {d: suite(d, args.quick) for d in SUITES}, "device": str(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "load_average": _load(), "seconds": seconds, "seconds_this_invocation": spent, "command": command,

@@ -15,6 +15,8 @@ from robustkit.report.claims import (
     HOLDS,
     MISSING,
     NOT_REPRODUCED,
+    README_BEGIN,
+    README_END,
     REVERSED,
     VACUOUS,
     Figure,
@@ -25,6 +27,7 @@ from robustkit.report.claims import (
     render_html_section,
     render_markdown,
     verdicts_in_markdown,
+    verdicts_in_summary,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +155,7 @@ def test_stored_verdicts_follow_from_stored_numbers() -> None:
         if r["verdict"] != MISSING:
             assert r["seeds"] == len(stored["protocol"]["seeds"]), r["key"]
     assert verdicts_in_markdown(NOTE.read_text()) == [r["verdict"] for r in rows]
+    assert verdicts_in_summary((ROOT / "README.md").read_text()) == [r["verdict"] for r in rows]
 
 
 def _script() -> Any:
@@ -169,7 +173,7 @@ def test_script_plan_and_summary() -> None:
     script = _script()
     assert script.plan(["walter-random"]) == {"shapes": ["standard", "bn-finetune", "bn-random"]}
     full = script.plan(None)
-    assert set(full) == {"shapes", "shapes-video"} and full["shapes-video"] == ["standard", "abnn"]
+    assert set(full) == {"shapes", "shapes-video"} and full["shapes-video"] == ["standard", "pgd-at", "abnn"]
     summary = {"clean_accuracy": 0.9, "n_samples": 10, "robust_accuracy": 0.1, "worst_view": "among-clean",
                "attacks": [{"name": "pgd-linf [whole-batch]", "params": {"name": "pgd-linf"}, "view": "whole-batch",
                             "robust_accuracy": 0.3},
@@ -186,7 +190,13 @@ def test_script_table_rerenders_from_stored_json(tmp_path: Path) -> None:
     stored = stored_runs({"nofrost": [(0.9, 0.4)] * 3, "bn-at": [(0.8, 0.2)] * 3})
     path = tmp_path / "claims.json"
     path.write_text(json.dumps(stored))
-    assert script.main(["--table", "--json", str(path), "--examples", str(tmp_path)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nSTALE\n{README_END}\nrest\n")
+    argv = ["--table", "--json", str(path), "--examples", str(tmp_path), "--readme", str(readme)]
+    assert script.main(argv) == 0
     text = (tmp_path / "claims.md").read_text()
     assert "nofrost-pgd: holds" in text
     assert 'id="claims"' in (tmp_path / "claims.html").read_text()
+    summary = readme.read_text()
+    assert summary.startswith("intro\n") and summary.endswith("rest\n") and "STALE" not in summary
+    assert verdicts_in_summary(summary) == [r["verdict"] for r in derive(stored)]

@@ -139,12 +139,14 @@ def _pct(v: Any) -> str:
     return "?" if v is None else f"{100 * float(v):.2f}".rstrip("0").rstrip(".")
 
 
-def _video(pub: Mapping[str, Any], key: str, baseline: str) -> str:
+def _video(pub: Mapping[str, Any], key: str, baseline: str, claim: str) -> str:
+    """ABNN's UCF-101 figure from ``published["video"]`` when the recipe records it, else the claim in words."""
     video = pub.get("video") or {}
     if key in video:
-        return f"{video.get('dataset', 'UCF-101')}: ABNN {_pct(video[key])} vs {baseline} {_pct(video.get(baseline))}"
+        other = (video.get(baseline) or {}).get(key) if isinstance(video.get(baseline), Mapping) else None
+        return f"{video.get('dataset', 'UCF-101')}: ABNN {_pct(video[key])} vs {baseline} {_pct(other)}"
     return (
-        "UCF-101 (3D ResNet-18 substitute, 3D ResNeXt-101 target): ABNN above the undefended network "
+        f"UCF-101 (3D ResNet-18 substitute, 3D ResNeXt-101 target): {claim} "
         "(figure not recorded in the recipe's `published`)"
     )
 
@@ -164,11 +166,13 @@ def claims(published: Mapping[str, Mapping[str, Any]] | None = None) -> list[Cla
               f"{cifar}: ABNN {_pct(abnn.get('pgd'))} vs no defense {_pct(abnn_std.get('pgd'))} "
               f"(PGD-AT {_pct(abnn_at.get('pgd'))})"),
         Claim("abnn-pgd-video", ABNN, "PGD robustness on video: ABNN above the undefended network",
-              "shapes-video", "robust:video-pgd-linf", "abnn", "standard", _video(abnn, "pgd", "standard")),
+              "shapes-video", "robust:video-pgd-linf", "abnn", "standard", _video(abnn, "pgd", "standard", "ABNN above no defense")),
         Claim("abnn-roa-video", ABNN, "ROA robustness on video: ABNN above the undefended network",
-              "shapes-video", "robust:video-roa", "abnn", "standard", _video(abnn, "roa", "standard")),
+              "shapes-video", "robust:video-roa", "abnn", "standard", _video(abnn, "roa", "standard", "ABNN above no defense")),
         Claim("abnn-clean", ABNN, "Clean accuracy above adversarial training", "shapes", "clean", "abnn",
               "pgd-at", f"{cifar}: ABNN {_pct(abnn.get('clean'))} vs PGD-AT {_pct(abnn_at.get('clean'))}"),
+        Claim("abnn-clean-video", ABNN, "Clean accuracy above adversarial training on video", "shapes-video", "clean",
+              "abnn", "pgd-at", _video(abnn, "clean", "pgd-at", "ABNN above AT")),
         Claim("abnn-cost", ABNN, "Training cost 3N vs 12N: ABNN far cheaper per step than AT", "shapes", "cost",
               "abnn", "pgd-at",
               f"{abnn.get('training_cost_passes', 3)}N vs {abnn_at.get('training_cost_passes', 12)}N "
@@ -388,5 +392,52 @@ def verdicts_in_markdown(text: str) -> list[str]:
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
         if line.startswith("| ") and len(cells) == 7 and cells[0].isdigit():
+            out.append(cells[-1].strip("*"))
+    return out
+
+
+README_BEGIN, README_END = (
+    "<!-- claims:begin (benchmarks/defenses_claims.py writes this block) -->",
+    "<!-- claims:end -->",
+)
+
+
+def render_summary(stored: Mapping[str, Any], rows: list[dict[str, Any]] | None = None) -> str:
+    """The README's short form: one line per claim with its verdict, and the command."""
+    rows = rows if rows is not None else derive(stored)
+    p = stored.get("protocol", {})
+    lines = [
+        README_BEGIN,
+        f"Seeds {', '.join(str(s) for s in p.get('seeds', []))}, scale: {p.get('scale_note', '?')}"
+        + (" — a QUICK smoke run, not evidence" if p.get("quick") else "")
+        + ". Full table, figures and rules: [reports/examples/claims.md](reports/examples/claims.md).",
+        "",
+        "| # | paper | claim | verdict |",
+        "|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows, 1):
+        lines.append(
+            f"| {i} | {_cell(r['paper'])} | {_cell(r['claim'])} ({r['dataset']}) | **{r['verdict']}** |"
+        )
+    return "\n".join(
+        [*lines, "", f"Regenerate: `{p.get('command', 'python benchmarks/defenses_claims.py')}`", README_END]
+    )
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the claims block (between the markers) replaced by ``block``; unchanged without markers."""
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return text
+    return text[:start] + block + text[end + len(README_END) :]
+
+
+def verdicts_in_summary(text: str) -> list[str]:
+    """The verdict column of the README block."""
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    out = []
+    for line in text[start:end].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0].isdigit():
             out.append(cells[-1].strip("*"))
     return out
