@@ -135,7 +135,7 @@ def test_global_batch_must_split_evenly(monkeypatch):
 @pytest.mark.slow
 def test_torchrun_cli_matches_one_process(tmp_path):
     args = ["train", "--defense", "standard", "--train-size", "64", "--batch-size", "16", "--epochs", "1"]
-    args += ["--width", "4", "--device", "cpu", "--no-progress", "--augment", "flip"]
+    args += ["--width", "4", "--device", "cpu", "--no-progress", "--augment", "flip", "--optimizer", "sgd"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTKIT_CACHE": str(tmp_path / "cache")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "robustkit"]
