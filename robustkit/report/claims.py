@@ -136,7 +136,11 @@ def _published() -> dict[str, dict[str, Any]]:
 
 
 def _pct(v: Any) -> str:
-    return "?" if v is None else f"{100 * float(v):.2f}".rstrip("0").rstrip(".")
+    """A published figure as the paper prints it: 87.5, 74.06, 0.0."""
+    if v is None:
+        return "?"
+    text = f"{100 * float(v):.2f}"
+    return text[:-1] if text.endswith("0") else text
 
 
 def _video(pub: Mapping[str, Any], key: str, baseline: str, claim: str) -> str:
@@ -257,7 +261,7 @@ def derive_row(claim: Claim, records: list[Mapping[str, Any]], attacks: Mapping[
             chance = 1 / classes
             parts = [f"{r} clean {cleans[r].text()}%" for r in failed]  # type: ignore[union-attr]
             return row | {"verdict": VACUOUS, "reason": f"did not train (below {TRAINED_FACTOR} × chance "
-                          f"{100 * chance:.0f}% = {100 * TRAINED_FACTOR * chance:.0f}%): " + "; ".join(parts)}  # fmt: skip
+                          f"{100 * chance:.1f}% = {100 * TRAINED_FACTOR * chance:.1f}%): " + "; ".join(parts)}  # fmt: skip
     verdict, gap, margin = compare(fa, fb, lower=claim.quantity == "cost")
     direction = "<" if claim.quantity == "cost" else ">"
     reason = (f"{claim.a} {direction} {claim.b}: gap {scale * gap:+.1f}{unit or ' points'}, "
