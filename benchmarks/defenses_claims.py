@@ -13,7 +13,9 @@ settings; an interrupted training resumes from its last epoch):
     --claims    comma-separated claim keys (default: all; robustkit.report.claims.claims())
 
 Wall time (2 threads on a 2-core CPU shared with other work, load average 5-9, so 2-4x slower than a free
-machine): ``--quick`` (seed 0, 11 trainings of 2 steps, 11 evaluations of 16 images / 8 clips) QUICK_WALL.
+machine): ``--quick`` (seed 0, 10 trainings of 2 steps, 10 evaluations of 16 images / 8 clips) about 15 min (13 min
+21 s measured for 9 of the 10 runs, of which training 5.5 min and ABNN's four-view evaluations 6.5 min); a
+rerun with everything stored 5 s.
 Measured seconds per training step on that machine: standard 0.3, pgd-at 1.6 (video 2.5 at load 1),
 nofrost 4.2, ABNN 0.45-5; one ABNN forward+backward on 16 images 5.8 s (the target with adaptive BN at five
 taps plus the substitute), which makes ABNN's four-view evaluation the largest single item. Estimate for the
