@@ -363,7 +363,7 @@ def render_html_section(stored: Mapping[str, Any], rows: list[dict[str, Any]] | 
     p = stored.get("protocol", {})
     return (
         '<section id="claims" data-section="claims">\n<h2>Paper claims at reduced scale</h2>\n'
-        f'<p class="note">{e(str(len(p.get("seeds", []))))} seeds per defense'
+        f'<p class="note">{_seeds(p)} per defense'
         f"{' (QUICK smoke run: not evidence)' if p.get('quick') else ''}; regenerate with "
         f"<code>{e(p.get('command', 'python benchmarks/defenses_claims.py'))}</code>.</p>\n"
         '<div class="table-wrap"><table>\n<thead><tr>'
@@ -374,6 +374,11 @@ def render_html_section(stored: Mapping[str, Any], rows: list[dict[str, Any]] | 
         + "".join(f"<li>{e(rule)}</li>" for rule in RULES)
         + "</ul>\n</section>\n"
     )
+
+
+def _seeds(protocol: Mapping[str, Any]) -> str:
+    n = len(protocol.get("seeds", []))
+    return f"{n} seed{'' if n == 1 else 's'}"
 
 
 def insert_section(page: str, section: str) -> str:
