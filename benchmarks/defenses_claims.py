@@ -8,16 +8,23 @@ settings; an interrupted training resumes from its last epoch):
     python benchmarks/defenses_claims.py --device cuda --scale recipe  # GPU: the recipes' own budgets
     python benchmarks/defenses_claims.py --table                      # re-render from the stored JSON
 
-    --quick     smoke run: 1 epoch on 64 images, 16 test images, seed 0 only unless --seeds is given
+    --quick     smoke run: 1 epoch on 64 images, 16 test images / 8 clips, seed 0 unless --seeds is given
     --seeds     comma-separated seeds (default 0,1,2)
     --claims    comma-separated claim keys (default: all; robustkit.report.claims.claims())
 
-Measured on a shared 2-core CPU (2 threads, load average 2-5 from other work):
-``--quick --seeds 0`` (every claim, 10 trainings, 10 evaluations) 100 s. The per-step cost of the
-adversarial recipes on ``shapes`` is 1.6 s (pgd-at, 2 threads), so ``--scale cpu`` (each recipe's own
-epochs on at most ``CPU_TRAIN_SIZE`` images, ``CPU_EPOCHS`` epochs at most) trains 3 seeds × 10 runs in about
-25 min and evaluates them in about 5 min; ``--scale recipe`` (the recipes' defaults: 2400 images, 4 epochs)
-takes about 2 h on that CPU and a few minutes on one GPU.
+Wall time (2 threads on a 2-core CPU shared with other work, load average 5-9, so 2-4x slower than a free
+machine): ``--quick`` (seed 0, 10 trainings of 2 steps, 10 evaluations of 16 images / 8 clips) about 15 min (13 min
+21 s measured for 9 of the 10 runs, of which training 5.5 min and ABNN's four-view evaluations 6.5 min); a
+rerun with everything stored 5 s.
+Measured seconds per training step on that machine: standard 0.3, pgd-at 1.6 (video 2.5 at load 1),
+nofrost 4.2, ABNN 0.45-5; one ABNN forward+backward on 16 images 5.8 s (the target with adaptive BN at five
+taps plus the substitute), which makes ABNN's four-view evaluation the largest single item. Estimate for the
+default ``--scale cpu`` (each recipe's settings on at most ``CPU_TRAIN_SIZE`` = 640 images, at most 3
+epochs: 60 steps; 48 test images, 24 clips): about 10 min of training and 3-5 min of evaluation per seed on
+two free cores, 40-45 min for three seeds (more than the 30 min aimed at; fewer steps leave the adversarially
+trained baselines at chance, i.e. every comparison vacuous). ``--scale recipe`` (2400 images, 4 epochs;
+200 test images, 64 clips) is about 4x the training: run it on a GPU (``--device cuda``), where it takes
+minutes. Verdicts from ``--scale cpu`` say what robustkit shows at that budget, not what the recipes can do.
 
 What it runs: the recipes ``standard, pgd-at, abnn, nofrost, bn-at, bn-finetune, bn-random`` on the built-in
 ``shapes`` images and ``standard, pgd-at, abnn`` on the built-in ``shapes-video`` clips, each with
@@ -26,7 +33,7 @@ What it runs: the recipes ``standard, pgd-at, abnn, nofrost, bn-at, bn-finetune,
 substitute comes from the recipe's own source, the zoo or the cache, as ``load_defense`` uses it). Each
 trained defense is loaded with ``load_defense("recipe:<dir>/model.safetensors")`` and evaluated with
 ``robustkit.api.evaluate`` (its capabilities honored: ABNN in every batch view and by transfer from its
-substitute; the stored robust accuracy of an attack is its worst view). Attacks: PGD-20 L-inf 8/255 (step
+substitute; the stored robust accuracy of an attack is its worst view). Attacks: PGD-10 L-inf 8/255 (step
 2/255, random start) on images; video PGD L-inf 4/255 (10 steps of 1/255) and video ROA (10% of each
 frame, gradient-guided position, 10 steps) on clips.
 
@@ -83,14 +90,21 @@ SUITES: dict[str, list[dict[str, Any]]] = {
          "steps": 10, "step_size": "16/255"},
     ],
 }  # fmt: skip
-ATTACKS = {
-    "pgd-linf": "PGD-10 L∞ 8/255 (step 2/255, random start)",
-    "video-pgd-linf": "video PGD-10 L∞ 4/255 (step 1/255, random start)",
-    "video-roa": "video ROA, 10% of each frame, gradient-guided position, 10 steps",
+#: How each attack of ``SUITES`` reads in the table (filled from the suite entry actually run).
+LABELS = {
+    "pgd-linf": "PGD-{steps} L∞ {eps} (step {step_size}, random start)",
+    "video-pgd-linf": "video PGD-{steps} L∞ {eps} (step {step_size}, random start)",
+    "video-roa": "video ROA, {area:.0%} of each frame, gradient-guided position, {steps} steps",
 }
+
+
+def labels(quick: bool) -> dict[str, str]:
+    return {a["name"]: LABELS[a["name"]].format(**a) for d in SUITES for a in suite(d, quick)["attacks"]}
+
+
 QUICK_STEPS = {"pgd-linf": 3, "video-pgd-linf": 2, "video-roa": 2}
 
-CPU_TRAIN_SIZE, CPU_EPOCHS = 800, 3
+CPU_TRAIN_SIZE, CPU_EPOCHS = 640, 3
 SCALES = {
     "recipe": "each recipe's own training settings",
     "cpu": f"each recipe's settings on at most {CPU_TRAIN_SIZE} training images and at most {CPU_EPOCHS} epochs",
@@ -99,7 +113,7 @@ SCALES = {
 #: Test images (clips) per evaluation at each scale: ABNN is attacked in four views, each a full attack.
 N_EVAL = {
     "quick": {"shapes": 16, "shapes-video": 8},
-    "cpu": {"shapes": 64, "shapes-video": 32},
+    "cpu": {"shapes": 48, "shapes-video": 24},
     "recipe": {"shapes": 200, "shapes-video": 64},
 }
 ORDER = ["standard", "pgd-at", "abnn", "nofrost", "bn-at", "bn-finetune", "bn-random"]
@@ -147,16 +161,17 @@ class Runner:
     def run_dir(self, dataset: str, recipe: str, seed: int) -> Path:
         return self.work / f"{dataset}-{args_scale(self.args)}" / f"{recipe}-s{seed}"
 
-    def loader(self, dataset: str, seed: int):  # noqa: ANN201 - the ``load`` callback of train_defense
-        """``standard`` from this seed's run (BN-only fine-tuning starts from it); anything else from the
-        cache ``load_defense`` uses (ABNN's substitute stays the recipe's own pre-trained network)."""
+    def loader(self, dataset: str, seed: int, recipe: str):  # noqa: ANN201 - train_defense's ``load``
+        """For BN-only fine-tuning: ``standard`` from this seed's run (it fine-tunes that network); anything
+        else from the cache ``load_defense`` uses (ABNN's substitute stays the recipe's own pre-trained
+        network, the same for every seed, as at evaluation)."""
 
         def load(other: str) -> torch.nn.Module:
             mine = self.run_dir(dataset, other, seed)
-            if other == "standard" and (mine / "model.json").is_file():
-                recipe = DEFENSES.create(other)
+            if recipe.startswith("bn-finetune") and other == "standard" and (mine / "model.json").is_file():
+                base = DEFENSES.create(other)
                 spec = DataSpec.from_dict(json.loads((mine / "model.json").read_text())["spec"])
-                model = load_weights(recipe.build(spec, recipe.settings), mine / "model.safetensors")
+                model = load_weights(base.build(spec, base.settings), mine / "model.safetensors")
                 return model.to(self.device).eval()
             return cached_model(other, dataset, self.device, self.args.progress)[0]
 
@@ -165,7 +180,7 @@ class Runner:
     def train(self, dataset: str, recipe: str, seed: int) -> dict[str, Any]:
         info = train_defense(
             recipe, dataset, out_dir=self.run_dir(dataset, recipe, seed), device=self.device, seed=seed,
-            progress=self.args.progress, load=self.loader(dataset, seed), test_size=N_EVAL[args_scale(self.args)][dataset] * 4,
+            progress=self.args.progress, load=self.loader(dataset, seed, recipe), test_size=N_EVAL[args_scale(self.args)][dataset] * 4,
             **overrides(recipe, args_scale(self.args)),
         )  # fmt: skip
         cost = info["cost"]
@@ -369,7 +384,7 @@ def protocol(
     seconds = sum(sum(r.get("seconds", {}).values()) for r in stored["runs"].values())
     return {
         "seeds": seeds, "scale": scale, "scale_note": SCALES[scale], "quick": args.quick,
-        "n_eval": {d: n_eval(args, d) for d in SUITES}, "attacks": ATTACKS,
+        "n_eval": {d: n_eval(args, d) for d in SUITES}, "attacks": labels(args.quick),
         "suites": {d: suite(d, args.quick) for d in SUITES}, "device": str(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "load_average": _load(), "seconds": seconds, "seconds_this_invocation": spent, "command": command,

@@ -408,6 +408,11 @@ def _pct(v: Any) -> str:
 CLAIM_ATTACKS = {"robust:pgd-linf": "pgd-linf@8/255"}
 #: The evaluation views of one trained defense: its figure is the worst of them (the strongest adaptive view).
 VIEWS = {"abnn": ("abnn", "abnn-target-only", "abnn-transfer")}
+VIEW_NAMES = {
+    "abnn": "white-box",
+    "abnn-target-only": "target-only",
+    "abnn-transfer": "transfer from the substitute",
+}
 
 
 def _figure(rows: dict[str, dict[str, Any]], defense: str, quantity: str, training: dict[str, Any]) -> str:
@@ -424,7 +429,7 @@ def _figure(rows: dict[str, dict[str, Any]], defense: str, quantity: str, traini
     if not values:
         return "-"
     worst, view = min(values)
-    return _pct(worst) + (f" ({view})" if len(values) > 1 else "")
+    return _pct(worst) + (f" (worst view: {VIEW_NAMES.get(view, view)})" if len(values) > 1 else "")
 
 
 def _published_table(report: dict[str, Any]) -> list[str]:

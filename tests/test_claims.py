@@ -200,3 +200,28 @@ def test_script_table_rerenders_from_stored_json(tmp_path: Path) -> None:
     summary = readme.read_text()
     assert summary.startswith("intro\n") and summary.endswith("rest\n") and "STALE" not in summary
     assert verdicts_in_summary(summary) == [r["verdict"] for r in derive(stored)]
+
+
+@pytest.mark.slow
+def test_script_quick_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path on two recipes: train, evaluate, store, skip on rerun, render (about a minute on a CPU)."""
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    script = _script()
+    argv = ["--quick", "--claims", "nofrost-clean", "--threads", "2", "--no-progress", "--json",
+            str(tmp_path / "claims.json"), "--examples", str(tmp_path), "--work", str(tmp_path / "work"),
+            "--readme", str(tmp_path / "README.md")]  # fmt: skip
+    assert script.main(argv) == 0
+    stored = json.loads((tmp_path / "claims.json").read_text())
+    assert sorted(stored["runs"]) == ["shapes/bn-at/s0", "shapes/nofrost/s0"]
+    run = stored["runs"]["shapes/nofrost/s0"]
+    assert (
+        run["eval"]["n"] == 16
+        and "pgd-linf" in run["eval"]["attacks"]
+        and run["train"]["relative_passes"] > 5
+    )
+    nofrost = next(r for r in stored["rows"] if r["key"] == "nofrost-clean")
+    assert nofrost["verdict"] in (HOLDS, NOT_REPRODUCED, REVERSED, VACUOUS) and nofrost["seeds"] == 1
+    before = (tmp_path / "claims.json").stat().st_mtime_ns
+    assert script.main(argv) == 0  # resumable: nothing re-run, the same numbers
+    again = json.loads((tmp_path / "claims.json").read_text())
+    assert again["runs"] == stored["runs"] and (tmp_path / "claims.json").stat().st_mtime_ns >= before

@@ -136,7 +136,11 @@ def _published() -> dict[str, dict[str, Any]]:
 
 
 def _pct(v: Any) -> str:
-    return "?" if v is None else f"{100 * float(v):.2f}".rstrip("0").rstrip(".")
+    """A published figure as the paper prints it: 87.5, 74.06, 0.0."""
+    if v is None:
+        return "?"
+    text = f"{100 * float(v):.2f}"
+    return text[:-1] if text.endswith("0") else text
 
 
 def _video(pub: Mapping[str, Any], key: str, baseline: str, claim: str) -> str:
@@ -257,7 +261,7 @@ def derive_row(claim: Claim, records: list[Mapping[str, Any]], attacks: Mapping[
             chance = 1 / classes
             parts = [f"{r} clean {cleans[r].text()}%" for r in failed]  # type: ignore[union-attr]
             return row | {"verdict": VACUOUS, "reason": f"did not train (below {TRAINED_FACTOR} × chance "
-                          f"{100 * chance:.0f}% = {100 * TRAINED_FACTOR * chance:.0f}%): " + "; ".join(parts)}  # fmt: skip
+                          f"{100 * chance:.1f}% = {100 * TRAINED_FACTOR * chance:.1f}%): " + "; ".join(parts)}  # fmt: skip
     verdict, gap, margin = compare(fa, fb, lower=claim.quantity == "cost")
     direction = "<" if claim.quantity == "cost" else ">"
     reason = (f"{claim.a} {direction} {claim.b}: gap {scale * gap:+.1f}{unit or ' points'}, "
@@ -359,7 +363,7 @@ def render_html_section(stored: Mapping[str, Any], rows: list[dict[str, Any]] | 
     p = stored.get("protocol", {})
     return (
         '<section id="claims" data-section="claims">\n<h2>Paper claims at reduced scale</h2>\n'
-        f'<p class="note">{e(str(len(p.get("seeds", []))))} seeds per defense'
+        f'<p class="note">{_seeds(p)} per defense'
         f"{' (QUICK smoke run: not evidence)' if p.get('quick') else ''}; regenerate with "
         f"<code>{e(p.get('command', 'python benchmarks/defenses_claims.py'))}</code>.</p>\n"
         '<div class="table-wrap"><table>\n<thead><tr>'
@@ -370,6 +374,11 @@ def render_html_section(stored: Mapping[str, Any], rows: list[dict[str, Any]] | 
         + "".join(f"<li>{e(rule)}</li>" for rule in RULES)
         + "</ul>\n</section>\n"
     )
+
+
+def _seeds(protocol: Mapping[str, Any]) -> str:
+    n = len(protocol.get("seeds", []))
+    return f"{n} seed{'' if n == 1 else 's'}"
 
 
 def insert_section(page: str, section: str) -> str:
