@@ -71,4 +71,8 @@ def test_not_a_resnet_is_a_clear_config_error():
     with pytest.raises(ConfigError, match="conv1/bn1/relu/maxpool"):
         stages(half)
     with pytest.raises(ConfigError, match="taps must be distinct"):
-        ABNN(normalized(build_backbone(IMAGES, None, width=4), 3), normalized(build_backbone(IMAGES), 3), taps=["fc"])
+        ABNN(
+            normalized(build_backbone(IMAGES, None, width=4), 3),
+            normalized(build_backbone(IMAGES), 3),
+            taps=["fc"],
+        )
