@@ -55,8 +55,8 @@ def _still(split: str, n: int) -> SyntheticDataset:
 
 
 VIDEO_PARTS: tuple[Part, ...] = (
-    ("shapes-video", lambda split, n: shapes_video(split, n=n, seed=SEED), 1600, 320),
-    ("faces-still", _still, 600, 200),
+    ("shapes-video", lambda split, n: shapes_video(split, n=n, seed=SEED), 1200, 320),
+    ("faces-still", _still, 400, 200),
 )
 PARTS = {"mixture-resnet": IMAGE_PARTS, "mixture-video-r3d": VIDEO_PARTS}
 

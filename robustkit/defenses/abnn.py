@@ -149,7 +149,8 @@ class AdaptiveBN(nn.Module):
                 f"adaptive BN: target {tuple(z_t.shape)} and substitute {tuple(z_s.shape)} features differ "
                 "in rank or batch"
             )
-        mu_s, sd_s = moments(z_s, self.granularity, "batch" if self.stats == "batch" else "sample", self.eps)
+        pooled = self.training or self.stats == "batch"  # per sample only at test with running statistics
+        mu_s, sd_s = moments(z_s, self.granularity, "batch" if pooled else "sample", self.eps)
         bshape = (-1, self.channels_t) + (1,) * (z_t.ndim - 2)
         if self.map is not None:
             gamma, beta = self.map(torch.cat([mu_s.flatten(1), sd_s.flatten(1)], 1)).split(self.channels_t, 1)
