@@ -79,7 +79,7 @@ def test_nofrost_official_is_the_official_recipe():
 
 # which words in a recipe's departures name a change of each setting
 NAMED_BY = {"epochs": "scale", "batch_size": "scale", "train_size": "scale", "optimizer": "optimizer",
-            "lr": "optimizer", "eps_warmup": "eps warm-up", "agc": "gradient clipping"}  # fmt: skip
+            "lr": "optimizer", "warmup": "lr warm-up", "eps_warmup": "eps warm-up", "agc": "gradient clipping"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["nofrost", "nofrost-agc", "bn-at"])
@@ -92,6 +92,7 @@ def test_every_departure_from_the_official_settings_is_named(name):
     for k in changed:
         assert NAMED_BY[k] in text, f"{name}: {k} differs from the official recipe but is not named"
     assert recipe.settings.attack_mode == "eval" and recipe.settings.schedule == "cosine"
+    assert recipe.settings.label_smoothing == 0.1 and recipe.settings.drop_path == 0.1
     assert "network" in text  # not the paper's ResNet-50
     assert recipe.center_input == ("per-image input centering" in text)
 

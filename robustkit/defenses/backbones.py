@@ -104,7 +104,9 @@ def _build(spec: DataSpec, scheme: str, name: str, arch: str, drop_path: float) 
     if scheme == "timm":
         import timm
 
-        from . import nofrost  # noqa: F401  (registers robustkit's timm configs, e.g. rk_nf_resnet_small)
+        from .nf_resnets import register_timm_configs
+
+        register_timm_configs()  # robustkit's own timm configs (rk_nf_resnet_small)
 
         if not timm.is_model(name):
             raise ConfigError(f"architecture '{arch}': timm has no architecture '{name}'")

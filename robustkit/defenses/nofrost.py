@@ -4,7 +4,7 @@ normalizer-free ResNets.
 The network is timm's ``NormFreeNet`` (``timm.models.nfnet``): by name ``arch="timm:nf_resnet26"`` or
 ``"timm:nf_resnet50"`` (the paper's network), or, by default, ``rk_nf_resnet_small``: an NF-ResNet config
 built with timm's model-config API (``NfCfg``, ``NormFreeNet``) scaled down for 32x32 images on a CPU
-(``NF_SMALL_DEPARTURES`` lists what differs from ``nf_resnet26``). It is registered with timm, so
+(``nf_resnets``; ``NF_SMALL_DEPARTURES`` lists what differs from ``nf_resnet26``). It is registered with timm, so
 ``timm.create_model("rk_nf_resnet_small")`` and ``arch="timm:rk_nf_resnet_small"`` build it too.
 
 Training is the official code's (``PGDAT.py`` of amazon-science/normalizer-free-robust-training):
@@ -22,7 +22,6 @@ NoFrost removes.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,86 +36,14 @@ from .adversarial import adversarial_batch, training_ce
 from .backbones import build_backbone, normalized
 from .base import register_defense
 from .baselines import AdversarialRecipe, build_with_batchnorm
-
-NF_SMALL = "rk_nf_resnet_small"
-NF_SMALL_DEPARTURES = (
-    "network: rk_nf_resnet_small (timm NormFreeNet config) instead of nf_resnet50: depths (1, 1, 1, 1) "
-    "instead of (3, 4, 6, 3); stage channels (32, 64, 128, 256) x width/8 instead of (256, 512, 1024, 2048) "
-    "(bottleneck ratio 0.25 kept), stem 8 x width/8 channels instead of 64",
-    "small-image stem: one 3x3 stride-1 scaled-WS conv, no max pool (timm's 7x7 stride-2 conv + pool would "
-    "leave 8x8 maps of a 32x32 image); stages stride 1, 2, 2, 2 as in CIFAR ResNets",
+from .nf_resnets import (
+    NF_SMALL,
+    NF_SMALL_DEPARTURES,
+    center_input,
+    nf_resnet_small,
+    normalization_layers,
+    register_timm_configs,
 )
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-class CenterImage(nn.Module):
-    """Subtract each image's per-channel spatial mean (per sample: deterministic, differentiable and
-    independent of the rest of the batch, so the network stays normalizer-free in NoFrost's sense)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - x.mean(dim=(2, 3), keepdim=True)
-
-
-def center_input(net: nn.Module) -> nn.Module:
-    """Put ``CenterImage`` first in a timm ``NormFreeNet``'s stem (its weights keep their names)."""
-    children = [("center", CenterImage()), *net.stem.named_children()]
-    net.stem = nn.Sequential(OrderedDict(children))
-    net.stem_feat_idx += 1
-    return net
-
-
-def nf_small_cfg() -> Any:
-    """The ``rk_nf_resnet_small`` config: timm's ``nf_resnet26`` config (pre-activation bottlenecks, ReLU,
-    alpha 0.2, ResNet-D shortcuts, scaled weight standardization) with depths and channels scaled down."""
-    from timm.models.nfnet import model_cfgs
-
-    return replace(
-        model_cfgs["nf_resnet26"],
-        depths=(1, 1, 1, 1),
-        channels=(32, 64, 128, 256),
-        stem_chs=8,
-        stem_type="3x3_pool",  # stem stride 4 makes timm start stage 1 at stride 1; the stem is shrunk below
-        ch_div=4,
-    )
-
-
-def nf_resnet_small(num_classes: int = 10, in_ch: int = 3, *, width: int = 8, **kwargs: Any) -> nn.Module:
-    """timm's ``NormFreeNet`` with ``nf_small_cfg()`` for 32x32 images; channels scale with ``width / 8``.
-    ``kwargs`` go to ``NormFreeNet`` (``drop_rate``, ``drop_path_rate``, config fields)."""
-    from timm.models.nfnet import NormFreeNet
-
-    net = NormFreeNet(
-        nf_small_cfg(), num_classes=num_classes, in_chans=in_ch, width_factor=width / 8, **kwargs
-    )
-    # small-image stem: the 3x3 conv at stride 1 and no pooling (timm's padding of a 3x3 conv is 1 at
-    # either stride), so stages see 32, 16, 8, 4 pixels of a 32x32 image
-    net.stem.conv.stride = (1, 1)
-    net.stem.pool = nn.Identity()
-    for info in net.feature_info:
-        info["reduction"] = max(1, info["reduction"] // 4)
-    return net
-
-
-def _register_with_timm() -> None:
-    from timm.models import is_model, register_model
-
-    if is_model(NF_SMALL):
-        return
-
-    def rk_nf_resnet_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        if pretrained:
-            raise ConfigError(f"{NF_SMALL} has no pretrained weights")
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's factory extras
-            kwargs.pop(key, None)
-        return nf_resnet_small(kwargs.pop("num_classes", 1000), kwargs.pop("in_chans", 3), **kwargs)
-
-    rk_nf_resnet_small.__module__ = __name__
-    register_model(rk_nf_resnet_small)
-
-
-def normalization_layers(net: nn.Module) -> list[str]:
-    """Names of the normalization layers (BatchNorm, GroupNorm, LayerNorm, InstanceNorm) in ``net``."""
-    return [n for n, m in net.named_modules() if isinstance(m, _NORMS)]
 
 
 def build_nf(
@@ -207,6 +134,7 @@ NOFROST_SETTINGS = replace(
     train_size=2400,
     optimizer="adam",
     lr=5e-3,
+    warmup=0.1,
     eps_warmup=0.4,
 )
 NOFROST_DEPARTURES = (
@@ -214,6 +142,8 @@ NOFROST_DEPARTURES = (
     "epochs of 256",
     "optimizer: Adam at lr 5e-3 (cosine, no warm-up, weight decay 5e-5) instead of SGD + Nesterov at "
     "lr 0.1 x batch/256: within 300 steps SGD leaves the network near chance even on clean data",
+    "lr warm-up: linear over the first 10% of the steps, then cosine (Adam at the full rate from the first "
+    "step left the BN control at chance in 2 of 2 runs)",
     "eps warm-up: the training eps (and step) ramps from 0 to 8/255 over the first 40% of the steps (PGD "
     "training at the full eps from the first step stays at chance within a few hundred steps)",
 )
@@ -256,7 +186,7 @@ class HybridAT(AdversarialRecipe):
         return hybrid_loss(model, x, y, ctx)
 
 
-_register_with_timm()
+register_timm_configs()
 register_defense(
     HybridAT(
         name="nofrost",
