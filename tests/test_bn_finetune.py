@@ -92,3 +92,21 @@ def test_pgd_at_trains_one_tiny_epoch_on_resnet18(tmp_path):
     info = train_defense("pgd-at", "shapes", out_dir=tmp_path, arch=R18, **TINY)
     assert info["cost"]["steps"] == 2 and info["settings"]["arch"] == R18
     assert info["prepared"]["departures"] == list(DEFENSES.create("pgd-at").departures)
+    # ... and evaluates: the trained ResNet-18 under a short PGD
+    from robustkit.attacks import create_attack
+    from robustkit.defenses.loading import load_weights
+    from robustkit.training.data import load_split
+
+    recipe = DEFENSES.create("pgd-at")
+    model = load_weights(
+        recipe.build(SPEC, recipe.settings.overridden(arch=R18)), tmp_path / "model.safetensors"
+    )
+    test = load_split("shapes", "test", 8)
+    x = torch.stack([test[i][0] for i in range(8)])
+    y = torch.tensor([int(test[i][1]) for i in range(8)])
+    result = create_attack("pgd", eps=8 / 255, steps=2).run(
+        model.eval(), x, y, generator=torch.Generator().manual_seed(0)
+    )
+    assert float((result.x_adv - x).abs().max()) <= 8 / 255 + 1e-6
+    with torch.no_grad():
+        assert (model(result.x_adv).argmax(1) == y).sum() <= (model(x).argmax(1) == y).sum() + 1

@@ -4,16 +4,19 @@ normalizer-free ResNets.
 The network is timm's ``NormFreeNet`` (``timm.models.nfnet``): by name ``arch="timm:nf_resnet26"`` or
 ``"timm:nf_resnet50"`` (the paper's network), or, by default, ``rk_nf_resnet_small``: an NF-ResNet config
 built with timm's model-config API (``NfCfg``, ``NormFreeNet``) scaled down for 32x32 images on a CPU
-(``nf_resnets``; ``NF_SMALL_DEPARTURES`` lists what differs from ``nf_resnet26``). It is registered with timm, so
-``timm.create_model("rk_nf_resnet_small")`` and ``arch="timm:rk_nf_resnet_small"`` build it too.
+(``nf_resnets``; ``NF_SMALL_DEPARTURES`` lists what differs from ``nf_resnet26``). It is registered
+with timm, so ``timm.create_model("rk_nf_resnet_small")`` and ``arch="timm:rk_nf_resnet_small"`` build
+it too. A network with normalization layers is a ``ConfigError`` (train it with ``bn-at``).
 
-Training is the official code's (``PGDAT.py`` of amazon-science/normalizer-free-robust-training):
-``0.5 * CE(clean) + 0.5 * CE(adversarial)`` with label smoothing 0.1, PGD-10 L-inf eps 8/255 with step
-``min(1.25 eps, eps + 4/255) / steps = 1/255`` from a random start, generated with the model in eval mode
-(``attack_mode="eval"``), SGD with Nesterov momentum 0.9, weight decay 5e-5, a cosine schedule without
-warm-up, dropout 0.25 before the classifier and drop path 0.1. What robustkit's reduced scale changes is
-named in each recipe's ``departures`` (and stored with the trained model, ``info["prepared"]
-["departures"]``).
+``nofrost-official`` trains as the official code does (``PGDAT.py`` of
+amazon-science/normalizer-free-robust-training): ``0.5 * CE(clean) + 0.5 * CE(adversarial)`` with label
+smoothing 0.1, PGD-10 L-inf eps 8/255 with step ``min(1.25 eps, eps + 4/255) / steps = 1/255`` from a
+random start, generated with the model in eval mode (``attack_mode="eval"``), SGD with Nesterov momentum
+0.9, lr 0.1 x batch/256, weight decay 5e-5, a cosine schedule without warm-up, dropout 0.25 before the
+classifier and drop path 0.1, 90 epochs of 256. ``nofrost`` keeps the loss, attack, schedule and
+regularizers at robustkit's CPU scale; what it changes (Adam, lr and eps warm-up, scale, network,
+per-image centering) is named in its ``departures``, stored with the trained model
+(``info["prepared"]["departures"]``).
 
 The same hybrid recipe on a BN network is the BN-based AT control (``bn-at``): there BN statistics are
 estimated on the clean/adversarial mixture (one forward pass over the concatenated batch), the effect
