@@ -73,4 +73,6 @@ def test_bn_finetune_fc_also_trains_the_classifier(tmp_path):
 
 def test_bn_random_trains_bn_on_frozen_random_weights(tmp_path):
     start, trained, params, model = _fine_tune("bn-random", tmp_path, init=False)
-    assert _changes(start, trained, params) == bn_names(model)
+    assert _changes(start, trained, params) == bn_names(
+        model, classifier=True
+    )  # the control's classifier too

@@ -8,13 +8,13 @@ parameters (gamma, beta; optionally the classifier) and run PGD adversarial trai
 random weights ~ 0.
 
 The random-features control must learn something for its "~0 robust" to mean anything (the paper's
-point is robust ~0 at non-trivial clean accuracy), so, as Frankle et al. (2021, "Training BatchNorm and
-Only BatchNorm") train BN affine parameters alone at high rates, it gets 10x the learning rate and 3x the
-epochs of the fine-tuning (``BN_RANDOM_SETTINGS``); its clean accuracy is stored with it like every
-recipe's (``info["clean_test_accuracy"]``). Measured on shapes with the default width-8 SmallResNet it
-still stays near chance (~10% clean; BN-only training of those random features reaches only 15% even
-without an attack in 150 steps): at this width the random features are too poor, and a report must call
-the control vacuous there.
+point is robust ~0 at non-trivial clean accuracy). BN affine parameters alone need a long budget
+(Frankle et al. 2021, "Training BatchNorm and Only BatchNorm", train them for 160 epochs): measured on
+shapes with the width-8 SmallResNet and clean training, they stay at 13-19% after 150 steps at any
+learning rate tried, and reach 30% after 1500 steps (48% when the classifier trains too). So ``bn-random``
+trains 20 epochs (1500 steps, 10x the fine-tuning's) at lr 1e-2, with the classifier
+(``BN_RANDOM_SETTINGS``, a named departure); its clean accuracy is stored with it like every recipe's
+(``info["clean_test_accuracy"]``), and the claims table calls the control vacuous if it stays near chance.
 Architectures: any network with BatchNorm layers (robustkit's SmallResNet by default,
 ``torchvision:resnet18``, timm's BN ResNets); a network without BatchNorm is a ``ConfigError``. The
 fine-tuning starts from ``--init`` or the cached ``standard`` network, which must be of the same
@@ -71,16 +71,18 @@ def from_standard(model: nn.Module, ctx: Context) -> dict[str, Any]:
 
 BN_PAPER = "Walter, Stutz, Schiele 2022, On Fragile Features and Batch Normalization in Adversarial Training"
 BN_SETTINGS = TrainSettings(epochs=2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4)
-# BN affine parameters alone on frozen random features: a 10x higher learning rate and 3x the epochs.
+# BN affine parameters (and the classifier) alone on frozen random features: 10x the fine-tuning's epochs.
 BN_RANDOM_SETTINGS = TrainSettings(
-    epochs=6, lr=5e-2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4
+    epochs=20, lr=1e-2, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4
 )
 BN_PUBLISHED = {"ordering": "full AT >> BN-only fine-tuning > BN-only from random weights ~ 0"}
 BN_DEPARTURES = (
     "scale: robustkit's BN SmallResNet (width 8) on 2400 built-in 32x32 images instead of a CIFAR-10 "
     "ResNet; Adam with linear warm-up/decay and an eps warm-up over the first 40% of the steps",
     f"budgets: standard 4 clean epochs, then bn-finetune 2 adversarial epochs (lr 5e-3); bn-random "
-    f"6 adversarial epochs at lr 5e-2; pgd-at {PGD_AT_EPOCHS} adversarial epochs on every parameter",
+    f"20 adversarial epochs at lr 1e-2 and trains the classifier too (BN alone on random width-8 features "
+    f"reached 30% clean in 1500 clean steps, 48% with the classifier); pgd-at {PGD_AT_EPOCHS} adversarial "
+    "epochs on every parameter",
 )
 
 
@@ -123,8 +125,9 @@ register_defense(
 register_defense(
     BNOnlyAT(
         name="bn-random",
-        description="Control: BN-only PGD-AT on frozen random weights (10x lr, 3x epochs).",
+        description="Control: BN-only PGD-AT (and the classifier) on frozen random weights, 20 epochs.",
         pretrained=False,
+        classifier=True,
         settings=BN_RANDOM_SETTINGS,
     )
 )

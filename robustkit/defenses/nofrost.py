@@ -45,7 +45,6 @@ from .nf_resnets import (
     center_input,
     nf_resnet_small,
     normalization_layers,
-    register_timm_configs,
 )
 
 
@@ -189,7 +188,6 @@ class HybridAT(AdversarialRecipe):
         return hybrid_loss(model, x, y, ctx)
 
 
-register_timm_configs()
 register_defense(
     HybridAT(
         name="nofrost",
