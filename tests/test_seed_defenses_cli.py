@@ -38,7 +38,8 @@ def _evaluate(tmp_path, defense: str, weights: str, data: str, suite: str) -> di
     argv = ["evaluate", "--defense", f"{defense}:{weights}", "--data", data, "--suite", str(recipe)]
     argv += ["--limit", "8", "--batch-size", "8", "--out", str(tmp_path / "runs"), "--name", name]
     assert main([*argv, "--quiet"]) == 0
-    summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+    (run,) = (tmp_path / "runs").glob(f"{name}-*/summary.json")  # <name>-<defense> per defense
+    summary = json.loads(run.read_text())
     assert summary["complete"] and 0 <= summary["robust_accuracy"] <= summary["clean_accuracy"] <= 1
     return summary
 
