@@ -246,7 +246,7 @@ def test_pgd_and_apgd_match_art_on_500_samples(net):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["abnn", "abnn-per-sample"])
+@pytest.mark.parametrize("name", ["abnn", "abnn-batch"])
 def test_art_pgd_on_abnn_matches_robustkits_pgd(name):
     from robustkit.defenses.loading import load_defense
 

@@ -213,3 +213,31 @@ def test_abnn_trains_on_clean_data_with_the_substitute_frozen(tmp_path):
     for k, v in fresh.substitute.model.state_dict().items():
         torch.testing.assert_close(trained[f"substitute.model.{k}"], v)
     assert (trained["abn.layer3.running_var"] - 1).abs().max() > 0  # the target's running statistics moved
+
+
+@pytest.mark.parametrize("name", ["abnn", "abnn-batch", "abnn-channel", "abnn-map"])
+def test_every_registered_variant_trains_and_loads_for_evaluation(tmp_path, name):
+    from robustkit.defenses.abnn import build_abnn
+    from robustkit.defenses.base import DEFENSES
+    from robustkit.defenses.loading import load_defense, train_defense
+    from robustkit.models.checkpoint import save_weights
+    from robustkit.training.settings import TrainSettings
+
+    recipe = DEFENSES.create(name)
+    sub_path = tmp_path / "substitute.safetensors"
+    save_weights(build_abnn(DataSpec("shapes", 10, (3, 32, 32)), TrainSettings()).substitute.model, sub_path)
+    info = train_defense(
+        name, "shapes", out_dir=tmp_path / name, epochs=1, train_size=16, batch_size=8, device="cpu",
+        progress=False, init=sub_path, test_size=8,
+    )  # fmt: skip
+    assert info["recipe"] == name and set(info["prepared"]["taps"]) == {"stem", "layer1", "layer2", "layer3"}
+    defense = load_defense(f"{name}:{tmp_path / name / 'model.safetensors'}", dataset="shapes")
+    batch = name != "abnn"  # the per-channel forms use batch statistics at test (see abnn.py)
+    assert isinstance(defense.model, ABNN) and defense.capabilities.batch_dependent == batch
+    assert defense.model.batch_dependent == batch
+    assert set(defense.sources) == {"substitute"}  # transfer in the substitute's shapes columns
+    x = torch.rand(3, 3, 32, 32)
+    assert defense.sources["substitute"](x).shape == (3, 10) and defense.model(x).shape == (3, 10)
+    literal = name == "abnn-channel"
+    assert all((layer.affine == "substitute") == literal for layer in defense.model.abn.values())
+    assert recipe.capabilities == defense.capabilities

@@ -183,8 +183,7 @@ def test_views_load_from_one_checkpoint(tmp_path):
     path = tmp_path / "abnn.safetensors"
     save_weights(model, path)
     view = load_defense(f"abnn-target-only:{path}", dataset="shapes")
-    # abnn normalises with the target's running statistics at test time: its views are batch-independent
-    assert isinstance(view.model, TargetOnly) and not view.capabilities.batch_dependent
+    assert isinstance(view.model, TargetOnly) and not view.capabilities.batch_dependent  # running statistics
     assert view.info["recipe"] == "abnn-target-only"
 
 
