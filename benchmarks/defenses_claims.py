@@ -295,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run at a tiny budget")
     parser.add_argument("--table", action="store_true", help="only re-render the table from the stored JSON")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="join the runs of partial invocations (e.g. one process per seed, each with its own --json "
+        "and --work) into --json, then re-render",
+    )
     parser.add_argument("--claims", default=None, help="comma-separated claim keys (default: all)")
     parser.add_argument(
         "--n-eval", type=int, default=None, help="test images per evaluation (default 100 / 48 clips)"
@@ -314,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     path = Path(args.json)
-    stored = load_stored(path)
-    if args.table:
+    stored = merged([load_stored(Path(p)) for p in args.merge]) if args.merge else load_stored(path)
+    if args.table or args.merge:
         if not stored["runs"]:
             parser.error(f"--table: no stored runs in {path}")
         write(stored, args)  # the derived rows follow the current rules; the stored numbers stay as they are
@@ -372,6 +380,27 @@ def main(argv: list[str] | None = None) -> int:
     write(stored, args)
     print(render(stored, args))
     return 0
+
+
+def merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stored file from the runs of partial invocations of the same protocol (scale, attacks, sizes):
+    their runs joined, their seeds and seconds summed into the protocol."""
+    same = ("scale", "quick", "n_eval", "attacks", "suites")
+    first = parts[0]["protocol"]
+    for part in parts[1:]:
+        if any(part["protocol"].get(k) != first.get(k) for k in same):
+            raise SystemExit(f"--merge: the parts were run with different protocols ({', '.join(same)})")
+    runs = {k: v for part in parts for k, v in part["runs"].items()}
+    seeds = sorted({r["seed"] for r in runs.values()})
+    seconds = sum(sum(r.get("seconds", {}).values()) for r in runs.values())
+    command = f"python benchmarks/defenses_claims.py --scale {first['scale']}" + (
+        f" --seeds {','.join(map(str, seeds))}" if seeds != [0, 1, 2] else ""
+    )
+    walls = [p["protocol"].get("wall_seconds_this_invocation") for p in parts]
+    protocol = {**first, "seeds": seeds, "seconds": seconds, "seconds_this_invocation": None,
+                "command": command, "parts": len(parts),
+                "wall_seconds_parallel": max((w for w in walls if w), default=None)}  # fmt: skip
+    return {"protocol": protocol, "runs": dict(sorted(runs.items()))}
 
 
 def protocol(

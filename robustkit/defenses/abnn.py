@@ -387,7 +387,8 @@ class ABNNRecipe(DefenseRecipe):
             load_weights(model.substitute, ctx.init)
             source = str(ctx.init)
         elif name.startswith("zoo:"):
-            trained = load_zoo_model(name[4:], device="cpu", progress=ctx.progress)
+            # trained on first use on the training device (a GPU trains the zoo substitute in seconds)
+            trained = load_zoo_model(name[4:], device=ctx.device, progress=ctx.progress)
             model.substitute.load_state_dict(trained.state_dict())
             source = name
         else:
