@@ -10,7 +10,7 @@ IMAGE=abnn-pgd-image,abnn-clean,abnn-cost,nofrost-clean,nofrost-pgd,walter-at-vs
 VIDEO=abnn-pgd-video,abnn-roa-video,abnn-clean-video
 limit=${PART_LIMIT:-0}
 for seed in ${SEEDS:-0 1 2}; do
-  for part in image video; do
+  for part in ${KINDS:-image video}; do
     keys=$IMAGE; [[ $part == video ]] && keys=$VIDEO
     name=$part-s$seed
     timeout "$limit" python3 benchmarks/defenses_claims.py --seeds "$seed" --claims "$keys" \

@@ -39,7 +39,8 @@ def center_input(net: nn.Module) -> nn.Module:
     """Put ``CenterImage`` first in a timm ``NormFreeNet``'s stem (its weights keep their names)."""
     children = [("center", CenterImage()), *net.stem.named_children()]
     net.stem = nn.Sequential(OrderedDict(children))
-    net.stem_feat_idx += 1
+    if hasattr(net, "stem_feat_idx"):  # timm >= 1.0.2x indexes the stem's feature module; older timm has none
+        net.stem_feat_idx += 1
     return net
 
 
