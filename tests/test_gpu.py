@@ -90,20 +90,23 @@ def test_fast_path_attacks_on_cuda_report_fp32_verdicts_and_leave_the_model_alon
 
 @pytest.mark.parametrize("name", ["apgd-t", "fab-t"])
 def test_targeted_stages_stacked_on_cuda_match_one_by_one(on_cuda, shapes_test, name, monkeypatch):
-    """APGD-T and FAB-T stack their target runs into one batch on CUDA; run one by one on the same
-    device they break the same samples. Against the CPU they agree within 3 of 64: cuDNN runs the
-    attack's fp32 convolutions in TF32, and FAB's projections amplify those 1e-3 differences (the
-    first H200 run: 45 vs 47 broken for FAB-T; only the final verdict is rechecked in IEEE fp32)."""
+    """APGD-T and FAB-T stack their target runs into one batch on CUDA; run one by one they break the
+    same samples. Compared in IEEE fp32 (``ieee_fp32``): by default cuDNN runs fp32 convolutions in TF32
+    and picks other algorithms for the 3x larger stacked batch, and FAB's projections amplify those 1e-3
+    differences (H200, TF32 on: FAB-T broke 45 of 64 stacked vs 47 on the CPU one by one, and stacked vs
+    one by one on the GPU also differed by more than one sample)."""
     from robustkit.attacks import lp as lp_mod
+    from robustkit.attacks.criteria import ieee_fp32
 
     x, y = shapes_test.x[:64], shapes_test.y[:64]
     attack = create_attack(name, eps=4 / 255, steps=10, n_targets=3)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(64)]  # noqa: E731
-    gpu = attack(on_cuda, x.cuda(), y.cuda(), generator=gens())
-    assert gpu.counters["forward"] < 30  # stacked: one batch for every target
-    monkeypatch.setattr(lp_mod, "stack_in_batch", lambda x: False)
-    serial = attack(on_cuda, x.cuda(), y.cuda(), generator=gens())
+    with ieee_fp32("cuda"):
+        gpu = attack(on_cuda, x.cuda(), y.cuda(), generator=gens())
+        monkeypatch.setattr(lp_mod, "stack_in_batch", lambda x: False)
+        serial = attack(on_cuda, x.cuda(), y.cuda(), generator=gens())
+    assert gpu.counters["forward"] < serial.counters["forward"]  # the stacked run: one batch for every target
     assert int((serial.success != gpu.success).sum()) <= 1
     cpu = attack(on_cuda.to("cpu"), x, y, generator=gens())
-    assert abs(int(cpu.success.sum()) - int(gpu.success.sum().cpu())) <= 3
+    assert abs(int(cpu.success.sum()) - int(gpu.success.sum().cpu())) <= 1
     assert (gpu.x_adv.cpu() - x).abs().max() <= 4 / 255 + 1e-6
