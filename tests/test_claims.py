@@ -3,6 +3,7 @@ stored runs by those rules, and the stored Markdown table shows the same verdict
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import sys
@@ -225,3 +226,20 @@ def test_script_quick_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert script.main(argv) == 0  # resumable: nothing re-run, the same numbers
     again = json.loads((tmp_path / "claims.json").read_text())
     assert again["runs"] == stored["runs"] and (tmp_path / "claims.json").stat().st_mtime_ns >= before
+
+
+def test_every_departure_is_named_in_the_table_and_the_defense_report():
+    from robustkit.defenses.base import DEFENSES
+    from robustkit.report.claims import departures, render_html_section, render_markdown
+    from robustkit.report.sections import defense
+
+    stored = json.loads(STORED.read_text())
+    named = departures(stored)
+    for recipe in ("abnn", "nofrost", "bn-at", "bn-finetune", "bn-random", "pgd-at"):
+        if recipe in named:
+            assert named[recipe] == DEFENSES.create(recipe).departures and named[recipe]
+            first = named[recipe][0]
+            assert first in render_markdown(stored) and html.escape(first) in render_html_section(stored)
+    meta = {"name": "abnn", "info": {"paper": "Lo & Patel", "prepared": {"departures": ["taps: x <b>"]}}}
+    shown = defense(type("Run", (), {"meta": {"defense": meta}})())
+    assert shown["departures"] == ["taps: x <b>"] and shown["paper"] == "Lo & Patel"

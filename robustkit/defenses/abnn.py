@@ -351,6 +351,16 @@ ABNN_PUBLISHED = {
 }
 
 
+ABNN_DEPARTURES = (
+    "taps: adaptive BN after the stem and stages 1-3, none after the last stage (the prototype also "
+    "re-colours layer4's output; there the learned map handed the substitute's penultimate features to the "
+    "classifier, and the prediction followed the substitute's image)",
+    "substitute: trained on a mixture of the built-in data (images: shapes + signs + faces, 30 classes; "
+    "video: shapes-video + still face clips, 18 classes) instead of ImageNet / Kinetics",
+    "scale: 4 epochs of the built-in 32x32 images (or 8-frame clips) with Adam instead of CIFAR-10 / UCF-101",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ABNNRecipe(DefenseRecipe):
     """ABNN: the target ``settings.arch`` with adaptive BN fed by the frozen, pre-trained ``substitute``
@@ -363,6 +373,7 @@ class ABNNRecipe(DefenseRecipe):
     substitute: str | None = None
     substitute_classes: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    departures: tuple[str, ...] = ABNN_DEPARTURES
     paper: str = ABNN_PAPER
     version: str = "2"
     published: dict[str, Any] = field(default_factory=lambda: dict(ABNN_PUBLISHED))
@@ -398,6 +409,7 @@ class ABNNRecipe(DefenseRecipe):
         model.substitute.requires_grad_(False)
         log.info("ABNN substitute weights from %s", source)
         return {
+            "departures": list(self.departures),
             "substitute": source,
             "substitute_arch": name,
             "taps": {k: v.extra_repr() for k, v in model.abn.items()},

@@ -300,6 +300,14 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def departures(stored: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Each stored recipe's named departures from its paper (the recipe's ``departures``)."""
+    from ..defenses.base import DEFENSES
+
+    names = sorted({r["recipe"] for r in stored.get("runs", {}).values()})
+    return {n: tuple(getattr(DEFENSES.create(n), "departures", ())) for n in names if n in DEFENSES}
+
+
 def render_markdown(stored: Mapping[str, Any], rows: list[dict[str, Any]] | None = None) -> str:
     """The claims note: protocol, the table (one row per claim), each verdict's reason, the rules."""
     rows = rows if rows is not None else derive(stored)
@@ -325,6 +333,10 @@ def render_markdown(stored: Mapping[str, Any], rows: list[dict[str, Any]] | None
     lines += ["", "Why each verdict:", ""]
     lines += [f"{i}. {r['key']}: {r['verdict']}: {r['reason']}." for i, r in enumerate(rows, 1)]
     lines += ["", "Rules (robustkit/report/claims.py):", ""] + [f"- {rule}" for rule in RULES]
+    named = {k: v for k, v in departures(stored).items() if v}
+    if named:
+        lines += ["", "Departures from the papers' recipes at this scale (each recipe's `departures`):", ""]
+        lines += [f"- `{k}`: " + "; ".join(v) for k, v in named.items()]
     lines += ["", "Per-seed clean accuracy of every run (%):", "", "| dataset | recipe | " +
               " | ".join(f"seed {s}" for s in p.get("seeds", [])) + " |",
               "|---|---|" + "---|" * len(p.get("seeds", []))]  # fmt: skip
@@ -372,7 +384,13 @@ def render_html_section(stored: Mapping[str, Any], rows: list[dict[str, Any]] | 
         + "\n".join(body)
         + "\n</tbody></table></div>\n<ul>"
         + "".join(f"<li>{e(rule)}</li>" for rule in RULES)
-        + "</ul>\n</section>\n"
+        + "</ul>\n"
+        + "".join(
+            f"<p><strong>{e(k)}</strong> departs from its paper: {e('; '.join(v))}</p>\n"
+            for k, v in departures(stored).items()
+            if v
+        )
+        + "</section>\n"
     )
 
 

@@ -330,8 +330,13 @@ def defense(run: Run) -> dict[str, Any] | None:
     nd = caps.get("non_differentiable") or []
     if isinstance(nd, str):
         nd = [nd]
+    info = d.get("info") if isinstance(d.get("info"), dict) else {}
+    prepared = info.get("prepared") if isinstance(info.get("prepared"), dict) else {}
+    departures = prepared.get("departures") or []
     return {
         "name": str(d.get("name", "–")),
+        "paper": str(info["paper"]) if info.get("paper") else None,
+        "departures": [str(x) for x in departures] if isinstance(departures, list | tuple) else [],
         "stochastic": caps.get("stochastic"),
         "batch_dependent": caps.get("batch_dependent"),
         "non_differentiable": [str(x) for x in nd],
