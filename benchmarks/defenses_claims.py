@@ -397,7 +397,10 @@ def merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
         f" --seeds {','.join(map(str, seeds))}" if seeds != [0, 1, 2] else ""
     )
     walls = [p["protocol"].get("wall_seconds_this_invocation") for p in parts]
-    protocol = {**first, "seeds": seeds, "seconds": seconds, "seconds_this_invocation": None,
+    where = {r["dataset"]: p["protocol"].get("device", "?") for p in parts for r in p["runs"].values()}
+    devices = sorted(set(where.values()))
+    device = devices[0] if len(devices) == 1 else ", ".join(f"{d} ({ds})" for ds, d in sorted(where.items()))
+    protocol = {**first, "seeds": seeds, "seconds": seconds, "seconds_this_invocation": None, "device": device,
                 "command": command, "parts": len(parts),
                 "wall_seconds_parallel": max((w for w in walls if w), default=None)}  # fmt: skip
     return {"protocol": protocol, "runs": dict(sorted(runs.items()))}
