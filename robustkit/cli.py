@@ -232,12 +232,16 @@ def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
         help="Nesterov momentum for sgd (default: on)",
     )
     tr.add_argument("--weight-decay", type=_non_negative_float, default=None, help="weight decay (L2)")
-    tr.add_argument(
-        "--schedule",
-        choices=TRAIN_CHOICES["schedule"],
-        default=None,
-        help="after the warm-up: linear or cosine decay to 0",
-    )
+    choice_help = {
+        "schedule": "after the warm-up: linear or cosine decay to 0",
+        "augment": "random horizontal flip, or flip and random crop with 4-pixel padding (same on every frame)",
+        "amp": "mixed precision of the training step (fp16 needs CUDA)",
+        "attack_mode": "the mode the model is in while adversarial training's inner attack runs",
+    }
+    for key in ("schedule",):
+        tr.add_argument(
+            f"--{key.replace('_', '-')}", choices=TRAIN_CHOICES[key], default=None, help=choice_help[key]
+        )
     tr.add_argument(
         "--warmup",
         type=_fraction,
@@ -248,24 +252,10 @@ def _add_train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument(
         "--drop-path", type=_fraction, default=None, help="stochastic depth rate (timm architectures)"
     )
-    tr.add_argument(
-        "--augment",
-        choices=TRAIN_CHOICES["augment"],
-        default=None,
-        help="random horizontal flip, or flip and random crop with 4-pixel padding (same on every frame)",
-    )
-    tr.add_argument(
-        "--amp",
-        choices=TRAIN_CHOICES["amp"],
-        default=None,
-        help="mixed precision of the training step (fp16 needs CUDA)",
-    )
-    tr.add_argument(
-        "--attack-mode",
-        choices=TRAIN_CHOICES["attack_mode"],
-        default=None,
-        help="the mode the model is in while adversarial training's inner attack runs",
-    )
+    for key in ("augment", "amp", "attack_mode"):
+        tr.add_argument(
+            f"--{key.replace('_', '-')}", choices=TRAIN_CHOICES[key], default=None, help=choice_help[key]
+        )
     tr.add_argument(
         "--checkpoint-every",
         type=_positive_int,
