@@ -14,7 +14,8 @@ shapes with the width-8 SmallResNet and clean training, they stay at 13-19% afte
 learning rate tried, and reach 30% after 1500 steps (48% when the classifier trains too). So ``bn-random``
 trains 20 epochs (1500 steps, 10x the fine-tuning's) at lr 1e-2, with the classifier
 (``BN_RANDOM_SETTINGS``, a named departure); its clean accuracy is stored with it like every recipe's
-(``info["clean_test_accuracy"]``), and the claims table calls the control vacuous if it stays near chance.
+(``info["clean_test_accuracy"]``), and the claims table calls the control vacuous if it stays near chance:
+under PGD-AT it still does (10.0% clean on seeds 0-2 after 20 epochs; ``reports/examples/claims.md``).
 Architectures: any network with BatchNorm layers (robustkit's SmallResNet by default,
 ``torchvision:resnet18``, timm's BN ResNets); a network without BatchNorm is a ``ConfigError``. The
 fine-tuning starts from ``--init`` or the cached ``standard`` network, which must be of the same
