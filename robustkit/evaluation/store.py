@@ -223,11 +223,11 @@ class Store:
                     self.db.rollback()
                 raise
 
-    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _rows(self, sql: str, args: tuple | dict = ()) -> list[tuple]:
         with self.guard():
             return self.db.execute(sql, args).fetchall()
 
-    def _records(self, make: Callable[[tuple], R], sql: str, args: tuple = ()) -> list[R]:
+    def _records(self, make: Callable[[tuple], R], sql: str, args: tuple | dict = ()) -> list[R]:
         with self.guard():
             cur = self.db.cursor()
             cur.row_factory = _factory(make)
@@ -343,10 +343,15 @@ class Store:
         return self._records(
             ArtifactRecord.from_row,
             "SELECT a.first_idx, a.key, a.part, a.kind, a.data FROM artifacts a "
-            "WHERE a.attack_id = ?1 AND (?2 IS NULL OR a.key = ?2) AND (a.kind != 'tensor' OR ?3 IS NULL OR "
-            "(SELECT COUNT(DISTINCT b.first_idx) FROM artifacts b WHERE b.attack_id = a.attack_id "
-            "AND b.key = a.key AND b.first_idx < a.first_idx) < ?3) ORDER BY a.first_idx, a.key, a.part",
-            (attack_id, key, tensor_batches),
+            "WHERE a.attack_id = :attack AND (:key IS NULL OR a.key = :key) AND (a.kind != 'tensor' OR "
+            ":batches IS NULL OR (SELECT COUNT(DISTINCT b.first_idx) FROM artifacts b WHERE b.attack_id = "
+            "a.attack_id AND b.key = a.key AND b.first_idx < a.first_idx) < :batches) "
+            "ORDER BY a.first_idx, a.key, a.part",
+            {
+                "attack": attack_id,
+                "key": key,
+                "batches": tensor_batches,
+            },  # named: Python 3.14 refuses ?N + tuple
         )
 
     def json_artifacts(self, attack_id: int, key: str) -> list[Any]:
