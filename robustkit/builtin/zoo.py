@@ -100,7 +100,6 @@ def load_zoo_model(name: str, device: torch.device | str = "cpu", progress: bool
             log.warning("cached weights %s fail their checksum; retraining", path)
         log.info("training zoo model '%s' on first use (cached in %s)", name, path.parent)
         figures = entry.train(model, torch.device(device), progress)
-        model.zero_grad(set_to_none=True)  # the same model as one loaded from the cache: no gradients left
         digest = save_weights(model, path, metadata={"zoo": name})
         meta = {"name": name, "sha256": digest, "figures": figures,
                 "entry": asdict(entry) | {"build": None, "train": None}}  # fmt: skip

@@ -101,10 +101,11 @@ def average_gradients(params: list[nn.Parameter], loss: torch.Tensor) -> float:
     flat = torch.cat([*parts, flags, loss.detach().float().reshape(1).to(parts[0])])
     dist.all_reduce(flat)
     flat /= size
+    have = flat[-1 - len(params) : -1].tolist()  # one device-to-host copy, not one per parameter
     offset = 0
-    for i, p in enumerate(params):
+    for p, has in zip(params, have, strict=True):
         n = p.numel()
-        if flat[-1 - len(params) + i] > 0:
+        if has > 0:
             p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
     return float(flat[-1])
@@ -119,23 +120,11 @@ def all_mean(value: float, device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------- BatchNorm over the global batch
-class _SumOverProcesses(torch.autograd.Function):
-    """The sum of a tensor over the processes; its gradient is the sum of the processes' gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _SumOverProcesses.apply(grad)
-
-
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    """Differentiable sum over the processes."""
-    return _SumOverProcesses.apply(tensor)
+    """Differentiable sum over the processes (its gradient is the sum of the processes' gradients)."""
+    from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+    return differentiable_all_reduce(tensor)
 
 
 def _global_batch_norm(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:

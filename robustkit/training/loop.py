@@ -238,6 +238,7 @@ def fit(
     finally:
         bar.close()
         meter.close()
+    model.zero_grad(set_to_none=True)  # a trained model holds no gradients, as one loaded from its file
     model.eval()
     return state
 
