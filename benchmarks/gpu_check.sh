@@ -13,7 +13,7 @@ else
 fi
 export PYTHONUNBUFFERED=1 ROBUSTKIT_CACHE=${ROBUSTKIT_CACHE:-/tmp/robustkit-cache}
 { nvidia-smi; python3 -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.cuda.get_device_name(0))'; } >"$OUT/environment.txt" 2>&1
-STEPS=${STEPS:-tests bench}  # a subset, e.g. STEPS=tests; EXTRA='python3 benchmarks/x.py ...' runs last
+STEPS=${STEPS-tests bench}  # a subset, e.g. STEPS=tests; EXTRA='python3 benchmarks/x.py ...' runs last
 if [[ " $STEPS " == *" tests "* ]]; then
 start=$(date +%s)
 timeout "${TEST_LIMIT:-240}" python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/test_gpu.log"
