@@ -203,6 +203,17 @@ class ABNN(nn.Module):
                 for tap in self.taps
             }
         )
+        self._views: tuple[Stages, Stages] | None = (t, s)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> ABNN:
+        self._views = None  # the views hold the Normalized wrappers' buffers, which a move replaces
+        return super()._apply(fn, *args, **kwargs)
+
+    def _stages(self) -> tuple[Stages, Stages]:
+        """(target, substitute) stage views, found once (not in every forward pass of an attack)."""
+        if self._views is None:
+            self._views = (stages(self.target), stages(self.substitute))
+        return self._views
 
     def train(self, mode: bool = True) -> ABNN:
         super().train(mode)
@@ -218,10 +229,10 @@ class ABNN(nn.Module):
         return self.stats == "batch"
 
     def target_stages(self) -> Stages:
-        return stages(self.target)
+        return self._stages()[0]
 
     def substitute_stages(self) -> Stages:
-        return stages(self.substitute)
+        return self._stages()[1]
 
     def substitute_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The substitute's features at the taps, on [0, 1] input (its later stages are not run)."""
@@ -240,7 +251,7 @@ class ABNN(nn.Module):
         feats = self.substitute_features(x if substitute_input is None else substitute_input)
         if detach_substitute:
             feats = {k: v.detach() for k, v in feats.items()}
-        t, s = self.target_stages(), self.substitute_stages()
+        t, s = self._stages()
         z = t.run_stem(t.normalize(x))
         for name, stage in zip(TAPS, (None, *t.stages), strict=True):
             if stage is not None:
