@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from robustkit.builtin.shapes import shapes
+from robustkit.defenses.adversarial import adversarial_batch
 from robustkit.defenses.base import DEFENSES, DefenseRecipe, register_defense
 from robustkit.defenses.baselines import madry_loss
 from robustkit.defenses.loading import load_defense, train_defense
@@ -163,3 +164,21 @@ def defense_spec(defense):
     from robustkit.training.data import DataSpec
 
     return DataSpec.from_dict(defense.info["spec"])
+
+
+def test_clean_phase_then_eps_ramp():
+    """``clean_phase``: clean batches (the attack skipped) for that share of the steps, then the eps ramp."""
+    s = TrainSettings(eps=8 / 255, step_size=2 / 255, clean_phase=0.5, eps_warmup=0.25)
+    budget = {
+        f: StepContext(s, torch.Generator(), fraction=f).budget() for f in (0.25, 0.5, 0.625, 0.75, 1.0)
+    }
+    assert budget[0.25] == budget[0.5] == (0.0, 0.0)
+    assert budget[0.625] == pytest.approx((4 / 255, 1 / 255))
+    assert budget[0.75] == budget[1.0] == pytest.approx((8 / 255, 2 / 255))
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    during = StepContext(s, torch.Generator().manual_seed(0), fraction=0.4)
+    assert adversarial_batch(tiny(), x, y, during) is x  # no attack, no random start drawn
+    after = adversarial_batch(tiny(), x, y, StepContext(s, torch.Generator().manual_seed(0), fraction=0.9))
+    assert 0 < (after - x).abs().max() <= 8 / 255 + 1e-6
+    with pytest.raises(ConfigError, match="clean_phase"):
+        TrainSettings(clean_phase=0.8, eps_warmup=0.4)

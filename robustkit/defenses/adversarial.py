@@ -60,9 +60,11 @@ def pgd_examples(
 
 def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     """The inner attack of a training step as the settings describe it: PGD with ``ctx.budget()`` (eps and
-    step size, ramped during ``eps_warmup``), ``settings.steps`` steps, the model in
-    ``settings.attack_mode``."""
+    step size: zero during ``clean_phase``, where the clean batch is returned, then ramped during
+    ``eps_warmup``), ``settings.steps`` steps, the model in ``settings.attack_mode``."""
     eps, step_size = ctx.budget()
+    if eps == 0:
+        return x
     s = ctx.settings
     return pgd_examples(
         model, x, y, eps=eps, steps=s.steps, step_size=step_size, generator=ctx.generator, mode=s.attack_mode

@@ -71,13 +71,14 @@ register_defense(
         name="pgd-at",
         description="Madry PGD adversarial training: CE on L-inf PGD-10 examples (eps 8/255, step 2/255, random start).",
         settings=TrainSettings(
-            epochs=PGD_AT_EPOCHS, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.4
+            epochs=PGD_AT_EPOCHS, eps=8 / 255, steps=10, step_size=2 / 255, eps_warmup=0.6
         ),
         paper=MADRY_PAPER,
         departures=(
             f"scale: {PGD_AT_EPOCHS} epochs of 2400 built-in 32x32 images, Adam (lr 5e-3, linear warm-up and "
             "decay) instead of SGD for ~100 CIFAR-10 epochs",
-            "eps warm-up: the training eps ramps from 0 to 8/255 over the first 40% of the steps",
+            "eps warm-up: the training eps ramps from 0 to 8/255 over the first 60% of the steps (over 40%, "
+            "seed 1 of 3 stayed at chance on shapes: 12% clean; over 60%, 99% on seeds 0-2)",
             "network: robustkit's BN SmallResNet (width 8) unless --arch",
         ),
         published={

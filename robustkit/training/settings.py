@@ -62,6 +62,9 @@ class TrainSettings:
     steps: int = 10
     step_size: float = 2 / 255
     eps_warmup: float = 0.0  # fraction of steps over which the training eps ramps linearly from 0 to eps
+    # fraction of steps trained on clean examples before the eps ramp begins (a curriculum for networks
+    # that adversarial training from the first step leaves at chance, e.g. BN-only on random features)
+    clean_phase: float = 0.0
     width: int = 8
     # The architecture (``backbones.build_backbone``): None is the recipe's own (robustkit's SmallResNet
     # family); else "small-resnet", "torchvision:resnet18", "timm:nf_resnet26", "video:r3d_18", or
@@ -78,8 +81,12 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not 0 <= self.eps_warmup <= 1 or not 0 <= self.warmup <= 1:
-            raise ConfigError("warmup and eps_warmup are fractions of the training steps, in [0, 1]")
+        if not all(0 <= f <= 1 for f in (self.eps_warmup, self.warmup, self.clean_phase)):
+            raise ConfigError(
+                "warmup, eps_warmup and clean_phase are fractions of the training steps, in [0, 1]"
+            )
+        if self.clean_phase + self.eps_warmup > 1:
+            raise ConfigError("clean_phase + eps_warmup must not exceed 1 (the whole training)")
         for value, allowed, what in (
             (self.schedule, SCHEDULES, "schedule"),
             (self.augment, AUGMENTS, "augment"),
@@ -130,7 +137,11 @@ class StepContext:
     fraction: float = 1.0  # share of training steps done, counting the current one
 
     def budget(self) -> tuple[float, float]:
-        """(eps, step size) of the inner attack now: full size, or ramped during ``eps_warmup``."""
+        """(eps, step size) of the inner attack now: zero during ``clean_phase``, then ramped during
+        ``eps_warmup``, then full size."""
         s = self.settings
-        scale = min(1.0, self.fraction / s.eps_warmup) if s.eps_warmup > 0 else 1.0
+        into = self.fraction - s.clean_phase
+        if into <= 0:
+            return 0.0, 0.0
+        scale = min(1.0, into / s.eps_warmup) if s.eps_warmup > 0 else 1.0
         return s.eps * scale, s.step_size * scale
