@@ -101,9 +101,11 @@ def check_compile(value: Any) -> bool | str:
     if isinstance(value, bool) or value in (None, "inductor"):
         return bool(value) if not isinstance(value, str) else value
     schema.string(value, "--compile")
-    import torch._dynamo
+    from torch._dynamo import list_backends
 
-    return schema.choice(value, "--compile", torch._dynamo.list_backends(exclude_tags=()))
+    if value not in list_backends(exclude_tags=()):
+        raise schema.fail("--compile", f"a torch.compile backend ({', '.join(list_backends())})", value)
+    return value
 
 
 def _label(spec: Any) -> str | None:
