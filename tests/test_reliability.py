@@ -426,6 +426,42 @@ def test_two_processes_training_the_same_zoo_model_train_it_once(tmp_path):
     assert not list((tmp_path / "zoo").glob("*.tmp"))
 
 
+def _defense_worker(cache: str, barrier, results) -> None:
+    """One process asking for a defense that is not cached yet (spawned: nothing shared but the disk)."""
+    os.environ["ROBUSTKIT_CACHE"] = cache
+    torch.set_num_threads(1)
+    from robustkit.defenses import loading
+
+    real = loading.train_defense
+
+    def tiny(name, dataset, **kw):  # the recipe trained for real, at test scale, and counted
+        Path(cache, f"trained-by-{os.getpid()}").touch()
+        time.sleep(1.5)  # long enough for the other process to arrive while this one trains
+        return real(name, dataset, epochs=1, train_size=32, batch_size=16, width=4, test_size=16, **kw)
+
+    loading.train_defense = tiny
+    barrier.wait()
+    model, info = loading.cached_model("standard", "shapes", torch.device("cpu"), False)
+    results.put((info["sha256"], float(next(model.parameters()).flatten()[0])))
+
+
+def test_two_processes_training_the_same_defense_train_it_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_defense_worker, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert len(list(tmp_path.glob("trained-by-*"))) == 1  # the second waited for the lock, then loaded
+    assert got[0] == got[1]  # both hold the one trained model
+    assert not [p for p in (tmp_path / "defenses").rglob("*") if ".tmp" in p.name]
+
+
 def test_the_catalogue_names_tests_that_exist():
     import re
 
