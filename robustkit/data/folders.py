@@ -217,9 +217,6 @@ def load_gtsrb(
         raise InputError(f"GTSRB split must be 'train' or 'test', got {split!r}")
     if not entries:
         raise InputError(f"GTSRB {split} split under {base} lists no images")
-    bad = [e[1] for e in entries if not 0 <= e[1] < len(GTSRB_CLASSES)]
-    if bad:
-        raise InputError(f"GTSRB ClassId {bad[0]} is outside [0, {len(GTSRB_CLASSES)})")
     files, targets, boxes = zip(*entries, strict=True)
 
     def load(i: int) -> torch.Tensor:
@@ -236,6 +233,9 @@ def _entries(gt: Path, folder: Path) -> list[tuple[Path, int, tuple[int, int, in
         entries = [(folder / r["Filename"], int(r["ClassId"]), _roi(r)) for r in rows]
     except (TypeError, ValueError) as exc:
         raise InputError(f"{gt}: a row holds a non-integer ClassId or Roi value ({exc})") from exc
+    bad = [e[1] for e in entries if not 0 <= e[1] < len(GTSRB_CLASSES)]
+    if bad:
+        raise InputError(f"{gt}: GTSRB ClassId {bad[0]} is outside [0, {len(GTSRB_CLASSES)})")
     missing = [str(e[0]) for e in entries if not e[0].is_file()]
     if missing:
         raise InputError(

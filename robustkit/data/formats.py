@@ -48,8 +48,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"CIFAR-10 batch {path} is missing (expected the cifar-10-batches-py layout)")
     try:
         obj = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except UnsafeCheckpointError:
-        raise
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"CIFAR-10 batch {path}: {exc}") from exc
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise InputError(f"CIFAR-10 batch {path} is corrupt: {exc}") from exc
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:

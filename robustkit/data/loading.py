@@ -202,7 +202,7 @@ def load_dataset(
         return BUILTIN.create(spec, split=split, seed=seed, **({"n": n} if n is not None else {}))
     manifest, path = read_manifest(str(spec))
     root_dir = Path(root or manifest.get("root") or "").expanduser()
-    if not str(root) and not manifest.get("root"):
+    if not root and not manifest.get("root"):
         raise ConfigError(f"{path}: no 'root' in the manifest; pass --data-root DIR")
     if not root_dir.exists():
         raise InputError(

@@ -208,7 +208,7 @@ class RunConfig:
         if not isinstance(self.suite, Suite):
             put(self, "suite", load_suite(self.suite))
         if self.eps is not None:
-            put(self, "eps", parse_eps(self.eps))
+            put(self, "eps", parse_eps(self.eps, "--eps"))
             put(self, "suite", with_eps(self.suite, self.eps))
         if _is_tensors(self.data):
             put(self, "data", tensor_dataset(*self.data, num_classes=self.num_classes))
