@@ -165,3 +165,20 @@ def test_image_size_limit_is_configurable_and_names_the_file(tmp_path):
     from PIL import Image as PILImage
 
     assert PILImage.MAX_IMAGE_PIXELS == 89_478_485  # PIL's own guard is restored for everyone else
+
+
+def test_datasets_readme_shows_a_valid_manifest_for_every_format(tmp_path):
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from robustkit.data.loading import FORMATS, check_manifest
+
+    text = (Path(__file__).resolve().parents[1] / "datasets" / "README.md").read_text()
+    shown = set()
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        manifest = check_manifest(yaml.safe_load(block), "README")  # each example passes the checks
+        shown.add(manifest["format"])
+    assert shown | {"hmdb51"} == set(FORMATS.names())  # hmdb51 is described as ucf101's twin
+    assert "hmdb51" in text and "--data ./myfolder" in text
