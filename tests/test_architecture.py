@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / "robustkit"
 # two different top-level packages or modules in one layer may not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("registry", "validate", "device", "files", "version"),
+    ("registry", "validate", "schema", "device", "files", "version"),
     ("functional",),
     ("threat",),
     ("eot",),

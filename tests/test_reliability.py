@@ -389,6 +389,174 @@ def test_full_disk_while_committing_results_then_resume(tmp_path, capsys, monkey
     assert _outcomes(tmp_path / "r") == _outcomes(finished)
 
 
+# ----------------------------------------------------------------------------- more faults
+def test_resume_with_other_threads_and_quiet_is_identical(finished, tmp_path):
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    db = sqlite3.connect(run / "results.sqlite")
+    db.execute("DELETE FROM outcomes WHERE idx >= 4")  # killed half-way through the attack
+    db.commit()
+    db.close()
+    (run / "summary.json").unlink()
+    args = [a for a in args if a != "--quiet"]  # progress on, one thread: neither is part of the identity
+    before = torch.get_num_threads()
+    try:
+        assert main([*args, "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert _outcomes(run) == _outcomes(finished)
+    assert json.loads((run / "summary.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("option,value,differs", [("--limit", "6", "limit"), ("--seed", "1", "seed"),
+                                                  ("--eps", "4/255", "suite")])  # fmt: skip
+def test_resume_with_an_option_that_changes_results_is_refused(finished, tmp_path, capsys, option, value,
+                                                               differs):  # fmt: skip
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    before = _outcomes(run)
+    code = main([*args, option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and f"differs in: {differs}" in err and "--overwrite" in err, err
+    assert _outcomes(run) == before  # nothing touched
+
+
+def test_recipe_edited_between_a_kill_and_the_rerun_is_refused(finished, tmp_path, capsys):
+    import yaml
+
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    edited = tmp_path / "f.yaml"  # the same file name, another step: the config swapped under the run
+    edited.write_text(yaml.safe_dump({**FGSM, "attacks": [{"attack": "fgsm", "eps": "3/255"}]}))
+    args[args.index("--suite") + 1] = str(edited)
+    (run / "summary.json").unlink()
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "differs in: suite" in err, err
+    assert _outcomes(run) == _outcomes(finished)
+
+
+def test_config_yaml_deleted_from_a_run_is_refused_untouched(finished, tmp_path, capsys):
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    (run / "config.yaml").unlink()
+    names = sorted(p.name for p in run.iterdir())
+    code = main(args)
+    assert code == 2 and "is not a robustkit run" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == names  # the store is not thrown away
+    assert main([*args, "--overwrite"]) == 0 and _outcomes(run) == _outcomes(finished)
+
+
+def test_store_deleted_from_a_run_starts_over_identically(finished, tmp_path):
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    for p in run.glob("results.sqlite*"):
+        p.unlink()
+    assert main(args) == 0
+    assert _outcomes(run) == _outcomes(finished)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_summary_deleted_or_truncated_is_rewritten(finished, tmp_path, damage):
+    from robustkit.cli import main
+
+    run, args = _again(finished, tmp_path)
+    summary = run / "summary.json"
+    if damage == "deleted":
+        summary.unlink()
+    else:
+        summary.write_text(summary.read_text()[:40])
+    assert main(args) == 0
+    assert _summary(run) == _summary(finished) and _outcomes(run) == _outcomes(finished)
+
+
+def test_killed_while_writing_the_report_then_rerun(finished, tmp_path, capsys, monkeypatch):
+    from robustkit.cli import main
+    from robustkit.report import render
+
+    run, args = _again(finished, tmp_path)
+    args = [*args, "--name", "rep"]
+    shutil.copytree(run, tmp_path / "rep")
+    run = tmp_path / "rep"
+
+    def killed(path, text):  # the temporary file half-written, then the process is gone
+        Path(path).with_name(f".{Path(path).name}.x1.tmp").write_text(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render, "atomic_write", killed)
+    assert main(args) == 130 and "run the same command again" in capsys.readouterr().err
+    assert not (run / "report.html").exists()  # never a half report under the real name
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert (run / "report.html").read_text().rstrip().endswith("</html>")
+    assert _outcomes(run) == _outcomes(finished)
+
+
+def test_concurrent_runs_into_the_same_directory(finished, tmp_path):
+    _, args = _again(finished, tmp_path)
+    args[args.index("--name") + 1] = "two"
+    cmd = [sys.executable, "-m", "robustkit", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    ends = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for code, err in ends:  # each finished the run, or was refused with a clear message
+        assert code == 0 or (code == 2 and "another process" in err), err
+        assert "Traceback" not in err and "internal error" not in err, err
+    assert any(code == 0 for code, _ in ends)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _outcomes(tmp_path / "two") == _outcomes(finished)
+
+
+def _fake_zoo(cache: Path, name: str):
+    from torch import nn
+
+    from robustkit.builtin.zoo import ZOO, ZooEntry, register_zoo, zoo_path
+
+    def train(model, device, progress):
+        (cache / f"trained-{name}").write_text(str(int((cache / f"trained-{name}").exists()) + 1))
+        with torch.no_grad():
+            model.weight.fill_(0.5)
+        return {}
+
+    if name not in ZOO._items:
+        register_zoo(ZooEntry(name=name, dataset="none", build=lambda: nn.Linear(3, 2), train=train))
+    return zoo_path(name)
+
+
+def test_a_stale_lock_file_does_not_block(tmp_path, monkeypatch):
+    from robustkit.builtin.zoo import load_zoo_model
+
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path))
+    path = _fake_zoo(tmp_path, "stale-lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".lock").write_text("12345")  # left by a process that was killed holding the lock
+    started = time.monotonic()
+    assert load_zoo_model("stale-lock", progress=False).weight[0, 0].item() == 0.5
+    assert time.monotonic() - started < 30  # a lock dies with its process: nothing waits for it
+
+
+def test_corrupt_or_half_written_zoo_cache_is_retrained(tmp_path, monkeypatch, caplog):
+    from robustkit.builtin.zoo import load_zoo_model
+
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path))
+    path = _fake_zoo(tmp_path, "corrupt-cache")
+    load_zoo_model("corrupt-cache", progress=False)
+    path.write_bytes(path.read_bytes()[:20])  # damaged on disk: fails its checksum
+    (path.parent / f".{path.name}.k1.tmp").write_bytes(b"half")  # and a killed write's temporary file
+    assert load_zoo_model("corrupt-cache", progress=False).weight[0, 0].item() == 0.5
+    assert (tmp_path / "trained-corrupt-cache").read_text() == "2"  # retrained once, with a warning
+    assert any("fail their checksum" in r.getMessage() for r in caplog.records)
+    assert load_zoo_model("corrupt-cache", progress=False).weight[0, 0].item() == 0.5
+    assert (tmp_path / "trained-corrupt-cache").read_text() == "2"  # now verified: not trained again
+
+
 def _zoo_worker(cache: str, barrier, results) -> None:
     """One process asking for a zoo model that is not cached yet (spawned: nothing shared but the disk)."""
     os.environ["ROBUSTKIT_CACHE"] = cache
@@ -424,6 +592,42 @@ def test_two_processes_training_the_same_zoo_model_train_it_once(tmp_path):
     assert len(trained) == 1  # the second process waited for the lock, then loaded the first one's weights
     assert got == [float(trained[0].name.rsplit("-", 1)[1])] * 2
     assert not list((tmp_path / "zoo").glob("*.tmp"))
+
+
+def _defense_worker(cache: str, barrier, results) -> None:
+    """One process asking for a defense that is not cached yet (spawned: nothing shared but the disk)."""
+    os.environ["ROBUSTKIT_CACHE"] = cache
+    torch.set_num_threads(1)
+    from robustkit.defenses import loading
+
+    real = loading.train_defense
+
+    def tiny(name, dataset, **kw):  # the recipe trained for real, at test scale, and counted
+        Path(cache, f"trained-by-{os.getpid()}").touch()
+        time.sleep(1.5)  # long enough for the other process to arrive while this one trains
+        return real(name, dataset, epochs=1, train_size=32, batch_size=16, width=4, test_size=16, **kw)
+
+    loading.train_defense = tiny
+    barrier.wait()
+    model, info = loading.cached_model("standard", "shapes", torch.device("cpu"), False)
+    results.put((info["sha256"], float(next(model.parameters()).flatten()[0])))
+
+
+def test_two_processes_training_the_same_defense_train_it_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_defense_worker, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert len(list(tmp_path.glob("trained-by-*"))) == 1  # the second waited for the lock, then loaded
+    assert got[0] == got[1]  # both hold the one trained model
+    assert not [p for p in (tmp_path / "defenses").rglob("*") if ".tmp" in p.name]
 
 
 def test_the_catalogue_names_tests_that_exist():

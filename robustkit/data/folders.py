@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from .loading import register_format
+from .loading import open_image, register_format
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -47,14 +47,17 @@ GTSRB_CLASSES = [
 
 
 def read_image(
-    path: str | os.PathLike, box: tuple[int, int, int, int] | None = None, size: int | None = None
+    path: str | os.PathLike,
+    box: tuple[int, int, int, int] | None = None,
+    size: int | None = None,
+    max_pixels: int | None = None,
 ) -> torch.Tensor:
     """Decode an image file to (3, H, W) float in [0, 1]; optional crop box (left, top, right, bottom) and
-    square resize (bilinear, antialiased)."""
+    square resize (bilinear, antialiased). An image of more than ``max_pixels`` pixels is refused."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with open_image(path, max_pixels) as im:
             img = im.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
@@ -67,11 +70,12 @@ def read_image(
     return data.permute(2, 0, 1).float() / 255
 
 
-def center_square(path: str | os.PathLike) -> tuple[int, int, int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
+def center_square(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int, int, int]:
+    try:
+        with open_image(path, max_pixels) as im:
+            w, h = im.size
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
     s = min(w, h)
     return ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
 
@@ -115,6 +119,7 @@ def load_face_folder(
     cascade_dir: str | os.PathLike | None = None,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     min_images: int = 1,
+    max_pixels: int | None = None,
 ) -> FileDataset:
     """Face photos in ``root/<identity>/``; classes are the sorted folder names.
 
@@ -147,12 +152,12 @@ def load_face_folder(
         if align:
             from .facedetect import align_face, detect_eyes
 
-            full = read_image(path)
+            full = read_image(path, max_pixels=max_pixels)
             eyes = detect_eyes(full, cascade_dir=cascade_dir)
             aligned[i] = eyes is not None
             if eyes is not None:
                 return align_face(full, eyes, size)
-        return read_image(path, center_square(path), size)
+        return read_image(path, center_square(path, max_pixels), size, max_pixels)
 
     return FileDataset(
         "faces-folder", files, targets, classes, load, root=str(base), size=size, aligned=aligned
@@ -169,12 +174,19 @@ def _read_gt(csv_path: Path) -> list[dict[str, str]]:
 
 
 def load_gtsrb(
-    root: str | os.PathLike, split: str = "train", size: int | None = 32, *, crop_roi: bool = True
+    root: str | os.PathLike,
+    split: str = "train",
+    size: int | None = 32,
+    *,
+    crop_roi: bool = True,
+    max_pixels: int | None = None,
 ) -> FileDataset:
     """GTSRB (German Traffic Sign Recognition Benchmark) in its on-disk layout, 43 classes.
 
     ``split`` is ``train`` (Final_Training) or ``test`` (Final_Test with GT-final_test.csv). With
-    ``crop_roi`` each image is cropped to its annotated sign box before resizing to ``size``.
+    ``crop_roi`` each image is cropped to its annotated sign box before resizing to ``size``. Every file
+    the CSV files list must exist (checked before anything is read: a missing one is an InputError naming
+    it and its CSV file).
     """
     base = Path(root)
     entries: list[tuple[Path, int, tuple[int, int, int, int]]] = []
@@ -186,7 +198,7 @@ def load_gtsrb(
             gt = folder / f"GT-{folder.name}.csv"
             if not gt.is_file():
                 raise InputError(f"GTSRB annotation file {gt} is missing")
-            entries += [(folder / r["Filename"], int(r["ClassId"]), _roi(r)) for r in _read_gt(gt)]
+            entries += _entries(gt, folder)
     elif split == "test":
         images = base / "Final_Test" / "Images"
         candidates = [
@@ -200,20 +212,37 @@ def load_gtsrb(
                 f"GTSRB test set not found: expected {images}/*.ppm and GT-final_test.csv in one of "
                 + ", ".join(str(c.parent) for c in candidates)
             )
-        entries = [(images / r["Filename"], int(r["ClassId"]), _roi(r)) for r in _read_gt(gt)]
+        entries = _entries(gt, images)
     else:
         raise InputError(f"GTSRB split must be 'train' or 'test', got {split!r}")
     if not entries:
         raise InputError(f"GTSRB {split} split under {base} lists no images")
-    bad = [e[1] for e in entries if not 0 <= e[1] < len(GTSRB_CLASSES)]
-    if bad:
-        raise InputError(f"GTSRB ClassId {bad[0]} is outside [0, {len(GTSRB_CLASSES)})")
     files, targets, boxes = zip(*entries, strict=True)
 
     def load(i: int) -> torch.Tensor:
-        return read_image(files[i], boxes[i] if crop_roi else None, size)
+        return read_image(files[i], boxes[i] if crop_roi else None, size, max_pixels)
 
     return FileDataset("gtsrb", files, targets, GTSRB_CLASSES, load, root=str(base), split=split, size=size)
+
+
+def _entries(gt: Path, folder: Path) -> list[tuple[Path, int, tuple[int, int, int, int]]]:
+    """The (file, class, box) rows of GTSRB annotation file ``gt``; a listed file that is missing, or a
+    row that is not a number where one belongs, is an InputError naming ``gt``."""
+    rows = _read_gt(gt)
+    try:
+        entries = [(folder / r["Filename"], int(r["ClassId"]), _roi(r)) for r in rows]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{gt}: a row holds a non-integer ClassId or Roi value ({exc})") from exc
+    bad = [e[1] for e in entries if not 0 <= e[1] < len(GTSRB_CLASSES)]
+    if bad:
+        raise InputError(f"{gt}: GTSRB ClassId {bad[0]} is outside [0, {len(GTSRB_CLASSES)})")
+    missing = [str(e[0]) for e in entries if not e[0].is_file()]
+    if missing:
+        raise InputError(
+            f"{gt} lists {len(missing)} image file(s) that do not exist (first: {missing[0]}); restore them "
+            "or remove their rows"
+        )
+    return entries
 
 
 def _roi(row: dict[str, str]) -> tuple[int, int, int, int]:
@@ -242,7 +271,7 @@ def face_folder_format(manifest: dict, split: str, root: Path) -> FileDataset:
     test: test}``); without it the whole folder is the ``test`` split and there is no ``train`` split
     (universal attacks then fit on the evaluation images, with a warning from the runner).
     """
-    pre = _preprocessing(manifest, ("size", "align", "cascade_dir", "min_images"))
+    pre = _preprocessing(manifest, ("size", "align", "cascade_dir", "min_images", "max_pixels"))
     splits = manifest.get("splits") or {}
     if splits:
         if split not in splits:
@@ -260,6 +289,7 @@ def face_folder_format(manifest: dict, split: str, root: Path) -> FileDataset:
         align=bool(pre.get("align", False)),
         cascade_dir=pre.get("cascade_dir"),
         min_images=int(pre.get("min_images", 1)),
+        max_pixels=pre.get("max_pixels"),
     )
     if manifest.get("classes"):
         if len(manifest["classes"]) != len(ds.classes):
@@ -274,8 +304,7 @@ def face_folder_format(manifest: dict, split: str, root: Path) -> FileDataset:
 @register_format("gtsrb")
 def gtsrb_format(manifest: dict, split: str, root: Path) -> FileDataset:
     """Manifest entry point (``format: gtsrb``): the official layout, ``train`` or ``test`` split."""
-    pre = _preprocessing(manifest, ("size", "crop_roi"))
+    pre = _preprocessing(manifest, ("size", "crop_roi", "max_pixels"))
     size = pre.get("size", 32)
-    return load_gtsrb(
-        root, split, None if size is None else int(size), crop_roi=bool(pre.get("crop_roi", True))
-    )
+    return load_gtsrb(root, split, None if size is None else int(size), crop_roi=bool(pre.get("crop_roi", True)),
+                      max_pixels=pre.get("max_pixels"))  # fmt: skip

@@ -1,4 +1,5 @@
-"""Loaders for real datasets on disk: CIFAR-10 (python pickle layout) and ImageFolder trees (ImageNet layout)."""
+"""Loaders for real datasets on disk: CIFAR-10 (python pickle layout), ImageFolder trees (ImageNet layout),
+folders of videos per class, and a plain folder of class sub-folders (``--data ./myfolder``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..errors import InputError, UnsafeCheckpointError
-from .loading import register_format
+from ..errors import ConfigError, InputError, UnsafeCheckpointError
+from .loading import open_image, register_format
 from .synthetic import SyntheticDataset
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"CIFAR-10 batch {path} is missing (expected the cifar-10-batches-py layout)")
     try:
         obj = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except UnsafeCheckpointError:
-        raise
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"CIFAR-10 batch {path}: {exc}") from exc
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise InputError(f"CIFAR-10 batch {path} is corrupt: {exc}") from exc
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
@@ -83,19 +84,23 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".ti
 
 
 class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>``: classes sorted by folder name, images resized and centre-cropped.
+    """``root/<class>/<image>``: classes sorted by folder name, images resized (shorter side to ``resize``)
+    and centre-cropped to ``size`` x ``size``. Without ``size``, the images keep their own size: the first
+    image's shorter side (a folder of 32x32 images stays 32x32, nothing is upsampled).
 
-    Corrupt files are skipped (counted in ``skipped``) when ``on_corrupt='skip'``, refused otherwise.
+    Corrupt files are skipped (counted in ``skipped``) when ``on_corrupt='skip'``, refused otherwise. An
+    image of more than ``max_pixels`` pixels is refused in either case, naming the file and the limit.
     """
 
     def __init__(
         self,
         root: Path,
         *,
-        size: int,
+        size: int | None = None,
         resize: int | None = None,
         on_corrupt: str = "skip",
         name: str = "imagefolder",
+        max_pixels: int | None = None,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -115,33 +120,42 @@ class ImageFolderDataset(Dataset):
             raise InputError(
                 f"image folder {self.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        self.size, self.resize, self.on_corrupt, self.name = size, resize or size, on_corrupt, name
+        self.resize, self.on_corrupt, self.name, self.max_pixels = resize, on_corrupt, name, max_pixels
+        self.size = size
         self.skipped: list[str] = []
         self._checked = False
 
     def _load(self, path: Path) -> torch.Tensor:
         import torchvision.transforms.functional as TF
 
-        with Image.open(path) as im:
+        with open_image(path, self.max_pixels) as im:
             im = im.convert("RGB")
-            im = TF.center_crop(TF.resize(im, self.resize), [self.size, self.size])
+            size = self.size or min(im.size)
+            im = TF.center_crop(TF.resize(im, self.resize or size), [size, size])
             return TF.to_tensor(im)
 
     def verify(self) -> None:
-        """Open every file once; drop (or refuse) the corrupt ones."""
+        """Open every file once; drop (or refuse) the corrupt ones; without ``size``, take the first
+        image's shorter side."""
         if self._checked:
             return
         good = []
         for f, c in self.items:
             try:
-                with Image.open(f) as im:
+                with open_image(f, self.max_pixels) as im:
                     im.load()
+                    if self.size is None:
+                        self.size = min(im.size)
                 good.append((f, c))
             except (UnidentifiedImageError, OSError) as exc:
                 if self.on_corrupt != "skip":
                     raise InputError(f"corrupt image {f}: {exc}") from exc
                 self.skipped.append(str(f))
                 log.warning("skipping corrupt image %s", f)
+        if not good:
+            raise InputError(
+                f"image folder {self.root}: every image is corrupt ({len(self.skipped)} skipped)"
+            )
         self.items = good
         self._checked = True
 
@@ -155,20 +169,95 @@ class ImageFolderDataset(Dataset):
         return self._load(f), c
 
 
+def split_folder(root: Path, split: str, splits: dict[str, Any] | None, name: str) -> Path:
+    """The folder of ``split`` under ``root``: ``root/<splits[split]>`` (default: ``train`` for train,
+    ``val`` or ``test`` for test) when it exists. Otherwise ``root`` itself is the test (or val) split,
+    and asking for another split is a ConfigError (universal attacks then fit on the test images, with
+    a warning)."""
+    names = splits or {"train": "train", "test": "val", "val": "val"}
+    for sub in (names.get(split), *(("test",) if split == "test" and not splits else ())):
+        if sub and (root / str(sub)).is_dir():
+            return root / str(sub)
+    if split in ("test", "val"):
+        return root
+    raise ConfigError(f"{name}: no '{split}' split: {root / str(names.get(split, split))} is not a folder")
+
+
+def check_classes(ds: Any, manifest: dict, where: Path) -> Any:
+    """The manifest's ``classes`` name the folder's classes in order: as many as the folder holds."""
+    listed = manifest.get("classes")
+    if listed:
+        if len(listed) != len(ds.classes):
+            raise InputError(
+                f"{manifest.get('name')}: the manifest lists {len(listed)} classes, but {where} holds "
+                f"{len(ds.classes)} class folders ({', '.join(ds.classes[:12])}{', ...' if len(ds.classes) > 12 else ''}); "
+                "make 'classes' name every folder, in sorted order, or drop it"
+            )
+        ds.classes = [str(c) for c in listed]
+    return ds
+
+
 @register_format("imagefolder")
 def imagefolder(manifest: dict, split: str, root: Path) -> Dataset:
-    """ImageNet layout: ``root/<split dir>/<class>/<image>``; split dirs from ``splits`` (default train/val)."""
+    """ImageNet layout: ``root/<split dir>/<class>/<image>``; split dirs from ``splits`` (default train/val).
+    ``preprocessing``: ``size`` (default: the images' own), ``resize``, ``on_corrupt``, ``max_pixels``."""
     pre = manifest.get("preprocessing") or {}
-    splits = manifest.get("splits") or {"train": "train", "test": "val", "val": "val"}
-    sub = splits.get(split)
-    folder = root / sub if sub and (root / sub).is_dir() else root
+    name = str(manifest.get("name", "imagefolder"))
+    folder = split_folder(root, split, manifest.get("splits"), name)
     ds = ImageFolderDataset(
         folder,
-        size=int(pre.get("size", 224)),
+        size=pre.get("size"),
         resize=pre.get("resize"),
         on_corrupt=pre.get("on_corrupt", "skip"),
-        name=manifest.get("name", "imagefolder"),
+        name=name,
+        max_pixels=pre.get("max_pixels"),
     )
-    if manifest.get("classes"):
-        ds.classes = list(manifest["classes"])
-    return ds
+    return check_classes(ds, manifest, folder)
+
+
+@register_format("videofolder")
+def videofolder(manifest: dict, split: str, root: Path) -> Dataset:
+    """``root/<class>/<video>``: one sub-folder of videos per class (``.mp4``, ``.avi``, ...), decoded as
+    in UCF-101 (``preprocessing``: ``frames``, ``size``, ``clips``, ``stride``, ``sampling``, ``on_corrupt``)."""
+    from .video import VIDEO_SUFFIXES, VideoClipDataset
+
+    name = str(manifest.get("name", "videofolder"))
+    folder = split_folder(root, split, manifest.get("splits"), name)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    samples = [
+        (f, c)
+        for c, cls in enumerate(classes)
+        for f in sorted((folder / cls).iterdir())
+        if f.suffix.lower() in VIDEO_SUFFIXES
+    ]
+    if not samples:
+        raise InputError(
+            f"video folder {folder} holds no videos in class sub-folders (expected {folder}/<class>/<video>, "
+            f"{', '.join(sorted(VIDEO_SUFFIXES))})"
+        )
+    pre = {
+        k: v for k, v in (manifest.get("preprocessing") or {}).items() if k not in ("resize", "max_pixels")
+    }
+    ds = VideoClipDataset(samples, classes, split=split, name=name, **pre)
+    return check_classes(ds, manifest, folder)
+
+
+@register_format("folder")
+def folder(manifest: dict, split: str, root: Path) -> Dataset:
+    """A folder of class sub-folders, images or videos (whichever its files are): ``--data ./myfolder``."""
+    from .video import VIDEO_SUFFIXES
+
+    base = split_folder(root, split, manifest.get("splits"), str(manifest.get("name", "folder")))
+    files = [f for d in sorted(base.iterdir()) if d.is_dir() for f in d.iterdir()]
+    videos = sum(f.suffix.lower() in VIDEO_SUFFIXES for f in files)
+    images = sum(f.suffix.lower() in IMAGE_SUFFIXES for f in files)
+    if not videos and not images:
+        raise InputError(
+            f"{root} holds no images or videos in class sub-folders: expected {root}/<class>/<image or video> "
+            f"(images: {', '.join(sorted(IMAGE_SUFFIXES))}; videos: {', '.join(sorted(VIDEO_SUFFIXES))})"
+        )
+    if videos > images:
+        return videofolder(manifest, split, root)
+    image_keys = ("size", "resize", "on_corrupt", "max_pixels")
+    pre = {k: v for k, v in (manifest.get("preprocessing") or {}).items() if k in image_keys}
+    return imagefolder({**manifest, "preprocessing": pre}, split, root)

@@ -1,20 +1,28 @@
-"""Resolve ``--data`` specs: a built-in dataset name, a manifest name from ``datasets/``, or a manifest path.
+"""Resolve ``--data`` specs: a built-in dataset name, a manifest name from ``datasets/``, a manifest path,
+or a folder with one sub-folder of images (or videos) per class.
 
 A manifest is YAML: ``name``, ``format`` (a registered loader), ``root``, ``source``, ``license``,
-``checksum``, ``classes`` and ``preprocessing``. Loaders are registered with ``register_format``.
+``checksum``, ``classes``, ``splits`` and ``preprocessing``, each checked (``check_manifest``) before
+anything is loaded. Loaders are registered with ``register_format``.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from PIL import Image
 from torch.utils.data import Dataset
 
+from .. import schema
 from ..errors import ConfigError, InputError
 from ..registry import Registry, check_keys, suggest
 from .synthetic import BUILTIN, SyntheticDataset
@@ -36,35 +44,135 @@ MANIFEST_KEYS = (
 )
 
 
+def _int(minimum: int = 1) -> Callable[[Any, str], Any]:
+    return lambda value, where: schema.integer(value, where, minimum=minimum)
+
+
+def _one_of(*choices: Any) -> Callable[[Any, str], Any]:
+    return lambda value, where: schema.choice(value, where, choices)
+
+
+def _optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    return lambda value, where: None if value is None else check(value, where)
+
+
+# The ``preprocessing`` keys of each built-in format and what each must be (a format registered
+# elsewhere checks its own). ``max_pixels`` is the image-size limit: a file with more pixels is refused
+# before it is decoded (PIL's decompression-bomb guard, at ``DEFAULT_MAX_PIXELS`` unless given).
+IMAGE_KEYS = {"size": _int(), "resize": _int(), "on_corrupt": _one_of("skip", "error"), "max_pixels": _int()}
+VIDEO_KEYS = {"frames": _int(), "size": _int(), "clips": _int(), "stride": _int(),
+              "sampling": _one_of("uniform", "random"), "on_corrupt": _one_of("skip", "error")}  # fmt: skip
+PREPROCESSING: dict[str, dict[str, Callable[[Any, str], Any]]] = {
+    "cifar10-python": {"size": _one_of(32)},
+    "imagefolder": IMAGE_KEYS,
+    "videofolder": VIDEO_KEYS,
+    "folder": {**VIDEO_KEYS, **IMAGE_KEYS},
+    "face-folder": {
+        "size": _int(),
+        "align": schema.boolean,
+        "cascade_dir": schema.string,
+        "min_images": _int(),
+        "max_pixels": _int(),
+    },  # fmt: skip
+    "gtsrb": {"size": _optional(_int()), "crop_roi": schema.boolean, "max_pixels": _int()},
+    "ucf101": VIDEO_KEYS,
+    "hmdb51": VIDEO_KEYS,
+}
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's default, about 89 megapixels
+_PIXEL_LIMIT = threading.Lock()
+
+
+@contextmanager
+def open_image(path: str | Path, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """``PIL.Image.open(path)`` refusing an image of more than ``max_pixels`` pixels (default
+    ``DEFAULT_MAX_PIXELS``) with an ``InputError`` naming the file and the limit, before it is decoded."""
+    limit = int(max_pixels or DEFAULT_MAX_PIXELS)
+    with _PIXEL_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        before, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+        try:
+            im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            raise InputError(
+                f"image {path} has {size}, over the limit of {limit:,} pixels; if it is meant to be that "
+                "large, raise preprocessing.max_pixels in the dataset manifest (datasets/README.md)"
+            ) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+    with im:
+        yield im
+
+
 def manifest_names() -> list[str]:
     return sorted(
         p.name[:-5] for p in resources.files("robustkit.manifests").iterdir() if p.name.endswith(".yaml")
     )
 
 
+def folder_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a folder given as ``--data``: one sub-folder per class (images or videos), the
+    folder's name naming the data."""
+    return {"name": path.resolve().name or "folder", "format": "folder", "root": str(path)}
+
+
 def read_manifest(spec: str) -> tuple[dict[str, Any], Path]:
+    """The checked manifest ``spec`` names (a file, a built-in manifest name, or a folder of class
+    sub-folders, which stands for its own manifest) and its path."""
     path = Path(spec).expanduser()
+    if path.is_dir():
+        return folder_manifest(path), path
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         candidate = resources.files("robustkit.manifests") / f"{spec}.yaml"
         if not candidate.is_file():
             known = BUILTIN.names() + manifest_names()
             raise ConfigError(
                 f"unknown dataset '{spec}'{suggest(spec, known)}. Built-in: {', '.join(BUILTIN.names())}; "
-                f"manifests: {', '.join(manifest_names())}; or a path to a manifest .yaml"
+                f"manifests: {', '.join(manifest_names())}; or a path to a manifest .yaml or to a folder "
+                "with one sub-folder of images (or videos) per class"
             )
         path = Path(str(candidate))
     if not path.is_file():
-        raise ConfigError(f"dataset manifest {path} does not exist")
+        raise ConfigError(f"dataset manifest {path} does not exist (nor a folder of that name)")
     try:
         raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the manifest ({exc}); expected a YAML text file") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a manifest must be a mapping with keys {', '.join(MANIFEST_KEYS)}")
+    return check_manifest(raw, path), path
+
+
+def check_manifest(raw: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A manifest's keys and values checked (each error names ``path`` and the field)."""
     check_keys(raw, MANIFEST_KEYS, str(path))
     if "format" not in raw:
         raise ConfigError(f"{path}: missing 'format' (one of {', '.join(FORMATS.names())})")
-    return raw, path
+    schema.choice(raw["format"], f"{path}: format", FORMATS.names())
+    for key in ("name", "root", "source", "license", "description"):
+        if raw.get(key) is not None:
+            schema.check(raw[key], str, f"{path}: {key}")
+    if raw.get("checksum") is not None:
+        schema.string(raw["checksum"], f"{path}: checksum")
+    if raw.get("classes") is not None:
+        for i, name in enumerate(schema.items(raw["classes"], f"{path}: classes")):
+            if isinstance(name, bool) or not isinstance(name, str | int):
+                raise schema.fail(f"{path}: classes[{i}]", "a class name", name)
+    for key, value in schema.mapping(raw.get("splits") or {}, f"{path}: splits").items():
+        if key == "fold":
+            schema.integer(value, f"{path}: splits.fold", minimum=1)
+        else:
+            schema.string(value, f"{path}: splits.{key}")
+    pre = schema.mapping(raw.get("preprocessing") or {}, f"{path}: preprocessing")
+    checks = PREPROCESSING.get(raw["format"])
+    if checks is not None:
+        check_keys(pre, list(checks), f"{path}: preprocessing")
+        for key, value in pre.items():
+            checks[key](value, f"{path}: preprocessing.{key}")
+    return raw
 
 
 def load_dataset(
@@ -78,6 +186,9 @@ def load_dataset(
 ) -> Dataset:
     """A torch Dataset of (x in [0, 1], label) with a ``classes`` attribute.
 
+    ``spec``: a built-in dataset name, a manifest (a name in ``datasets/`` or a path), a folder with one
+    sub-folder of images or videos per class, a Dataset, or ``(x, y)`` tensors. A manifest's ``name``
+    (a folder's own name) names the dataset (``dataset.name``).
     ``n`` asks a built-in dataset for its first ``n`` samples only (each built-in sample depends only
     on its index, so they equal the first ``n`` of the whole split); files on disk ignore it.
     ``num_classes``: the class count of ``(x, y)`` tensor data (without it, ``max(y) + 1`` with a
@@ -91,7 +202,7 @@ def load_dataset(
         return BUILTIN.create(spec, split=split, seed=seed, **({"n": n} if n is not None else {}))
     manifest, path = read_manifest(str(spec))
     root_dir = Path(root or manifest.get("root") or "").expanduser()
-    if not str(root) and not manifest.get("root"):
+    if not root and not manifest.get("root"):
         raise ConfigError(f"{path}: no 'root' in the manifest; pass --data-root DIR")
     if not root_dir.exists():
         raise InputError(
@@ -99,7 +210,15 @@ def load_dataset(
             f"download {manifest.get('name', spec)} from {manifest.get('source', 'its source')} and point --data-root at it"
         )
     loader = FORMATS.get(str(manifest["format"]))
-    return loader(manifest, split, root_dir)
+    try:
+        dataset = loader(manifest, split, root_dir)
+    except (InputError, ConfigError) as exc:  # name the manifest, unless the message does already
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+    if manifest.get("name") and not isinstance(getattr(type(dataset), "name", None), property):
+        dataset.name = str(manifest["name"])
+    return dataset
 
 
 def tensor_dataset(x: torch.Tensor, y: torch.Tensor, *, num_classes: int | None = None) -> SyntheticDataset:

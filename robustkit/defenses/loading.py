@@ -30,7 +30,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import ConfigError
-from ..files import cache_root
+from ..files import cache_root, file_lock
 from ..models.checkpoint import load_into, load_state
 from ..models.normalized import Normalized
 from ..training import distributed as dp
@@ -207,13 +207,21 @@ def cache_path(name: str, dataset: str) -> Path:
 def cached_model(
     name: str, dataset: str, device: torch.device, progress: bool
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained model of recipe ``name`` on ``dataset`` from the cache, training it on first use."""
+    """The trained model of recipe ``name`` on ``dataset`` from the cache, training it on first use.
+
+    Training and writing the cache hold a lock (``<cache dir>.lock``, as the zoo's), so two processes
+    asking for the same defense at once train it once: the second waits, then loads the first one's."""
     recipe = DEFENSES.create(name).trained_recipe()
     out = cache_path(recipe.name, dataset)
     info = read_final(out)
     if info is None:
-        log.info("training defense '%s' on '%s' on first use (cached in %s)", recipe.name, dataset, out)
-        info = train_defense(recipe.name, str(dataset), out_dir=out, device=device, progress=progress)
+        with file_lock(out.with_name(out.name + ".lock"), f"training defense '{recipe.name}'"):
+            info = read_final(out)  # trained by another process while this one waited
+            if info is None:
+                log.info(
+                    "training defense '%s' on '%s' on first use (cached in %s)", recipe.name, dataset, out
+                )
+                info = train_defense(recipe.name, str(dataset), out_dir=out, device=device, progress=progress)
     spec = DataSpec.from_dict(info["spec"])
     model = recipe.build(spec, trained_settings(recipe, info.get("settings")))
     load_weights(model, out / FINAL)

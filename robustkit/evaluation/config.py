@@ -23,6 +23,7 @@ import torch
 import yaml
 from torch import nn
 
+from .. import schema
 from ..data.loading import tensor_dataset
 from ..defenses.adaptive import MIN_DRAWS, check_names
 from ..defenses.base import Capabilities, Defense, as_defense
@@ -88,10 +89,23 @@ def _is_tensors(data: Any) -> bool:
 
 
 def _positive(value: Any, flag: str, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    if not (optional and value is None):
+        schema.integer(value, flag, minimum=1)
+
+
+AMP = (None, "none", "fp32", "bf16")
+
+
+def check_compile(value: Any) -> bool | str:
+    """``compile``: false, true (inductor) or the name of a backend ``torch.compile`` knows."""
+    if isinstance(value, bool) or value in (None, "inductor"):
+        return bool(value) if not isinstance(value, str) else value
+    schema.string(value, "--compile")
+    from torch._dynamo import list_backends
+
+    if value not in list_backends(exclude_tags=()):
+        raise schema.fail("--compile", f"a torch.compile backend ({', '.join(list_backends())})", value)
+    return value
 
 
 def _label(spec: Any) -> str | None:
@@ -164,18 +178,28 @@ class RunConfig:
         _positive(self.batch_size, "--batch-size")
         _positive(self.limit, "--limit", optional=True)
         _positive(self.threads, "--threads", optional=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"--seed must be an integer, got {self.seed!r}")
-        if isinstance(self.gallery, bool) or not isinstance(self.gallery, int) or self.gallery < 0:
-            raise ConfigError(f"gallery must be a number of examples >= 0, got {self.gallery!r}")
-        if not isinstance(self.split, str) or not self.split:
-            raise ConfigError(f"split must be a split name such as 'test', got {self.split!r}")
+        schema.integer(self.seed, "--seed")
+        schema.integer(self.gallery, "gallery (a number of examples)", minimum=0)
+        schema.string(self.split, "split (a split name such as 'test')")
+        for flag in (
+            "keep_adversarial",
+            "fold_bn",
+            "channels_last",
+            "overwrite",
+            "progress",
+            "report",
+            "profile",
+        ):
+            schema.boolean(getattr(self, flag), flag)
+        schema.choice(self.amp, "--amp", AMP)
+        check_compile(self.compile)
+        if self.name is not None:
+            schema.string(self.name, "--name")
+        if not isinstance(self.out, str | Path) or not str(self.out):
+            raise schema.fail("--out", "a directory path", self.out)
         resolve_device(self.device)
-        _positive(self.eot_samples, "eot_samples")
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < MIN_DRAWS:
-            raise ConfigError(
-                f"--draws must be an integer >= {MIN_DRAWS} (fresh draws of a stochastic model's verdict), got {self.draws!r}"
-            )
+        _positive(self.eot_samples, "--eot-samples")
+        schema.integer(self.draws, "--draws (fresh draws of a stochastic model's verdict)", minimum=MIN_DRAWS)
         _positive(self.num_classes, "num_classes", optional=True)
         if self.capabilities is not None and not isinstance(self.capabilities, Capabilities):
             raise ConfigError(f"capabilities must be a robustkit Capabilities, got {self.capabilities!r}")
@@ -184,7 +208,7 @@ class RunConfig:
         if not isinstance(self.suite, Suite):
             put(self, "suite", load_suite(self.suite))
         if self.eps is not None:
-            put(self, "eps", parse_eps(self.eps))
+            put(self, "eps", parse_eps(self.eps, "--eps"))
             put(self, "suite", with_eps(self.suite, self.eps))
         if _is_tensors(self.data):
             put(self, "data", tensor_dataset(*self.data, num_classes=self.num_classes))
@@ -200,6 +224,8 @@ class RunConfig:
             check_names(self.defense_for(getattr(self.model, "model", self.model)))
         if self.weights is not None:
             path = Path(self.weights).expanduser()
+            if path.is_dir():
+                raise InputError(f"--weights {path} is a directory; give the weights file in it")
             if not path.is_file():
                 raise InputError(f"weights file {path} does not exist")
             put(self, "weights_sha256", file_sha256(path))

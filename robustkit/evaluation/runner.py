@@ -141,7 +141,8 @@ def _load(config: RunConfig) -> Loaded:
     data = config.data
     dataset = load_dataset(data, config.split, root=config.data_root)
     classes = list(getattr(dataset, "classes", []))
-    data_name = data if isinstance(data, str) else getattr(dataset, "name", type(dataset).__name__)
+    # a manifest's (a folder's) own name names the data; a built-in dataset's name is its own
+    data_name = getattr(dataset, "name", None) or (data if isinstance(data, str) else type(dataset).__name__)
     if rank != 0:
         distributed.barrier()  # rank 0 trains or loads zoo weights first; the others read its cache
     given = config.model if isinstance(config.model, Defense) else None
@@ -150,7 +151,7 @@ def _load(config: RunConfig) -> Loaded:
     else:
         net, info = load_model(  # a user's module keeps the mode it was given (load_model never .eval()s it)
             config.model,
-            dataset=data_name if isinstance(data, str) else None,
+            dataset=data if isinstance(data, str) else None,
             weights=config.weights,
             num_classes=len(classes) or None,
             device=dev,

@@ -14,8 +14,8 @@ attacks:
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
+import functools
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
+from .. import schema
 from ..attacks import ATTACKS, Attack, create_attack
 from ..errors import ConfigError
 from ..registry import check_keys, suggest
 
-_FRACTION = re.compile(r"^\s*([0-9.]+(?:e-?\d+)?)\s*/\s*([0-9.]+)\s*$")
 SUITE_KEYS = ("name", "description", "attacks")
 ENTRY_KEYS = ("attack", "name")
 
@@ -81,15 +81,59 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_number(value: Any, where: str) -> Any:
-    """'8/255' -> 0.0313...; numbers pass through; other strings are left alone."""
-    if isinstance(value, str):
-        m = _FRACTION.match(value)
-        if m:
-            den = float(m.group(2))
-            if den == 0:
-                raise ConfigError(f"{where}: division by zero in '{value}'")
-            return float(m.group(1)) / den
+    """'8/255' -> 0.0313...; numbers pass through; other strings are left alone ('1.2.3/255', a
+    fraction gone wrong, is refused naming ``where``)."""
+    if isinstance(value, str) and "/" in value and schema.looks_numeric(value):
+        return schema.parse_fraction(value, where)
     return value
+
+
+# Bounds a recipe's common attack fields must keep whichever attack they belong to (their types come
+# from the attack's dataclass): (minimum, exclusive)
+BOUNDS: dict[str, tuple[float, bool]] = {
+    "eps": (0, False),
+    "step_size": (0, True),
+    "learning_rate": (0, True),
+    "steps": (1, False),
+    "restarts": (1, False),
+    "eot_samples": (1, False),
+    "queries": (1, False),
+    "n_targets": (1, False),
+    "max_iter": (1, False),
+}
+
+
+@functools.cache
+def _field_types(key: str) -> dict[str, Any]:
+    """The constructor fields of attack ``key`` and their types (empty for an ART attack)."""
+    cls = ATTACKS.get(key) if key in ATTACKS else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return {}
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: the attack checks itself
+        return {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def check_value(key: str, name: str, value: Any, at: str) -> Any:
+    """Field ``name`` of attack ``key`` checked against its type and ``BOUNDS`` (``at`` names it)."""
+    value = parse_number(value, at)
+    kind = _field_types(key).get(name)
+    if kind is not None:
+        value = schema.check(value, kind, at)
+    if name in BOUNDS and value is not None:
+        low, exclusive = BOUNDS[name]
+        if kind is int or (isinstance(value, int) and low >= 1):
+            return schema.integer(value, at, minimum=int(low))
+        return schema.number(value, at, minimum=low, exclusive=exclusive)
+    return value
+
+
+def check_params(key: str, params: dict[str, Any], where: str) -> dict[str, Any]:
+    """``params`` of attack ``key`` checked before the attack is built: each bad value is a ConfigError
+    naming ``where`` and the field (``<where>.steps must be an integer >= 1, got 2.5``)."""
+    return {name: check_value(key, name, value, f"{where}.{name}") for name, value in params.items()}
 
 
 def _fmt_eps(eps: float) -> str:
@@ -107,6 +151,10 @@ def find_suite(spec: str) -> Path:
     """A recipe path, or the name of a built-in recipe (``quick``, ``autoattack-standard``, ...)."""
     path = Path(spec).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ConfigError(
+                f"--suite {path} is a directory; give a recipe .yaml file (or a built-in suite name)"
+            )
         if not path.is_file():
             raise ConfigError(f"suite file {path} does not exist")
         return path
@@ -134,14 +182,7 @@ def _build(key: str, params: dict[str, Any], where: str) -> Attack:
 
 def parse_eps(value: Any, where: str = "eps") -> float:
     """An eps override: '8/255', '0.03' or a number; finite and > 0."""
-    number = parse_number(value, where)
-    try:
-        eps = float(number)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be a number such as 8/255 or 0.03, got {value!r}") from None
-    if isinstance(number, bool) or not math.isfinite(eps) or eps <= 0:
-        raise ConfigError(f"{where} must be a finite number > 0 (e.g. 8/255), got {value!r}")
-    return eps
+    return float(schema.number(value, where, minimum=0, exclusive=True))
 
 
 def with_eps(suite: Suite, eps: float) -> Suite:
@@ -185,6 +226,8 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
         source = str(path)
         try:
             raw = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the recipe ({exc}); expected a YAML text file") from exc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -192,26 +235,38 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a suite must be a mapping with keys {', '.join(SUITE_KEYS)}")
     check_keys(raw, SUITE_KEYS, source)
+    for key in ("name", "description"):
+        if raw.get(key) is not None:
+            schema.check(raw[key], str, f"{source}: {key}")
     items = raw.get("attacks")
     if not isinstance(items, list) or not items:
-        raise ConfigError(f"{source}: 'attacks' must be a non-empty list of attack entries")
+        raise ConfigError(f"{source}: 'attacks' must be a non-empty list of attack entries, got {items!r}")
     entries: list[SuiteEntry] = []
     for i, item in enumerate(items):
         where = f"{source}: attacks[{i}]"
         if not isinstance(item, dict) or "attack" not in item:
             raise ConfigError(f"{where}: each entry needs an 'attack' key naming a registered attack")
         key = item["attack"]
-        if key not in ATTACKS and not str(key).startswith("art."):
+        if not isinstance(key, str) or not key:
+            raise schema.fail(f"{where}.attack", "the name of a registered attack (a string, e.g. pgd)", key)
+        if key not in ATTACKS and not key.startswith("art."):
             raise ConfigError(
-                f"{where}: unknown attack '{key}'{suggest(str(key), ATTACKS.names())}. Known: {', '.join(ATTACKS.names())}."
+                f"{where}: unknown attack '{key}'{suggest(key, ATTACKS.names())}. Known: {', '.join(ATTACKS.names())}."
             )
-        params = {k: parse_number(v, f"{where}.{k}") for k, v in item.items() if k not in ENTRY_KEYS}
+        if "name" in item:
+            schema.string(item["name"], f"{where}.name")
+        params = {k: v for k, v in item.items() if k not in ENTRY_KEYS}
         eps_values = params.pop("eps", None)
-        sweep = eps_values if isinstance(eps_values, list) else [eps_values]
-        for eps in sweep:
+        if isinstance(eps_values, list | tuple):
+            sweep = schema.items(eps_values, f"{where}.eps (a number or a list of numbers)")
+        else:
+            sweep = [eps_values]
+        params = check_params(key, params, where)
+        for j, eps in enumerate(sweep):
             p = dict(params)
             if eps is not None:
-                p["eps"] = parse_number(eps, f"{where}.eps")
+                at = f"{where}.eps" + (f"[{j}]" if isinstance(eps_values, list | tuple) else "")
+                p["eps"] = check_value(key, "eps", eps, at)
             attack = _build(key, p, where)
             base = item.get("name", key)
             label = f"{base}@{_fmt_eps(p['eps'])}" if "eps" in p and len(sweep) > 1 else str(base)
