@@ -112,12 +112,13 @@ def _pickled_globals(path: Path) -> list[str]:
 
 
 def _refusal(path: Path, exc: Exception) -> UnsafeCheckpointError:
-    names = _pickled_globals(path) or re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    first = re.findall(r"GLOBAL ([\w.]+)", str(exc))  # the outermost object's class: the unpickler's first
+    names = sorted(_pickled_globals(path)) or first
     if any(n.startswith("torch.nn.modules.") for n in names):
-        model_class = next((n for n in names if not n.startswith("torch.")), names[0])
+        model_class = next((n for n in names if not n.startswith("torch.")), (first or names)[0])
         return UnsafeCheckpointError(
             f"{path} refused: it is a whole pickled model ({model_class}), not weights, and unpickling it could "
-            "run code. Robustkit loads weights only (safetensors, or torch.load(weights_only=True)). If you "
+            "run code. robustkit loads weights only (safetensors, or torch.load(weights_only=True)). If you "
             f"trust the file, save its weights once: torch.save(torch.load('{path}', weights_only=False)"
             ".state_dict(), 'weights.pt'), then pass --model ARCHITECTURE (or package.module:function) "
             "--weights weights.pt"

@@ -234,7 +234,8 @@ def timm_pretrained(spec: str, name: str, num_classes: int | None) -> tuple[nn.M
             f"--model {spec} --pretrained: the weights {full} are not in the Hugging Face cache and the hub cannot "
             f"be reached. Expected the file {folder}/snapshots/<commit>/{file} (with {folder}/refs/main holding "
             f"<commit>): on a machine with network run `python -c \"import timm; timm.create_model('{full}', "
-            f'pretrained=True)"` and copy {folder} there (or set HF_HOME to the folder holding hub/); or '
+            f"pretrained=True)\"` and copy that machine's ~/.cache/huggingface/hub/{folder.name} to {folder} (or "
+            f"set HF_HOME to a folder whose hub/ holds it); or "
             f"download https://huggingface.co/{repo}/resolve/main/{file} and pass --model timm:{cfg.architecture} "
             f"--weights {file} without --pretrained"
         )
