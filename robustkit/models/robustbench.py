@@ -98,17 +98,22 @@ def checkpoint_paths(dataset: str, threat: str, name: str, members: int = 1) -> 
     return [path] if members == 1 else [Path(f"{path}_m{i}.pt") for i in range(members)]
 
 
+def download(gdrive_id: str, path: Path) -> None:
+    """RobustBench's own downloader (``robustbench.utils.download_gdrive_new``; needs its ``gdown``)."""
+    from robustbench.utils import download_gdrive_new
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    download_gdrive_new(gdrive_id, path)
+
+
 def _fetch(paths: list[Path], ids: list[str], spec: str, name: str, dataset: str, threat: str) -> None:
     """Download missing checkpoints with RobustBench's own downloader, or say what to put where."""
     missing = [(p, i) for p, i in zip(paths, ids, strict=True) if not p.is_file()]
     if not missing:
         return
     try:
-        from robustbench.utils import download_gdrive_new
-
         for path, gid in missing:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            download_gdrive_new(gid, path)
+            download(gid, path)
         if all(p.is_file() for p in paths):
             return
         problem: Exception | None = None
