@@ -34,9 +34,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.defended import is_factory, resolve_defense, split_defenses
 
     config = RunConfig.from_cli(args)
+    card = getattr(args, "model_card", None)
+    if card and not any(e.attack_key == "autoattack" for e in config.suite.entries):
+        raise ConfigError(
+            f"--model-card reports AutoAttack's robust accuracy; suite '{config.suite.name}' has no autoattack "
+            "attack: use --suite autoattack-standard"
+        )
     if not args.defense:
-        _print_summary(run(config))
+        result = run(config)
+        _print_summary(result)
+        if card:
+            from .report.modelcard import write_model_card
+
+            print(f"model card: {write_model_card(result.summary, card)}")
         return 0
+    if card:
+        raise ConfigError("--model-card writes one model's entry: drop --defense, or drop --model-card")
     if args.model or args.weights:
         raise ConfigError("--defense builds its own models: drop --model/--weights, or drop --defense")
     specs = split_defenses(args.defense)
@@ -291,7 +304,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--model",
         default=None,
-        help="zoo name, torchvision/timm architecture (with --weights), or package.module:function (default: the zoo model for --data)",
+        help="zoo name; torchvision/timm architecture (torchvision:NAME, timm:NAME) with --weights or "
+        "--pretrained; robustbench:<dataset>/<threat>/<name> (RobustBench's model zoo); or "
+        "package.module:function, the module found in the current directory too (default: the zoo model for --data)",
+    )
+    ev.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="WEIGHTS",
+        help="the architecture's pretrained weights from its library's registry and cache (torch.hub for "
+        "torchvision, the Hugging Face hub for timm); WEIGHTS names other weights than the default "
+        "(torchvision: IMAGENET1K_V1; timm: a tag such as a1_in1k)",
+    )
+    ev.add_argument(
+        "--normalize",
+        default=None,
+        metavar="SPEC",
+        help="the model's input normalization: imagenet, none, MEAN,STD or M1,M2,M3,S1,S2,S3 (default: the "
+        "architecture's own metadata, timm's pretrained_cfg or torchvision's weights; none for robustkit's zoo, "
+        "RobustBench's and your own models)",
+    )
+    ev.add_argument(
+        "--model-card",
+        default=None,
+        metavar="FILE",
+        help="also write the results as a RobustBench model-card JSON (a leaderboard entry; needs an AutoAttack "
+        "suite such as autoattack-standard)",
     )
     ev.add_argument(
         "--weights",

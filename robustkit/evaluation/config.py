@@ -31,6 +31,7 @@ from ..device import resolve_device
 from ..errors import ConfigError, InputError
 from ..files import atomic_write, storage_error
 from ..models.fastpath import FastPath, make_fastpath
+from ..models.loading import parse_normalize
 from ..registry import check_keys, dataclass_fields
 from .suite import Suite, load_suite, parse_eps, with_eps
 
@@ -114,6 +115,11 @@ def _label(spec: Any) -> str | None:
     return str(getattr(spec, "name", None) or type(spec).__name__)
 
 
+def _yaml_normalize(value: Any) -> Any:
+    """A parsed ``normalize`` as config.yaml holds it (lists, so that a stored identity compares equal)."""
+    return value if isinstance(value, str) else [list(value[0]), list(value[1])]
+
+
 def _sources(model: Any) -> dict[str, str | None] | None:
     """A Defense's transfer sources by name and content hash (each is one more view of the run)."""
     if not isinstance(model, Defense) or not model.sources:
@@ -153,6 +159,10 @@ class RunConfig:
     eps: float | str | None = None
     num_classes: int | None = None
     keep_adversarial: bool = False
+    # the model's input normalization (``robustkit.models.loading.parse_normalize``: None for the
+    # architecture's own) and the library's pretrained weights (torchvision / timm architectures)
+    normalize: Any = None
+    pretrained: bool | str = False
     fold_bn: bool = False
     channels_last: bool = False
     compile: bool | str = False
@@ -204,6 +214,7 @@ class RunConfig:
         if self.capabilities is not None and not isinstance(self.capabilities, Capabilities):
             raise ConfigError(f"capabilities must be a robustkit Capabilities, got {self.capabilities!r}")
         put = object.__setattr__  # frozen: derived fields are set once, here
+        put(self, "normalize", parse_normalize(self.normalize))
         put(self, "fastpath", make_fastpath(self.channels_last, self.compile, self.amp, self.fold_bn))
         if not isinstance(self.suite, Suite):
             put(self, "suite", load_suite(self.suite))
@@ -246,6 +257,7 @@ class RunConfig:
         caps = Capabilities(*flags[:2], non_differentiable=flags[2]) if any(flags) else None
         return cls(model=args.model, data=args.data, suite=args.suite, weights=args.weights,
                    capabilities=caps, eps=args.eps, eot_samples=args.eot_samples, draws=args.draws,
+                   normalize=getattr(args, "normalize", None), pretrained=getattr(args, "pretrained", False),
                    data_root=args.data_root, limit=args.limit, seed=args.seed, fold_bn=args.fold_bn,
                    channels_last=args.channels_last, compile=args.compile, amp=args.amp, out=args.out,
                    name=args.name, device=args.device, batch_size=args.batch_size, threads=args.threads,
@@ -296,6 +308,8 @@ class RunConfig:
             "draws": self.draws,
             "eps": self.eps,
             "num_classes": self.num_classes,
+            **({"normalize": _yaml_normalize(self.normalize)} if self.normalize is not None else {}),
+            **({"pretrained": self.pretrained} if self.pretrained else {}),
         }
 
     def as_dict(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from ..attacks.criteria import Confirmation, Misclassification, confirm, fp32_lo
 from ..defenses.adaptive import AMONG_CLEAN, ONE_AT_A_TIME, WHOLE_BATCH, AmongClean, View
 from ..errors import InputError, ModelError
 from ..functional.random import sample_generators
+from ..models.checks import probe
 from ..models.fastpath import Precisions
 from ..models.state import preserved
 from ..validate import check_inputs, check_labels, check_logits
@@ -78,15 +79,21 @@ def chunks(indices: list[int], batch_size: int) -> list[list[int]]:
 
 
 def preflight(
-    net, dataset, indices: list[int], num_classes: int | None, device: torch.device, n: int = 8
+    net,
+    dataset,
+    indices: list[int],
+    num_classes: int | None,
+    device: torch.device,
+    n: int = 8,
+    name: str = "under evaluation",
 ) -> None:
-    """Check data and model on a few samples before anything is written."""
+    """Check data and model (``name``: how errors name it) on a few samples before anything is written."""
     chunk = indices[:n]
     x, y = get_batch(dataset, chunk)
     check_inputs(x, f"data samples {chunk[0]}..{chunk[-1]}")
     check_labels(y, len(chunk), f"labels of samples {chunk[0]}..{chunk[-1]}", num_classes)
-    with torch.no_grad(), preserved(net):  # a model in train mode keeps its BatchNorm statistics
-        logits = net(x.to(device))
+    with preserved(net):  # a model in train mode keeps its BatchNorm statistics
+        logits = probe(net, x.to(device), name)
     if not isinstance(logits, torch.Tensor):
         raise ModelError(f"the model must return a logits tensor (B, K), got {type(logits).__name__}")
     check_logits(logits.float(), len(chunk), num_classes)

@@ -172,3 +172,24 @@ def _view_row(name: str, scores: dict[int, float], n: int, stochastic: bool) -> 
     if stochastic:
         row["robust_accuracy_every_draw"] = every / n if n else 0.0
     return row
+
+
+def chance_finding(
+    clean_accuracy: float, num_classes: int, n: int, normalization: dict[str, Any] | None = None
+) -> tuple[str, str, str, str] | None:
+    """The ``clean-accuracy-at-chance`` finding (name, status, evidence, advice) when clean accuracy is at
+    or below chance (1 / ``num_classes``); None otherwise or without classes or samples."""
+    if num_classes < 2 or n < 1 or clean_accuracy > 1 / num_classes:
+        return None
+    norm = (normalization or {}).get("source")
+    evidence = (
+        f"clean accuracy {100 * clean_accuracy:.1f}% on {n} samples is at or below chance (1/{num_classes} = "
+        f"{100 / num_classes:.1f}%): the model does not classify this data, so its robust accuracy means nothing"
+    )
+    advice = (
+        "Check that the model and the data belong together (the same classes in the same order, the input size), "
+        "the weights (the right checkpoint, every layer loaded), and the input normalization (--normalize"
+        + (f"; this run: {norm}" if norm else "")
+        + ")."
+    )
+    return "clean-accuracy-at-chance", "warn", evidence, advice

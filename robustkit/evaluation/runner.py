@@ -36,7 +36,7 @@ from ..models.state import preserved
 from . import distributed
 from .config import CONFIG_FILE, RunConfig
 from .execute import Job, chunks, get_batch, preflight, run_suite, view_name
-from .metrics import summarize
+from .metrics import chance_finding, summarize
 from .profile import profile_run
 from .store import STORE_FILE, Store
 from .suite import SuiteEntry
@@ -156,6 +156,8 @@ def _load(config: RunConfig) -> Loaded:
             num_classes=len(classes) or None,
             device=dev,
             progress=config.progress and rank == 0,
+            normalize=config.normalize,
+            pretrained=config.pretrained,
         )
     if rank == 0:
         distributed.barrier()
@@ -164,8 +166,8 @@ def _load(config: RunConfig) -> Loaded:
     if n_total == 0:
         raise ConfigError(f"dataset '{data_name}' ({config.split}) is empty")
     indices = list(range(min(n_total, config.limit) if config.limit else n_total))
-    preflight(net, dataset, indices, len(classes) or None, dev)
     model_name = config.model_name or info.get("name", _spec_name(config.model))
+    preflight(net, dataset, indices, len(classes) or None, dev, name=str(model_name))
     adapted, adaptive = _adapt(config, given, net, get_batch(dataset, indices[:4])[0].to(dev))
     for line in adapted.detected:
         log.warning(
@@ -402,6 +404,7 @@ def _finish(run_dir: Path, config: RunConfig, loaded: Loaded, run_name: str) -> 
             findings=store.findings(),
             skipped_files=list(getattr(loaded.dataset, "skipped", [])),
             oom_backoffs=store.meta("oom_backoffs") or [],
+            normalization=loaded.model_info.get("normalization"),
         )
         if loaded.adaptive:
             summary["defense"] = loaded.adapted.record
@@ -441,6 +444,11 @@ def _sanity(store: Store, loaded: Loaded, config: RunConfig) -> None:
             "stochastic, batch-dependent or numerically unstable (bf16?). Those samples count as robust.",
         )
     ]
+    chance = chance_finding(summary["clean_accuracy"], len(loaded.classes), summary["n_samples"],
+                            loaded.model_info.get("normalization"))  # fmt: skip
+    if chance is not None:
+        log.warning("%s: %s. %s", loaded.model_name, chance[2], chance[3])
+        findings.append(chance)
     x, y = get_batch(loaded.dataset, loaded.indices[: min(len(loaded.indices), 64)])
     context = {"summary": summary, "device": loaded.device, "cascade": _cascades(store),
                "adaptations": loaded.adapted.record}  # fmt: skip

@@ -11,7 +11,12 @@ Objects of other libraries (ART estimators) are turned into ``nn.Module`` by ada
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,58 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..registry import load_providers, suggest
 from .checkpoint import load_into
+from .checks import check_not_meta
 from .normalized import Normalized
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Normalize = tuple[tuple[float, ...], tuple[float, ...]]
+# ``normalize`` of a request: None (the architecture's own, from its metadata), "none" (no normalization
+# added: the model takes [0, 1] input), or (mean, std) per channel
+NormalizeOption = Normalize | str | None
+NORMALIZE_HELP = "imagenet, none, MEAN,STD (one value each for every channel) or M1,M2,M3,S1,S2,S3"
+
+
+def parse_normalize(value: object) -> NormalizeOption:
+    """``--normalize`` as a request option: None (the architecture's default), ``"none"``, or ``(mean,
+    std)`` tuples. Accepts ``imagenet``, ``none``, ``MEAN,STD``, ``M1,M2,M3,S1,S2,S3``, or a ``(mean, std)``
+    pair of numbers or sequences (the Python API)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "default", "auto")):
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "none":
+            return "none"
+        if text == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        try:
+            numbers = [float(v) for v in text.split(",")]
+        except ValueError:
+            numbers = []
+        if len(numbers) % 2 or not numbers:
+            raise ConfigError(f"--normalize {value!r}: expected {NORMALIZE_HELP}")
+        half = len(numbers) // 2
+        mean, std = tuple(numbers[:half]), tuple(numbers[half:])
+    elif isinstance(value, Sequence) and len(value) == 2:
+        mean, std = (tuple(float(v) for v in (p if isinstance(p, Sequence) else [p])) for p in value)
+    else:
+        raise ConfigError(f"normalize={value!r}: expected {NORMALIZE_HELP}, or a (mean, std) pair")
+    if len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ConfigError(
+            f"--normalize {value!r}: expected as many means as stds, finite, every std > 0 ({NORMALIZE_HELP})"
+        )
+    return mean, std
+
+
+def normalization_record(mean: Sequence[float] | None, std: Sequence[float] | None, source: str) -> dict:
+    """What a run records of its input normalization: mean and std per channel (None: none added to the
+    model) and where they come from."""
+    if mean is None or std is None:
+        return {"mean": None, "std": None, "source": source}
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "source": source}
 
 
 @dataclass(frozen=True)
@@ -37,9 +88,12 @@ class ModelRequest:
     dataset: str | None = None
     weights: str | Path | None = None
     num_classes: int | None = None
-    normalize: Normalize | None = None
+    normalize: NormalizeOption = None
     device: torch.device | str = "cpu"
     progress: bool = True
+    # weights from the library's own registry (torchvision, timm): True for the default weights, or the
+    # name of one (torchvision's ``IMAGENET1K_V1``; timm names its weights in the model name)
+    pretrained: bool | str = False
 
 
 @dataclass
@@ -94,15 +148,35 @@ def register_adapter(module_prefix: str, convert: Callable[[Any], Any] | str) ->
         _ADAPTERS.append((module_prefix, convert))
 
 
+def _import_module(name: str, what: str, path: str) -> Any:
+    """Import ``name``; a module or package in the current directory is found as ``python -m`` would find
+    it, also from the ``robustkit`` console script (whose ``sys.path`` does not hold the current
+    directory). Whatever the import raises is a ``ConfigError`` naming the module."""
+    try:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            top, cwd = name.partition(".")[0], os.getcwd()
+            here = os.path.isfile(os.path.join(cwd, f"{top}.py")) or os.path.isdir(os.path.join(cwd, top))
+            if exc.name != top or not here or cwd in sys.path:
+                raise
+            sys.path.insert(0, cwd)
+            importlib.invalidate_caches()
+            log.debug("%s %s: importing '%s' from the current directory %s", what, path, top, cwd)
+            return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"{what} {path}: cannot import module '{name}' ({exc})") from exc
+    except Exception as exc:  # the user's module failed while being imported
+        raise ConfigError(
+            f"{what} {path}: importing module '{name}' raised {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _import_object(path: str, what: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{what} {path}: expected package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{what} {path}: cannot import module '{module_name}' ({exc})") from exc
-    obj: Any = module
+    obj: Any = _import_module(module_name, what, path)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{what} {path}: module '{module_name}' has no attribute '{attr}'")
@@ -153,14 +227,43 @@ class FactorySource(ModelSource):
         return Resolved(model, {"kind": "factory", "name": spec}, user=model is raw)
 
 
+def _required_parameters(fn: Callable) -> list[str]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: let the call say
+        return []
+    kinds = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+    return [p.name for p in params if p.default is inspect.Parameter.empty and p.kind in kinds]
+
+
 def _call_factory(spec: str, what: str) -> tuple[Any, Any]:
     fn = _import_object(spec, what)
+    expected = "a model (an nn.Module, a callable mapping images to logits, or an ART estimator)"
     if not callable(fn):
-        raise ConfigError(f"{what} {spec}: '{spec.partition(':')[2]}' is not callable")
-    raw = fn()
+        raise ModelError(
+            f"{what} {spec}: '{spec.partition(':')[2]}' is a {type(fn).__name__}, not a function; expected a "
+            f"factory that returns {expected} when called without arguments"
+        )
+    required = _required_parameters(fn)
+    if required:
+        raise ModelError(
+            f"{what} {spec}: the factory needs argument(s) {', '.join(required)}, but robustkit calls it without "
+            f"arguments; expected a function that returns {expected}. Wrap it in a function of your own"
+        )
+    try:
+        raw = fn()
+    except Exception as exc:  # the user's factory: name it and what it raised
+        raise ModelError(
+            f"{what} {spec}: the factory raised {type(exc).__name__}: {exc}; expected it to return {expected} "
+            "(pass --debug for the traceback)"
+        ) from exc
     result = adapt(raw)
     if not isinstance(result, nn.Module) and not callable(result) and defense_model(result) is None:
-        raise ConfigError(f"{what} {spec}: the factory returned {type(result).__name__}, not a model")
+        raise ModelError(f"{what} {spec}: the factory returned {type(result).__name__}; expected {expected}")
     return raw, result
 
 
@@ -181,26 +284,46 @@ def defense_model(obj: Any) -> nn.Module | None:
 
 
 def _need_weights(spec: str, request: ModelRequest, video: bool = False) -> None:
+    if request.pretrained and request.weights is not None:
+        raise ConfigError(f"--model {spec}: pass either --pretrained or --weights FILE, not both")
     if video and (request.weights is None or not request.num_classes):
         raise ConfigError(
             f"--model {spec} is a video architecture: pass --weights FILE and a dataset with classes. "
             "Nothing is downloaded."
         )
-    if request.weights is None:
+    if request.weights is None and not request.pretrained:
         raise ConfigError(
-            f"--model {spec} is an architecture without weights; pass --weights FILE (.safetensors or a state dict). "
-            "Nothing is downloaded."
+            f"--model {spec} is an architecture without weights; pass --weights FILE (.safetensors or a state "
+            "dict), or --pretrained for the library's own pretrained weights"
         )
 
 
+def _normalized(
+    model: nn.Module, request: ModelRequest, default: tuple[Any, Any, str]
+) -> tuple[nn.Module, dict]:
+    """``model`` behind the requested normalization (the architecture's ``default`` when none is asked for),
+    and the record of it."""
+    if request.normalize == "none":
+        return model, normalization_record(None, None, "none (--normalize none)")
+    mean, std, source = default if request.normalize is None else (*request.normalize, "--normalize")
+    return Normalized(model, mean, std), normalization_record(mean, std, source)
+
+
 class ArchitectureSource(ModelSource):
-    """An image architecture of a library by name, with local weights, ImageNet normalisation unless
-    ``normalize`` says otherwise."""
+    """An image architecture of a library by name, with local ``--weights`` or the library's own
+    ``--pretrained`` weights, behind the input normalization of its metadata unless ``normalize`` says
+    otherwise."""
 
     def _exists(self, name: str) -> bool:
         raise NotImplementedError
 
     def _build(self, name: str, kwargs: dict[str, Any]) -> nn.Module:
+        raise NotImplementedError
+
+    def _pretrained(self, spec: str, name: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _default_normalization(self, name: str, model: nn.Module) -> tuple[Any, Any, str]:
         raise NotImplementedError
 
     def claims(self, spec: str) -> bool:
@@ -213,18 +336,19 @@ class ArchitectureSource(ModelSource):
         if not self._exists(name):
             raise ConfigError(f"--model {spec}: {self.scheme} has no architecture '{name}'")
         _need_weights(spec, request)
-        kwargs = {"num_classes": request.num_classes} if request.num_classes else {}
-        arch = self._build(name, kwargs)
-        mean, std = request.normalize or (IMAGENET_MEAN, IMAGENET_STD)
-        load_into(arch, request.weights)
-        info = {
-            "kind": "architecture",
-            "name": spec,
-            "weights": str(request.weights),
-            "mean": list(mean),
-            "std": list(std),
-        }
-        return Resolved(Normalized(arch, mean, std), info, applied_request=True)
+        if request.pretrained:
+            arch, info = self._pretrained(spec, name, request)
+            default = info.pop("normalization_default")
+        else:
+            kwargs = {"num_classes": request.num_classes} if request.num_classes else {}
+            arch = self._build(name, kwargs)
+            load_into(arch, request.weights)
+            info, default = {"weights": str(request.weights)}, self._default_normalization(name, arch)
+        model, record = _normalized(arch, request, default)
+        info = {"kind": "architecture", "name": spec, **info, "normalization": record}
+        if record["mean"] is not None:
+            info.update(mean=record["mean"], std=record["std"])
+        return Resolved(model, info, applied_request=True)
 
 
 class TorchvisionSource(ArchitectureSource):
@@ -242,6 +366,16 @@ class TorchvisionSource(ArchitectureSource):
 
         return torchvision.models.get_model(name, weights=None, **kwargs)
 
+    def _pretrained(self, spec: str, name: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
+        from .pretrained import torchvision_pretrained
+
+        return torchvision_pretrained(spec, name, request.pretrained, request.num_classes, request.progress)
+
+    def _default_normalization(self, name: str, model: nn.Module) -> tuple[Any, Any, str]:
+        from .pretrained import torchvision_normalization
+
+        return torchvision_normalization(name)
+
 
 class TimmSource(ArchitectureSource):
     scheme = "timm"
@@ -255,6 +389,18 @@ class TimmSource(ArchitectureSource):
         import timm
 
         return timm.create_model(name, pretrained=False, **kwargs)
+
+    def _pretrained(self, spec: str, name: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
+        from .pretrained import timm_pretrained
+
+        if isinstance(request.pretrained, str) and "." not in name:
+            name = f"{name}.{request.pretrained}"  # --pretrained TAG names timm's weights
+        return timm_pretrained(spec, name, request.num_classes)
+
+    def _default_normalization(self, name: str, model: nn.Module) -> tuple[Any, Any, str]:
+        from .pretrained import timm_normalization
+
+        return timm_normalization(name, model)
 
 
 class VideoSource(ModelSource):
@@ -272,27 +418,59 @@ class VideoSource(ModelSource):
         from .video import video_model
 
         _need_weights(spec, request, video=True)
-        mean, std = request.normalize or (None, None)
+        if request.pretrained:
+            raise ConfigError(f"--model {spec}: --pretrained is for image architectures; pass --weights FILE")
+        own = request.normalize is None
+        mean, std = (None, None) if request.normalize in (None, "none") else request.normalize
         name = spec.removeprefix("torchvision:").removeprefix("video:")
-        model = video_model(name, request.num_classes, weights=request.weights, mean=mean, std=std)
+        model = video_model(name, request.num_classes, weights=request.weights, mean=mean, std=std,
+                            normalize=request.normalize != "none")  # fmt: skip
         info = {"kind": "architecture", "name": spec, "weights": str(request.weights), "video": True}
+        record = normalization_record(None, None, "none (--normalize none)")
         if isinstance(model, Normalized):
             info.update(mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
+            source = f"the {name} family's training statistics" if own else "--normalize"
+            record = normalization_record(info["mean"], info["std"], source)
+        return Resolved(model, {**info, "normalization": record}, applied_request=True)
+
+
+class RobustBenchSource(ModelSource):
+    """``robustbench:<dataset>/<threat>/<name>``: a model of RobustBench's zoo (its architecture, its
+    checkpoint from RobustBench's cache layout); see :mod:`robustkit.models.robustbench`."""
+
+    scheme = "robustbench"
+
+    def claims(self, spec: str) -> bool:
+        return spec.startswith("robustbench:")
+
+    def resolve(self, spec: str, request: ModelRequest) -> Resolved:
+        from .robustbench import load_robustbench
+
+        if request.weights is not None:
+            raise ConfigError(f"--model {spec} reads RobustBench's own checkpoint; drop --weights")
+        model, info = load_robustbench(spec, num_classes=request.num_classes, progress=request.progress)
+        if request.normalize not in (None, "none"):
+            model = Normalized(model, *request.normalize)
+            info["normalization"] = normalization_record(*request.normalize, "--normalize")
         return Resolved(model, info, applied_request=True)
 
 
-for _source in (VideoSource(), TorchvisionSource(), TimmSource(), FactorySource()):
+for _source in (VideoSource(), TorchvisionSource(), TimmSource(), RobustBenchSource(), FactorySource()):
     register_source(_source)
 
 
 def _resolve(spec: str, request: ModelRequest) -> Resolved:
     for source in sources():
         if source.claims(spec):
+            if request.pretrained and not isinstance(source, ArchitectureSource):
+                raise ConfigError(
+                    f"--pretrained applies to torchvision:NAME and timm:NAME architectures, not to --model {spec}"
+                )
             return source.resolve(spec, request)
     known = [n for s in sources() for n in s.names()]
     raise ConfigError(
         f"unknown model '{spec}'{suggest(spec, known)}: not a zoo model ({', '.join(known)}), "
-        "a torchvision or timm architecture, or package.module:function"
+        "a torchvision or timm architecture, robustbench:<dataset>/<threat>/<name>, or package.module:function"
     )
 
 
@@ -302,24 +480,35 @@ def load_model(
     dataset: str | None = None,
     weights: str | Path | None = None,
     num_classes: int | None = None,
-    normalize: Normalize | None = None,
+    normalize: NormalizeOption | Sequence = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    pretrained: bool | str = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return (model on ``device``, provenance info).
 
-    A model robustkit builds and loads itself (zoo, architectures with ``weights``) is put in eval mode.
-    A user's own model (an ``nn.Module`` object, what a ``package.module:function`` factory returns, a
-    defense's model) is never: it is evaluated in the mode it is given (an ART estimator is evaluated as
-    ART's ``predict`` runs it, in eval mode), so a model with BatchNorm in train
-    mode stays batch-dependent (and ``robustkit.defenses.adaptive.adapt`` says so). A defense
-    (``robustkit.defenses.base.Defense``) passes its model through; its transfer sources move along.
+    A model robustkit builds and loads itself (zoo, architectures with ``weights`` or ``pretrained``,
+    RobustBench's) is put in eval mode. A user's own model (an ``nn.Module`` object, what a
+    ``package.module:function`` factory returns, a defense's model) is never: it is evaluated in the mode it
+    is given (an ART estimator is evaluated as ART's ``predict`` runs it, in eval mode), so a model with
+    BatchNorm in train mode stays batch-dependent (and ``robustkit.defenses.adaptive.adapt`` says so). A
+    defense (``robustkit.defenses.base.Defense``) passes its model through; its transfer sources move along.
+
+    ``normalize`` (:func:`parse_normalize`): None for the architecture's own (torchvision's weights
+    transforms, timm's ``pretrained_cfg``; none added to robustkit's zoo models, RobustBench's or your own),
+    ``"none"``, ``"imagenet"``, ``"MEAN,STD"`` or ``(mean, std)``. ``info["normalization"]`` records what was
+    applied (``mean``, ``std``: None when nothing was added; ``source``).
     """
-    request = ModelRequest(dataset, weights, num_classes, normalize, device, progress)
+    normalize = parse_normalize(normalize)
+    request = ModelRequest(dataset, weights, num_classes, normalize, device, progress, pretrained)
     if spec is None:
         if dataset is None:
             raise ConfigError("no model given and no built-in dataset to pick a zoo model for")
         spec = default_model_for(dataset)
+    if pretrained and not isinstance(spec, str):
+        raise ConfigError(
+            "--pretrained applies to torchvision:NAME and timm:NAME architectures, not to a model object"
+        )
     given, spec = spec, adapt(spec)
     if isinstance(spec, str):
         resolved = _resolve(spec, request)
@@ -337,10 +526,18 @@ def load_model(
             raise ConfigError("--weights needs a model that is an nn.Module")
         load_into(model.model if isinstance(model, Normalized) else model, weights)
         info["weights"] = str(weights)
-    if normalize is not None and not resolved.applied_request:
-        wrapped = Normalized(model, *normalize)
-        wrapped.training = getattr(model, "training", False)  # the wrapper alone: the user's mode is kept
-        model = wrapped
+    if not resolved.applied_request:
+        own = (
+            "the zoo model normalizes inside" if info.get("kind") == "zoo" else "the model gets [0, 1] input"
+        )
+        info["normalization"] = normalization_record(None, None, f"none added ({own})")
+        if isinstance(normalize, tuple):
+            wrapped = Normalized(model, *normalize)
+            wrapped.training = getattr(model, "training", False)  # the wrapper alone: the user's mode is kept
+            model = wrapped
+            info["normalization"] = normalization_record(*normalize, "--normalize")
+    name = info.get("name") or (spec if isinstance(spec, str) else type(spec).__name__)
+    check_not_meta(model, str(name))
     if isinstance(model, nn.Module):
         model = model.to(device) if resolved.user else model.to(device).eval()
     elif not callable(model):
