@@ -8,6 +8,7 @@ Each call builds one :class:`~robustkit.evaluation.config.RunConfig`, runs the e
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from .files import atomic_write, safe_name
 from .models.state import preserved
 from .report import render_report
 
+log = logging.getLogger(__name__)
+
 __all__ = ["RunConfig", "RunResult", "catalogue", "evaluate", "evaluate_defenses", "run"]
 
 
@@ -40,6 +43,7 @@ def run(config: RunConfig) -> RunResult:
     ):  # the user's model is left as found (a train-mode BN's statistics too)
         result = runner.run(config)
     if config.report and distributed.world()[0] == 0:
+        log.info("run %s: writing the report", result.run_dir.name)
         result.report = render_report([result.run_dir], result.run_dir / "report.html")
     return result
 

@@ -194,7 +194,7 @@ def test_the_python_snippet_does_not_collide_with_the_tours_runs(text, commands)
 
 
 # ------------------------------------------------------------------------ slow: everything, in order
-MYMODULE = '''
+MYMODULE = """
 import torch
 from torch import nn
 
@@ -211,7 +211,7 @@ def build():
     model.add_module("preprocess", Quantize())
     model.add_module("classifier", robustkit.load_zoo_model("shapes-resnet"))
     return model
-'''
+"""
 
 
 def needs_the_reader(step: str | list[str]) -> str | None:
@@ -246,7 +246,9 @@ def test_the_readme_runs_in_order(index, workspace):
     why = needs_the_reader(step)
     if why:
         pytest.skip(f"needs {why}")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    )
     if kind == "python":
         argv = [sys.executable, "-c", step]
     else:
