@@ -30,6 +30,9 @@ SUITE = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads crawl on a loaded CPU
+
+
 def tiny() -> nn.Module:
     with fixed_seed(5):
         return nn.Sequential(
@@ -41,7 +44,7 @@ def messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
 
 
-def test_away_from_a_terminal_a_run_logs_one_line_per_stage(tmp_path, caplog, one_thread):
+def test_away_from_a_terminal_a_run_logs_one_line_per_stage(tmp_path, caplog):
     data = shapes("test", n=24)
     caplog.set_level(logging.INFO, logger="robustkit")
     robustkit.evaluate(tiny(), (data.x, data.y), SUITE, num_classes=10, out=tmp_path, name="r",
