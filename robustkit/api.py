@@ -8,6 +8,7 @@ Each call builds one :class:`~robustkit.evaluation.config.RunConfig`, runs the e
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,15 @@ from .device import resolve_device
 from .evaluation import distributed, runner
 from .evaluation.compare import compare
 from .evaluation.config import RunConfig
-from .evaluation.defended import resolve_defense, split_defenses
+from .evaluation.defended import Planned, plan_defenses, resolve_defense, split_defenses
 from .evaluation.runner import RunResult
 from .evaluation.suite import builtin_suites
 from .files import atomic_write, safe_name
 from .models.state import preserved
 from .report import render_report
+from .training.loop import about
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunConfig", "RunResult", "catalogue", "evaluate", "evaluate_defenses", "run"]
 
@@ -40,6 +44,7 @@ def run(config: RunConfig) -> RunResult:
     ):  # the user's model is left as found (a train-mode BN's statistics too)
         result = runner.run(config)
     if config.report and distributed.world()[0] == 0:
+        log.info("run %s: writing the report", result.run_dir.name)
         result.report = render_report([result.run_dir], result.run_dir / "report.html")
     return result
 
@@ -87,11 +92,18 @@ def evaluate_defenses(
     names = split_defenses(defenses)
     dev = resolve_device(base.device)
     data = base.data if isinstance(base.data, str) else "shapes"
-    loaded = [resolve_defense(n, dataset=data, device=dev, progress=base.progress) for n in names]
+    plan = plan_defenses(names, dataset=data, device=dev)
+    say_plan(plan, data)
     stem = base.name or f"defenses-{safe_name(base.data_name)}"
-    configs = [base.replace(model=d, model_name=d.name, name=f"{stem}-{safe_name(d.name)}", device=dev)
-               for d in loaded]  # fmt: skip
-    results = [run(c) for c in configs]
+    done: dict[int, tuple[Defense, RunConfig, RunResult]] = {}
+    # the ready ones first, then each to train as soon as it is trained: none waits for all the training
+    for k, i in enumerate(sorted(range(len(plan)), key=lambda i: plan[i].train), 1):
+        log.info("defense %d of %d: %s%s", k, len(plan), plan[i].name,
+                 f" (training first, about {about(plan[i].seconds)})" if plan[i].train else "")  # fmt: skip
+        d = resolve_defense(plan[i].spec, dataset=data, device=dev, progress=base.progress)
+        c = base.replace(model=d, model_name=d.name, name=f"{stem}-{safe_name(d.name)}", device=dev)
+        done[i] = (d, c, run(c))
+    loaded, configs, results = (list(t) for t in zip(*(done[i] for i in range(len(plan))), strict=True))
     rows = [
         r.summary
         | {
@@ -110,6 +122,24 @@ def evaluate_defenses(
         return results, None
     target = out_dir / f"{safe_name(stem)}-comparison.html"
     return results, render_report([r.run_dir for r in results], target, title=f"defenses on {base.data_name}")
+
+
+def say_plan(plan: list[Planned], data: str) -> None:
+    """Before anything runs: which defenses must be trained first (not cached) and for about how long."""
+    train = [p for p in plan if p.train]
+    ready = [p.name for p in plan if not p.train]
+    if not train:
+        log.info("defenses: %s, all ready (cached or given); each is evaluated in turn", ", ".join(ready))
+        return
+    total = sum(p.seconds or 0.0 for p in train)
+    log.info(
+        "defenses: %d of %d must be trained on '%s' first (not cached), about %s in all on this machine: %s. "
+        "Each is evaluated as soon as it is trained%s; --limit does not shorten training. Trained defenses "
+        "are cached, so a rerun evaluates them at once",
+        len(train), len(plan), data, about(total),
+        "; ".join(f"{p.name} ({p.steps} steps, about {about(p.seconds or 0.0)})" for p in train),
+        f", after the ready ones ({', '.join(ready)})" if ready else "",
+    )  # fmt: skip
 
 
 def catalogue() -> dict[str, list[str]]:

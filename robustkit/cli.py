@@ -458,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what Ctrl-C leaves, per command; an interrupted training says what it saved on its own line above
+_INTERRUPTED = {
+    "evaluate": "every evaluated batch is saved; run the same command again to resume (a defense "
+    "interrupted in training: the line above says what of it was saved)",
+    "train": "what was saved, if anything, is said above",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -473,10 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt:
-        print(
-            "\ninterrupted: everything finished so far is saved; run the same command again to resume.",
-            file=sys.stderr,
-        )
+        print(f"\ninterrupted: {_INTERRUPTED.get(args.command, 'nothing was saved')}", file=sys.stderr)
         return 130
     except (RobustkitError, ValueError, FileNotFoundError) as exc:
         if args.debug:

@@ -205,3 +205,89 @@ def test_real_run_report_from_the_runner(browser, tmp_path: Path) -> None:
         assert_not_blank(v.screenshot(tmp_path / "real.png"))
     finally:
         v.close()
+
+
+# ------------------------------------------------------------------ issue 19: the report at desktop widths
+LONG = "baseline-resnet50-imagenet-autoattack-standard-with-a-long-run-name"
+
+
+def drop_attack(run_dir: Path, name: str) -> None:
+    """Remove one attack from a run (as if its suite never measured that ε) and rewrite its summary."""
+    import json
+    import sqlite3
+
+    from robustkit.evaluation.metrics import summarize
+    from robustkit.evaluation.store import Store
+
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    with db:
+        (aid,) = db.execute("SELECT id FROM attacks WHERE name = ?", (name,)).fetchone()
+        for table in ("outcomes", "artifacts", "examples"):
+            db.execute(f"DELETE FROM {table} WHERE attack_id = ?", (aid,))  # noqa: S608
+        db.execute("DELETE FROM batches WHERE stage = ?", (name,))
+        db.execute("DELETE FROM attacks WHERE id = ?", (aid,))
+    db.close()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    store = Store(run_dir / "results.sqlite")
+    summary.update(summarize(store, summary.get("classes")))
+    store.close()
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def fits(v: Visit) -> None:
+    """No nav link hidden or cut off, and the page no wider than the window."""
+    nav = v.page.evaluate(
+        "(() => { const n = document.querySelector('nav.toc');"
+        " const links = Array.from(n.querySelectorAll('a')).map(a => a.getBoundingClientRect());"
+        " return {scroll: n.scrollWidth, client: n.clientWidth, right: Math.max(...links.map(r => r.right)),"
+        " hidden: links.filter(r => r.width === 0).length}; })()"
+    )
+    width = v.page.evaluate("window.innerWidth")
+    assert nav["scroll"] <= nav["client"] + 1 and nav["right"] <= width and nav["hidden"] == 0, nav
+    assert v.page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_report_fixes_at_desktop_widths(browser, tmp_path: Path, width: int) -> None:
+    a = build_run(tmp_path / "runs", name=LONG, defense=False)
+    b = build_run(
+        tmp_path / "runs", name=LONG.replace("baseline", "defended"), model="tiny-net-abnn", seed=1, n=6
+    )
+    drop_attack(b, "pgd@2/255")
+    single = render_report([a], tmp_path / "single.html")
+    v = Visit(browser, single, width=width)
+    try:
+        v.assert_clean()
+        fits(v)
+        # the headline says at which ε (the largest per norm) and which attacks have no ε
+        assert (
+            v.page.locator("#r0-summary .headline .at").text_content()
+            == "ε ≤ 8/255 (L∞), 0.5 (L2); and patch, roa"
+        )
+        # a passing check asks for nothing; the others keep their advice
+        todo = {
+            row.locator("td").nth(0).text_content(): row.locator("td").nth(3).text_content()
+            for row in v.page.locator("#r0-findings tbody tr").all()
+        }
+        assert todo["claimed-success-recheck"] == "nothing: the check passed"
+        assert (
+            todo["gradient-masking"] == "run more steps" and todo["stochastic-model"] == "evaluate with EOT"
+        )
+        # forward / backward / queries explained at the table that shows them
+        counts = v.page.locator("#r0-attacks p.note .counts")
+        assert counts.is_visible() and "batched passes through the model" in counts.text_content()
+        assert v.page.locator("#r0-attacks th[title]").count() == 3
+    finally:
+        v.close()
+    v = Visit(browser, render_report([a, b], tmp_path / "compare.html"), width=width)
+    try:
+        v.assert_clean()
+        fits(v)
+        warning = v.page.locator("#comparison .warn-box")
+        assert warning.count() == 1 and "different numbers of samples (6, 12)" in warning.text_content()
+        # Linf: run a measured eps 2, 4, 8 (/255); run b only 4 and 8: b's line breaks over 2/255
+        chart = v.page.locator("#comparison figure.chart").filter(has_text="(Linf)")
+        paths = chart.locator("path.line").evaluate_all("ps => ps.map(p => p.getAttribute('d'))")
+        assert [p.count("M") for p in paths] == [1, 2], paths
+    finally:
+        v.close()

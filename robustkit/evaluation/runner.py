@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..defenses.adaptive import Adapted, adapt
 from ..defenses.base import Defense
@@ -38,6 +37,7 @@ from .config import CONFIG_FILE, RunConfig
 from .execute import Job, chunks, get_batch, preflight, run_suite, view_name
 from .metrics import chance_finding, summarize
 from .profile import profile_run
+from .progress import Progress
 from .store import STORE_FILE, Store
 from .suite import SuiteEntry
 
@@ -223,7 +223,8 @@ def _prepare_dir(config: RunConfig, run_dir: Path, rank: int) -> bool:
             if diff:
                 raise RunExistsError(
                     f"run directory {run_dir} holds a different run (differs in: {', '.join(diff)}). "
-                    "Pick another --name, or pass --overwrite to start over."
+                    "Pick another run name (--name; name= in Python), or start over with --overwrite "
+                    "(overwrite=True)."
                 )
             return True
     try:
@@ -338,10 +339,10 @@ def _run_shard(store: Store, config: RunConfig, loaded: Loaded, run_name: str, r
     mine = distributed.shard(chunks(loaded.indices, config.batch_size), loaded.rank, loaded.size)
     if resumed and loaded.rank == 0:  # only rank 0 knows whether the directory existed
         _say_resumed(store, config, run_name, [i for c in mine for i in c], loaded)
-    work = sum(len(c) for c in mine) * (1 + len(loaded.names(config)))
+    stages = 1 + len(loaded.names(config))
     show = config.progress and loaded.rank == 0
     caps = adapted.capabilities
-    with tqdm(total=work, unit="sample", disable=None if show else True, dynamic_ncols=True) as bar:
+    with Progress(run_name, stages, sum(len(c) for c in mine), show=show) as bar:
         # a model that reads batch statistics is not folded or cast: its deployed form is the one attacked
         net = (
             Precisions.single(loaded.net) if caps.batch_dependent else config.fastpath.precisions(loaded.net)
@@ -389,7 +390,14 @@ def _finish(run_dir: Path, config: RunConfig, loaded: Loaded, run_name: str) -> 
     """Sanity checks and summary from the (merged) store; summary.json written atomically."""
     store = Store(run_dir / STORE_FILE)
     try:
+        log.info(
+            "run %s: sanity checks (randomness, gradients, unbounded eps, batch dependence, ...)", run_name
+        )
+        started = time.perf_counter()
         _sanity(store, loaded, config)
+        statuses = [f["status"] for f in store.findings()]
+        log.info("run %s: sanity checks done in %.1f s: %s", run_name, time.perf_counter() - started,
+                 ", ".join(f"{statuses.count(s)} {s}" for s in ("pass", "warn", "fail") if s in statuses))  # fmt: skip
         store.set_meta("finished_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         elapsed = store.meta("elapsed", 0.0)
         summary = summarize(store, loaded.classes)

@@ -94,8 +94,13 @@ def line_chart(
     y_percent: bool = True,
     x_format: Callable[[float], str] = _fmt,
     tip_format: Callable[[float], str] | None = None,
+    gaps: bool = False,
 ) -> Chart | None:
-    """A chart of several series of (x, y) points; ``None`` when there is nothing to draw."""
+    """A chart of several series of (x, y) points; ``None`` when there is nothing to draw.
+
+    ``gaps``: a series' line does not join two of its points across an x that another series measured
+    and it did not (its marker alone shows where it was measured), so no line suggests a value that
+    was never measured."""
     data = {k: sorted((float(x), float(y)) for x, y in pts if _finite(x, y)) for k, pts in series.items()}
     data = {k: v for k, v in data.items() if v}
     if not data:
@@ -122,7 +127,10 @@ def line_chart(
     out = []
     for k, (label, pts) in enumerate(data.items()):
         coords = [(px(x), py(y)) for x, y in pts]
-        path = "M" + " L".join(f"{a} {b}" for a, b in coords)
+        path = "".join(
+            f"{'M' if i == 0 or (gaps and _skips(pts[i - 1][0], pts[i][0], xs)) else ' L'}{a} {b}"
+            for i, (a, b) in enumerate(coords)
+        )
         points = [
             Point(a, b, f"{label}: {x_label} {tip(x)}, {_pct(y) if y_percent else _fmt(y)}")
             for (a, b), (x, y) in zip(coords, pts, strict=True)
@@ -165,6 +173,11 @@ def sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> di
         (round(2 + i * step, 1), round(height - 2 - v / top * (height - 4), 1)) for i, v in enumerate(vals)
     ]
     return {"path": "M" + " L".join(f"{a} {b}" for a, b in pts), "width": width, "height": height, "max": top}
+
+
+def _skips(a: float, b: float, xs: Sequence[float]) -> bool:
+    """Whether some x of ``xs`` lies strictly between ``a`` and ``b``."""
+    return any(a < x < b and not math.isclose(x, a) and not math.isclose(x, b) for x in xs)
 
 
 def _finite(*vals: float) -> bool:

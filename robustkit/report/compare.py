@@ -39,6 +39,14 @@ def comparison(runs: list[Run]) -> dict[str, Any]:
                 "seconds": h["seconds"],
             }
         )
+    counts = sorted({r["n"] for r in rows if r["n"] is not None})
+    notes = []
+    if len(counts) > 1:
+        notes.append(
+            f"The runs were evaluated on different numbers of samples ({', '.join(f'{c:,}' for c in counts)}): "
+            "their accuracies come from different samples, and the smaller runs' figures are far less "
+            "certain (see the 95% CI column). Compare runs of equal size (--limit) for a fair comparison."
+        )
     best_robust = max((r["robust"] for r in rows if r["robust"] is not None), default=None)
     best_clean = max((r["clean"] for r in rows if r["clean"] is not None), default=None)
     return {
@@ -47,6 +55,7 @@ def comparison(runs: list[Run]) -> dict[str, Any]:
         "best_robust": best_robust,
         "best_clean": best_clean,
         "charts": _overlay(runs, [r["name"] for r in rows]),
+        "notes": notes,
     }
 
 
@@ -82,6 +91,7 @@ def _overlay(runs: list[Run], labels: list[str]) -> list[Chart]:
             title=f"Worst-case robust accuracy vs ε ({norm})",
             x_label=x_label,
             y_label="robust accuracy",
+            gaps=True,
         )
         if chart is not None:
             charts.append(chart)

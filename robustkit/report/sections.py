@@ -19,6 +19,7 @@ from .load import Run
 
 # Per-sample metrics that are labels or indices, not quantities to average.
 CATEGORICAL = {"target", "broken_by"}
+PASSING = {"pass", "ok", "skip"}
 STATUS_ORDER = {"fail": 0, "error": 0, "warn": 1, "info": 2, "pass": 3, "ok": 3, "skip": 4}
 
 
@@ -82,7 +83,36 @@ def summary(run: Run) -> dict[str, Any]:
         "strongest": strongest["name"] if strongest else None,
         "strongest_acc": strongest["robust_accuracy"] if strongest else None,
         "incomplete": [a["name"] for a in attacks if not a.get("complete", True)],
+        "at": budget(attacks),
     }
+
+
+NORM_NAMES = {"Linf": "L∞", "L2": "L2", "L1": "L1", "L0": "L0"}
+
+
+def budget(attacks: list[dict[str, Any]]) -> str:
+    """At which ε the worst case holds, for the headline: the largest ε per norm, and the attacks without
+    one (physical): 'ε ≤ 8/255 (L∞), ≤ 0.5 (L2); and patch, roa'."""
+    largest: dict[str, float] = {}
+    sizes: dict[str, set[float]] = defaultdict(set)
+    unbounded: list[str] = []
+    for a in attacks:
+        eps, norm = a.get("eps"), a.get("norm")
+        if eps is None or not norm:
+            key = str(a.get("attack") or a.get("name"))
+            if key not in unbounded:
+                unbounded.append(key)
+            continue
+        largest[norm] = max(largest.get(norm, 0.0), float(eps))
+        sizes[norm].add(float(eps))
+    parts = [
+        f"{'≤ ' if len(sizes[n]) > 1 else ''}{eps_label(e, n)} ({NORM_NAMES.get(n, n)})"
+        for n, e in sorted(largest.items(), key=lambda item: (item[0] != "Linf", item[0]))
+    ]
+    text = f"ε {', '.join(parts)}" if parts else ""
+    if unbounded:
+        text += f"{'; and ' if text else ''}{', '.join(unbounded)}"
+    return text
 
 
 def _group_key(a: dict[str, Any]) -> tuple:
@@ -252,6 +282,8 @@ def timing(run: Run) -> dict[str, Any]:
 
 def findings(run: Run) -> dict[str, Any]:
     rows = sorted(run.findings, key=lambda f: (STATUS_ORDER.get(str(f["status"]).lower(), 5), f["name"]))
+    # a passing check needs nothing done: its advice (what a failure would mean) stays out of the table
+    rows = [f | {"todo": f["advice"] if str(f["status"]).lower() not in PASSING else ""} for f in rows]
     counts: dict[str, int] = {}
     for f in rows:  # already in severity order, so the counts are too
         key = str(f["status"]).lower()

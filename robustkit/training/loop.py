@@ -167,11 +167,15 @@ def fit(
         leave=False,
     )  # fmt: skip
 
+    saved = [state["step"] if ckpt is not None else None]  # the step of the last checkpoint in out_dir
+    timing = _Estimate(desc, total, state["step"]) if main else None
+
     def save(attack: torch.Generator) -> None:
         if out_dir is not None and main:
             state["cost"]["totals"] = meter.totals()
             state["scaler"] = scaler.state_dict() if scaler is not None else None
             save_checkpoint(out_dir, model, opt, state, {"rng.attack": attack.get_state()})
+            saved[0] = state["step"]
 
     try:
         with dp.synced_batchnorm(model):
@@ -215,6 +219,8 @@ def fit(
                     state["cost"]["steps"] += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{value:.3f}")
+                    if timing is not None:
+                        timing.step(state["step"])
                     in_epoch = len(losses)
                     due = (
                         in_epoch % checkpoint_every == 0
@@ -235,12 +241,73 @@ def fit(
                     log.info("%s epoch %d: loss %.3f, %.1fs", desc, epoch + 1, mean, seconds)
                 save(attack)
             state["cost"]["totals"] = meter.totals()
+    except KeyboardInterrupt:
+        if main:
+            _say_interrupted(desc, state["step"], total, per_epoch, saved[0], out_dir, checkpoint_every,
+                             checkpoint_seconds)  # fmt: skip
+        raise
     finally:
         bar.close()
         meter.close()
     model.zero_grad(set_to_none=True)  # a trained model holds no gradients, as one loaded from its file
     model.eval()
     return state
+
+
+def about(seconds: float) -> str:
+    """A duration for a person: '40 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _Estimate:
+    """Says once, after the first few steps of this process, how long the rest will take (from the wall
+    time of steps 2 to 4: the first one carries one-time costs)."""
+
+    AFTER = 4
+
+    def __init__(self, desc: str, total: int, start: int) -> None:
+        self.desc, self.total, self.start = desc, total, start
+        self.t1: float | None = None
+
+    def step(self, step: int) -> None:
+        taken = step - self.start
+        if taken == 1:
+            self.t1 = time.perf_counter()
+        elif taken == self.AFTER and self.t1 is not None:
+            per_step = (time.perf_counter() - self.t1) / (self.AFTER - 1)
+            left = self.total - step
+            log.info("%s: %d steps, about %s to go (%.2f s per step on its first steps)", self.desc,
+                     self.total, about(per_step * left), per_step)  # fmt: skip
+
+
+def _say_interrupted(
+    desc: str,
+    step: int,
+    total: int,
+    per_epoch: int,
+    saved: int | None,
+    out_dir: Path | None,
+    every: int | None,
+    seconds: float | None,
+) -> None:
+    """What an interrupted training left behind, as it is: the last checkpoint, or nothing."""
+    if out_dir is None:
+        log.warning("%s interrupted at step %d of %d: it keeps no checkpoint and starts over on its next use",
+                    desc, step, total)  # fmt: skip
+    elif saved is None:
+        within = f"every {every} steps" if every else f"every {about(seconds)}" if seconds else "never"
+        log.warning("%s interrupted at step %d of %d, before its first checkpoint: nothing of it is saved in "
+                    "%s (checkpoints come after each epoch of %d steps and within an epoch %s; "
+                    "--checkpoint-every N saves sooner)", desc, step, total, out_dir, per_epoch, within)  # fmt: skip
+    else:
+        epochs, into = divmod(saved, max(per_epoch, 1))
+        where = f"the end of epoch {epochs}" if into == 0 else f"{into} steps into epoch {epochs + 1}"
+        log.warning("%s interrupted at step %d of %d: its checkpoint at step %d (%s) in %s is kept; the same "
+                    "command resumes from there", desc, step, total, saved, where, out_dir)  # fmt: skip
 
 
 class _Step:
