@@ -5,6 +5,13 @@ Each physical attack returns ``x_adv`` quantized to 8 bits (what a printer or a 
 so its ``success`` is the success after quantization. ``metrics['eot_success_rate']`` is the fraction
 of held-out transformation draws under which the attack still succeeds, and ``artifacts['eot_curve']``
 the success rate on the evaluation grid, both computed from the quantized image.
+
+Printing: every physical attack takes a ``palette`` (a built-in palette name or a palette file measured
+from a photographed colour chart; default: the 30 colours of Sharif et al.). For the printed artefact
+(frame, sticker, patch) it reports per image ``nps``, ``tv``, ``palette_distance`` and
+``printable_fraction`` (within ``print_tolerance`` of the palette), and ``palette_success``: the success
+once the artefact's pixels are snapped to their nearest printable colour, beside the 8-bit ``success``.
+The attacks that optimize a texture (:class:`Printable`) weigh total variation and non-printability.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from typing import Any, ClassVar
 import torch
 
 from ..eot import EOT, EvalGrid, make_eot
+from ..functional.palette import load_palette
+from ..functional.penalties import non_printability, total_variation
+from ..functional.printing import PRINT_TOLERANCE, printability, quantize_to_palette
 from ..functional.random import GeneratorLike
 from ..models.state import preserved
 from .base import AttackResult, Counter, forward, is_success, positive
@@ -48,10 +58,18 @@ class PhysicalAttack(LossAttack):
 
     eval_draws: int = 8
     eval_grid: bool = True
+    palette: str | None = None
+    print_tolerance: float = PRINT_TOLERANCE
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self.eval_draws, "eval_draws", allow_zero=True)
+        positive(self.print_tolerance, "print_tolerance")
+        load_palette(self.palette)  # a bad palette fails when the recipe loads
+
+    def palette_colors(self, like: torch.Tensor) -> torch.Tensor:
+        """The printable colours (P, 3) on ``like``'s device and dtype."""
+        return load_palette(self.palette, device=like.device, dtype=like.dtype)
 
     def params(self) -> dict[str, Any]:
         """Configuration only: fitted tensors (patch, texture) are results, not recipe keys."""
@@ -59,7 +77,28 @@ class PhysicalAttack(LossAttack):
 
     # ------------------------------------------------------------------ shared pieces
     def make_eot(self, cfg: Mapping[str, Any] | None, **defaults: Any) -> EOT:
-        return make_eot(cfg, f"{self.name} eot", **defaults)
+        """The EOT of a recipe; its print stage jitters this attack's palette unless it names one."""
+        return make_eot(cfg, f"{self.name} eot", **({"palette": self.palette} | defaults))
+
+    def print_metrics(
+        self,
+        model: Callable,
+        artefact: torch.Tensor,
+        mask: torch.Tensor,
+        counter: Counter,
+        success_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Printability of ``artefact`` (B, 3, H, W) under ``mask`` (B or 1, 1, H, W), and, with
+        ``success_of`` (the artefact snapped to the palette -> (N,) adversarial images), the success
+        after palette quantization (``palette_success``), one value per image."""
+        pal = self.palette_colors(artefact)
+        out = printability(artefact, mask, pal, self.print_tolerance)
+        if success_of is not None:
+            with torch.no_grad():
+                out["palette_success"] = success_of(
+                    quantize(quantize_to_palette(artefact, pal, mask))
+                ).float()
+        return out
 
     def finish(
         self,
@@ -73,18 +112,24 @@ class PhysicalAttack(LossAttack):
         eval_eot: EOT | None,
         artifacts: dict[str, Any],
         metrics: dict[str, torch.Tensor] | None = None,
+        print_mask: torch.Tensor | None = None,
     ) -> AttackResult:
-        """Quantize, classify, and evaluate under held-out transformations of the whole image."""
+        """Quantize, classify, and evaluate under held-out transformations of the whole image; with
+        ``print_mask`` (the printed artefact's pixels), its printability and ``palette_success``."""
         x_adv = quantize(x_adv.detach())
         with torch.no_grad():
             logits = forward(model, x_adv, counter)
         success = self.succeeded(logits, y, target)
         metrics = dict(metrics or {})
+        if print_mask is not None:
+            judge = lambda snapped: self.succeeded(forward(model, snapped, counter), y, target)  # noqa: E731
+            metrics |= self.print_metrics(model, x_adv, print_mask, counter, judge)
+            artifacts["palette"] = self.palette_colors(x_adv).cpu()
         if target is not None:
             metrics["target"] = target.detach().clone()
         eot = eval_eot if eval_eot is not None and not eval_eot.identity else DEFAULT_EVAL_EOT
         if self.eval_draws:
-            rows, params = eot.draw(x_adv, generator, n_samples=self.eval_draws)
+            rows, params = eot.draw(x_adv, generator, n_samples=self.eval_draws, mask=print_mask)
             hits = self.succeeded(chunked_logits(model, quantize(rows), counter), y.repeat(self.eval_draws),
                                   None if target is None else target.repeat(self.eval_draws))  # fmt: skip
             metrics["eot_success_rate"] = hits.view(self.eval_draws, -1).float().mean(0)
@@ -116,3 +161,28 @@ class PhysicalAttack(LossAttack):
     def guarded(self, model: Callable):
         """The model state guard for ``fit`` (``__call__`` already guards ``run``)."""
         return preserved(model)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Printable:
+    """The printability penalties of an optimized texture: ``tv_weight`` x total variation and
+    ``nps_weight`` x non-printability (the soft-min form, towards the attack's ``palette``), both
+    means over the artefact's pixels, so that weights near 1 matter whatever the artefact's size."""
+
+    tv_weight: float = 0.0
+    nps_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
+        positive(self.tv_weight, "tv_weight", allow_zero=True)
+        positive(self.nps_weight, "nps_weight", allow_zero=True)
+
+    def print_penalty(self, texture: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The weighted penalties of ``texture`` (B, 3, H, W) under ``mask``: (B,), zero when off."""
+        pen = torch.zeros(texture.shape[0], device=texture.device, dtype=texture.dtype)
+        if self.tv_weight:
+            pen = pen + self.tv_weight * total_variation(texture, mask)
+        if self.nps_weight:
+            pal = load_palette(getattr(self, "palette", None), device=texture.device, dtype=texture.dtype)
+            pen = pen + self.nps_weight * non_printability(texture, pal, mask)
+        return pen
