@@ -245,9 +245,7 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
             rows = quantize(fitted.render_at(x, snapped[0], place))
             return self.succeeded(forward(model, rows, counter), y, target)
 
-        printed = self.print_metrics(
-            model, texture[None].to(x.dtype), alpha[None], counter, at_placement
-        )
+        printed = self.print_metrics(model, texture[None].to(x.dtype), alpha[None], counter, at_placement)
         metrics: dict[str, torch.Tensor] = {
             k: v.expand(x.shape[0]) if k != "palette_success" else v for k, v in printed.items()
         }
