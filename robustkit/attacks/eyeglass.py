@@ -28,7 +28,7 @@ from ..functional.placement import replace as replace_pixels
 from ..functional.random import GeneratorLike, shared
 from ..validate import check_inputs, check_labels
 from .base import AttackResult, Counter, forward, register
-from .loop import Ascent, Final, KeepBest, ascend
+from .loop import Ascent, Final, ascend
 from .lp import check_fields
 from .physical import PhysicalAttack, Printable, quantize
 
@@ -129,7 +129,7 @@ class Eyeglass(Printable, PhysicalAttack):
         """The frame's ascent on images ``x``: the texture pasted under the mask, seen through EOT
         draws; the loss averaged over the draws, less the penalties. ``universal``: one texture for
         all images, their mean loss."""
-        objective = self.objective(y, target)
+        objective = self.capped(self.objective(y, target))
 
         def gain(logits: torch.Tensor) -> torch.Tensor:
             per_image = mean_over_draws(objective(logits), x.shape[0])
@@ -179,7 +179,7 @@ class Eyeglass(Printable, PhysicalAttack):
             tex = self.texture.to(x).expand_as(x)
             return self.finish(model, replace_pixels(x, tex, mask), y, target, counter, generator=generator,
                                eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask),
-                               print_mask=mask)  # fmt: skip
+                               print_mask=mask, artefact=tex)  # fmt: skip
         tex = self.initial(model, x, y, target, mask, counter)
         velocity = torch.zeros_like(x)
 
@@ -195,12 +195,13 @@ class Eyeglass(Printable, PhysicalAttack):
                 logits = forward(model, quantize(replace_pixels(x, t, mask)), counter)
             return bool(self.succeeded(logits, y, target).all())
 
-        keep = KeepBest(tex.clone(), final=lambda t: ascent.value(model, t, counter)[1],
-                        stop=stop if self.early_stop and eot.identity else None)  # fmt: skip
+        keep = self.keep_best(tex.clone(), lambda t, _: self.print_penalty(t, mask),
+                              final=lambda t: ascent.value(model, t, counter)[1],
+                              stop=stop if self.early_stop and eot.identity and self.kappa is None else None)  # fmt: skip
         best = ascend(model, tex, ascent, keep, steps=self.steps, counter=counter)
         return self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
                            eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask),
-                           print_mask=mask)  # fmt: skip
+                           print_mask=mask, artefact=best)  # fmt: skip
 
     def _artifacts(self, tex: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         return {"texture": (tex[0] * mask[0]).detach().cpu(), "mask": mask[0].detach().cpu(),

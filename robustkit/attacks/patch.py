@@ -208,7 +208,7 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         def minibatch(_: int) -> Ascent:
             idx = next(batches)
             xb, yb = x[idx], y[idx]
-            objective = self.objective(yb, target[: xb.shape[0]] if self.targeted else None)
+            objective = self.capped(self.objective(yb, target[: xb.shape[0]] if self.targeted else None))
 
             def compose(texture: torch.Tensor) -> torch.Tensor:
                 if eot.identity:
@@ -245,7 +245,7 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
             rows = quantize(fitted.render_at(x, snapped[0], place))
             return self.succeeded(forward(model, rows, counter), y, target)
 
-        printed = self.print_metrics(model, texture[None].to(x.dtype), alpha[None], counter, at_placement)
+        printed = self.print_metrics(texture[None].to(x.dtype), alpha[None], at_placement)
         metrics: dict[str, torch.Tensor] = {
             k: v.expand(x.shape[0]) if k != "palette_success" else v for k, v in printed.items()
         }

@@ -29,6 +29,7 @@ from ..functional.printing import PRINT_TOLERANCE, printability, quantize_to_pal
 from ..functional.random import GeneratorLike
 from ..models.state import preserved
 from .base import AttackResult, Counter, forward, is_success, positive
+from .loop import KeepBest, Objective
 from .lp import LossAttack
 
 # The transformations a printed attack meets when it is not optimized for any: the default
@@ -82,14 +83,12 @@ class PhysicalAttack(LossAttack):
 
     def print_metrics(
         self,
-        model: Callable,
         artefact: torch.Tensor,
         mask: torch.Tensor,
-        counter: Counter,
         success_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Printability of ``artefact`` (B, 3, H, W) under ``mask`` (B or 1, 1, H, W), and, with
-        ``success_of`` (the artefact snapped to the palette -> (N,) adversarial images), the success
+        """Printability of ``artefact`` (B, 3, H, W), the printed colours, under ``mask`` (B or 1, 1, H,
+        W), and with ``success_of`` (the artefact snapped to the palette -> (B,) success) the success
         after palette quantization (``palette_success``), one value per image."""
         pal = self.palette_colors(artefact)
         out = printability(artefact, mask, pal, self.print_tolerance)
@@ -113,17 +112,26 @@ class PhysicalAttack(LossAttack):
         artifacts: dict[str, Any],
         metrics: dict[str, torch.Tensor] | None = None,
         print_mask: torch.Tensor | None = None,
+        artefact: torch.Tensor | None = None,
     ) -> AttackResult:
-        """Quantize, classify, and evaluate under held-out transformations of the whole image; with
-        ``print_mask`` (the printed artefact's pixels), its printability and ``palette_success``."""
+        """Quantize, classify, and evaluate under held-out transformations of the whole image. With
+        ``print_mask`` (the printed artefact's pixels, (B or 1, 1, H, W)), the printability of
+        ``artefact`` (the printed colours, default ``x_adv``) under it and ``palette_success``: the
+        success of ``x_adv`` with the artefact snapped to the palette laid over it."""
         x_adv = quantize(x_adv.detach())
         with torch.no_grad():
             logits = forward(model, x_adv, counter)
         success = self.succeeded(logits, y, target)
         metrics = dict(metrics or {})
         if print_mask is not None:
-            judge = lambda snapped: self.succeeded(forward(model, snapped, counter), y, target)  # noqa: E731
-            metrics |= self.print_metrics(model, x_adv, print_mask, counter, judge)
+            m = print_mask.to(x_adv.dtype)
+
+            def judge(snapped: torch.Tensor) -> torch.Tensor:
+                composite = quantize(x_adv * (1 - m) + snapped * m)
+                return self.succeeded(forward(model, composite, counter), y, target)
+
+            art = x_adv if artefact is None else artefact.detach().to(x_adv)
+            metrics |= self.print_metrics(art, print_mask, judge)
             artifacts["palette"] = self.palette_colors(x_adv).cpu()
         if target is not None:
             metrics["target"] = target.detach().clone()
@@ -167,15 +175,43 @@ class PhysicalAttack(LossAttack):
 class Printable:
     """The printability penalties of an optimized texture: ``tv_weight`` x total variation and
     ``nps_weight`` x non-printability (the soft-min form, towards the attack's ``palette``), both
-    means over the artefact's pixels, so that weights near 1 matter whatever the artefact's size."""
+    means over the artefact's pixels, so that weights near 1 matter whatever the artefact's size.
+
+    ``kappa`` caps the loss (with ``loss: cw``, a margin of ``kappa`` logits: Carlini and Wagner's
+    confidence): once an image is fooled by that margin only the penalties move its texture, so the
+    remaining steps make it smoother and more printable instead of ever more adversarial, and the
+    texture kept is the one of the best penalized objective (not of the highest loss)."""
 
     tv_weight: float = 0.0
     nps_weight: float = 0.0
+    kappa: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]
         positive(self.tv_weight, "tv_weight", allow_zero=True)
         positive(self.nps_weight, "nps_weight", allow_zero=True)
+        if self.kappa is not None:
+            positive(self.kappa, "kappa", allow_zero=True)
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.tv_weight or self.nps_weight)
+
+    def capped(self, objective: Objective) -> Objective:
+        """``objective`` counted up to ``kappa`` (unchanged without one)."""
+        if self.kappa is None:
+            return objective
+        kappa = float(self.kappa)
+        return lambda logits: objective(logits).clamp(max=kappa)
+
+    def keep_best(
+        self, initial: torch.Tensor, penalty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], **kw: Any
+    ) -> KeepBest:
+        """The keep strategy: the highest loss, or with ``kappa`` and a penalty the highest loss less
+        ``penalty(param, x_adv)`` (B,) (``final``, when given, is then penalized too)."""
+        if self.kappa is None or not self.penalized:
+            return KeepBest(initial, **kw)
+        return KeepPenalized(initial, penalty=penalty, **kw)
 
     def print_penalty(self, texture: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The weighted penalties of ``texture`` (B, 3, H, W) under ``mask``: (B,), zero when off."""
@@ -186,3 +222,19 @@ class Printable:
             pal = load_palette(getattr(self, "palette", None), device=texture.device, dtype=texture.dtype)
             pen = pen + self.nps_weight * non_printability(texture, pal, mask)
         return pen
+
+
+class KeepPenalized(KeepBest):
+    """:class:`KeepBest` of the penalized objective: the gain less ``penalty(param, x_adv)``."""
+
+    def __init__(self, initial: torch.Tensor, *, penalty: Callable, final: Callable | None = None, **kw: Any):
+        self.penalty = penalty
+        super().__init__(initial, final=None if final is None else self._final(final), **kw)
+
+    def _final(self, final: Callable) -> Callable:
+        return lambda param: final(param) - self.penalty(param, None)
+
+    def observe(self, step, param, x_adv, gain, logits) -> bool:
+        with torch.no_grad():
+            score = gain - self.penalty(param, x_adv)
+        return super().observe(step, param, x_adv, score, logits)

@@ -20,7 +20,7 @@ from ..eot import mean_over_draws
 from ..functional.placement import masked_add
 from ..functional.random import GeneratorLike, normal, shared
 from .base import AttackResult, Counter, register
-from .loop import Ascent, KeepBest, ascend
+from .loop import Ascent, ascend
 from .lp import check_fields
 from .physical import PhysicalAttack, Printable
 
@@ -66,11 +66,11 @@ class Sticker(Printable, PhysicalAttack):
         eot = self.make_eot(self.eot, **DEFAULT_EOT)
         delta = (normal(x.shape, generator, x.device, x.dtype) * self.init_std).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=self.learning_rate)
-        objective = self.objective(y, target)
+        objective = self.capped(self.objective(y, target))
         g = shared(generator)
 
         def regularize(gain: torch.Tensor, d: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-            gain = gain - self.print_penalty(adv, mask)
+            gain = gain - self.print_penalty((x + d).clamp(0, 1), mask)  # the printed colours
             if self.l2_weight:
                 gain = gain - self.l2_weight * (mask * d).flatten(1).norm(dim=1)
             return gain
@@ -86,7 +86,8 @@ class Sticker(Printable, PhysicalAttack):
             objective=lambda logits: mean_over_draws(objective(logits), x.shape[0]),
             regularize=regularize, update=update,
         )  # fmt: skip
-        keep = KeepBest(masked_add(x, delta.detach(), mask), of="input")
+        keep = self.keep_best(masked_add(x, delta.detach(), mask), lambda d, _: self.print_penalty((x + d).clamp(0, 1), mask),
+                              of="input")  # fmt: skip
         best = ascend(model, delta, ascent, keep, steps=self.steps, counter=counter)
         artifacts = {
             "sticker": (best[0] * mask[0]).detach().cpu(),
@@ -103,6 +104,7 @@ class Sticker(Printable, PhysicalAttack):
             eval_eot=eot.heldout(),
             artifacts=artifacts,
             print_mask=mask,
+            artefact=(x + (best - x) / mask.clamp_min(1e-6)).clamp(0, 1),
         )
 
 
