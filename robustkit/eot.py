@@ -6,6 +6,11 @@ parameters of every draw are generated here from a ``torch.Generator`` (kornia's
 the global RNG), handed to the kornia container through ``params=`` and recorded, so any draw is
 replayed bit for bit from :class:`EOTParams`.
 
+Print stage (print-aware EOT), applied first and, given a mask, to the printed artefact only: a random
+affine colour matrix (``color_transfer``: the printer-and-camera colour transfer) and a random shift of
+each colour of the printable ``palette`` (``palette_jitter``: each ink prints a little off), spread to
+the pixels near that colour. Its parameters are recorded and replayed like the others (``print``).
+
 Geometric transforms: rotation, scale, translation (one ``RandomAffine``) and perspective.
 Photometric: brightness (additive), contrast, gamma, hue, saturation, Gaussian noise, Gaussian blur and
 JPEG (kornia's ``RandomJPEG`` runs the differentiable JPEG codec). Every module is built with ``p=1.0``:
@@ -31,11 +36,14 @@ import torch
 from kornia.augmentation.container.params import ParamItem
 
 from .errors import ConfigError
+from .functional.palette import load_palette
+from .functional.printing import color_transfer, palette_shift
 from .functional.random import GeneratorLike, shared, uniform
 from .registry import check_keys
 
 GEOMETRIC = ("affine", "perspective")
 PHOTOMETRIC = ("brightness", "contrast", "gamma", "hue", "saturation", "noise", "blur", "jpeg")
+PRINT = "print"  # the print stage: colour transfer and palette jitter (not a kornia module)
 
 
 def _pair(value: Any, what: str) -> tuple[float, float]:
@@ -221,6 +229,9 @@ class EOT:
     ``brightness`` additive shift in [-b, b]; ``contrast``, ``gamma``, ``saturation`` factors in
     [1-v, 1+v]; ``hue`` shift in [-h, h] turns of the hue circle; ``noise`` Gaussian std;
     ``blur`` max Gaussian sigma in pixels; ``jpeg`` [low, high] JPEG quality (``None`` = off).
+    Print stage: ``color_transfer`` the largest deviation of each entry of the colour matrix from the
+    identity and of each colour offset; ``palette_jitter`` the largest shift of each channel of each
+    colour of ``palette`` (a built-in palette name or a palette file; ``None``: the default palette).
     """
 
     rotation: float = 0.0
@@ -235,6 +246,9 @@ class EOT:
     noise: float = 0.0
     blur: float = 0.0
     jpeg: tuple[float, float] | None = None
+    color_transfer: float = 0.0
+    palette_jitter: float = 0.0
+    palette: str | None = None
     n_samples: int = 1
     padding_mode: str = "border"
 
@@ -245,7 +259,7 @@ class EOT:
             if not 1 <= self.jpeg[0] <= self.jpeg[1] <= 100:
                 raise ConfigError(f"eot.jpeg quality must lie in [1, 100], got {list(self.jpeg)}")
         for name in ("rotation", "translate", "perspective", "brightness", "contrast", "gamma", "hue",
-                     "saturation", "noise", "blur"):  # fmt: skip
+                     "saturation", "noise", "blur", "color_transfer", "palette_jitter"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"eot.{name} must be a number >= 0, got {value!r}")
@@ -264,6 +278,13 @@ class EOT:
             raise ConfigError(
                 f"eot.blur is the largest Gaussian sigma in pixels; use 0 (off) or >= 0.1, got {self.blur}"
             )
+        if self.color_transfer > 0.5 or self.palette_jitter > 0.5:
+            raise ConfigError(
+                "eot.color_transfer and eot.palette_jitter are colour changes in [0, 0.5], got "
+                f"{self.color_transfer} and {self.palette_jitter}"
+            )
+        if self.palette_jitter:
+            self.print_palette  # noqa: B018 - a bad palette fails when the recipe loads, not mid-run
         if self.padding_mode not in ("zeros", "border", "reflection"):
             raise ConfigError(
                 f"eot.padding_mode must be zeros, border or reflection, got {self.padding_mode!r}"
@@ -278,13 +299,25 @@ class EOT:
         return tuple(name for name, t in TRANSFORMS.items() if t.active(self))
 
     @property
+    def printing(self) -> bool:
+        """Whether the print stage (colour transfer, palette jitter) applies."""
+        return bool(self.color_transfer or self.palette_jitter)
+
+    @cached_property
+    def print_palette(self) -> torch.Tensor:
+        return load_palette(self.palette)
+
+    @property
     def identity(self) -> bool:
-        return not self.active
+        return not self.active and not self.printing
 
     def only(self, kinds: Iterable[str]) -> EOT:
-        """The same distribution restricted to some transforms (``GEOMETRIC`` / ``PHOTOMETRIC``)."""
+        """The same distribution restricted to some transforms (``GEOMETRIC`` / ``PHOTOMETRIC`` /
+        ``PRINT``)."""
         keep = set(kinds)
         off = {k: v for name, t in TRANSFORMS.items() if name not in keep for k, v in t.off.items()}
+        if PRINT not in keep:
+            off |= {"color_transfer": 0.0, "palette_jitter": 0.0}
         return dataclasses.replace(self, **off)
 
     def heldout(self, widen: float = 1.25) -> EOT:
@@ -304,6 +337,7 @@ class EOT:
             brightness=self.brightness * w, contrast=cap(self.contrast, 0.95), gamma=cap(self.gamma, 0.95),
             hue=cap(self.hue, 0.5), saturation=cap(self.saturation, 0.95), noise=self.noise * w, blur=self.blur * w,
             jpeg=None if self.jpeg is None else (max(1.0, 100 - (100 - self.jpeg[0]) * w), self.jpeg[1]),
+            color_transfer=cap(self.color_transfer, 0.5), palette_jitter=cap(self.palette_jitter, 0.5),
         )  # fmt: skip
 
     def blur_kernel(self) -> int:
@@ -327,7 +361,36 @@ class EOT:
         """
         draw = Draw(n, per_row(generator, n), size, torch.device(device))
         values = {kind: TRANSFORMS[kind].sample(self, draw) for kind in self.active}
+        if self.printing:
+            values[PRINT] = self._sample_print(draw)
         return EOTParams(n=n, values=values)
+
+    def _sample_print(self, draw: Draw) -> dict[str, torch.Tensor]:
+        c, j, p = self.color_transfer, self.palette_jitter, self.print_palette.shape[0]
+        eye = torch.eye(3, device=draw.device)
+        return {
+            "matrix": eye + (draw.u(3, 3) * 2 - 1) * c,
+            "bias": (draw.u(3) * 2 - 1) * c,
+            "palette_offsets": (draw.u(p, 3) * 2 - 1) * j,
+        }
+
+    def print_stage(
+        self, x: torch.Tensor, params: EOTParams, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The recorded print-stage colour changes applied to ``x`` (under ``mask`` when given): the
+        palette jitter first (the inks), then the colour transfer."""
+        if not self.printing:
+            return x
+        if PRINT not in params.values:
+            raise ConfigError(
+                "the recorded EOT parameters lack 'print'; they were sampled from another distribution"
+            )
+        v = params.values[PRINT]
+        if self.palette_jitter:
+            x = palette_shift(x, self.print_palette, v["palette_offsets"], mask)
+        if self.color_transfer:
+            x = color_transfer(x, v["matrix"], v["bias"], mask)
+        return x
 
     # ----------------------------------------------------------------- applying
     def _kornia_params(self, params: EOTParams, x: torch.Tensor) -> list[ParamItem]:
@@ -348,22 +411,31 @@ class EOT:
             items.append(ParamItem(name, data))
         return items
 
-    def apply(self, x: torch.Tensor, params: EOTParams) -> torch.Tensor:
-        """Transform ``x`` (N, C, H, W) with recorded parameters of ``N`` draws; differentiable in ``x``."""
+    def apply(self, x: torch.Tensor, params: EOTParams, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Transform ``x`` (N, C, H, W) with recorded parameters of ``N`` draws; differentiable in ``x``.
+        The print stage changes the pixels under ``mask`` (N or 1, 1, H, W) only, when given."""
         if self.identity:
             return x
         if params.n != x.shape[0]:
             raise ConfigError(f"EOT parameters hold {params.n} draws but the batch has {x.shape[0]} images")
-        return self.container(x, params=self._kornia_params(params, x))
+        x = self.print_stage(x, params, mask)
+        return self.container(x, params=self._kornia_params(params, x)) if self.active else x
 
     def draw(
-        self, x: torch.Tensor, generator: GeneratorLike, n_samples: int | None = None
+        self,
+        x: torch.Tensor,
+        generator: GeneratorLike,
+        n_samples: int | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, EOTParams]:
-        """``n_samples`` transformed copies of the batch, sample-major, and their parameters."""
+        """``n_samples`` transformed copies of the batch, sample-major, and their parameters; ``mask``
+        (B or 1, 1, H, W): the printed artefact's pixels, which the print stage changes."""
         n = self.n_samples if n_samples is None else n_samples
         rep = x.repeat(n, *([1] * (x.ndim - 1)))
+        if mask is not None and mask.shape[0] not in (1, rep.shape[0]):
+            mask = mask.repeat(n, *([1] * (mask.ndim - 1)))
         params = self.sample(rep.shape[0], generator, (x.shape[-2], x.shape[-1]), x.device)
-        return self.apply(rep, params), params
+        return self.apply(rep, params, mask), params
 
 
 def per_row(generator: GeneratorLike, n: int) -> GeneratorLike:

@@ -4,8 +4,11 @@ A frame-shaped mask sits over the eyes (the canonical position of aligned faces,
 with OpenCV's Haar cascades for real photos). The pixels under the frame are *replaced* by the frame's
 texture, not perturbed. Each image's frame starts from the worst of a few solid colours (the one with
 the highest loss); then normalized-gradient steps with momentum change the texture inside the mask
-only, rounding it to 8 bits after every step. Optional total-variation and non-printability penalties
-keep it smooth and printable. Untargeted = dodging, targeted = impersonation.
+only, rounding it to 8 bits after every step. Total-variation and non-printability penalties (towards
+the attack's ``palette``) keep it smooth and printable; ``colors: [palette]`` starts from the worst
+printable colour instead of the solid colours. Print-aware EOT (``eot: {color_transfer: ...,
+palette_jitter: ...}``) changes the frame's colours as a printer would. Untargeted = dodging, targeted
+= impersonation.
 
 ``universal: true`` optimizes one frame for many images: ``fit(model, x_train, y_train)`` uses the
 training images of ``identity`` (all images when ``null``) and returns the attack holding the frame.
@@ -21,14 +24,13 @@ import torch
 
 from ..eot import mean_over_draws
 from ..errors import ConfigError
-from ..functional.penalties import non_printability, total_variation
 from ..functional.placement import replace as replace_pixels
 from ..functional.random import GeneratorLike, shared
 from ..validate import check_inputs, check_labels
 from .base import AttackResult, Counter, forward, register
-from .loop import Ascent, Final, KeepBest, ascend
+from .loop import Ascent, Final, ascend
 from .lp import check_fields
-from .physical import PhysicalAttack, quantize
+from .physical import PhysicalAttack, Printable, quantize
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,12 @@ SOLID_COLORS: dict[str, tuple[float, float, float]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class Eyeglass(PhysicalAttack):
+class Eyeglass(Printable, PhysicalAttack):
     """Eyeglass-frame attack; see the module docstring.
 
     ``step_size`` is the largest change of one pixel per step; ``momentum`` the decay of the
-    accumulated normalized gradient; ``colors`` the solid colours tried first; ``tv_weight`` /
-    ``nps_weight`` the penalties; ``eyes`` is ``canonical`` or ``detect``; ``mask`` is ``eyeglass`` (the
+    accumulated normalized gradient; ``colors`` the solid colours tried first (names, [r, g, b]
+    triples, or ``palette``: every printable colour); ``tv_weight`` / ``nps_weight`` the penalties; ``eyes`` is ``canonical`` or ``detect``; ``mask`` is ``eyeglass`` (the
     generated frame) or a path to a mask image drawn for the canonical eye position; ``eot`` optional
     EOT (whole image) for frames robust to pose and light.
     """
@@ -61,8 +63,6 @@ class Eyeglass(PhysicalAttack):
     step_size: float = 16 / 255
     momentum: float = 0.9
     colors: tuple[str, ...] = ("black", "white", "red", "green", "blue", "yellow", "brown", "gray")
-    tv_weight: float = 0.0
-    nps_weight: float = 0.0
     eyes: str = "canonical"
     cascade_dir: str | None = None
     mask: str = "eyeglass"
@@ -76,7 +76,7 @@ class Eyeglass(PhysicalAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, above_zero=("steps", "step_size"), at_least_zero=("tv_weight", "nps_weight"))
+        check_fields(self, above_zero=("steps", "step_size"))
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.eyes not in ("canonical", "detect"):
@@ -86,9 +86,10 @@ class Eyeglass(PhysicalAttack):
         if not self.colors:
             raise ConfigError("colors must name at least one solid colour to start from")
         for c in self.colors:
-            if isinstance(c, str) and c not in SOLID_COLORS:
+            if isinstance(c, str) and c not in SOLID_COLORS and c != "palette":
                 raise ConfigError(
-                    f"unknown frame colour {c!r}; use one of {', '.join(SOLID_COLORS)} or an [r, g, b] triple"
+                    f"unknown frame colour {c!r}; use one of {', '.join(SOLID_COLORS)}, 'palette' (every "
+                    "printable colour) or an [r, g, b] triple"
                 )
         if self.universal and self.eyes != "canonical":
             raise ConfigError("a universal frame needs aligned faces: use eyes='canonical'")
@@ -113,38 +114,37 @@ class Eyeglass(PhysicalAttack):
         return resolve_mask(self.mask, h, "eyeglass").to(x)[None].expand(b, 1, h, w)
 
     def _palette(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(
-            [SOLID_COLORS[c] if isinstance(c, str) else tuple(c) for c in self.colors],
-            device=x.device,
-            dtype=x.dtype,
-        )
+        """The starting colours (K, 3): the solid colours named, triples, and the printable palette."""
+        parts = [
+            self.palette_colors(x)
+            if c == "palette"
+            else torch.tensor(
+                [SOLID_COLORS[c] if isinstance(c, str) else tuple(c)], device=x.device, dtype=x.dtype
+            )
+            for c in self.colors
+        ]
+        return torch.cat(parts)
 
     def ascent(self, x, y, target, mask, eot, g, update, universal: bool = False) -> Ascent:
         """The frame's ascent on images ``x``: the texture pasted under the mask, seen through EOT
         draws; the loss averaged over the draws, less the penalties. ``universal``: one texture for
         all images, their mean loss."""
-        objective = self.objective(y, target)
+        objective = self.capped(self.objective(y, target))
 
         def gain(logits: torch.Tensor) -> torch.Tensor:
             per_image = mean_over_draws(objective(logits), x.shape[0])
             return per_image.mean() if universal else per_image
 
         def regularize(gain: torch.Tensor, tex: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-            return gain - self._penalty(tex, mask[:1]).sum() if universal else gain - self._penalty(tex, mask)
+            if universal:
+                return gain - self.print_penalty(tex, mask[:1]).sum()
+            return gain - self.print_penalty(tex, mask)
 
         return Ascent(
             compose=lambda tex: replace_pixels(x, tex.expand_as(x) if universal else tex, mask),
-            view=None if eot.identity else lambda adv: eot.draw(adv, g)[0],
+            view=None if eot.identity else lambda adv: eot.draw(adv, g, mask=mask)[0],
             objective=gain, regularize=regularize, update=update,
         )  # fmt: skip
-
-    def _penalty(self, tex: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pen = torch.zeros(tex.shape[0], device=tex.device, dtype=tex.dtype)
-        if self.tv_weight:
-            pen = pen + self.tv_weight * total_variation(tex, mask)
-        if self.nps_weight:
-            pen = pen + self.nps_weight * non_printability(tex, mask=mask)
-        return pen
 
     def color_losses(self, model, x, y, target, mask, counter) -> torch.Tensor:
         """Loss of every solid colour on every image, (K, B)."""
@@ -178,7 +178,8 @@ class Eyeglass(PhysicalAttack):
         if self.texture is not None:
             tex = self.texture.to(x).expand_as(x)
             return self.finish(model, replace_pixels(x, tex, mask), y, target, counter, generator=generator,
-                               eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask))  # fmt: skip
+                               eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask),
+                               print_mask=mask, artefact=tex)  # fmt: skip
         tex = self.initial(model, x, y, target, mask, counter)
         velocity = torch.zeros_like(x)
 
@@ -194,11 +195,13 @@ class Eyeglass(PhysicalAttack):
                 logits = forward(model, quantize(replace_pixels(x, t, mask)), counter)
             return bool(self.succeeded(logits, y, target).all())
 
-        keep = KeepBest(tex.clone(), final=lambda t: ascent.value(model, t, counter)[1],
-                        stop=stop if self.early_stop and eot.identity else None)  # fmt: skip
+        keep = self.keep_best(tex.clone(), lambda t, _: self.print_penalty(t, mask),
+                              final=lambda t: ascent.value(model, t, counter)[1],
+                              stop=stop if self.early_stop and eot.identity and self.kappa is None else None)  # fmt: skip
         best = ascend(model, tex, ascent, keep, steps=self.steps, counter=counter)
         return self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
-                           eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask))  # fmt: skip
+                           eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask),
+                           print_mask=mask, artefact=best)  # fmt: skip
 
     def _artifacts(self, tex: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         return {"texture": (tex[0] * mask[0]).detach().cpu(), "mask": mask[0].detach().cpu(),

@@ -14,6 +14,11 @@ Parameter names follow ART's ``AdversarialPatchPyTorch`` where they mean the sam
 is ``size``, a fraction of the image area; ``scale_min`` / ``scale_max`` multiply its side. With
 ``size: null`` the scales are, as in ART, the patch side as a fraction of the image's shorter edge.
 The texture lives in [0, 1] (ART's ``learning_rate=5.0`` is for 0-255 pixel values).
+
+Printing: ``tv_weight`` / ``nps_weight`` penalize the texture's total variation and non-printability
+(towards ``palette``); an ``eot`` with ``color_transfer`` / ``palette_jitter`` changes the patch's colours
+as a printer would, on the patch only; the result reports the patch's printability and the success
+with its pixels snapped to the palette (``palette_success``) at the same placements.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ..models.state import preserved
 from ..validate import check_inputs, check_labels
 from .base import AttackResult, Counter, forward, positive, register
 from .loop import Ascent, Final, ascend, minibatches
-from .physical import PhysicalAttack, chunked_logits, quantize
+from .physical import PhysicalAttack, Printable, chunked_logits, quantize
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +103,7 @@ class UniversalPatch:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Patch(PhysicalAttack, UniversalPatch):
+class Patch(Printable, PhysicalAttack, UniversalPatch):
     """Universal adversarial patch; see the module docstring. ``target_class`` is the class the patch
     pushes every image to when ``targeted``; ``eot`` configures photometric EOT on the composite and
     ``n_samples`` (placements per image per step, default 8)."""
@@ -142,8 +147,16 @@ class Patch(PhysicalAttack, UniversalPatch):
         s = max(4, round(self.base_side(h, w) * self.scale_max))
         return (c, s, s)
 
-    def _render(self, x: torch.Tensor, texture: torch.Tensor, generator: GeneratorLike, reps: int = 1):
-        """Paste ``texture`` into ``reps`` random placements of every image (sample-major rows)."""
+    def _render(
+        self,
+        x: torch.Tensor,
+        texture: torch.Tensor,
+        generator: GeneratorLike,
+        reps: int = 1,
+        mask: bool = False,
+    ):
+        """Paste ``texture`` into ``reps`` random placements of every image (sample-major rows); returns
+        the rows and the placements, and with ``mask`` the patch's footprint in each row too."""
         b, _, h, w = x.shape
         rows = x.repeat(reps, 1, 1, 1) if reps > 1 else x
         place = sample_placement(
@@ -151,18 +164,24 @@ class Patch(PhysicalAttack, UniversalPatch):
             rotation_max=self.rotation_max, scale_min=self.scale_min, scale_max=self.scale_max,
             distortion_scale_max=self.distortion_scale_max, device=x.device,
         )  # fmt: skip
-        return self.render_at(rows, texture, place), place
+        out, footprint = self.render_at(rows, texture, place, footprint=True)
+        return (out, place, footprint) if mask else (out, place)
 
     def render_at(
-        self, rows: torch.Tensor, texture: torch.Tensor, place: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """Paste ``texture`` at recorded placements (replayable)."""
+        self,
+        rows: torch.Tensor,
+        texture: torch.Tensor,
+        place: dict[str, torch.Tensor],
+        footprint: bool = False,
+    ):
+        """Paste ``texture`` at recorded placements (replayable); with ``footprint`` also the warped
+        patch mask (N, 1, H, W)."""
         alpha = shape_mask(self.patch_type, texture.shape[-2], texture.shape[-1], rows.device, rows.dtype)
         m = placement_matrix(
             place["angle"], place["side"], place["center"], tuple(texture.shape[-2:]), place.get("distortion")
         )
-        out, _ = paste(rows, texture.to(rows.dtype), alpha, m)
-        return out
+        out, a = paste(rows, texture.to(rows.dtype), alpha, m)
+        return (out, a) if footprint else out
 
     # ------------------------------------------------------------------ training
     def check_training(self, x_train: torch.Tensor) -> None:
@@ -175,6 +194,7 @@ class Patch(PhysicalAttack, UniversalPatch):
         eot = self.photometric
         reps = eot.n_samples
         param = uniform(self.texture_shape(c, h, w), g, x.device, x.dtype).requires_grad_(True)
+        alpha = shape_mask(self.patch_type, param.shape[-2], param.shape[-1], x.device, x.dtype)[None]
         opt = torch.optim.Adam([param], lr=self.learning_rate)
         target = torch.full((min(self.batch_size, n),), self.target_class, device=x.device, dtype=torch.long)
         batches = minibatches(n, self.batch_size, g, x.device)
@@ -188,15 +208,19 @@ class Patch(PhysicalAttack, UniversalPatch):
         def minibatch(_: int) -> Ascent:
             idx = next(batches)
             xb, yb = x[idx], y[idx]
-            objective = self.objective(yb, target[: xb.shape[0]] if self.targeted else None)
+            objective = self.capped(self.objective(yb, target[: xb.shape[0]] if self.targeted else None))
 
             def compose(texture: torch.Tensor) -> torch.Tensor:
-                rows, _ = self._render(xb, texture, g, reps)
-                return (
-                    rows if eot.identity else eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device))
-                )
+                if eot.identity:
+                    return self._render(xb, texture, g, reps)[0]
+                rows, _, footprint = self._render(xb, texture, g, reps, mask=True)
+                return eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device), footprint)
 
-            return Ascent(compose=compose, objective=lambda logits: objective(logits).mean(), update=update)
+            def regularize(gain: torch.Tensor, texture: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+                return gain - self.print_penalty(texture[None], alpha).sum()
+
+            return Ascent(compose=compose, objective=lambda logits: objective(logits).mean(), update=update,
+                          regularize=regularize)  # fmt: skip
 
         ascend(model, param, minibatch, Final(), steps=self.max_iter, counter=counter)
         return quantize(param.detach())
@@ -215,10 +239,20 @@ class Patch(PhysicalAttack, UniversalPatch):
             target = None
         x_adv, place = fitted._render(x, texture, generator)
         x_adv = quantize(x_adv)
-        metrics: dict[str, torch.Tensor] = {}
+        alpha = shape_mask(self.patch_type, texture.shape[-2], texture.shape[-1], x.device, x.dtype)
+
+        def at_placement(snapped: torch.Tensor) -> torch.Tensor:
+            rows = quantize(fitted.render_at(x, snapped[0], place))
+            return self.succeeded(forward(model, rows, counter), y, target)
+
+        printed = self.print_metrics(texture[None].to(x.dtype), alpha[None], at_placement)
+        metrics: dict[str, torch.Tensor] = {
+            k: v.expand(x.shape[0]) if k != "palette_success" else v for k, v in printed.items()
+        }
         artifacts: dict[str, Any] = {
             "patch": texture.cpu(),
-            "patch_mask": shape_mask(self.patch_type, texture.shape[-2], texture.shape[-1]),
+            "patch_mask": alpha.cpu(),
+            "palette": self.palette_colors(texture).cpu(),
             "placement": {k: v.cpu().tolist() for k, v in place.items()},
             "target_class": self.target_class if self.targeted else None,
         }

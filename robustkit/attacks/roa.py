@@ -136,7 +136,15 @@ class ROA(PhysicalAttack):
             "search": self.search,
         }
         return self.finish(
-            model, best, y, target, counter, generator=generator, eval_eot=None, artifacts=artifacts
+            model,
+            best,
+            y,
+            target,
+            counter,
+            generator=generator,
+            eval_eot=None,
+            artifacts=artifacts,
+            print_mask=mask,
         )
 
 

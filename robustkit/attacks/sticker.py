@@ -17,23 +17,22 @@ from typing import ClassVar
 import torch
 
 from ..eot import mean_over_draws
-from ..functional.penalties import non_printability
 from ..functional.placement import masked_add
 from ..functional.random import GeneratorLike, normal, shared
 from .base import AttackResult, Counter, register
-from .loop import Ascent, KeepBest, ascend
+from .loop import Ascent, ascend
 from .lp import check_fields
-from .physical import PhysicalAttack
+from .physical import PhysicalAttack, Printable
 
 DEFAULT_EOT = {"rotation": 15.0, "scale": (0.85, 1.15), "translate": 0.05, "perspective": 0.2,
                "brightness": 0.1, "contrast": 0.15, "n_samples": 8}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
-class Sticker(PhysicalAttack):
+class Sticker(Printable, PhysicalAttack):
     """RP2 sticker attack; see the module docstring. ``mask``: a generated sticker name (``two-bars``,
     ``cross``, ``four-squares``, ``ring``, ``square``) or a mask image path; ``eot`` overrides keys of
-    ``DEFAULT_EOT``; ``nps_weight`` / ``l2_weight`` weigh the penalties."""
+    ``DEFAULT_EOT``; ``tv_weight`` / ``nps_weight`` / ``l2_weight`` weigh the penalties."""
 
     name: ClassVar[str] = "sticker"
 
@@ -41,7 +40,6 @@ class Sticker(PhysicalAttack):
     steps: int = 200
     learning_rate: float = 0.1
     eot: dict | None = None
-    nps_weight: float = 0.0
     l2_weight: float = 0.0
     init_std: float = 0.1
 
@@ -68,12 +66,11 @@ class Sticker(PhysicalAttack):
         eot = self.make_eot(self.eot, **DEFAULT_EOT)
         delta = (normal(x.shape, generator, x.device, x.dtype) * self.init_std).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=self.learning_rate)
-        objective = self.objective(y, target)
+        objective = self.capped(self.objective(y, target))
         g = shared(generator)
 
         def regularize(gain: torch.Tensor, d: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-            if self.nps_weight:
-                gain = gain - self.nps_weight * non_printability(adv, mask=mask)
+            gain = gain - self.print_penalty((x + d).clamp(0, 1), mask)  # the printed colours
             if self.l2_weight:
                 gain = gain - self.l2_weight * (mask * d).flatten(1).norm(dim=1)
             return gain
@@ -85,11 +82,12 @@ class Sticker(PhysicalAttack):
                 return delta.copy_((x + delta).clamp(0, 1) - x)
 
         ascent = Ascent(
-            compose=lambda d: masked_add(x, d, mask), view=lambda adv: eot.draw(adv, g)[0],
+            compose=lambda d: masked_add(x, d, mask), view=lambda adv: eot.draw(adv, g, mask=mask)[0],
             objective=lambda logits: mean_over_draws(objective(logits), x.shape[0]),
             regularize=regularize, update=update,
         )  # fmt: skip
-        keep = KeepBest(masked_add(x, delta.detach(), mask), of="input")
+        keep = self.keep_best(masked_add(x, delta.detach(), mask), lambda d, _: self.print_penalty((x + d).clamp(0, 1), mask),
+                              of="input")  # fmt: skip
         best = ascend(model, delta, ascent, keep, steps=self.steps, counter=counter)
         artifacts = {
             "sticker": (best[0] * mask[0]).detach().cpu(),
@@ -97,7 +95,16 @@ class Sticker(PhysicalAttack):
             "stickers": (best * mask).detach().cpu(),
         }
         return self.finish(
-            model, best, y, target, counter, generator=generator, eval_eot=eot.heldout(), artifacts=artifacts
+            model,
+            best,
+            y,
+            target,
+            counter,
+            generator=generator,
+            eval_eot=eot.heldout(),
+            artifacts=artifacts,
+            print_mask=mask,
+            artefact=(x + (best - x) / mask.clamp_min(1e-6)).clamp(0, 1),
         )
 
 

@@ -6,19 +6,15 @@ their weight does not depend on the size of the sticker or frame.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
+from .palette import load_palette
 
-def printable_palette(levels: tuple[float, ...] = (0.1, 0.5, 0.9), device=None) -> torch.Tensor:
-    """A default set of printable colours (P, 3): every combination of ``levels`` per channel.
 
-    Sharif et al. (2016) and RP2 measure the palette from test prints of a given printer; without one
-    this conservative grid keeps colours away from the saturated extremes printers do not reach. Pass a
-    measured palette to :func:`non_printability` for real prints.
-    """
-    return torch.tensor(list(itertools.product(levels, repeat=3)), dtype=torch.float32, device=device)
+def printable_palette(spec=None, device=None) -> torch.Tensor:
+    """The printable colours (P, 3): ``spec`` names a built-in palette or a palette file (see
+    :mod:`robustkit.functional.palette`); the default is the 30 colours Sharif et al. measured."""
+    return load_palette(spec, device=device)
 
 
 def _weights(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -41,14 +37,59 @@ def total_variation(x: torch.Tensor, mask: torch.Tensor | None = None, eps: floa
     return (tv * wm).flatten(1).sum(1) / wm.flatten(1).sum(1).clamp_min(1.0)
 
 
-def non_printability(
-    x: torch.Tensor, palette: torch.Tensor | None = None, mask: torch.Tensor | None = None
+def palette_distances(
+    x: torch.Tensor, palette: torch.Tensor | None = None, eps: float = 1e-12
 ) -> torch.Tensor:
-    """Non-printability score (Sharif et al. 2016): per pixel the product over printable colours of the
-    colour distance, mean over the masked pixels: (B,). Zero when every pixel is a printable colour."""
-    pal = (printable_palette(device=x.device) if palette is None else palette.to(x.device)).to(x.dtype)
+    """Euclidean RGB distance of every pixel of ``x`` (B, 3, H, W) to every palette colour, (B, H, W, P)."""
+    pal = printable_palette(palette, device=x.device).to(x.dtype)
     pix = x.permute(0, 2, 3, 1)[..., None, :]  # (B, H, W, 1, 3)
-    dist = torch.sqrt(((pix - pal) ** 2).sum(-1) + 1e-12)  # (B, H, W, P)
-    score = dist.prod(-1)[:, None]
+    return torch.sqrt(((pix - pal) ** 2).sum(-1) + eps)
+
+
+def _masked_mean(score: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     w = _weights(x, mask)
     return (score * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
+
+
+def log_nps(x: torch.Tensor, palette: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+    """Per pixel, the log of Sharif et al.'s non-printability ``prod_p |pixel - p|``: ``sum_p log |pixel
+    - p|``, (B, 1, H, W), in float64. The product itself underflows float32 for a palette of 30 colours
+    (every factor is below 1), its log does not; ``-inf`` on a palette colour when ``eps`` is 0."""
+    return palette_distances(x.double(), palette, eps=eps).log().sum(-1)[:, None]
+
+
+def sharif_nps(
+    x: torch.Tensor, palette: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Non-printability score as Sharif et al. (2016) define it: per pixel the product over the palette
+    colours of the distance, mean over the masked pixels, (B,) in float64 (values near 1e-20 are usual
+    for 30 colours). Zero exactly when every pixel is a printable colour. A measure, not a penalty:
+    its gradient is as small as its value (use :func:`non_printability`)."""
+    score = log_nps(x.detach(), palette, eps=0.0).exp()
+    return _masked_mean(score, x.double(), None if mask is None else mask.double())
+
+
+def non_printability(
+    x: torch.Tensor,
+    palette: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    temperature: float = 0.01,
+) -> torch.Tensor:
+    """The non-printability penalty, mean over the masked pixels: (B,).
+
+    Sharif et al.'s score is zero exactly where one factor ``|pixel - p|`` of its product is zero, and
+    near a printable colour the product is governed by that smallest factor. This penalty is the same
+    product's smallest factor taken smoothly: a soft minimum over the palette of the distances,
+    ``-t * logsumexp(-d_p / t)`` (log space, no underflow), which equals the distance to the nearest
+    printable colour to within ``t * log P``. Its gradient points at the nearest colour with about unit
+    length wherever the pixel is, so ordinary weights (0.1 to 1) move the texture; the raw product's
+    gradient is about 1e-20 for 30 colours and needs weights near 1e3 (or far more) to do anything.
+    """
+    d = palette_distances(x, palette)
+    soft_min = -temperature * torch.logsumexp(-d / temperature, dim=-1)
+    return _masked_mean(soft_min[:, None], x, mask)
+
+
+def nearest_distance(x: torch.Tensor, palette: torch.Tensor | None = None) -> torch.Tensor:
+    """Distance of every pixel to its nearest printable colour, (B, 1, H, W)."""
+    return palette_distances(x, palette, eps=0.0).amin(-1)[:, None]

@@ -1,0 +1,153 @@
+"""Printability of the physical attacks' artefacts before and after the printability defaults.
+
+Runs the eyeglass frame (built-in faces), RP2 sticker and universal patch (built-in signs) twice on the
+test images the zoo model classifies correctly: ``before``, the recipes as they were (no penalty, the
+solid start colours, a random patch), and ``after``, the same recipes with the calibrated printability
+settings of ``attacks/physical.yaml`` (total variation and non-printability weights, the frame started
+from the worst printable colour). For every artefact: success after 8-bit rounding (the attack's
+effectiveness), success after snapping the artefact to the printable palette (``palette_success``),
+mean distance to the nearest printable colour (``palette_distance``), total variation (``tv``), the
+fraction of pixels within 0.05 of the palette and Sharif et al.'s NPS. The issue's bar: effectiveness
+within 10 points of ``before`` while ``palette_distance`` and ``tv`` at least halve.
+
+    PYTHONPATH=. python benchmarks/printability.py --n 48 --threads 2 \\
+        --out benchmarks/results/printability.json --md benchmarks/results/printability.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from robustkit.builtin import faces, signs
+from robustkit.builtin.zoo import load_zoo_model
+from robustkit.evaluation.suite import load_suite
+from robustkit.functional.random import sample_generators
+
+# What the calibrated defaults switch on, per attack (``after`` = the physical suite's entry).
+BEFORE: dict[str, dict[str, Any]] = {
+    "eyeglass": {"tv_weight": 0.0, "nps_weight": 0.0, "colors": ("black", "white", "red", "green", "blue",
+                                                                 "yellow", "brown", "gray")},
+    "sticker": {"tv_weight": 0.0, "nps_weight": 0.0},
+    "patch": {"tv_weight": 0.0, "nps_weight": 0.0},
+}  # fmt: skip
+DATA = {"eyeglass": ("faces", faces.faces), "sticker": ("signs", signs.signs), "patch": ("signs", signs.signs)}
+METRICS = ("palette_success", "palette_distance", "tv", "printable_fraction", "nps", "eot_success_rate")
+
+
+def entries(suite: str, patch_iters: int | None) -> dict[str, Any]:
+    """The physical suite's eyeglass, sticker and patch entries (``after``)."""
+    out = {}
+    for entry in load_suite(suite).entries:
+        kind = entry.attack.name
+        if kind in BEFORE and kind not in out:
+            attack = entry.attack
+            if kind == "patch" and patch_iters:
+                attack = replace(attack, max_iter=patch_iters)
+            out[kind] = attack
+    return out
+
+
+def evaluate(attack, model, data_name, dataset, n: int, seed: int, train: int) -> dict[str, Any]:
+    test = dataset("test", n=4 * n)
+    with torch.no_grad():
+        pred = model(test.x).argmax(1)
+    keep = (pred == test.y).nonzero()[:, 0][:n]
+    x, y = test.x[keep], test.y[keep]
+    start = time.perf_counter()
+    if getattr(attack, "name", "") == "patch":
+        tr = dataset("train", n=train)
+        attack = attack.fit(model, tr.x, tr.y, generator=torch.Generator().manual_seed(seed))
+    result = attack(model, x, y, generator=sample_generators(seed, keep.tolist(), salt=1))
+    seconds = time.perf_counter() - start
+    row: dict[str, Any] = {"data": data_name, "images": int(x.shape[0]), "seconds": round(seconds, 1)}
+    row["success"] = float(result.success.float().mean())
+    for key in METRICS:
+        if key in result.metrics:
+            row[key] = float(result.metrics[key].double().mean())
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| attack | run | data | images | success | palette success | palette distance | TV | "
+            "printable px | NPS | EOT success | s |")  # fmt: skip
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['attack']} | {r['run']} | {r['data']} | {r['images']} | {100 * r['success']:.1f} | "
+            f"{100 * r.get('palette_success', float('nan')):.1f} | {r['palette_distance']:.4f} | {r['tv']:.4f} | "
+            f"{100 * r['printable_fraction']:.1f}% | {r['nps']:.2e} | {100 * r.get('eot_success_rate', 0):.1f} | "
+            f"{r['seconds']} |"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for kind in BEFORE:
+        b = next((r for r in rows if r["attack"] == kind and r["run"] == "before"), None)
+        a = next((r for r in rows if r["attack"] == kind and r["run"] == "after"), None)
+        if b is None or a is None:
+            continue
+        out.append({
+            "attack": kind,
+            "success_drop_points": round(100 * (b["success"] - a["success"]), 1),
+            "palette_distance_ratio": round(a["palette_distance"] / max(b["palette_distance"], 1e-12), 3),
+            "tv_ratio": round(a["tv"] / max(b["tv"], 1e-12), 3),
+            "meets_bar": bool(b["success"] - a["success"] <= 0.10 and a["palette_distance"] <= 0.5 * b["palette_distance"]
+                              and a["tv"] <= 0.5 * b["tv"]),
+        })  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="physical")
+    parser.add_argument("--n", type=int, default=48, help="test images per attack")
+    parser.add_argument("--train", type=int, default=128, help="training images for the patch")
+    parser.add_argument("--patch-iters", type=int, default=None, help="override the patch's max_iter")
+    parser.add_argument("--only", nargs="*", choices=list(BEFORE))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out")
+    parser.add_argument("--md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for kind, after in entries(args.suite, args.patch_iters).items():
+        if args.only and kind not in args.only:
+            continue
+        data_name, dataset = DATA[kind]
+        model = load_zoo_model(f"{data_name}-resnet", progress=False).eval()
+        for run, attack in (("before", replace(after, **BEFORE[kind])), ("after", after)):
+            row = {"attack": kind, "run": run} | evaluate(attack, model, data_name, dataset, args.n, args.seed,
+                                                          args.train)  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(table(rows))
+    checks = verdicts(rows)
+    for c in checks:
+        print(json.dumps(c))
+    if args.out:
+        record = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "rows": rows, "verdicts": checks}
+        with open(args.out, "w") as f:
+            json.dump(record, f, indent=2)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write("# Printability of the physical attacks, before and after\n\n")
+            f.write(f"`{'PYTHONPATH=. python ' + ' '.join(sys.argv)}`\n\n{table(rows)}\n\n")
+            for c in checks:
+                f.write(f"- {c['attack']}: success {c['success_drop_points']:+.1f} points lower, palette "
+                        f"distance x{c['palette_distance_ratio']}, TV x{c['tv_ratio']}, "
+                        f"bar {'met' if c['meets_bar'] else 'NOT met'}\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
