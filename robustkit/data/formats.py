@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError, UnsafeCheckpointError
 from .loading import register_format
+from .masks import read_corners
 from .synthetic import SyntheticDataset
 
 log = logging.getLogger(__name__)
@@ -171,4 +172,7 @@ def imagefolder(manifest: dict, split: str, root: Path) -> Dataset:
     )
     if manifest.get("classes"):
         ds.classes = list(manifest["classes"])
+    if manifest.get("objects"):  # object corners per image: stickers placed on the object (data/masks.py)
+        ds.verify()
+        ds.objects = read_corners(root / manifest["objects"], ds.items, folder, ds.resize, ds.size)
     return ds

@@ -33,6 +33,7 @@ MANIFEST_KEYS = (
     "preprocessing",
     "splits",
     "description",
+    "objects",
 )
 
 

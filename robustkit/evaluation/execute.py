@@ -35,6 +35,7 @@ import torch
 from ..attacks.criteria import Confirmation, Misclassification, confirm, fp32_logits
 from ..defenses.adaptive import AMONG_CLEAN, ONE_AT_A_TIME, WHOLE_BATCH, AmongClean, View
 from ..errors import InputError, ModelError
+from ..functional.placement import ObjectGeometry
 from ..functional.random import sample_generators
 from ..models.fastpath import Precisions
 from ..models.state import preserved
@@ -71,6 +72,12 @@ def get_batch(ds: Any, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return ds.x[idx], ds.y[idx]
     items = [ds[i] for i in indices]
     return torch.stack([t[0] for t in items]), torch.as_tensor([int(t[1]) for t in items], dtype=torch.long)
+
+
+def get_objects(ds: Any, indices: list[int]) -> ObjectGeometry | None:
+    """Where the object lies in each sample of ``indices`` when the dataset knows (its ``objects``)."""
+    objects = getattr(ds, "objects", None)
+    return objects.select(indices) if isinstance(objects, ObjectGeometry) else None
 
 
 def chunks(indices: list[int], batch_size: int) -> list[list[int]]:
@@ -334,8 +341,10 @@ def _attack(
     t0 = time.perf_counter()
     net = target.precisions
     criterion = Misclassification(margin=net.tolerance)  # net: the model's Precisions (fast path)
+    objects = get_objects(job.dataset, todo)
+    placed = {} if objects is None else {"objects": objects}  # only attacks of datasets that know
     with _draws(job, todo[0], stage.k + 1):
-        result = stage.attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens)
+        result = stage.attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens, **placed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
