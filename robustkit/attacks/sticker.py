@@ -47,7 +47,8 @@ DEFAULT_EOT = {"rotation": 15.0, "scale": (0.85, 1.15), "translate": 0.05, "pers
 @dataclass(frozen=True, kw_only=True)
 class Sticker(PhysicalAttack):
     """RP2 sticker attack; see the module docstring. ``mask``: a generated sticker name (``two-bars``,
-    ``cross``, ``four-squares``, ``ring``, ``square``) or a mask image path, in object coordinates with
+    ``cross``, ``four-squares``, ``ring``, ``square``; enlarged by ``mask_scale``) or a mask image path,
+    in object coordinates with
     ``placement: object`` and in image coordinates with ``placement: image``; ``find_mask`` replaces it
     by RP2's L1 mask finding; ``eot`` overrides keys of ``DEFAULT_EOT``; ``nps_weight`` / ``l2_weight``
     weigh the penalties."""
@@ -55,6 +56,7 @@ class Sticker(PhysicalAttack):
     name: ClassVar[str] = "sticker"
 
     mask: str = "two-bars"
+    mask_scale: float = 1.0
     placement: str = "object"
     find_mask: bool = False
     mask_fraction: float = 0.1
@@ -71,7 +73,7 @@ class Sticker(PhysicalAttack):
         super().__post_init__()
         check_fields(
             self,
-            above_zero=("steps", "learning_rate", "mask_steps"),
+            above_zero=("steps", "learning_rate", "mask_steps", "mask_scale"),
             at_least_zero=("nps_weight", "l2_weight", "init_std", "l1_weight"),
         )
         if self.placement not in ("object", "image"):
@@ -89,13 +91,13 @@ class Sticker(PhysicalAttack):
         h, w = x.shape[-2:]
         if self.placement == "object" and objects is not None:
             # drawn at twice the image resolution in object space, then warped onto the object
-            drawn = resolve_mask(self.mask, 2 * max(h, w), "sticker").to(x)
+            drawn = resolve_mask(self.mask, 2 * max(h, w), "sticker", self.mask_scale).to(x)
             return anchor(drawn, objects.to(x.device, x.dtype), (h, w))
         if self.placement == "object":
             log.warning(
                 "sticker: no object geometry for these images; the mask is placed in image coordinates"
             )
-        m = resolve_mask(self.mask, h, "sticker")
+        m = resolve_mask(self.mask, h, "sticker", self.mask_scale)
         if m.shape[-1] != w:
             m = torch.nn.functional.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         return m.to(x)[None]

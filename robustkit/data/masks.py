@@ -120,13 +120,15 @@ STICKERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def sticker_mask(name: str = "two-bars", size: int = 32) -> torch.Tensor:
-    """A sticker layout by name (see ``STICKERS``), centred on the image, (1, size, size)."""
+def sticker_mask(name: str = "two-bars", size: int = 32, scale: float = 1.0) -> torch.Tensor:
+    """A sticker layout by name (see ``STICKERS``), centred on the image (or the object's box), enlarged
+    by ``scale`` about the centre, (1, size, size)."""
     if name not in STICKERS:
         raise ConfigError(
             f"unknown sticker mask {name!r}{suggest(name, list(STICKERS))}. Known: {', '.join(STICKERS)}."
         )
-    return _supersampled(STICKERS[name], size)
+    draw = STICKERS[name]
+    return _supersampled(lambda u, v: draw(u / scale, v / scale), size)
 
 
 def load_mask(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
@@ -142,12 +144,12 @@ def load_mask(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
     return data.float() / 255
 
 
-def resolve_mask(spec: str, size: int, kind: str) -> torch.Tensor:
-    """A mask by name (``eyeglass``, a sticker name) or from an image path."""
+def resolve_mask(spec: str, size: int, kind: str, scale: float = 1.0) -> torch.Tensor:
+    """A mask by name (``eyeglass``, a sticker name, enlarged by ``scale``) or from an image path."""
     if spec == "eyeglass":
         return eyeglass_mask(size)
     if spec in STICKERS:
-        return sticker_mask(spec, size)
+        return sticker_mask(spec, size, scale)
     if Path(spec).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm"}:
         return load_mask(spec, size)
     known = ["eyeglass", *STICKERS]

@@ -458,9 +458,31 @@ def run_suite(
             params = view_params(resolved[k], entry.attack, attack, view)
             aid = job.store.attack_id(name, entry.attack_key, params, entry.eps, entry.norm, kind)
             done = job.store.attacked(aid)
-            if callable(getattr(attack, "fit", None)) and any(i not in done for c in batches for i in c):
-                fitted = fitted or fit(entry, k)
+            todo = any(i not in done for c in batches for i in c)
+            if fitted is None and callable(getattr(attack, "fit", None)) and todo:
+                fitted = _fit(job, name, fit, entry, k)
             attack_pass(job, Stage(aid, k, entry, fitted or attack, view), batches)
+
+
+TRAINING = -1  # the first_idx of the BatchRecord that holds a universal attack's training cost
+
+
+def _fit(job: Job, stage: str, fit: Callable[[SuiteEntry, int], Any], entry: SuiteEntry, k: int) -> Any:
+    """Fit a universal attack and record what its training cost as a batch of no samples of ``stage``
+    (``first_idx`` ``TRAINING``): its seconds and counters then count in the attack's row and in the
+    report's timing section. The cost is the attack's own ``training_cost`` when it keeps one (steps,
+    passes, time), else the wall-clock time of ``fit``."""
+    if job.device.type == "cuda":
+        torch.cuda.synchronize(job.device)
+    t0 = time.perf_counter()
+    fitted = fit(entry, k)
+    if job.device.type == "cuda":
+        torch.cuda.synchronize(job.device)
+    seconds = time.perf_counter() - t0
+    cost = getattr(fitted, "training_cost", None)
+    counters = cost.counters() if cost is not None else {}
+    job.store.write_outcomes(0, [], BatchRecord(stage, TRAINING, 0, seconds, counters, []))
+    return fitted
 
 
 def view_params(params: dict[str, Any], entry: Any, attack: Any, view: View) -> dict[str, Any]:
