@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from robustkit.attacks.universal import is_universal
 from robustkit.builtin.shapes_video import shapes_video
 from robustkit.builtin.zoo import load_zoo_model
 from robustkit.evaluation.suite import load_suite
@@ -84,7 +85,7 @@ def main() -> None:
         attack = entry.attack
         start = time.perf_counter()
         extra = {}
-        if callable(getattr(attack, "fit", None)):
+        if is_universal(attack):
             train = shapes_video("train", n=int(getattr(attack, "train_samples", 256)))
             g = torch.Generator().manual_seed(args.seed * 7919 + k)
             attack = attack.fit(model, train.x, train.y, generator=g)

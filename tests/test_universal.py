@@ -156,3 +156,16 @@ def test_a_run_counts_the_universal_patch_training_in_its_row_and_timing(tmp_pat
     stage = next(s for s in timing(load_run(r.run_dir))["rows"] if s["stage"] == row["name"])
     assert stage["counters"]["backward"] >= 6 and stage["seconds"] >= row["training"]["seconds"]
     assert stage["samples"] == 8  # the evaluated samples: the training adds none
+
+
+def test_per_clip_framing_and_flicker_are_not_fitted():
+    """Framing and flicker are per clip unless ``universal``: the runner fits neither (no training split,
+    no training cost), and their ``fit`` returns them unchanged."""
+    from robustkit.attacks.universal import is_universal
+
+    for name in ("framing", "flicker"):
+        attack = create_attack(name)
+        assert not is_universal(attack) and is_universal(attack.replace(universal=True))
+        assert attack.fit(FrameMeans(), *colour_clips(4, 0)) is attack
+    assert is_universal(create_attack("patch")) and is_universal(create_attack("video-patch"))
+    assert not is_universal(create_attack("eyeglass")) and not is_universal(create_attack("sticker"))

@@ -50,6 +50,12 @@ class TrainingCost:
         }
 
 
+def is_universal(attack: object) -> bool:
+    """Whether ``attack`` is fitted on a training split before it is applied: it has ``fit`` and is not
+    configured per input (``universal: false``, as framing, flicker and eyeglass frames are by default)."""
+    return callable(getattr(attack, "fit", None)) and bool(getattr(attack, "universal", True))
+
+
 def _synchronize(x: torch.Tensor) -> None:
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
@@ -136,6 +142,10 @@ class UniversalVideo(Universal):
 
     def check_training(self, x_train: torch.Tensor) -> None:
         check_video(x_train, "x_train")
+
+    def fit(self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None):
+        """Train the universal perturbation (``Universal.fit``); a per-clip attack returns itself."""
+        return super().fit(model, x_train, y_train, generator=generator) if self.universal else self
 
     def training_steps(self) -> int:
         return self.train_steps

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..attacks.criteria import Confirmation, Misclassification, confirm, fp32_logits
+from ..attacks.universal import is_universal
 from ..defenses.adaptive import AMONG_CLEAN, ONE_AT_A_TIME, WHOLE_BATCH, AmongClean, View
 from ..errors import InputError, ModelError
 from ..functional.placement import ObjectGeometry
@@ -459,7 +460,7 @@ def run_suite(
             aid = job.store.attack_id(name, entry.attack_key, params, entry.eps, entry.norm, kind)
             done = job.store.attacked(aid)
             todo = any(i not in done for c in batches for i in c)
-            if fitted is None and callable(getattr(attack, "fit", None)) and todo:
+            if fitted is None and is_universal(attack) and todo:
                 fitted = _fit(job, name, fit, entry, k)
             attack_pass(job, Stage(aid, k, entry, fitted or attack, view), batches)
 
