@@ -22,6 +22,7 @@ transformation distribution.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import ClassVar
@@ -176,6 +177,15 @@ class Sticker(PhysicalAttack):
         return self.finish(
             model, best, y, target, counter, generator=generator, eval_eot=eot.heldout(), artifacts=artifacts
         )
+
+
+@functools.cache
+def _no_geometry() -> None:
+    """Warn once per process that stickers fall back to image coordinates."""
+    log.warning(
+        "sticker: the data gives no object geometry (corners), so the sticker mask is placed in image "
+        "coordinates, centred, and is not clipped to the object; give corners in the manifest (objects:)"
+    )
 
 
 register("sticker")(Sticker)
