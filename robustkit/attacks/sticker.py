@@ -95,9 +95,7 @@ class Sticker(PhysicalAttack):
             drawn = resolve_mask(self.mask, 2 * max(h, w), "sticker", self.mask_scale).to(x)
             return anchor(drawn, objects.to(x.device, x.dtype), (h, w))
         if self.placement == "object":
-            log.warning(
-                "sticker: no object geometry for these images; the mask is placed in image coordinates"
-            )
+            _no_geometry()
         m = resolve_mask(self.mask, h, "sticker", self.mask_scale)
         if m.shape[-1] != w:
             m = torch.nn.functional.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0]
