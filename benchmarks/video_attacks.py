@@ -3,8 +3,10 @@
 Runs each entry of ``attacks/video.yaml`` (or ``--suite``) on the ``shapes-video`` test clips that
 the ``shapes-video-r3d`` zoo model classifies correctly, rechecks every adversarial clip with a fresh
 eval-mode forward pass, and prints accuracy (over all clips, as the runner reports it), per-frame
-perturbation figures and time. Universal attacks (``video-patch``) are fitted on the train split
-first. Writes the table as JSON with ``--out`` (the recorded run: benchmarks/results/video_attacks.json).
+perturbation figures and time. Universal attacks (``video-patch``, ``framing-universal``,
+``flicker-universal``) are fitted on the train split first (their time includes the training, and the
+row its cost), and each is followed by a row for a random perturbation of the same budget (a random
+texture, border or +-eps flicker in place of the trained one), the baseline a universal attack must beat. Writes the table as JSON with ``--out`` (the recorded run: benchmarks/results/video_attacks.json).
 
     PYTHONPATH=. python benchmarks/video_attacks.py --n 200 --threads 1 --out benchmarks/results/video_attacks.json
 """
@@ -12,16 +14,45 @@ first. Writes the table as JSON with ``--out`` (the recorded run: benchmarks/res
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 import torch
 
+from robustkit.attacks.universal import is_universal
 from robustkit.builtin.shapes_video import shapes_video
 from robustkit.builtin.zoo import load_zoo_model
 from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
+
+
+def randomized(attack, seed: int):
+    """The universal attack with its trained perturbation replaced by a random one of the same budget."""
+    g = torch.Generator().manual_seed(seed)
+    field = type(attack).trained_field
+    trained = getattr(attack, field)
+    if field == "flicker":  # every offset at +-eps: the largest a random flicker can be
+        noise = (torch.randint(0, 2, trained.shape, generator=g) * 2 - 1).to(trained.dtype) * attack.eps
+    else:  # a texture or border: every pixel anywhere in [0, 1]
+        noise = torch.rand(trained.shape, generator=g, dtype=trained.dtype)
+    return attack.replace(**{field: noise})
+
+
+def evaluate(model, test, correct, attack, k: int, args) -> dict:
+    """Accuracy over all test clips (the misclassified count as broken) and mean per-clip metrics."""
+    robust, metrics = 0, {}
+    for s in range(0, len(correct), args.batch_size):
+        idx = correct[s : s + args.batch_size]
+        x, y = test.x[idx], test.y[idx]
+        result = attack(model, x, y, generator=sample_generators(args.seed, idx.tolist(), salt=k + 1))
+        with torch.no_grad():
+            robust += int((model(result.x_adv).argmax(1) == y).sum())
+        for key, value in result.metrics.items():
+            metrics.setdefault(key, []).append(value.float())
+    m = {key: float(torch.cat(v).mean()) for key, v in metrics.items()}
+    return {"robust_accuracy": robust / len(test), **m}
 
 
 def main() -> None:
@@ -53,34 +84,32 @@ def main() -> None:
             continue
         attack = entry.attack
         start = time.perf_counter()
-        if callable(getattr(attack, "fit", None)):
+        extra = {}
+        if is_universal(attack):
             train = shapes_video("train", n=int(getattr(attack, "train_samples", 256)))
             g = torch.Generator().manual_seed(args.seed * 7919 + k)
             attack = attack.fit(model, train.x, train.y, generator=g)
-        robust, metrics = 0, {}
-        for s in range(0, len(correct), args.batch_size):
-            idx = correct[s : s + args.batch_size]
-            x, y = test.x[idx], test.y[idx]
-            result = attack(model, x, y, generator=sample_generators(args.seed, idx.tolist(), salt=k + 1))
-            with torch.no_grad():
-                robust += int((model(result.x_adv).argmax(1) == y).sum())
-            for key, value in result.metrics.items():
-                metrics.setdefault(key, []).append(value.float())
-        seconds = time.perf_counter() - start
-        m = {key: float(torch.cat(v).mean()) for key, v in metrics.items()}
-        row = {
-            "attack": entry.name,
-            "clean_accuracy": clean,
-            "robust_accuracy": robust / len(test),
-            "seconds": seconds,
-            **m,
-        }
-        rows.append(row)
-        print(
-            f"{entry.name:22s} {row['robust_accuracy']:6.3f} {m.get('frame_linf_mean', 0):10.4f} "
-            f"{m.get('frame_l2_mean', 0):9.3f} {m.get('frames_changed', 0):7.3f} {m.get('pixels_changed', 0):7.3f} {seconds:7.1f}",
-            flush=True,
-        )
+            extra["training"] = dataclasses.asdict(attack.training_cost)
+        runs = [(entry.name, attack, start, extra)]
+        if extra:
+            runs.append((f"{entry.name} (random, same budget)", randomized(attack, args.seed), None, {}))
+        for name, fitted, began, more in runs:
+            began = began if began is not None else time.perf_counter()
+            row = evaluate(model, test, correct, fitted, k, args)
+            row = {
+                "attack": name,
+                "clean_accuracy": clean,
+                **row,
+                "seconds": time.perf_counter() - began,
+                **more,
+            }
+            rows.append(row)
+            print(
+                f"{name[:22]:22s} {row['robust_accuracy']:6.3f} {row.get('frame_linf_mean', 0):10.4f} "
+                f"{row.get('frame_l2_mean', 0):9.3f} {row.get('frames_changed', 0):7.3f} "
+                f"{row.get('pixels_changed', 0):7.3f} {row['seconds']:7.1f}",
+                flush=True,
+            )
     if args.out:
         record = {
             "command": "PYTHONPATH=. python " + " ".join(sys.argv),

@@ -261,8 +261,12 @@ def test_done_sticker_brings_signs_below_30_percent():
 
     model = load_zoo_model("signs-resnet", progress=False)
     ds = signs("test", n=100)
-    res = recipe_attack("sticker")(model, ds.x, ds.y, generator=gens(100))
+    res = recipe_attack("sticker")(model, ds.x, ds.y, generator=gens(100), objects=ds.objects)
     assert accuracy(model, res.x_adv, ds.y) < 0.3
+    assert torch.equal(
+        res.x_adv[(ds.objects.mask == 0).expand_as(ds.x)],
+        quantize(ds.x)[(ds.objects.mask == 0).expand_as(ds.x)],
+    )
 
 
 @pytest.mark.slow

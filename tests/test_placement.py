@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from robustkit.errors import InputError
 from robustkit.functional.penalties import non_printability, printable_palette, total_variation
 from robustkit.functional.placement import (
     composite,
@@ -124,3 +126,128 @@ def test_total_variation_and_printability():
     tex = noisy.clone().requires_grad_(True)
     (g,) = torch.autograd.grad((non_printability(tex) + total_variation(tex)).sum(), tex)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------- object-anchored placement
+def test_object_coordinates_map_onto_the_objects_corners():
+    from robustkit.functional.placement import ObjectGeometry, anchor, object_matrix
+
+    # an axis-aligned object box covering pixels 8..23 x 4..11 (centres), i.e. edges 7.5..23.5, 3.5..11.5
+    corners = torch.tensor([[[7.5, 3.5], [23.5, 3.5], [23.5, 11.5], [7.5, 11.5]]])
+    m = object_matrix(corners, (4, 8))  # texture pixel (0, 0) covers the object cell [0, 1/8] x [0, 1/4]
+    centre = m @ torch.tensor([0.0, 0.0, 1.0])
+    assert torch.allclose(centre[0, :2] / centre[0, 2], torch.tensor([8.5, 4.5]), atol=1e-4)
+    out = anchor(torch.ones(1, 16, 16), ObjectGeometry(corners), (16, 32), clip=False)
+    assert torch.allclose(out[0, 0, 4:12, 8:24], torch.ones(8, 16), atol=1e-4)
+    assert float(out[0, 0, :3].abs().sum() + out[0, 0, 13:].abs().sum() + out[0, 0, :, :7].abs().sum()) < 1e-4
+    # a rotated object: the footprint of the quadrilateral has the quadrilateral's area
+    angle = torch.tensor(0.4)
+    rot = torch.tensor([[angle.cos(), -angle.sin()], [angle.sin(), angle.cos()]])
+    square = torch.tensor([[-6.0, -6.0], [6.0, -6.0], [6.0, 6.0], [-6.0, 6.0]]) @ rot.T + 15.5
+    area = ObjectGeometry(square[None]).footprint((32, 32)).sum()
+    assert abs(float(area) - 144) < 6
+
+
+def test_every_sticker_pixel_lies_on_the_sign_in_every_image():
+    """Over the built-in signs (every class, twice), object-anchored stickers and RP2's found masks
+    change no pixel off the sign's plate, and do change pixels on it."""
+    from torch import nn
+
+    from robustkit.attacks import create_attack
+    from robustkit.attacks.physical import quantize
+    from robustkit.builtin.signs import signs
+    from robustkit.functional.random import sample_generators
+
+    ds = signs("test", n=20)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                          nn.Linear(64, 10)).eval()  # fmt: skip
+    off = (ds.objects.mask == 0).expand_as(ds.x)
+    fast = {"steps": 2, "eot": {"n_samples": 1}, "eval_draws": 0, "eval_grid": False}
+    for cfg in ({}, {"mask": "four-squares"}, {"find_mask": True, "mask_steps": 2}):
+        attack = create_attack("sticker", **fast, **cfg)
+        res = attack(model, ds.x, ds.y, generator=sample_generators(0, range(20)), objects=ds.objects)
+        assert torch.equal(res.x_adv[off], quantize(ds.x)[off]), cfg
+        changed = (res.x_adv != quantize(ds.x)).flatten(1).any(1)
+        assert changed.all(), cfg
+        assert float((res.artifacts["masks"] * (ds.objects.mask == 0)).sum()) == 0
+    # the image-coordinate mask, by contrast, reaches off the sign (the yield sign's bar in the sky)
+    image = create_attack("sticker", placement="image", **fast)
+    assert float((image.sticker_mask(ds.x) * (ds.objects.mask == 0)).sum()) > 0
+
+
+def test_sign_geometry_matches_the_rendered_plate():
+    from robustkit.builtin.signs import signs
+    from robustkit.functional.placement import ObjectGeometry
+
+    ds = signs("test", n=10)
+    quad = ObjectGeometry(ds.objects.corners).footprint((32, 32))
+    plate = ds.objects.mask
+    # each plate lies inside its box (the warning triangle overhangs by a sliver) and fills much of it
+    # (a triangle of circumradius 1 fills 0.32 of its box, a disk 0.79)
+    assert float((plate * (quad < 0.01)).sum()) < 1
+    assert ((plate.flatten(1).sum(1) / quad.flatten(1).sum(1)) > 0.3).all()
+
+
+def test_a_run_on_the_signs_places_stickers_on_the_sign(tmp_path):
+    """The runner hands each batch's object geometry to the attack: every stored adversarial sign
+    differs from its clean image only on the plate."""
+    from torch import nn
+
+    from robustkit import evaluate
+    from robustkit.attacks.physical import quantize
+    from robustkit.builtin.signs import signs
+
+    ds = signs("test", n=30)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                          nn.Linear(64, 10)).eval()  # fmt: skip
+    suite = {"name": "s", "attacks": [{"attack": "sticker", "steps": 2, "eot": {"n_samples": 1},
+                                       "eval_draws": 0, "eval_grid": False}]}  # fmt: skip
+    r = evaluate(model, ds, suite, out=tmp_path, name="signs", keep_adversarial=True, report=False,
+                 progress=False, batch_size=10)  # fmt: skip
+    idx, x_adv = r.adversarial("sticker")
+    assert len(idx) >= 2  # the samples the untrained model classifies correctly
+    off = (ds.objects.mask[idx] == 0).expand_as(x_adv)
+    assert torch.equal(x_adv[off], quantize(ds.x[idx])[off])
+    assert (x_adv != quantize(ds.x[idx])).flatten(1).any(1).all()
+
+
+def test_manifest_corners_follow_the_image_folder_preprocessing(tmp_path):
+    """Corners annotated on the original photos land on the object after resize and centre crop."""
+    import json
+
+    from PIL import Image
+
+    from robustkit.data.loading import load_dataset
+
+    boxes = {}
+    for c, cls in enumerate(("a", "b")):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(2):
+            img = torch.zeros(3, 45, 60)
+            x0, y0, x1, y1 = 12 + 3 * i + 5 * c, 9 + 4 * i, 42 + 2 * i, 33 - c  # pixels x0..x1-1, y0..y1-1
+            img[0, y0:y1, x0:x1] = 1
+            name = f"{cls}/{i}.png"
+            Image.fromarray((img.permute(1, 2, 0) * 255).byte().numpy()).save(tmp_path / "val" / name)
+            boxes[name] = [
+                [x0 - 0.5, y0 - 0.5],
+                [x1 - 0.5, y0 - 0.5],
+                [x1 - 0.5, y1 - 0.5],
+                [x0 - 0.5, y1 - 0.5],
+            ]
+    (tmp_path / "corners.json").write_text(json.dumps(boxes))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        f"name: photos\nformat: imagefolder\nroot: {tmp_path}\nobjects: corners.json\n"
+        "preprocessing: {size: 24, resize: 30}\n"
+    )
+    ds = load_dataset(str(manifest), "test")
+    assert len(ds.objects) == len(ds) == 4
+    for i in range(4):
+        red = ds[i][0][0]
+        foot = ds.objects.select([i]).footprint((24, 24))[0, 0]
+        assert float(((foot > 0.5) != (red > 0.5)).float().sum()) <= 4  # the edges may round either way
+    (tmp_path / "corners.json").write_text(json.dumps({k: v for k, v in boxes.items() if k != "b/1.png"}))
+    with pytest.raises(InputError, match="b/1.png"):
+        load_dataset(str(manifest), "test")

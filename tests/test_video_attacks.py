@@ -230,10 +230,16 @@ def test_framing_changes_only_the_border(model, data):
 
 def test_salt_pepper_sets_at_most_k_pixels_per_frame_to_black_or_white(model, data):
     x, y = data[0][:6], data[1][:6]
-    result = create_attack("salt-pepper", pixels=100, max_fraction=0.02)(model, x, y, generator=gens(6))
+    result = create_attack("salt-pepper", pixels=100, reference_size=None, max_fraction=0.02)(
+        model, x, y, generator=gens(6)
+    )
     changed = (result.x_adv != x).any(1)  # (B, T, H, W)
     assert result.artifacts["pixels_per_frame"] == 20  # 2 % of 1024 caps the 100
     assert (changed.flatten(2).sum(2) <= 20).all()
+    # by default, the literature's density: 100 pixels of a 112 x 112 frame, 8 of a 32 x 32 one
+    default = create_attack("salt-pepper")(model, x, y, generator=gens(6))
+    assert default.artifacts["pixels_per_frame"] == 8
+    assert ((default.x_adv != x).any(1).flatten(2).sum(2) <= 8).all()
     values = result.x_adv.permute(0, 2, 3, 4, 1)[changed]  # (N, C)
     assert ((values == 0).all(1) | (values == 1).all(1)).all()
 
@@ -304,7 +310,7 @@ def test_video_recipe_loads_with_the_literature_settings():
     assert (pgd.eps, pgd.step_size, pgd.steps) == (4 / 255, 1 / 255, 5)
     assert by_name["video-roa"].attack.area == 0.1
     assert by_name["framing"].attack.width == 10
-    assert by_name["salt-pepper"].attack.pixels == 100
+    assert by_name["salt-pepper"].attack.pixels == 100 and by_name["salt-pepper"].attack.reference_size == 112
     assert {e.attack_key for e in suite.entries} == set(VIDEO_ATTACKS)
     assert all(k in ATTACKS for k in VIDEO_ATTACKS)
 

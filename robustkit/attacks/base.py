@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..functional.placement import ObjectGeometry
 from ..functional.projection import batch_view
 from ..functional.random import GeneratorLike, uniform
 from ..models.fastpath import Precisions
@@ -196,6 +197,7 @@ class Attack:
         criterion: Criterion | None = None,
         precisions: Precisions | None = None,
         generator: GeneratorLike = None,
+        objects: ObjectGeometry | None = None,
     ) -> AttackResult:
         """Attack ``model`` on ``(x, y)``.
 
@@ -203,6 +205,8 @@ class Attack:
         ``Misclassification()``; ``TargetedMisclassification(t)`` is the same as ``target=t``).
         ``precisions``: the model at the precisions an attack may declare (``robustkit.models.fastpath``),
         with ``model`` its ``fast`` member; the fp32 ``reference`` gives the attack's final verdicts.
+        ``objects``: where the object lies in each image (``ObjectGeometry``), for attacks placed in
+        object coordinates (stickers); attacks that place nothing on the object ignore it.
         """
         check_inputs(x, "x")
         check_labels(y, x.shape[0], "y")
@@ -217,8 +221,14 @@ class Attack:
             )
         model = precisions.at(self.precision)
         kwargs: dict[str, Any] = {"target": target, "generator": generator}
-        if _takes_judge(type(self)):
+        if _takes(type(self), "judge"):
             kwargs["judge"] = Judge(criterion, precisions)
+        if _takes(type(self), "objects"):
+            if objects is not None and len(objects) != x.shape[0]:
+                raise ConfigError(
+                    f"objects holds the geometry of {len(objects)} images for {x.shape[0]} inputs"
+                )
+            kwargs["objects"] = objects
         with preserved(model), preserved(None if precisions.reference is model else precisions.reference):
             result = self.run(model, x, y, **kwargs)
         result.x_adv = result.x_adv.detach().to(dtype=x.dtype)
@@ -243,8 +253,8 @@ class Attack:
 
 
 @functools.cache
-def _takes_judge(cls: type) -> bool:
-    return "judge" in inspect.signature(cls.run).parameters
+def _takes(cls: type, keyword: str) -> bool:
+    return keyword in inspect.signature(cls.run).parameters
 
 
 def positive(value: float, what: str, *, allow_zero: bool = False) -> None:

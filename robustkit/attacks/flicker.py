@@ -10,20 +10,29 @@ and ``D2`` (roughness) the mean squared first plus second temporal derivatives; 
 cyclic when ``cyclic`` (a flicker played in a loop), as in the paper. With the default margin loss
 and ``kappa``, optimization stops pushing once a clip is misclassified by ``kappa`` and the penalties
 then shrink the flicker; the last successful iterate is kept.
+
+With ``universal: true`` one flicker ``(1, 3, T, 1, 1)`` serves every clip (Pony et al.'s universal
+attack): it is trained with Adam over a training split (``fit``, ``train_steps`` minibatch steps) and
+played on every held-out clip unchanged. A flicker played in the real world cannot be synchronized with
+the start of a clip, so with ``random_shift`` (the default) each clip sees it cyclically shifted by a
+random number of frames, in training and in evaluation.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from ..functional.random import GeneratorLike
+from ..errors import ConfigError
+from ..functional.random import GeneratorLike, uniform
 from ..threat import ThreatModel, make_threat
 from .base import AttackResult, Counter, register
 from .loop import Ascent, until_success
 from .lp import check_fields, final_result
+from .universal import UniversalVideo
 from .video_base import Adam, VideoAttack
 
 
@@ -51,9 +60,19 @@ def roughness(delta: torch.Tensor, cyclic: bool = True) -> torch.Tensor:
     return total
 
 
+def cyclic_shift(delta: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """One flicker ``(1, C, T, 1, 1)`` played from frame ``shift[i]`` on for clip ``i``: (B, C, T, 1, 1)."""
+    t = delta.shape[2]
+    index = (torch.arange(t, device=delta.device)[None] + shift[:, None]) % t
+    return delta[0][:, index].transpose(0, 1)
+
+
 @dataclass(frozen=True, kw_only=True)
-class Flicker(VideoAttack):
-    """One RGB offset per frame, bounded by ``eps`` in L-inf, with temporal smoothness penalties."""
+class Flicker(VideoAttack, UniversalVideo):
+    """One RGB offset per frame, bounded by ``eps`` in L-inf, with temporal smoothness penalties; per
+    clip, or one for all clips with ``universal`` (the trained ``flicker``, a result)."""
+
+    trained_field: ClassVar[str] = "flicker"
 
     loss: str = "cw"
     eps: float = 0.2
@@ -72,12 +91,16 @@ class Flicker(VideoAttack):
     """Weight of the squared first and second temporal derivatives (the paper's D2)."""
     cyclic: bool = True
     """Take temporal derivatives around the clip's end (a looping flicker)."""
+    random_shift: bool = True
+    """Universal: play the flicker from a random frame on each clip (it cannot be synchronized)."""
+    flicker: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         make_threat("Linf", self.eps)
         check_fields(self, above_zero=("steps", "learning_rate"),
                      at_least_zero=("regularization", "beta_thickness", "beta_roughness"))  # fmt: skip
+        self.check_universal()
 
     @property
     def threat(self) -> ThreatModel:
@@ -88,20 +111,63 @@ class Flicker(VideoAttack):
             self.beta_thickness * thickness(delta) + self.beta_roughness * roughness(delta, self.cyclic)
         )
 
+    def clipped(self, logits_loss):
+        """The adversarial loss capped at ``kappa`` (no push beyond a margin of ``kappa``)."""
+        kappa = self.kappa if math.isfinite(self.kappa) else None
+
+        def objective(logits: torch.Tensor) -> torch.Tensor:
+            value = logits_loss(logits)
+            return value.clamp(max=kappa) if kappa is not None else value
+
+        return objective
+
+    def shifts(self, n: int, frames: int, generator: GeneratorLike, device) -> torch.Tensor:
+        """Where each of ``n`` clips starts playing the universal flicker."""
+        if not self.random_shift:
+            return torch.zeros(n, dtype=torch.long, device=device)
+        return (uniform((n,), generator, device) * frames).long().clamp_max(frames - 1)
+
+    def _optimize(self, model, x, y, g, counter: Counter) -> torch.Tensor:
+        """The universal flicker (1, C, T, 1, 1), trained on clips ``x``."""
+        _, c, t = x.shape[:3]
+        delta = torch.zeros(1, c, t, 1, 1, dtype=x.dtype, device=x.device)
+        if self.eps == 0:
+            return delta
+        adam, threat = Adam(self.learning_rate), self.threat
+
+        def compose(xb: torch.Tensor, d: torch.Tensor, gen) -> torch.Tensor:
+            return (xb + cyclic_shift(d, self.shifts(xb.shape[0], t, gen, xb.device))).clamp(0, 1)
+
+        def update(d: torch.Tensor, grad: torch.Tensor, _: int) -> torch.Tensor:
+            return threat.project(d + adam.step(grad))
+
+        def regularize(gain: torch.Tensor, d: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            return gain - self.penalty(d)
+
+        def objective(yb: torch.Tensor):
+            return self.clipped(self.objective(yb, self.universal_targets(yb)))
+
+        return self.train_shared(model, delta, x, y, g, counter, compose=compose, update=update,
+                                 objective=objective, regularize=regularize)  # fmt: skip
+
     def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
         counter = Counter()
-        target = self.targets(model, x, y, target, generator, counter)
         b, c, t = x.shape[:3]
+        if self.universal:
+            target = target if target is not None else self.universal_targets(y)
+            flicker = self.trained(model, x, y, generator, counter)
+            if flicker.shape != (1, c, t, 1, 1):
+                raise ConfigError(f"the universal flicker was trained on clips of {flicker.shape[2]} frames "
+                                  f"and {flicker.shape[1]} channels, these have {t} and {c}")  # fmt: skip
+            x_adv = (x + cyclic_shift(flicker, self.shifts(b, t, generator, x.device))).clamp(0, 1)
+            result = final_result(model, x_adv, y, target, counter)
+            return self._finish(result, x, x_adv, universal=flicker)
+        target = self.targets(model, x, y, target, generator, counter)
         delta = torch.zeros(b, c, t, 1, 1, dtype=x.dtype, device=x.device)
         if self.eps == 0:
             return final_result(model, x.clone(), y, target, counter, artifacts=self._artifacts(delta))
-        loss = self.objective(y, target)
-        kappa = self.kappa if math.isfinite(self.kappa) else None
+        objective = self.clipped(self.objective(y, target))
         adam, threat = Adam(self.learning_rate), self.threat
-
-        def objective(logits: torch.Tensor) -> torch.Tensor:
-            value = loss(logits)
-            return value.clamp(max=kappa) if kappa is not None else value
 
         def compose(d: torch.Tensor) -> torch.Tensor:
             return (x + d).clamp(0, 1)
@@ -114,12 +180,17 @@ class Flicker(VideoAttack):
 
         ascent = Ascent(objective=objective, update=update, compose=compose, regularize=regularize)
         x_adv, _, _ = until_success(model, delta, ascent, y, target, counter, steps=self.steps, last=True)
-        result = final_result(model, x_adv, y, target, counter)
+        return self._finish(final_result(model, x_adv, y, target, counter), x, x_adv)
+
+    def _finish(
+        self, result: AttackResult, x: torch.Tensor, x_adv: torch.Tensor, universal=None
+    ) -> AttackResult:
         # the applied offsets (after the [0, 1] box), averaged over each frame's pixels
-        result.artifacts = self._artifacts((x_adv - x).mean(dim=(3, 4), keepdim=True))
-        result.metrics["flicker_roughness"] = roughness(
-            (x_adv - x).mean(dim=(3, 4), keepdim=True), self.cyclic
-        )
+        applied = (x_adv - x).mean(dim=(3, 4), keepdim=True)
+        result.artifacts = self._artifacts(applied)
+        if universal is not None:  # the flicker itself, as a (T, C) colour sequence
+            result.artifacts["universal_flicker"] = universal[0, :, :, 0, 0].T.detach().cpu().tolist()
+        result.metrics["flicker_roughness"] = roughness(applied, self.cyclic)
         return result
 
     @staticmethod

@@ -33,17 +33,17 @@ from ..eot import PHOTOMETRIC, EvalGrid, per_row
 from ..errors import ConfigError
 from ..functional.placement import paste, placement_matrix, sample_placement, shape_mask, side_for_area
 from ..functional.random import GeneratorLike, shared, uniform
-from ..models.state import preserved
-from ..validate import check_inputs, check_labels
+from ..validate import check_inputs
 from .base import AttackResult, Counter, forward, positive, register
 from .loop import Ascent, Final, ascend, minibatches
 from .physical import PhysicalAttack, Printable, chunked_logits, quantize
+from .universal import Universal
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class UniversalPatch:
+class UniversalPatch(Universal):
     """The configuration every universal patch shares, on images or clips: its shape (``patch_type``,
     ``size`` a fraction of the ``surface`` area), placement ranges, Adam training over a training split,
     the class a targeted patch pushes to, and the trained ``patch`` (a result, not a recipe key)."""
@@ -57,8 +57,6 @@ class UniversalPatch:
     scale_max: float = 1.0
     learning_rate: float = 0.1
     max_iter: int = 300
-    batch_size: int = 16
-    train_samples: int = 256
     target_class: int = 0
     patch: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
@@ -79,27 +77,11 @@ class UniversalPatch:
         if not isinstance(self.target_class, int) or self.target_class < 0:
             raise ConfigError(f"target_class must be a class index >= 0, got {self.target_class!r}")
 
-    def check_training(self, x_train: torch.Tensor) -> None:
-        """ConfigError unless ``x_train`` is a batch of what the patch attacks."""
-        raise NotImplementedError
+    def universal_target(self) -> int | None:
+        return self.target_class if self.targeted else None
 
-    def _optimize(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter):
-        raise NotImplementedError
-
-    def fit(self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None):
-        """Optimize the universal patch on a training split; returns this attack holding it."""
-        self.check_training(x_train)
-        check_labels(y_train, x_train.shape[0], "y_train")
-        if self.targeted:
-            keep = y_train != self.target_class
-            x_train, y_train = x_train[keep], y_train[keep]
-        if x_train.shape[0] == 0:
-            what = "clip" if self.surface == "frame" else self.surface
-            raise ConfigError(f"the training split holds no {what} outside the target class")
-        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
-        with preserved(model):
-            texture = self._optimize(model, x_train, y_train, shared(generator), Counter())
-        return replace(self, patch=texture)
+    def training_steps(self) -> int:
+        return self.max_iter
 
 
 @dataclass(frozen=True, kw_only=True)

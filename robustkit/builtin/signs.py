@@ -1,8 +1,9 @@
 """``signs``: synthetic traffic-sign-like objects on varied backgrounds (for sticker attacks).
 
 Ten classes modelled on common European signs: a coloured plate (octagon, disk, triangle, diamond)
-with a border and a glyph. The sign is centred (jitter of a few percent), so sticker masks drawn
-around the image centre land on the sign; each sample varies the size, a small in-plane rotation,
+with a border and a glyph. The sign is centred (jitter of a few percent) and the dataset knows
+where: ``objects`` holds each sign's corners and footprint, so that stickers drawn in object
+coordinates (``robustkit.functional.placement.anchor``) land on the sign; each sample varies the size, a small in-plane rotation,
 the background (sky / foliage gradient with clutter), a post, lighting and noise.
 
 The zoo entry ``signs-resnet`` is a compact ResNet trained on it (about 30 s on two CPU cores).
@@ -15,7 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data.synthetic import grid, image_dataset, uniform
+from ..data.synthetic import SyntheticDataset, balanced, grid, register_dataset, uniform
+from ..functional.placement import ObjectGeometry
 from .zoo import register_small_resnet
 
 CLASSES = [
@@ -106,10 +108,12 @@ def _sign(
     raise ValueError(label)
 
 
-def render_sign(
+def draw_sign(
     g: torch.Generator, label: int, size: int, noise: float = 0.025, supersample: int = 2
-) -> torch.Tensor:
-    """One sign of class ``label`` as a (3, size, size) tensor in [0, 1]."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sign of class ``label``: the image (3, size, size) in [0, 1], the corners (4, 2) of the sign's
+    box (its local [-1, 1]^2, as ``ObjectGeometry`` orders them) in image pixels, and the footprint of
+    its plate (1, size, size) in [0, 1] (the fraction of each pixel the plate covers)."""
     u, v = grid(size * supersample)
     sky = torch.tensor([uniform(g, 0.4, 0.7), uniform(g, 0.55, 0.85), uniform(g, 0.7, 1.0)])
     ground = torch.tensor([uniform(g, 0.1, 0.45), uniform(g, 0.25, 0.6), uniform(g, 0.05, 0.35)])
@@ -124,8 +128,9 @@ def render_sign(
     cx, cy = uniform(g, -0.06, 0.06), uniform(g, -0.06, 0.06)
     post = ((u - cx).abs() <= 0.05) & (v >= cy)
     img = torch.where(post[None], torch.tensor([0.45, 0.45, 0.48])[:, None, None], img)
-    lu, lv = _rotate((u - cx) / radius, (v - cy) / radius, uniform(g, -0.15, 0.15))
-    layers, _ = _sign(label, lu, lv)
+    angle = uniform(g, -0.15, 0.15)
+    lu, lv = _rotate((u - cx) / radius, (v - cy) / radius, angle)
+    layers, plate = _sign(label, lu, lv)
     for mask, color in layers:
         img = torch.where(mask[None], color[:, None, None], img)
     gain = uniform(g, 0.6, 1.15)
@@ -133,10 +138,48 @@ def render_sign(
     img = img * gain * tint[:, None, None]
     img = F.avg_pool2d(img[None], supersample)[0]
     img = img + noise * torch.randn(img.shape, generator=g)
-    return img.clamp(0, 1)
+    footprint = F.avg_pool2d(plate.float()[None, None], supersample)[0]
+    return img.clamp(0, 1), sign_corners(cx, cy, radius, angle, size), footprint
 
 
-signs = image_dataset("signs", CLASSES, render_sign, sizes=(5000, 1000))
+def sign_corners(cx: float, cy: float, radius: float, angle: float, size: int) -> torch.Tensor:
+    """Image pixel coordinates (4, 2) of the sign-local box corners (-1, -1), (1, -1), (1, 1), (-1, 1)
+    of a sign centred at normalized (cx, cy) with ``radius`` and in-plane rotation ``angle``."""
+    c, s = math.cos(angle), math.sin(angle)
+    local = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    lu, lv = local[:, 0], local[:, 1]
+    # the inverse of _rotate: image offsets from sign-local coordinates
+    u = cx + radius * (c * lu - s * lv)
+    v = cy + radius * (s * lu + c * lv)
+    return torch.stack([(u + 1) / 2 * size - 0.5, (v + 1) / 2 * size - 0.5], 1)
+
+
+def render_sign(
+    g: torch.Generator, label: int, size: int, noise: float = 0.025, supersample: int = 2
+) -> torch.Tensor:
+    """One sign of class ``label`` as a (3, size, size) tensor in [0, 1]."""
+    return draw_sign(g, label, size, noise, supersample)[0]
+
+
+def signs(split: str = "test", n: int | None = None, size: int = 32, seed: int = 0) -> SyntheticDataset:
+    """``signs``: balanced classes (label = index mod 10). Default sizes: 5000 train, 1000 test.
+
+    The dataset's ``objects`` (``ObjectGeometry``) holds each sign's corners and plate footprint, so
+    that stickers drawn in object coordinates land on the sign."""
+    n = n if n is not None else (5000 if split == "train" else 1000)
+    geometry: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def render(g: torch.Generator, label: int) -> torch.Tensor:
+        img, corners, footprint = draw_sign(g, label, size)
+        geometry.append((corners, footprint))
+        return img
+
+    ds = balanced("signs", CLASSES, render, n, split, seed, size=size)
+    ds.objects = ObjectGeometry(torch.stack([c for c, _ in geometry]), torch.stack([m for _, m in geometry]))
+    return ds
+
+
+register_dataset("signs")(signs)
 register_small_resnet(
     "signs", signs, len(CLASSES), seed=2, epochs=5, about="synthetic traffic signs, 10 classes"
 )

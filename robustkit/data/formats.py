@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, InputError, UnsafeCheckpointError
 from .loading import open_image, register_format
+from .masks import read_corners
 from .synthetic import SyntheticDataset
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,11 @@ def imagefolder(manifest: dict, split: str, root: Path) -> Dataset:
         name=name,
         max_pixels=pre.get("max_pixels"),
     )
-    return check_classes(ds, manifest, folder)
+    ds = check_classes(ds, manifest, folder)
+    if manifest.get("objects"):  # object corners per image: stickers placed on the object (data/masks.py)
+        ds.verify()
+        ds.objects = read_corners(root / manifest["objects"], ds.items, folder, ds.resize, ds.size)
+    return ds
 
 
 @register_format("videofolder")

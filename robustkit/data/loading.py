@@ -41,6 +41,7 @@ MANIFEST_KEYS = (
     "preprocessing",
     "splits",
     "description",
+    "objects",
 )
 
 

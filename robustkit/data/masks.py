@@ -9,6 +9,7 @@ centred, so sticker masks are drawn around the image centre. ``load_mask`` reads
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
+from ..functional.placement import ObjectGeometry
 from ..registry import suggest
 from .synthetic import grid
 
@@ -118,13 +120,15 @@ STICKERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def sticker_mask(name: str = "two-bars", size: int = 32) -> torch.Tensor:
-    """A sticker layout by name (see ``STICKERS``), centred on the image, (1, size, size)."""
+def sticker_mask(name: str = "two-bars", size: int = 32, scale: float = 1.0) -> torch.Tensor:
+    """A sticker layout by name (see ``STICKERS``), centred on the image (or the object's box), enlarged
+    by ``scale`` about the centre, (1, size, size)."""
     if name not in STICKERS:
         raise ConfigError(
             f"unknown sticker mask {name!r}{suggest(name, list(STICKERS))}. Known: {', '.join(STICKERS)}."
         )
-    return _supersampled(STICKERS[name], size)
+    draw = STICKERS[name]
+    return _supersampled(lambda u, v: draw(u / scale, v / scale), size)
 
 
 def load_mask(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
@@ -140,15 +144,60 @@ def load_mask(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
     return data.float() / 255
 
 
-def resolve_mask(spec: str, size: int, kind: str) -> torch.Tensor:
-    """A mask by name (``eyeglass``, a sticker name) or from an image path."""
+def resolve_mask(spec: str, size: int, kind: str, scale: float = 1.0) -> torch.Tensor:
+    """A mask by name (``eyeglass``, a sticker name, enlarged by ``scale``) or from an image path."""
     if spec == "eyeglass":
         return eyeglass_mask(size)
     if spec in STICKERS:
-        return sticker_mask(spec, size)
+        return sticker_mask(spec, size, scale)
     if Path(spec).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm"}:
         return load_mask(spec, size)
     known = ["eyeglass", *STICKERS]
     raise ConfigError(
         f"{kind} mask {spec!r} is neither a generated mask{suggest(spec, known)} ({', '.join(known)}) nor an image file"
     )
+
+
+def corners_in_crop(corners: torch.Tensor, image_hw: tuple[int, int], resize: int, size: int) -> torch.Tensor:
+    """Corner pixel coordinates (4, 2) in an original image of ``image_hw`` -> in the image after the
+    image-folder preprocessing (shorter edge resized to ``resize``, centre crop of ``size``)."""
+    h0, w0 = image_hw
+    short, long = (h0, w0) if h0 <= w0 else (w0, h0)
+    new_long = int(resize * long / short)
+    new_h, new_w = (resize, new_long) if h0 <= w0 else (new_long, resize)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    x = (corners[:, 0] + 0.5) * new_w / w0 - 0.5 - left
+    y = (corners[:, 1] + 0.5) * new_h / h0 - 0.5 - top
+    return torch.stack([x, y], 1)
+
+
+def read_corners(path: str | Path, items: list[tuple[Path, int]], folder: Path, resize: int, size: int):
+    """The ``ObjectGeometry`` of an image folder from a JSON file of object corners: for every image,
+    its path relative to ``folder`` (``class/image.jpg``) -> four (x, y) pixel coordinates in the
+    original photo of the object's top-left, top-right, bottom-right and bottom-left corners."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"object corners file {p} does not exist")
+    try:
+        table = json.loads(p.read_text())
+    except ValueError as exc:
+        raise InputError(f"object corners file {p} is not JSON: {exc}") from exc
+    out = []
+    for f, _ in items:
+        key = f.relative_to(folder).as_posix()
+        pts = table.get(key) if isinstance(table, dict) else None
+        try:
+            corners = torch.tensor(pts, dtype=torch.float32)
+        except (TypeError, ValueError):
+            corners = None
+        if corners is None or corners.shape != (4, 2) or not torch.isfinite(corners).all():
+            raise InputError(
+                f"{p}: expected four [x, y] corners (top-left, top-right, bottom-right, bottom-left) for "
+                f"{key!r}, got {pts!r}"
+            )
+        with Image.open(f) as im:
+            w0, h0 = im.size
+        out.append(corners_in_crop(corners, (h0, w0), resize, size))
+    return ObjectGeometry(torch.stack(out))

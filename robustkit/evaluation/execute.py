@@ -33,8 +33,10 @@ from typing import Any
 import torch
 
 from ..attacks.criteria import Confirmation, Misclassification, confirm, fp32_logits
+from ..attacks.universal import is_universal
 from ..defenses.adaptive import AMONG_CLEAN, ONE_AT_A_TIME, WHOLE_BATCH, AmongClean, View
 from ..errors import InputError, ModelError
+from ..functional.placement import ObjectGeometry
 from ..functional.random import sample_generators
 from ..models.checks import probe
 from ..models.fastpath import Precisions
@@ -72,6 +74,12 @@ def get_batch(ds: Any, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return ds.x[idx], ds.y[idx]
     items = [ds[i] for i in indices]
     return torch.stack([t[0] for t in items]), torch.as_tensor([int(t[1]) for t in items], dtype=torch.long)
+
+
+def get_objects(ds: Any, indices: list[int]) -> ObjectGeometry | None:
+    """Where the object lies in each sample of ``indices`` when the dataset knows (its ``objects``)."""
+    objects = getattr(ds, "objects", None)
+    return objects.select(indices) if isinstance(objects, ObjectGeometry) else None
 
 
 def chunks(indices: list[int], batch_size: int) -> list[list[int]]:
@@ -341,8 +349,10 @@ def _attack(
     t0 = time.perf_counter()
     net = target.precisions
     criterion = Misclassification(margin=net.tolerance)  # net: the model's Precisions (fast path)
+    objects = get_objects(job.dataset, todo)
+    placed = {} if objects is None else {"objects": objects}  # only attacks of datasets that know
     with _draws(job, todo[0], stage.k + 1):
-        result = stage.attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens)
+        result = stage.attack(net.fast, x, y, criterion=criterion, precisions=net, generator=gens, **placed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -456,9 +466,31 @@ def run_suite(
             params = view_params(resolved[k], entry.attack, attack, view)
             aid = job.store.attack_id(name, entry.attack_key, params, entry.eps, entry.norm, kind)
             done = job.store.attacked(aid)
-            if callable(getattr(attack, "fit", None)) and any(i not in done for c in batches for i in c):
-                fitted = fitted or fit(entry, k)
+            todo = any(i not in done for c in batches for i in c)
+            if fitted is None and is_universal(attack) and todo:
+                fitted = _fit(job, name, fit, entry, k)
             attack_pass(job, Stage(aid, k, entry, fitted or attack, view), batches)
+
+
+TRAINING = -1  # the first_idx of the BatchRecord that holds a universal attack's training cost
+
+
+def _fit(job: Job, stage: str, fit: Callable[[SuiteEntry, int], Any], entry: SuiteEntry, k: int) -> Any:
+    """Fit a universal attack and record what its training cost as a batch of no samples of ``stage``
+    (``first_idx`` ``TRAINING``): its seconds and counters then count in the attack's row and in the
+    report's timing section. The cost is the attack's own ``training_cost`` when it keeps one (steps,
+    passes, time), else the wall-clock time of ``fit``."""
+    if job.device.type == "cuda":
+        torch.cuda.synchronize(job.device)
+    t0 = time.perf_counter()
+    fitted = fit(entry, k)
+    if job.device.type == "cuda":
+        torch.cuda.synchronize(job.device)
+    seconds = time.perf_counter() - t0
+    cost = getattr(fitted, "training_cost", None)
+    counters = cost.counters() if cost is not None else {}
+    job.store.write_outcomes(0, [], BatchRecord(stage, TRAINING, 0, seconds, counters, []))
+    return fitted
 
 
 def view_params(params: dict[str, Any], entry: Any, attack: Any, view: View) -> dict[str, Any]:

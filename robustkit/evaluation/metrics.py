@@ -98,6 +98,9 @@ def summarize(store: Store, classes: list[str] | None = None) -> dict[str, Any]:
             "seconds": sum(b.seconds for b in batches),
             "counters": total_counters(batches),
         }
+        training = [b for b in batches if b.first_idx < 0]  # a universal attack's fit (execute._fit)
+        if training:
+            row["training"] = {"seconds": sum(b.seconds for b in training), **total_counters(training)}
         row["loss_trace"] = loss_trace(attacked)
         if "view" in a["params"]:
             row["view"] = view_of(a)

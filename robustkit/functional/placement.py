@@ -14,6 +14,7 @@ Masks that live in image coordinates (eyeglass frames, stickers, rectangles) rep
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from kornia.geometry.transform import get_perspective_transform, warp_perspective
@@ -209,3 +210,75 @@ def rect_masks(positions: torch.Tensor, rect_hw: tuple[int, int], size: tuple[in
     top, left = positions[:, 0, None, None], positions[:, 1, None, None]
     inside = (rows >= top) & (rows < top + rh) & (cols >= left) & (cols < left + rw)
     return inside[:, None].float()
+
+
+# ---------------------------------------------------------------------- object-anchored placement
+# Object coordinates: the unit square (a, b) in [0, 1]^2 spanning the object's box ((0, 0) its top-left,
+# (1, 0) its top-right, as the object is seen upright). An object's corners in an image are the image
+# pixel coordinates (pixel centres at integers) of (0, 0), (1, 0), (1, 1), (0, 1) in that order.
+UNIT_SQUARE = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class ObjectGeometry:
+    """Where the object lies in each of N images: ``corners`` (N, 4, 2) the image pixel coordinates
+    (x, y) of the object's unit square (``UNIT_SQUARE`` order), ``mask`` (N, 1, H, W) in [0, 1] the
+    object's footprint (None: the quadrilateral of the corners)."""
+
+    corners: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.corners.ndim != 3 or self.corners.shape[1:] != (4, 2):
+            raise ValueError(f"object corners must have shape (N, 4, 2), got {tuple(self.corners.shape)}")
+        if self.mask is not None and (self.mask.ndim != 4 or self.mask.shape[:2] != (len(self.corners), 1)):
+            raise ValueError(
+                f"object mask must have shape ({len(self.corners)}, 1, H, W), got {tuple(self.mask.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.corners.shape[0]
+
+    def select(self, index: torch.Tensor | list[int]) -> ObjectGeometry:
+        """The geometry of the images ``index``."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return ObjectGeometry(self.corners[idx], None if self.mask is None else self.mask[idx])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> ObjectGeometry:
+        mask = None if self.mask is None else self.mask.to(device, dtype)
+        return ObjectGeometry(self.corners.to(device, dtype), mask)
+
+    def footprint(self, size: tuple[int, int]) -> torch.Tensor:
+        """The object's mask (N, 1, H, W) in images of ``size``: ``mask`` when given (it must be of that
+        size), else the quadrilateral of the corners."""
+        if self.mask is not None:
+            if tuple(self.mask.shape[-2:]) != tuple(size):
+                raise ValueError(f"object mask is {tuple(self.mask.shape[-2:])}, the images {tuple(size)}")
+            return self.mask
+        ones = torch.ones(1, 8, 8, device=self.corners.device, dtype=self.corners.dtype)
+        return anchor(ones, self, size, clip=False)
+
+
+def object_matrix(corners: torch.Tensor, texture_hw: tuple[int, int]) -> torch.Tensor:
+    """Homographies (N, 3, 3) from the pixels of a texture (h, w) covering an object's unit square to
+    image pixels, for objects at ``corners`` (N, 4, 2). Texture pixel (i, j) covers the object square
+    cell [j / w, (j + 1) / w] x [i / h, (i + 1) / h]."""
+    h, w = texture_hw
+    n, dev, dt = corners.shape[0], corners.device, corners.dtype
+    unit = torch.tensor(UNIT_SQUARE, device=dev, dtype=dt)[None].expand(n, 4, 2)
+    to_image = get_perspective_transform(unit, corners)
+    cells = torch.tensor([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]], device=dev, dtype=dt)
+    return to_image @ cells
+
+
+def anchor(
+    texture: torch.Tensor, geometry: ObjectGeometry, size: tuple[int, int], *, clip: bool = True
+) -> torch.Tensor:
+    """A map drawn in object coordinates (C, h, w) or (N, C, h, w) — a sticker mask, a texture — warped
+    into each image (N, C, H, W) by the object's corners, bilinear and differentiable; with ``clip``
+    multiplied by the object's footprint so that nothing of it lands off the object."""
+    matrix = object_matrix(geometry.corners.to(texture.dtype), tuple(texture.shape[-2:]))
+    if texture.ndim == 3:
+        texture = texture[None].expand(matrix.shape[0], *texture.shape)
+    out = warp_perspective(texture, matrix, size, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out * geometry.footprint(size).to(out.dtype) if clip else out
