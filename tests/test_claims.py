@@ -27,6 +27,7 @@ from robustkit.report.claims import (
     insert_section,
     render_html_section,
     render_markdown,
+    stale_settings,
     verdicts_in_markdown,
     verdicts_in_summary,
 )
@@ -243,3 +244,22 @@ def test_every_departure_is_named_in_the_table_and_the_defense_report():
     meta = {"name": "abnn", "info": {"paper": "Lo & Patel", "prepared": {"departures": ["taps: x <b>"]}}}
     shown = defense(type("Run", (), {"meta": {"defense": meta}})())
     assert shown["departures"] == ["taps: x <b>"] and shown["paper"] == "Lo & Patel"
+
+
+def test_runs_kept_from_before_a_recipe_changed_are_named() -> None:
+    """A stored run whose settings are not its recipe's current ones is listed (which settings, then and
+    now) in the note and the HTML section; runs matching their recipe are not."""
+    import dataclasses
+
+    from robustkit.defenses.base import DEFENSES
+
+    stored = stored_runs({"pgd-at": [(0.9, 0.5), (0.9, 0.5)]})
+    now = dataclasses.asdict(DEFENSES.create("pgd-at").trained_recipe().settings)
+    for r in stored["runs"].values():
+        r["config"] = {"settings": dict(now)}
+    assert stale_settings(stored) == []
+    old = {k: v for k, v in now.items() if k != "clean_phase"}  # a field added since: its default applies
+    stored["runs"]["shapes/pgd-at/s1"]["config"] = {"settings": {**old, "eps_warmup": 0.123}}
+    lines = stale_settings(stored)
+    assert lines == [f"shapes/pgd-at (seed 1): trained with eps_warmup 0.123 (now {now['eps_warmup']})"]
+    assert lines[0] in render_markdown(stored) and html.escape(lines[0]) in render_html_section(stored)

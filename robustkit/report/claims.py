@@ -28,6 +28,7 @@ the rules below (``RULES`` is their text, rendered under the table):
 from __future__ import annotations
 
 import html
+import json
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -308,6 +309,34 @@ def departures(stored: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     return {n: tuple(getattr(DEFENSES.create(n), "departures", ())) for n in names if n in DEFENSES}
 
 
+def stale_settings(stored: Mapping[str, Any]) -> list[str]:
+    """Stored runs trained with other settings than their recipe has now (a recipe changed after they
+    ran and they were kept), one line per dataset and recipe: which settings, then and now."""
+    import dataclasses
+
+    from ..defenses.base import DEFENSES
+    from ..training.settings import TrainSettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for r in stored.get("runs", {}).values():
+        then = r.get("config", {}).get("settings")
+        if not then or r["recipe"] not in DEFENSES:
+            continue
+        now = dataclasses.asdict(DEFENSES.create(r["recipe"]).trained_recipe().settings)
+        diff = [
+            f"{k} {then.get(k, defaults.get(k))} (now {v})"
+            for k, v in now.items()
+            if json.dumps(then.get(k, defaults.get(k)), default=str) != json.dumps(v, default=str)
+        ]
+        if diff:
+            groups.setdefault((r["dataset"], r["recipe"], ", ".join(diff)), []).append(r["seed"])
+    return [
+        f"{d}/{n} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}): trained with {diff}"
+        for (d, n, diff), seeds in sorted(groups.items())
+    ]
+
+
 def render_markdown(stored: Mapping[str, Any], rows: list[dict[str, Any]] | None = None) -> str:
     """The claims note: protocol, the table (one row per claim), each verdict's reason, the rules."""
     rows = rows if rows is not None else derive(stored)
@@ -337,6 +366,14 @@ def render_markdown(stored: Mapping[str, Any], rows: list[dict[str, Any]] | None
     if named:
         lines += ["", "Departures from the papers' recipes at this scale (each recipe's `departures`):", ""]
         lines += [f"- `{k}`: " + "; ".join(v) for k, v in named.items()]
+    stale = stale_settings(stored)
+    if stale:
+        lines += [
+            "",
+            "Runs kept from before a recipe changed (their stored settings differ from the recipe's now):",
+            "",
+        ]
+        lines += [f"- {line}" for line in stale]
     lines += ["", "Per-seed clean accuracy of every run (%):", "", "| dataset | recipe | " +
               " | ".join(f"seed {s}" for s in p.get("seeds", [])) + " |",
               "|---|---|" + "---|" * len(p.get("seeds", []))]  # fmt: skip
@@ -390,6 +427,7 @@ def render_html_section(stored: Mapping[str, Any], rows: list[dict[str, Any]] | 
             for k, v in departures(stored).items()
             if v
         )
+        + "".join(f"<p>Kept from before a recipe changed: {e(line)}</p>\n" for line in stale_settings(stored))
         + "</section>\n"
     )
 
