@@ -85,6 +85,15 @@ def test_a_module_that_is_nowhere_or_breaks_fails_clearly(console_script_path):
         load_model("broken_mod:make")
 
 
+def test_a_misspelt_architecture_suggests_the_architecture():
+    with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
+        load_model("resnet81")
+    with pytest.raises(
+        ConfigError, match="timm has no architecture 'convnext_tinyy' .did you mean 'convnext_tiny'"
+    ):
+        load_model("timm:convnext_tinyy")
+
+
 # ----------------------------------------------------------------------------- --normalize
 def test_parse_normalize():
     assert parse_normalize(None) is None

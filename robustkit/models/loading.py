@@ -82,6 +82,10 @@ class ModelSource:
     def names(self) -> list[str]:
         return []
 
+    def suggestions(self) -> list[str]:
+        """Names a misspelt spec is compared with (``names`` and, for a library, its architectures)."""
+        return self.names()
+
     def default_for(self, dataset: str) -> str | None:
         return None
 
@@ -291,7 +295,9 @@ class ArchitectureSource(ModelSource):
     def resolve(self, spec: str, request: ModelRequest) -> Resolved:
         name = spec.removeprefix(f"{self.scheme}:")
         if not self._exists(name):
-            raise ConfigError(f"--model {spec}: {self.scheme} has no architecture '{name}'")
+            raise ConfigError(
+                f"--model {spec}: {self.scheme} has no architecture '{name}'{suggest(name, self.suggestions())}"
+            )
         _need_weights(spec, request)
         if request.pretrained:
             arch, info = self._pretrained(spec, name, request)
@@ -323,6 +329,11 @@ class TorchvisionSource(ArchitectureSource):
 
         return torchvision.models.get_model(name, weights=None, **kwargs)
 
+    def suggestions(self) -> list[str]:
+        import torchvision
+
+        return list(torchvision.models.list_models(module=torchvision.models))
+
     def _pretrained(self, spec: str, name: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
         from .pretrained import torchvision_pretrained
 
@@ -346,6 +357,11 @@ class TimmSource(ArchitectureSource):
         import timm
 
         return timm.create_model(name, pretrained=False, **kwargs)
+
+    def suggestions(self) -> list[str]:
+        import timm
+
+        return list(timm.list_models())
 
     def _pretrained(self, spec: str, name: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
         from .pretrained import timm_pretrained
@@ -425,8 +441,9 @@ def _resolve(spec: str, request: ModelRequest) -> Resolved:
                 )
             return source.resolve(spec, request)
     known = [n for s in sources() for n in s.names()]
+    close = suggest(spec, sorted({n for s in sources() for n in s.suggestions()}))
     raise ConfigError(
-        f"unknown model '{spec}'{suggest(spec, known)}: not a zoo model ({', '.join(known)}), "
+        f"unknown model '{spec}'{close}: not a zoo model ({', '.join(known)}), "
         "a torchvision or timm architecture, robustbench:<dataset>/<threat>/<name>, or package.module:function"
     )
 
