@@ -50,8 +50,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if card:
         raise ConfigError("--model-card writes one model's entry: drop --defense, or drop --model-card")
-    if args.model or args.weights:
-        raise ConfigError("--defense builds its own models: drop --model/--weights, or drop --defense")
+    if args.model or args.weights or args.pretrained or args.normalize:
+        raise ConfigError(
+            "--defense builds its own models: drop --model/--weights/--pretrained/--normalize, or drop --defense"
+        )
     specs = split_defenses(args.defense)
     if len(specs) == 1 and is_factory(specs[0]):  # the user's own defense: one run, as with --model
         data = config.data if isinstance(config.data, str) else "shapes"

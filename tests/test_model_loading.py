@@ -19,8 +19,8 @@ from robustkit.errors import ConfigError, ModelError, UnsafeCheckpointError
 from robustkit.evaluation.config import RunConfig
 from robustkit.evaluation.metrics import chance_finding
 from robustkit.models.checkpoint import align_keys, load_into, load_state
-from robustkit.models.loading import IMAGENET_MEAN, IMAGENET_STD, load_model, parse_normalize
-from robustkit.models.normalized import Normalized
+from robustkit.models.loading import load_model
+from robustkit.models.normalized import IMAGENET_MEAN, IMAGENET_STD, Normalized, parse_normalize
 
 SUITE = "attacks: [{attack: fgsm, eps: 1/255}]"
 
@@ -77,9 +77,21 @@ def test_factory_in_the_current_directory_is_importable(console_script_path, cap
     }
 
 
-def test_a_module_that_is_nowhere_still_fails_clearly(console_script_path):
+def test_a_module_that_is_nowhere_or_breaks_fails_clearly(console_script_path):
     with pytest.raises(ConfigError, match="cannot import module 'not_here_mod'"):
         load_model("not_here_mod:make")
+    (console_script_path / "broken_mod.py").write_text("raise RuntimeError('needs a GPU')\n")
+    with pytest.raises(ConfigError, match="importing module 'broken_mod' raised RuntimeError: needs a GPU"):
+        load_model("broken_mod:make")
+
+
+def test_a_misspelt_architecture_suggests_the_architecture():
+    with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
+        load_model("resnet81")
+    with pytest.raises(
+        ConfigError, match="timm has no architecture 'convnext_tinyy' .did you mean 'convnext_tiny'"
+    ):
+        load_model("timm:convnext_tinyy")
 
 
 # ----------------------------------------------------------------------------- --normalize

@@ -31,7 +31,7 @@ from ..device import resolve_device
 from ..errors import ConfigError, InputError
 from ..files import atomic_write, storage_error
 from ..models.fastpath import FastPath, make_fastpath
-from ..models.loading import parse_normalize
+from ..models.normalized import parse_normalize
 from ..registry import check_keys, dataclass_fields
 from .suite import Suite, load_suite, parse_eps, with_eps
 
@@ -159,7 +159,7 @@ class RunConfig:
     eps: float | str | None = None
     num_classes: int | None = None
     keep_adversarial: bool = False
-    # the model's input normalization (``robustkit.models.loading.parse_normalize``: None for the
+    # the model's input normalization (``robustkit.models.normalized.parse_normalize``: None for the
     # architecture's own) and the library's pretrained weights (torchvision / timm architectures)
     normalize: Any = None
     pretrained: bool | str = False
@@ -228,6 +228,8 @@ class RunConfig:
                 f"num_classes={self.num_classes} applies to (x, y) tensor data; {self.data_name!r} names its "
                 "own classes: drop num_classes"
             )
+        if isinstance(self.model, Defense) and (self.normalize is not None or self.pretrained):
+            raise ConfigError("a Defense brings its own model: drop normalize/pretrained")
         if isinstance(self.model, Defense) and self.capabilities is not None:
             caps = merge_capabilities(self.model.capabilities, self.capabilities)
             put(self, "model", dataclasses.replace(self.model, capabilities=caps))

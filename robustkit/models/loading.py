@@ -1,8 +1,9 @@
 """Resolve ``--model`` specs through a registry of model sources.
 
-A spec is a zoo name, a torchvision or timm architecture with local weights (``resnet18``,
-``torchvision:r3d_18``, ``timm:resnet18``), a Python factory ``package.module:function``, or a model
-object. Each kind is a ``ModelSource`` registered with ``register_source``; the sources of the layers
+A spec is a zoo name, a torchvision or timm architecture with local weights or the library's pretrained
+ones (``resnet18``, ``torchvision:r3d_18``, ``timm:resnet18``; :mod:`.pretrained`), a model of RobustBench's
+zoo (``robustbench:cifar10/Linf/Standard``; :mod:`.robustbench`), a Python factory
+``package.module:function`` (its module also found in the current directory), or a model object. Each kind is a ``ModelSource`` registered with ``register_source``; the sources of the layers
 above (the built-in zoo) register themselves, so this module imports nothing above ``models``.
 Objects of other libraries (ART estimators) are turned into ``nn.Module`` by adapters registered with
 ``register_adapter``. Weights load only through safetensors or ``torch.load(weights_only=True)``.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -28,57 +28,14 @@ from ..errors import ConfigError, ModelError
 from ..registry import load_providers, suggest
 from .checkpoint import load_into
 from .checks import check_not_meta
-from .normalized import Normalized
+from .normalized import (
+    Normalized,
+    NormalizeOption,
+    normalization_record,
+    parse_normalize,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Normalize = tuple[tuple[float, ...], tuple[float, ...]]
-# ``normalize`` of a request: None (the architecture's own, from its metadata), "none" (no normalization
-# added: the model takes [0, 1] input), or (mean, std) per channel
-NormalizeOption = Normalize | str | None
-NORMALIZE_HELP = "imagenet, none, MEAN,STD (one value each for every channel) or M1,M2,M3,S1,S2,S3"
-
-
-def parse_normalize(value: object) -> NormalizeOption:
-    """``--normalize`` as a request option: None (the architecture's default), ``"none"``, or ``(mean,
-    std)`` tuples. Accepts ``imagenet``, ``none``, ``MEAN,STD``, ``M1,M2,M3,S1,S2,S3``, or a ``(mean, std)``
-    pair of numbers or sequences (the Python API)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "default", "auto")):
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "none":
-            return "none"
-        if text == "imagenet":
-            return IMAGENET_MEAN, IMAGENET_STD
-        try:
-            numbers = [float(v) for v in text.split(",")]
-        except ValueError:
-            numbers = []
-        if len(numbers) % 2 or not numbers:
-            raise ConfigError(f"--normalize {value!r}: expected {NORMALIZE_HELP}")
-        half = len(numbers) // 2
-        mean, std = tuple(numbers[:half]), tuple(numbers[half:])
-    elif isinstance(value, Sequence) and len(value) == 2:
-        mean, std = (tuple(float(v) for v in (p if isinstance(p, Sequence) else [p])) for p in value)
-    else:
-        raise ConfigError(f"normalize={value!r}: expected {NORMALIZE_HELP}, or a (mean, std) pair")
-    if len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
-        raise ConfigError(
-            f"--normalize {value!r}: expected as many means as stds, finite, every std > 0 ({NORMALIZE_HELP})"
-        )
-    return mean, std
-
-
-def normalization_record(mean: Sequence[float] | None, std: Sequence[float] | None, source: str) -> dict:
-    """What a run records of its input normalization: mean and std per channel (None: none added to the
-    model) and where they come from."""
-    if mean is None or std is None:
-        return {"mean": None, "std": None, "source": source}
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "source": source}
 
 
 @dataclass(frozen=True)
@@ -124,6 +81,10 @@ class ModelSource:
 
     def names(self) -> list[str]:
         return []
+
+    def suggestions(self) -> list[str]:
+        """Names a misspelt spec is compared with (``names`` and, for a library, its architectures)."""
+        return self.names()
 
     def default_for(self, dataset: str) -> str | None:
         return None
@@ -334,7 +295,9 @@ class ArchitectureSource(ModelSource):
     def resolve(self, spec: str, request: ModelRequest) -> Resolved:
         name = spec.removeprefix(f"{self.scheme}:")
         if not self._exists(name):
-            raise ConfigError(f"--model {spec}: {self.scheme} has no architecture '{name}'")
+            raise ConfigError(
+                f"--model {spec}: {self.scheme} has no architecture '{name}'{suggest(name, self.suggestions())}"
+            )
         _need_weights(spec, request)
         if request.pretrained:
             arch, info = self._pretrained(spec, name, request)
@@ -366,6 +329,11 @@ class TorchvisionSource(ArchitectureSource):
 
         return torchvision.models.get_model(name, weights=None, **kwargs)
 
+    def suggestions(self) -> list[str]:
+        import torchvision
+
+        return list(torchvision.models.list_models(module=torchvision.models))
+
     def _pretrained(self, spec: str, name: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
         from .pretrained import torchvision_pretrained
 
@@ -389,6 +357,11 @@ class TimmSource(ArchitectureSource):
         import timm
 
         return timm.create_model(name, pretrained=False, **kwargs)
+
+    def suggestions(self) -> list[str]:
+        import timm
+
+        return list(timm.list_models())
 
     def _pretrained(self, spec: str, name: str, request: ModelRequest) -> tuple[nn.Module, dict[str, Any]]:
         from .pretrained import timm_pretrained
@@ -468,8 +441,9 @@ def _resolve(spec: str, request: ModelRequest) -> Resolved:
                 )
             return source.resolve(spec, request)
     known = [n for s in sources() for n in s.names()]
+    close = suggest(spec, sorted({n for s in sources() for n in s.suggestions()}))
     raise ConfigError(
-        f"unknown model '{spec}'{suggest(spec, known)}: not a zoo model ({', '.join(known)}), "
+        f"unknown model '{spec}'{close}: not a zoo model ({', '.join(known)}), "
         "a torchvision or timm architecture, robustbench:<dataset>/<threat>/<name>, or package.module:function"
     )
 

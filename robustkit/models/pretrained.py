@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from .normalized import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
