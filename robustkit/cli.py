@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--data",
         default="shapes",
-        help="built-in dataset, manifest name in datasets/, or manifest path (default: shapes)",
+        help="built-in dataset, manifest name in datasets/, manifest path, or a folder with one sub-folder of "
+        "images (or videos) per class (default: shapes)",
     )
     ev.add_argument("--data-root", default=None, help="override the manifest's root directory")
     ev.add_argument(

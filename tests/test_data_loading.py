@@ -182,3 +182,11 @@ def test_datasets_readme_shows_a_valid_manifest_for_every_format(tmp_path):
         shown.add(manifest["format"])
     assert shown | {"hmdb51"} == set(FORMATS.names())  # hmdb51 is described as ucf101's twin
     assert "hmdb51" in text and "--data ./myfolder" in text
+
+
+def test_every_builtin_manifest_passes_its_checks():
+    from robustkit.data.loading import manifest_names, read_manifest
+
+    for name in manifest_names():
+        manifest, path = read_manifest(name)
+        assert manifest["format"] and path.name == f"{name}.yaml"

@@ -576,18 +576,24 @@ def _zoo_worker(cache: str, barrier, results) -> None:
     results.put(load_zoo_model("lock-test", progress=False).weight[0, 0].item())
 
 
-def test_two_processes_training_the_same_zoo_model_train_it_once(tmp_path):
+def _two_processes(worker, cache: Path) -> list:
+    """Run ``worker(cache, barrier, results)`` in two spawned processes at once; what each put."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_zoo_worker, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    procs = [ctx.Process(target=worker, args=(str(cache), barrier, results)) for _ in range(2)]
     for p in procs:
         p.start()
     got = [results.get(timeout=300) for _ in procs]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return got
+
+
+def test_two_processes_training_the_same_zoo_model_train_it_once(tmp_path):
+    got = _two_processes(_zoo_worker, tmp_path)
     trained = list(tmp_path.glob("trained-by-*"))
     assert len(trained) == 1  # the second process waited for the lock, then loaded the first one's weights
     assert got == [float(trained[0].name.rsplit("-", 1)[1])] * 2
@@ -614,17 +620,7 @@ def _defense_worker(cache: str, barrier, results) -> None:
 
 
 def test_two_processes_training_the_same_defense_train_it_once(tmp_path):
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_defense_worker, args=(str(tmp_path), barrier, results)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    got = [results.get(timeout=300) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = _two_processes(_defense_worker, tmp_path)
     assert len(list(tmp_path.glob("trained-by-*"))) == 1  # the second waited for the lock, then loaded
     assert got[0] == got[1]  # both hold the one trained model
     assert not [p for p in (tmp_path / "defenses").rglob("*") if ".tmp" in p.name]

@@ -117,8 +117,11 @@ def _field_types(key: str) -> dict[str, Any]:
 
 
 def check_value(key: str, name: str, value: Any, at: str) -> Any:
-    """Field ``name`` of attack ``key`` checked against its type and ``BOUNDS`` (``at`` names it)."""
+    """Field ``name`` of attack ``key`` checked against its type and ``BOUNDS`` (``at`` names it); an
+    ART attack's (``art.<Class>``) parameters are ART's to check."""
     value = parse_number(value, at)
+    if key.startswith("art."):
+        return value
     kind = _field_types(key).get(name)
     if kind is not None:
         value = schema.check(value, kind, at)
