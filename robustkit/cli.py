@@ -463,8 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # what Ctrl-C leaves, per command; an interrupted training says what it saved on its own line above
 _INTERRUPTED = {
-    "evaluate": "every evaluated batch is saved; run the same command again to resume (a defense "
-    "interrupted in training: the line above says what of it was saved)",
+    "evaluate": "every evaluated batch is saved; run the same command again to resume (a model or "
+    "defense interrupted in training: the line above says what of it was saved)",
     "train": "what was saved, if anything, is said above",
 }
 

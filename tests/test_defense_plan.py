@@ -71,6 +71,7 @@ def test_ready_first_each_evaluated_once_trained_cached_never_retrained(recipes,
     weights = loading.cache_path("test-plan-b", "shapes") / loading.FINAL
     stamp = weights.stat().st_mtime_ns
     caplog.set_level(logging.INFO, logger="robustkit")
+    caplog.clear()  # only what evaluate_defenses says (b's training above is logged when the level allows)
     results, _ = evaluate_defenses("test-plan-a,test-plan-b", suite=SUITE, out=tmp_path / "r", name="p",
                                    limit=8, device="cpu", progress=False, report=False)  # fmt: skip
     said = [r.getMessage() for r in caplog.records]
