@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,14 +38,19 @@ BEFORE: dict[str, dict[str, Any]] = {
     "sticker": {"tv_weight": 0.0, "nps_weight": 0.0},
     "patch": {"tv_weight": 0.0, "nps_weight": 0.0},
 }  # fmt: skip
-DATA = {"eyeglass": ("faces", faces.faces), "sticker": ("signs", signs.signs), "patch": ("signs", signs.signs)}
+DATA = {
+    "eyeglass": ("faces", faces.faces),
+    "sticker": ("signs", signs.signs),
+    "patch": ("signs", signs.signs),
+}
 METRICS = ("palette_success", "palette_distance", "tv", "printable_fraction", "nps", "eot_success_rate")
 
 
 def entries(suite: str, patch_iters: int | None) -> dict[str, Any]:
     """The physical suite's eyeglass, sticker and patch entries (``after``)."""
     out = {}
-    for entry in load_suite(suite).entries:
+    path = Path(__file__).resolve().parents[1] / "attacks" / f"{suite}.yaml"
+    for entry in load_suite(str(path) if path.is_file() else suite).entries:
         kind = entry.attack.name
         if kind in BEFORE and kind not in out:
             attack = entry.attack
