@@ -33,10 +33,10 @@ from robustkit.functional.random import sample_generators
 
 # What the calibrated defaults switch on, per attack (``after`` = the physical suite's entry).
 BEFORE: dict[str, dict[str, Any]] = {
-    "eyeglass": {"tv_weight": 0.0, "nps_weight": 0.0, "colors": ("black", "white", "red", "green", "blue",
-                                                                 "yellow", "brown", "gray")},
-    "sticker": {"tv_weight": 0.0, "nps_weight": 0.0},
-    "patch": {"tv_weight": 0.0, "nps_weight": 0.0},
+    "eyeglass": {"tv_weight": 0.0, "nps_weight": 0.0, "loss": "ce", "kappa": None, "step_size": 16 / 255,
+                 "colors": ("black", "white", "red", "green", "blue", "yellow", "brown", "gray")},
+    "sticker": {"tv_weight": 0.0, "nps_weight": 0.0, "loss": "ce", "kappa": None, "init_std": 0.1},
+    "patch": {"tv_weight": 0.0, "nps_weight": 0.0, "kappa": None},
 }  # fmt: skip
 DATA = {
     "eyeglass": ("faces", faces.faces),
