@@ -126,10 +126,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for kind, after in entries(args.suite, args.patch_iters).items():
-        if args.only and kind not in args.only:
+    rows: list[dict[str, Any]] = []
+    found = entries(args.suite, args.patch_iters)
+    for kind in BEFORE:  # the cheap ones first; the results are written after every row
+        if kind not in found or (args.only and kind not in args.only):
             continue
+        after = found[kind]
         data_name, dataset = DATA[kind]
         model = load_zoo_model(f"{data_name}-resnet", progress=False).eval()
         for run, attack in (("before", replace(after, **BEFORE[kind])), ("after", after)):
@@ -137,10 +139,14 @@ def main() -> None:
                                                           args.train)  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
+            write(args, rows)
     print(table(rows))
-    checks = verdicts(rows)
-    for c in checks:
+    for c in verdicts(rows):
         print(json.dumps(c))
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    checks = verdicts(rows)
     if args.out:
         record = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "rows": rows, "verdicts": checks}
         with open(args.out, "w") as f:
