@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from robustkit.cli import main
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, InputError
 from robustkit.functional.palette import load_palette
 from robustkit.report.export import A4_INCHES, export_run, inside
 
@@ -126,3 +126,32 @@ def test_palette_from_a_photographed_chart(tmp_path):
     assert pal.shape == (12, 3)
     assert torch.allclose(pal * 255, colours.float(), atol=0.01)
     assert main(["palette", str(chart), "--grid", "3by4", "--out", str(out)]) == 2
+
+
+def test_photos_of_the_printed_artefact_load_with_their_corners(tmp_path):
+    import json
+
+    from robustkit.data.loading import load_dataset
+
+    root = tmp_path / "photos"
+    g = torch.Generator().manual_seed(4)
+    for cls in ("stop", "yield"):
+        (root / cls).mkdir(parents=True)
+        for k in range(2):
+            px = (torch.rand(40, 60, 3, generator=g) * 255).to(torch.uint8).numpy()  # 60 wide, 40 high
+            Image.fromarray(px).save(root / cls / f"shot{k}.png")
+    # corners in the photo's pixels; resize to 20 (shorter side: x0.5 -> 30 x 20), centre crop 20 (5 px off the left)
+    (root / "corners.json").write_text(
+        json.dumps({"yield/shot1.png": [[10, 0], [50, 0], [50, 40], [10, 40]]})
+    )
+    manifest = tmp_path / "printed.yaml"
+    manifest.write_text(f"name: printed\nformat: photos\nroot: {root}\npreprocessing: {{size: 20}}\n")
+    ds = load_dataset(str(manifest), "test")
+    x, y = ds[3]
+    assert x.shape == (3, 20, 20) and y == 1 and ds.classes == ["stop", "yield"]
+    corners = ds.corners
+    assert corners.shape == (4, 4, 2) and torch.isnan(corners[:3]).all()
+    assert torch.allclose(corners[3], torch.tensor([[0.0, 0], [20, 0], [20, 20], [0, 20]]))
+    (root / "corners.json").write_text(json.dumps({"yield/missing.png": [[0, 0], [1, 0], [1, 1], [0, 1]]}))
+    with pytest.raises(InputError, match="not in"):
+        load_dataset(str(manifest), "test")
