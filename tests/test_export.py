@@ -155,3 +155,20 @@ def test_photos_of_the_printed_artefact_load_with_their_corners(tmp_path):
     (root / "corners.json").write_text(json.dumps({"yield/missing.png": [[0, 0], [1, 0], [1, 1], [0, 1]]}))
     with pytest.raises(InputError, match="not in"):
         load_dataset(str(manifest), "test")
+
+
+def test_flicker_and_framing_artefacts():
+    from robustkit.report.export import artefacts_of
+
+    seq = [[0.1, -0.2, 0.0], [0.0, 0.05, -0.1], [-0.3, 0.2, 0.1]]
+    frame = torch.zeros(3, 16, 16)
+    frame[:, :2] = 0.7  # a border two pixels wide at the top
+    arts = artefacts_of(
+        "flick", {"universal_flicker": seq, "flicker_offsets": [[[0, 0, 0]] * 3]}, size_cm=6, dpi=None
+    )
+    assert [a.kind for a in arts] == ["flicker"]
+    assert torch.allclose(torch.tensor(arts[0].sequence), torch.tensor(seq))
+    assert arts[0].rgba.shape == (4, 1, 3)  # one swatch per frame: mid-gray plus the offset
+    assert torch.allclose(arts[0].rgba[:3, 0, 0], torch.tensor([0.6, 0.3, 0.5]))
+    (framed,) = artefacts_of("frame", {"frame": frame, "framing_width": 2}, size_cm=None, dpi=None)
+    assert framed.kind == "framing" and framed.rgba.shape == (4, 2, 16)  # cropped to the border

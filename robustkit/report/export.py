@@ -49,7 +49,7 @@ TEXTURES = (
     ("frame", None, "framing"),
     ("framing", None, "framing"),
 )
-FLICKERS = ("flicker", "flicker_offsets")
+FLICKERS = ("universal_flicker", "flicker", "flicker_offsets")  # a universal one first
 
 
 @dataclass
