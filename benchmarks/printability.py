@@ -127,6 +127,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
+    if args.only and args.out and Path(args.out).is_file():  # rerun some attacks, keep the others' rows
+        rows = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["attack"] not in args.only]
     found = entries(args.suite, args.patch_iters)
     for kind in BEFORE:  # the cheap ones first; the results are written after every row
         if kind not in found or (args.only and kind not in args.only):
