@@ -100,18 +100,10 @@ class PhotoDataset(ImageFolderDataset):
 @register_format("photos")
 def photos(manifest: dict, split: str, root: Path) -> Dataset:
     """Photos of the printed artefact, one folder per class, optional ``corners.json`` (see the module)."""
-    pre = manifest.get("preprocessing") or {}
+    pre, corners = manifest.get("preprocessing") or {}, manifest.get("corners")
     sub = (manifest.get("splits") or {}).get(split)
-    folder = root / sub if sub else root
-    corners = manifest.get("corners")
-    ds = PhotoDataset(
-        folder,
-        corners=None if corners is None else (root / str(corners)),
-        size=int(pre.get("size", 224)),
-        resize=pre.get("resize"),
-        on_corrupt=pre.get("on_corrupt", "skip"),
-        name=manifest.get("name", "photos"),
-    )
-    if manifest.get("classes"):
-        ds.classes = list(manifest["classes"])
+    ds = PhotoDataset(root / sub if sub else root, corners=None if corners is None else root / str(corners),
+                      size=int(pre.get("size", 224)), resize=pre.get("resize"),
+                      on_corrupt=pre.get("on_corrupt", "skip"), name=manifest.get("name", "photos"))  # fmt: skip
+    ds.classes = list(manifest.get("classes") or ds.classes)
     return ds
