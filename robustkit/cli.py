@@ -94,6 +94,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .report.export import export_run
+
+    done = export_run(args.run, args.out, dpi=args.dpi, size_cm=args.size_cm, sheet=not args.no_pdf)
+    for art, png in zip(done.artefacts, done.pngs, strict=True):
+        print(f"{png}  {art.width_cm:.2f} x {art.height_cm:.2f} cm at {art.dpi:.1f} dpi")
+    if done.pdf:
+        print(f"print sheet: {done.pdf} (print at 100%, check the scale bar)")
+    return 0
+
+
+def _cmd_palette(args: argparse.Namespace) -> int:
+    from .report.export import chart_palette
+
+    pal = chart_palette(args.chart, args.grid, args.out, inner=args.inner)
+    print(f"{args.out}: {pal.shape[0]} printable colours (use it as `palette: {args.out}` in a recipe)")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .files import cache_root, cached_json
 
@@ -455,6 +474,27 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", help="run directories")
     rp.add_argument("--out", default=None, help="output HTML file (default: <first run>/report.html)")
     rp.set_defaults(func=_cmd_report)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a run's artefacts as PNGs at physical size (DPI) and a true-size print sheet PDF",
+    )
+    ex.add_argument("run", help="run directory")
+    ex.add_argument(
+        "--out", default=None, help="output folder inside the run directory (default: RUN/export)"
+    )
+    size = ex.add_mutually_exclusive_group()
+    size.add_argument("--dpi", type=float, default=None, help="print resolution: one pixel is 1/DPI inch")
+    size.add_argument("--size-cm", type=float, default=None, help="printed width of every artefact in cm")
+    ex.add_argument("--no-pdf", action="store_true", help="write the PNGs only, no print sheet")
+    ex.set_defaults(func=_cmd_export)
+
+    pa = sub.add_parser("palette", help="measure a printable palette from a photo of a printed colour chart")
+    pa.add_argument("chart", help="photo of the chart, cropped to its grid of swatches")
+    pa.add_argument("--grid", required=True, help="ROWSxCOLS swatches, e.g. 5x6")
+    pa.add_argument("--out", default="palette.txt", help="palette file to write (default: palette.txt)")
+    pa.add_argument("--inner", type=float, default=0.5, help="sampled fraction of each cell (default 0.5)")
+    pa.set_defaults(func=_cmd_palette)
 
     ls = sub.add_parser("list", help="list attacks, suites, datasets and zoo models")
     ls.set_defaults(func=_cmd_list)

@@ -53,8 +53,9 @@ def _masked_mean(score: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None
 
 def log_nps(x: torch.Tensor, palette: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
     """Per pixel, the log of Sharif et al.'s non-printability ``prod_p |pixel - p|``: ``sum_p log |pixel
-    - p|``, (B, 1, H, W), in float64. The product itself underflows float32 for a palette of 30 colours
-    (every factor is below 1), its log does not; ``-inf`` on a palette colour when ``eps`` is 0."""
+    - p|``, (B, 1, H, W), in float64. The product of 30 factors below 1 is tiny (1e-20 is usual) and
+    spans many orders of magnitude from pixel to pixel; its log is well scaled. ``-inf`` on a palette
+    colour when ``eps`` is 0."""
     return palette_distances(x.double(), palette, eps=eps).log().sum(-1)[:, None]
 
 
@@ -62,7 +63,7 @@ def sharif_nps(
     x: torch.Tensor, palette: torch.Tensor | None = None, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Non-printability score as Sharif et al. (2016) define it: per pixel the product over the palette
-    colours of the distance, mean over the masked pixels, (B,) in float64 (values near 1e-20 are usual
+    colours of the distance, mean over the masked pixels, (B,) in float64 (from about 1e-20 to 1
     for 30 colours). Zero exactly when every pixel is a printable colour. A measure, not a penalty:
     its gradient is as small as its value (use :func:`non_printability`)."""
     score = log_nps(x.detach(), palette, eps=0.0).exp()
@@ -82,8 +83,8 @@ def non_printability(
     product's smallest factor taken smoothly: a soft minimum over the palette of the distances,
     ``-t * logsumexp(-d_p / t)`` (log space, no underflow), which equals the distance to the nearest
     printable colour to within ``t * log P``. Its gradient points at the nearest colour with about unit
-    length wherever the pixel is, so ordinary weights (0.1 to 1) move the texture; the raw product's
-    gradient is about 1e-20 for 30 colours and needs weights near 1e3 (or far more) to do anything.
+    length wherever the pixel is, so ordinary weights (0.1 to 10) move the texture; the raw product's
+    gradient varies by ten orders of magnitude and more between pixels, so no one weight suits it.
     """
     d = palette_distances(x, palette)
     soft_min = -temperature * torch.logsumexp(-d / temperature, dim=-1)
