@@ -8,7 +8,8 @@ perturbation figures and time. Universal attacks (``video-patch``, ``framing-uni
 row its cost), and each is followed by a row for a random perturbation of the same budget (a random
 texture, border or +-eps flicker in place of the trained one), the baseline a universal attack must beat. Writes the table as JSON with ``--out`` (the recorded run: benchmarks/results/video_attacks.json).
 
-    PYTHONPATH=. python benchmarks/video_attacks.py --n 200 --threads 1 --out benchmarks/results/video_attacks.json
+    PYTHONPATH=. python benchmarks/video_attacks.py --suite attacks/video.yaml --n 200 --threads 1 \
+        --out benchmarks/results/video_attacks.json
 """
 
 from __future__ import annotations

@@ -169,3 +169,18 @@ def test_per_clip_framing_and_flicker_are_not_fitted():
         assert attack.fit(FrameMeans(), *colour_clips(4, 0)) is attack
     assert is_universal(create_attack("patch")) and is_universal(create_attack("video-patch"))
     assert not is_universal(create_attack("eyeglass")) and not is_universal(create_attack("sticker"))
+
+
+def test_the_video_suite_has_universal_framing_and_flicker():
+    from pathlib import Path
+
+    from robustkit.attacks.universal import is_universal
+    from robustkit.evaluation.suite import load_suite
+
+    suite = load_suite(str(Path(__file__).parents[1] / "attacks" / "video.yaml"))
+    by_name = {e.name: e.attack for e in suite.entries}
+    assert not is_universal(by_name["framing"]) and not is_universal(by_name["flicker"])
+    assert is_universal(by_name["framing-universal"]) and is_universal(by_name["flicker-universal"])
+    assert by_name["framing-universal"].width == 10 and by_name["flicker-universal"].eps == 0.2
+    salt = by_name["salt-pepper"]
+    assert salt.pixels == 100 and salt.reference_size == 112 and salt.max_fraction == 1.0

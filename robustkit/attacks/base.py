@@ -22,6 +22,7 @@ from ..registry import Registry
 from ..validate import check_inputs, check_labels
 from .criteria import Criterion, Misclassification, is_success, resolve
 
+RESULT = "result"  # field metadata of what an attack trained (a universal frame, its cost): not configuration
 ATTACKS: Registry[Attack] = Registry("attack", autoload=("robustkit.attacks",))
 register = ATTACKS.register
 T = TypeVar("T")
@@ -249,7 +250,12 @@ class Attack:
         return dataclasses.replace(self, **changes)
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        """The configuration: every init field but those that hold results (``RESULT`` metadata)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.init and not f.metadata.get(RESULT)
+        }
 
 
 @functools.cache

@@ -29,7 +29,7 @@ import torch
 from ..errors import ConfigError
 from ..functional.random import GeneratorLike, uniform
 from ..threat import ThreatModel, make_threat
-from .base import AttackResult, Counter, register
+from .base import RESULT, AttackResult, Counter, register
 from .loop import Ascent, until_success
 from .lp import check_fields, final_result
 from .universal import UniversalVideo
@@ -93,7 +93,7 @@ class Flicker(VideoAttack, UniversalVideo):
     """Take temporal derivatives around the clip's end (a looping flicker)."""
     random_shift: bool = True
     """Universal: play the flicker from a random frame on each clip (it cannot be synchronized)."""
-    flicker: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    flicker: torch.Tensor | None = field(default=None, repr=False, compare=False, metadata={RESULT: True})
 
     def __post_init__(self) -> None:
         super().__post_init__()

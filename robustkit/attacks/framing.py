@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..functional.random import GeneratorLike, uniform
 from ..functional.video import border_mask, from_frames, quantize8, to_frames
-from .base import AttackResult, Counter, positive, register
+from .base import RESULT, AttackResult, Counter, positive, register
 from .loop import Ascent, until_success
 from .lp import final_result
 from .universal import UniversalVideo
@@ -53,7 +53,7 @@ class Framing(VideoAttack, UniversalVideo):
     steps: int = 50
     learning_rate: float = 0.05
     quantize: bool = True
-    frame: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    frame: torch.Tensor | None = field(default=None, repr=False, compare=False, metadata={RESULT: True})
 
     def __post_init__(self) -> None:
         super().__post_init__()

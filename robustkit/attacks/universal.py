@@ -23,7 +23,7 @@ from ..functional.random import GeneratorLike, shared
 from ..functional.video import check_video
 from ..models.state import preserved
 from ..validate import check_labels
-from .base import Counter, positive_ints
+from .base import RESULT, Counter, positive_ints
 from .loop import Ascent, Final, ascend, minibatches
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ class Universal:
 
     batch_size: int = 16
     train_samples: int = 256
-    training_cost: TrainingCost | None = field(default=None, repr=False, compare=False)
+    training_cost: TrainingCost | None = field(
+        default=None, repr=False, compare=False, metadata={RESULT: True}
+    )
 
     def universal_target(self) -> int | None:
         """The class a targeted universal attack pushes every input to (None: untargeted)."""
