@@ -82,7 +82,7 @@ BN_RANDOM_SETTINGS = TrainSettings(
 BN_PUBLISHED = {"ordering": "full AT >> BN-only fine-tuning > BN-only from random weights ~ 0"}
 BN_DEPARTURES = (
     "scale: robustkit's BN SmallResNet (width 8) on 2400 built-in 32x32 images instead of a CIFAR-10 "
-    "ResNet; Adam with linear warm-up/decay and an eps warm-up over the first 40% of the steps",
+    "ResNet; Adam with linear warm-up/decay and an eps warm-up (bn-finetune: over the first 40% of the steps)",
     "budgets: standard 4 clean epochs, then bn-finetune 2 adversarial epochs (lr 5e-3); pgd-at "
     f"{PGD_AT_EPOCHS} adversarial epochs on every parameter",
     "bn-random trains the classifier too and starts with a clean phase: 12 epochs at lr 3e-2, the first 6 on "
