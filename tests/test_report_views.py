@@ -284,3 +284,16 @@ def test_an_unfinished_run_renders_from_its_store(tmp_path: Path) -> None:
 def test_report_stays_small(mixed_run: Path, tmp_path: Path) -> None:
     size = render_report([mixed_run], tmp_path / "r.html").stat().st_size
     assert size < 250_000, size
+
+
+def test_the_input_normalisation_is_shown_in_the_run_header(mixed_run: Path, tmp_path: Path) -> None:
+    """``summary["normalization"]`` (what ``--normalize`` or the architecture's metadata chose) is shown."""
+    path = mixed_run / "summary.json"
+    summary = json.loads(path.read_text())
+    assert "input normalisation" not in render_report([mixed_run], tmp_path / "a.html").read_text()
+    norm = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "source": "torchvision weights meta"}
+    path.write_text(json.dumps(summary | {"normalization": norm}))
+    html = render_report([mixed_run], tmp_path / "b.html").read_text()
+    assert "mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) (torchvision weights meta)" in html
+    path.write_text(json.dumps(summary | {"normalization": {"mean": None, "std": None, "source": "<none>"}}))
+    assert "none (&lt;none&gt;)" in render_report([mixed_run], tmp_path / "c.html").read_text()

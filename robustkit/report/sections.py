@@ -61,7 +61,25 @@ def header(run: Run) -> dict[str, Any]:
         "seed": info.get("seed", s.get("seed")),
         "n": s.get("n_samples", len(run.samples)),
         "complete": run.finished,
+        "normalization": _normalization(s.get("normalization")),
     }
+
+
+def _normalization(norm: Any) -> str | None:
+    """The input normalisation the run applied (``summary["normalization"]``), in words."""
+    if not isinstance(norm, dict):
+        return None
+    mean, std, source = norm.get("mean"), norm.get("std"), norm.get("source")
+    said = "none" if mean is None else f"mean {_floats(mean)}, std {_floats(std)}"
+    return f"{said} ({source})" if source else said
+
+
+def _floats(values: Any) -> str:
+    return (
+        "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+        if isinstance(values, list | tuple)
+        else str(values)
+    )
 
 
 def summary(run: Run) -> dict[str, Any]:
