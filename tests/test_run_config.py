@@ -252,3 +252,22 @@ def test_a_store_written_before_parts_is_read_with_parts(tmp_path):
         ]
     finally:
         store.close()
+
+
+def test_default_run_name_carries_the_weights_hash(tmp_path):
+    """Other weights for the same model get a run of their own (the name ends in their hash); without a
+    weights file the name is MODEL-DATA-SUITE as before."""
+    from types import SimpleNamespace
+
+    from robustkit.evaluation.runner import default_run_name
+
+    weights = tmp_path / "w.safetensors"
+    loaded = SimpleNamespace(run_name="resnet18-shapes")
+    names = []
+    for value in (0.0, 1.0):
+        save_file({"w": torch.full((4,), value)}, str(weights))
+        config = RunConfig(model="resnet18", weights=weights, suite=SUITE)
+        names.append(default_run_name(config, loaded))
+        assert names[-1] == f"resnet18-shapes-mini-{config.weights_sha256[:8]}"
+    assert names[0] != names[1]
+    assert default_run_name(RunConfig(model="resnet18", suite=SUITE), loaded) == "resnet18-shapes-mini"

@@ -93,6 +93,13 @@ class Loaded:
         return [view_name(e.name, v) for e in config.suite.entries for v in self.adapted.views]
 
 
+def default_run_name(config: RunConfig, loaded: Loaded) -> str:
+    """``MODEL-DATA-SUITE``, and with a weights file the first 8 hex digits of its SHA-256: other weights
+    for the same model get a run of their own instead of being refused as a different configuration."""
+    name = f"{loaded.run_name}-{safe_name(config.suite.name)}"
+    return f"{name}-{config.weights_sha256[:8]}" if config.weights_sha256 else name
+
+
 def _spec_name(spec: Any) -> str:
     if spec is None or isinstance(spec, str):
         return str(spec)
@@ -271,7 +278,7 @@ def run(config: RunConfig) -> RunResult:
         torch.set_num_threads(config.threads)
     loaded = _load(config)
     rank, size = loaded.rank, loaded.size
-    run_name = config.name or f"{loaded.run_name}-{safe_name(config.suite.name)}"
+    run_name = config.name or default_run_name(config, loaded)
     run_dir = inside(Path(config.out), safe_name(run_name))
     resumed = _prepare_dir(config, run_dir, rank)
     if rank == 0 and not resumed:
