@@ -216,7 +216,7 @@ def imagefolder(manifest: dict, split: str, root: Path) -> Dataset:
     ds = check_classes(ds, manifest, folder)
     if manifest.get("objects"):  # object corners per image: stickers placed on the object (data/masks.py)
         ds.verify()
-        ds.objects = read_corners(root / manifest["objects"], ds.items, folder, ds.resize, ds.size)
+        ds.objects = read_corners(root / manifest["objects"], ds.items, folder, ds.resize or ds.size, ds.size)
     return ds
 
 

@@ -93,7 +93,9 @@ class PhotoDataset(ImageFolderDataset):
             if pts is not None:
                 with Image.open(f) as im:
                     w, h = im.size
-                out[i] = crop_corners(torch.tensor(pts, dtype=torch.float32), w, h, self.resize, self.size)
+                out[i] = crop_corners(
+                    torch.tensor(pts, dtype=torch.float32), w, h, self.resize or self.size, self.size
+                )
         return out
 
 
