@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -69,8 +70,16 @@ class PhysicalAttack(LossAttack):
         load_palette(self.palette)  # a bad palette fails when the recipe loads
 
     def palette_colors(self, like: torch.Tensor) -> torch.Tensor:
-        """The printable colours (P, 3) on ``like``'s device and dtype."""
-        return load_palette(self.palette, device=like.device, dtype=like.dtype)
+        """The printable colours (P, 3) on ``like``'s device and dtype (resolved once per device and
+        dtype: the penalties ask for them at every step of the attack)."""
+        key = (like.device, like.dtype)
+        if key not in self._palettes:
+            self._palettes[key] = load_palette(self.palette, device=like.device, dtype=like.dtype)
+        return self._palettes[key]
+
+    @cached_property
+    def _palettes(self) -> dict[tuple[torch.device, torch.dtype], torch.Tensor]:
+        return {}
 
     def params(self) -> dict[str, Any]:
         """Configuration only: fitted tensors (patch, texture) are results, not recipe keys."""
@@ -219,8 +228,7 @@ class Printable:
         if self.tv_weight:
             pen = pen + self.tv_weight * total_variation(texture, mask)
         if self.nps_weight:
-            pal = load_palette(getattr(self, "palette", None), device=texture.device, dtype=texture.dtype)
-            pen = pen + self.nps_weight * non_printability(texture, pal, mask)
+            pen = pen + self.nps_weight * non_printability(texture, self.palette_colors(texture), mask)
         return pen
 
 

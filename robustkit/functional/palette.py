@@ -89,8 +89,14 @@ def load_palette(
                 f"palette {name!r} is neither a built-in palette ({', '.join(palette_names())}) nor a file; "
                 "make one from a photo of a printed colour chart with `robustkit palette CHART.png --grid RxC`"
             )
-        pal = parse_palette(path.read_text(), str(path))
+        pal = _from_file(str(path.resolve()), path.stat().st_mtime_ns)
     return pal.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _from_file(path: str, _mtime_ns: int) -> torch.Tensor:
+    """A palette file parsed once per content version (its modification time is part of the key)."""
+    return parse_palette(Path(path).read_text(), path)
 
 
 @functools.cache
