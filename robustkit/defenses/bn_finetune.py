@@ -12,7 +12,7 @@ point is robust ~0 at non-trivial clean accuracy). BN affine parameters alone le
 2021, "Training BatchNorm and Only BatchNorm", train them for 160 epochs): on shapes with the width-8
 SmallResNet, clean BN-only training reaches 13% after 150 steps (16% with the classifier) and 34% after
 1500 (40% with the classifier; ``benchmarks/bn_only_random.py``), and PGD-AT from the first step keeps
-them at chance (10.0% clean on seeds 0-2 after 20 epochs at lr 1e-2; 10.0% after 10 epochs at lr 0.1). So
+them at chance (10.0% clean on seeds 0-2 after 20 epochs at lr 1e-2, the previous claims run). So
 ``bn-random`` (``BN_RANDOM_SETTINGS``, named departures) trains the classifier too, at lr 3e-2, for 12
 epochs of which the first half is clean (``TrainSettings.clean_phase``) before the eps ramp (a quarter of
 the steps) and full PGD-AT (three seeds in ``reports/examples/claims.md``).
