@@ -117,6 +117,7 @@ def _entry(name: str, build: Callable[[], nn.Module], epochs: int, batch: int, l
             train=train,
             description=about,
             extra={"parts": [p[0] for p in parts], "seed": SEED},
+            input_shape=(3, 8, 32, 32) if parts is VIDEO_PARTS else (3, 32, 32),
         )  # fmt: skip
     )
 

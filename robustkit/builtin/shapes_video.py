@@ -114,6 +114,7 @@ register_zoo(
         dataset="shapes-video",
         build=_build,
         train=_train,
+        input_shape=(3, 8, 32, 32),
         description="Small spatio-temporal ConvNet (3x4x4 patch stem, (2+1)D stages) for 8x32x32 shapes-video clips.",
     )
 )

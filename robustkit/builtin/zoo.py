@@ -19,6 +19,7 @@ from torch import nn
 
 from ..files import atomic_write, cache_root, file_lock
 from ..models.checkpoint import load_into, save_weights, sha256
+from ..models.inputsize import input_record
 from ..models.loading import ModelRequest, ModelSource, Resolved, register_source
 from ..models.normalized import Normalized
 from ..models.resnet import SmallResNet
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ZooEntry:
     """``build()`` returns an untrained model (normalization inside); ``train(model, device, progress)``
-    trains it and returns a dict of figures (clean test accuracy at least)."""
+    trains it and returns a dict of figures (clean test accuracy at least). ``input_shape``: the shape of
+    one sample it is trained on, (C, H, W) or (C, T, H, W) (a folder given as data is resized to it)."""
 
     name: str
     dataset: str
@@ -44,6 +46,7 @@ class ZooEntry:
     version: str = "1"
     description: str = ""
     extra: dict = field(default_factory=dict)
+    input_shape: tuple[int, ...] = (3, 32, 32)
 
 
 ZOO: Registry[ZooEntry] = Registry("zoo model", autoload=("robustkit.builtin",))
@@ -194,7 +197,11 @@ class ZooSource(ModelSource):
     def resolve(self, spec: str, request: ModelRequest) -> Resolved:
         name = spec.removeprefix("zoo:")
         model = load_zoo_model(name, device=request.device, progress=request.progress)
-        return Resolved(model, {"kind": "zoo", "name": name})
+        entry = ZOO.create(name)
+        declared = input_record(
+            entry.input_shape, f"the zoo model {name}'s metadata (trained on {entry.dataset})"
+        )
+        return Resolved(model, {"kind": "zoo", "name": name, "input": declared})
 
     def names(self) -> list[str]:
         return ZOO.names()

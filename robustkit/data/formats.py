@@ -85,9 +85,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".ti
 
 
 class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>``: classes sorted by folder name, images resized (shorter side to ``resize``)
-    and centre-cropped to ``size`` x ``size``. Without ``size``, the images keep their own size: the first
-    image's shorter side (a folder of 32x32 images stays 32x32, nothing is upsampled).
+    """``root/<class>/<image>``: classes sorted by folder name, images resized (shorter side to ``resize``,
+    default the larger side of ``size``) and centre-cropped to ``size`` (``N`` for N x N, or ``(H, W)``).
+    Without ``size``, the images keep their own size: the first image's shorter side (a folder of 32x32
+    images stays 32x32, nothing is upsampled).
 
     Corrupt files are skipped (counted in ``skipped``) when ``on_corrupt='skip'``, refused otherwise. An
     image of more than ``max_pixels`` pixels is refused in either case, naming the file and the limit.
@@ -97,7 +98,7 @@ class ImageFolderDataset(Dataset):
         self,
         root: Path,
         *,
-        size: int | None = None,
+        size: int | tuple[int, int] | None = None,
         resize: int | None = None,
         on_corrupt: str = "skip",
         name: str = "imagefolder",
@@ -132,7 +133,8 @@ class ImageFolderDataset(Dataset):
         with open_image(path, self.max_pixels) as im:
             im = im.convert("RGB")
             size = self.size or min(im.size)
-            im = TF.center_crop(TF.resize(im, self.resize or size), [size, size])
+            h, w = (size, size) if isinstance(size, int) else size
+            im = TF.center_crop(TF.resize(im, self.resize or max(h, w)), [h, w])
             return TF.to_tensor(im)
 
     def verify(self) -> None:
@@ -216,6 +218,10 @@ def imagefolder(manifest: dict, split: str, root: Path) -> Dataset:
     ds = check_classes(ds, manifest, folder)
     if manifest.get("objects"):  # object corners per image: stickers placed on the object (data/masks.py)
         ds.verify()
+        if not isinstance(ds.size, int):
+            raise InputError(
+                f"{name}: object corners need a square size, got {ds.size}; set preprocessing.size"
+            )
         ds.objects = read_corners(root / manifest["objects"], ds.items, folder, ds.resize or ds.size, ds.size)
     return ds
 
@@ -262,6 +268,12 @@ def folder(manifest: dict, split: str, root: Path) -> Dataset:
             f"(images: {', '.join(sorted(IMAGE_SUFFIXES))}; videos: {', '.join(sorted(VIDEO_SUFFIXES))})"
         )
     if videos > images:
+        size = (manifest.get("preprocessing") or {}).get("size")
+        if isinstance(size, tuple | list):  # a model's non-square (H, W): clips are cut square
+            raise InputError(
+                f"{root}: video frames are cut square, but the model declares {size[0]}x{size[1]}; write a "
+                "manifest with format: videofolder and preprocessing.size (datasets/README.md)"
+            )
         return videofolder(manifest, split, root)
     image_keys = ("size", "resize", "on_corrupt", "max_pixels")
     pre = {k: v for k, v in (manifest.get("preprocessing") or {}).items() if k in image_keys}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -79,6 +79,10 @@ PREPROCESSING: dict[str, dict[str, Callable[[Any, str], Any]]] = {
     "ucf101": VIDEO_KEYS,
     "hmdb51": VIDEO_KEYS,
 }
+# Formats whose input size follows the model's (a folder given as ``--data``): ``load_dataset(...,
+# model_input=...)`` sets these preprocessing keys when the manifest sets none of them.
+MODEL_SIZED = ("folder",)
+MODEL_INPUT_KEYS = ("size", "resize", "frames")
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's default, about 89 megapixels
 _PIXEL_LIMIT = threading.Lock()
 
@@ -184,6 +188,7 @@ def load_dataset(
     seed: int = 0,
     n: int | None = None,
     num_classes: int | None = None,
+    model_input: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """A torch Dataset of (x in [0, 1], label) with a ``classes`` attribute.
 
@@ -194,6 +199,11 @@ def load_dataset(
     on its index, so they equal the first ``n`` of the whole split); files on disk ignore it.
     ``num_classes``: the class count of ``(x, y)`` tensor data (without it, ``max(y) + 1`` with a
     warning: a subset that lacks the last classes would be counted short).
+    ``model_input``: the input the model declares, as preprocessing keys (``size``: N or (H, W), ``resize``:
+    the short side before the centre crop, ``frames``: the clip length; the evaluation layer takes them from
+    ``robustkit.models.inputsize``). A folder given as data (format ``folder``) is resized to it unless its
+    manifest sets one of those keys; such a dataset says where its size came from in ``input_from``:
+    ``"model"``, ``"manifest"`` or ``"data"`` (the images' own size, the video defaults).
     """
     if isinstance(spec, Dataset):
         return spec
@@ -210,6 +220,12 @@ def load_dataset(
             f"dataset directory {root_dir} (from {'--data-root' if root else path}) does not exist; "
             f"download {manifest.get('name', spec)} from {manifest.get('source', 'its source')} and point --data-root at it"
         )
+    sized = manifest["format"] in MODEL_SIZED
+    if sized:
+        pre = dict(manifest.get("preprocessing") or {})
+        own = any(k in pre for k in MODEL_INPUT_KEYS)
+        chosen = {} if own else {k: model_input[k] for k in MODEL_INPUT_KEYS if (model_input or {}).get(k)}
+        manifest = {**manifest, "preprocessing": {**pre, **chosen}}
     loader = FORMATS.get(str(manifest["format"]))
     try:
         dataset = loader(manifest, split, root_dir)
@@ -219,6 +235,8 @@ def load_dataset(
         raise type(exc)(f"{path}: {exc}") from exc
     if manifest.get("name") and not isinstance(getattr(type(dataset), "name", None), property):
         dataset.name = str(manifest["name"])
+    if sized:
+        dataset.input_from = "manifest" if own else "model" if chosen else "data"
     return dataset
 
 

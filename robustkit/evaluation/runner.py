@@ -35,6 +35,7 @@ from ..models.state import preserved
 from . import distributed
 from .config import CONFIG_FILE, RunConfig
 from .execute import Job, chunks, get_batch, preflight, run_suite, view_name
+from .inputs import fit_to_model, model_input
 from .metrics import chance_finding, summarize
 from .profile import profile_run
 from .progress import Progress
@@ -83,6 +84,8 @@ class Loaded:
     # whether the run says how the defense was adapted (a Defense, declared or detected capabilities,
     # more than one view); a plain batch-independent model's run stays as it always was
     adaptive: bool = False
+    # the input size of a folder given as data and where it came from (``evaluation.inputs``)
+    input: dict[str, Any] | None = None
 
     @property
     def run_name(self) -> str:
@@ -168,6 +171,9 @@ def _load(config: RunConfig) -> Loaded:
         )
     if rank == 0:
         distributed.barrier()
+    dataset, sized = fit_to_model(data, config.split, config.data_root, dataset, net, info)
+    if sized is not None and rank == 0:
+        log.info("%s", sized["line"])
     net, info = _multi_clip(net, info, dataset)
     n_total = len(dataset)
     if n_total == 0:
@@ -181,7 +187,7 @@ def _load(config: RunConfig) -> Loaded:
             "%s: %s; evaluated as such (%s)", model_name, line, ", ".join(v.name for v in adapted.views)
         )
     return Loaded(adapted.model, info, model_name, dataset, str(data_name), classes, indices, dev, rank, size,
-                  adapted, adaptive)  # fmt: skip
+                  adapted, adaptive, sized)  # fmt: skip
 
 
 def _adapt(
@@ -247,11 +253,12 @@ def _fit_universal(entry: SuiteEntry, index: int, config: RunConfig, run: Loaded
 
     attack = entry.attack
     n = int(getattr(attack, "train_samples", 256))
+    sized = model_input(run.input)  # the training split at the evaluation data's size
     try:
-        train = load_dataset(config.data, "train", root=config.data_root, n=n)
+        train = load_dataset(config.data, "train", root=config.data_root, n=n, model_input=sized)
     except (ConfigError, ValueError):
         log.warning("%s: no train split; fitting on the evaluation data", entry.name)
-        train = load_dataset(config.data, "test", root=config.data_root, n=n)
+        train = load_dataset(config.data, "test", root=config.data_root, n=n, model_input=sized)
     xs, ys = get_batch(train, list(range(min(n, len(train)))))
     g = torch.Generator().manual_seed(config.seed * 7919 + index)
     return attack.fit(run.net, xs.to(run.device), ys.to(run.device), generator=g)
@@ -282,7 +289,8 @@ def run(config: RunConfig) -> RunResult:
     run_dir = inside(Path(config.out), safe_name(run_name))
     resumed = _prepare_dir(config, run_dir, rank)
     if rank == 0 and not resumed:
-        config.write(run_dir, model=loaded.model_name, data=loaded.data_name, device=str(loaded.device))
+        config.write(run_dir, model=loaded.model_name, data=loaded.data_name, device=str(loaded.device),
+                     **({"input": loaded.input["line"]} if loaded.input else {}))  # fmt: skip
     distributed.barrier()
     store = Store(run_dir / (STORE_FILE if size == 1 else f"results.rank{rank}.sqlite"))
     started = time.perf_counter()
@@ -420,6 +428,7 @@ def _finish(run_dir: Path, config: RunConfig, loaded: Loaded, run_name: str) -> 
             skipped_files=list(getattr(loaded.dataset, "skipped", [])),
             oom_backoffs=store.meta("oom_backoffs") or [],
             normalization=loaded.model_info.get("normalization"),
+            **({"input": loaded.input} if loaded.input else {}),
         )
         if loaded.adaptive:
             summary["defense"] = loaded.adapted.record

@@ -287,6 +287,11 @@ class ArchitectureSource(ModelSource):
     def _default_normalization(self, name: str, model: nn.Module) -> tuple[Any, Any, str]:
         raise NotImplementedError
 
+    def _default_input(self, name: str) -> dict[str, Any] | None:
+        """``info["input"]`` from the library's metadata (:mod:`.inputsize`); None: the model's own
+        attributes say (timm's ``pretrained_cfg``)."""
+        return None
+
     def claims(self, spec: str) -> bool:
         if spec.startswith(f"{self.scheme}:"):
             return True
@@ -307,6 +312,8 @@ class ArchitectureSource(ModelSource):
             arch = self._build(name, kwargs)
             load_into(arch, request.weights)
             info, default = {"weights": str(request.weights)}, self._default_normalization(name, arch)
+            if (declared := self._default_input(name)) is not None:
+                info["input"] = declared
         model, record = _normalized(arch, request, default)
         info = {"kind": "architecture", "name": spec, **info, "normalization": record}
         if record["mean"] is not None:
@@ -343,6 +350,11 @@ class TorchvisionSource(ArchitectureSource):
         from .pretrained import torchvision_normalization
 
         return torchvision_normalization(name)
+
+    def _default_input(self, name: str) -> dict[str, Any] | None:
+        from .inputsize import torchvision_input
+
+        return torchvision_input(name)
 
 
 class TimmSource(ArchitectureSource):
@@ -388,6 +400,7 @@ class VideoSource(ModelSource):
         return spec.removeprefix("torchvision:").removeprefix("video:") in VIDEO_MODELS
 
     def resolve(self, spec: str, request: ModelRequest) -> Resolved:
+        from .inputsize import video_input
         from .video import video_model
 
         _need_weights(spec, request, video=True)
@@ -399,6 +412,8 @@ class VideoSource(ModelSource):
         model = video_model(name, request.num_classes, weights=request.weights, mean=mean, std=std,
                             normalize=request.normalize != "none")  # fmt: skip
         info = {"kind": "architecture", "name": spec, "weights": str(request.weights), "video": True}
+        if (declared := video_input(name)) is not None:
+            info["input"] = declared
         record = normalization_record(None, None, "none (--normalize none)")
         if isinstance(model, Normalized):
             info.update(mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())

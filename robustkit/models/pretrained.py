@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from .inputsize import torchvision_input
 from .normalized import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
@@ -143,13 +144,10 @@ def torchvision_pretrained(
             f"{path.name}); or pass --weights FILE without --pretrained"
         ) from exc
     mean, std, source = torchvision_normalization(name, weights)
-    info = {"weights": str(path), "pretrained": str(weights), "input_size": _crop(weights)}
+    declared = torchvision_input(name, weights)
+    info = {"weights": str(path), "pretrained": str(weights), "input": declared,
+            "input_size": declared["size"][0] if declared else None}  # fmt: skip
     return model, {**info, "normalization_default": (mean, std, source)}
-
-
-def _crop(weights: Any) -> int | None:
-    size = getattr(weights.transforms(), "crop_size", None)
-    return int(size[0]) if isinstance(size, list | tuple) and size else None
 
 
 # ----------------------------------------------------------------------------- timm

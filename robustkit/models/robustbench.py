@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..registry import suggest
 from .checkpoint import load_state, load_state_into
+from .inputsize import input_record
 from .pretrained import weights_only_loads
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,11 @@ def load_robustbench(
         "name": spec,
         "robustbench": {"dataset": dataset.value, "threat_model": threat.value, "name": name},
         "input_size": INPUT_SIZE.get(dataset.value),
+        **(
+            {"input": input_record(INPUT_SIZE[dataset.value], f"RobustBench's {dataset.value} models")}
+            if dataset.value in INPUT_SIZE
+            else {}
+        ),
         "normalization": {
             "mean": None,
             "std": None,

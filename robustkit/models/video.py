@@ -189,10 +189,19 @@ for _arch in (
     VIDEO_MODELS.register(_arch)(_torchvision(_arch))
 
 
+# pytorchvideo's hub settings of X3D-XS / S / M / L: (clip length, crop, depth factor)
+X3D_SETTINGS = {"xs": (4, 160, 2.2), "s": (13, 160, 2.2), "m": (16, 224, 2.2), "l": (16, 312, 5.0)}
+# the input each pytorchvideo architecture is built for: (clip length, crop); Slow 8x8 and SlowFast 8x8
+# (the fast pathway's 32 frames) as pytorchvideo's Kinetics-400 models are trained
+PYTORCHVIDEO_INPUT = {
+    **{f"x3d_{v}": (frames, crop) for v, (frames, crop, _) in X3D_SETTINGS.items()},
+    "slow_r50": (8, 224),
+    "slowfast_r50": (32, 224),
+}
+
+
 def _x3d(variant: str) -> Callable[..., nn.Module]:
-    # pytorchvideo's hub settings of X3D-XS / S / M / L: (clip length, crop, depth factor)
-    settings = {"xs": (4, 160, 2.2), "s": (13, 160, 2.2), "m": (16, 224, 2.2), "l": (16, 312, 5.0)}
-    frames, crop, depth = settings[variant]
+    frames, crop, depth = X3D_SETTINGS[variant]
 
     def build(num_classes: int, **kwargs: Any) -> nn.Module:
         from pytorchvideo.models.x3d import create_x3d

@@ -62,6 +62,7 @@ def header(run: Run) -> dict[str, Any]:
         "n": s.get("n_samples", len(run.samples)),
         "complete": run.finished,
         "normalization": _normalization(s.get("normalization")),
+        "input": str((s.get("input") or {}).get("line", "")).removeprefix("input ") or None,
     }
 
 
