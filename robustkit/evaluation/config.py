@@ -134,8 +134,9 @@ class RunConfig:
     ``model``: None (the zoo model for ``data``), a spec string, an ``nn.Module``, a callable, an
     ART estimator or a :class:`~robustkit.defenses.base.Defense` (``as_defense(...)``: its name names
     the run, its capabilities and transfer sources are part of the identity; ``capabilities`` given here
-    are added to its own); ``data``: a dataset name, manifest path, dataset object or ``(x, y)`` tensors
-    (a dataset of ``num_classes`` classes once built); ``suite``: a recipe name, path, dict or
+    are added to its own); ``data``: a dataset name, manifest path, folder (read at the input size the model
+    declares: ``robustkit.evaluation.inputs``), dataset object or ``(x, y)`` tensors (a dataset of
+    ``num_classes`` classes once built); ``suite``: a recipe name, path, dict or
     :class:`Suite` (loaded here; with ``eps``, every attack that has an eps runs at ``eps`` instead:
     ``suite.with_eps``).
     """
