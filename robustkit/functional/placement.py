@@ -126,6 +126,66 @@ def sample_placement(
     return out
 
 
+def sample_object_placement(
+    geometry: ObjectGeometry,
+    generator: GeneratorLike,
+    image_hw: tuple[int, int],
+    base_side: float,
+    *,
+    rotation_max: float = 0.0,
+    scale_min: float = 1.0,
+    scale_max: float = 1.0,
+    distortion_scale_max: float = 0.0,
+    resolution: int = 32,
+) -> dict[str, torch.Tensor]:
+    """Random placements of a patch in object coordinates, one per object of ``geometry``: ``side``
+    (``base_side`` in object units, times a scale in [scale_min, scale_max]) and ``center`` (a, b) in the
+    object's unit square, rotation in [-rotation_max, rotation_max] degrees of the object's frame, corner
+    distortion up to ``distortion_scale_max``. The centre is uniform over the object's footprint (seen
+    in object coordinates at ``resolution`` cells a side) where the unrotated patch stays inside the
+    object's box, else over the box positions that keep it inside. Map them into the images with
+    :func:`object_placement_matrix`."""
+    n, device = len(geometry), geometry.corners.device
+
+    def u(*shape: int) -> torch.Tensor:
+        return uniform((n, *shape), generator, device, torch.float32)
+
+    scale = scale_min + (scale_max - scale_min) * u()
+    side = scale * base_side
+    half = (side / 2).clamp(max=0.5)
+    cell = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
+    a, b = cell[None, :].expand(resolution, resolution), cell[:, None].expand(resolution, resolution)
+    inside = ((a[None] >= half[:, None, None]) & (a[None] <= 1 - half[:, None, None])
+              & (b[None] >= half[:, None, None]) & (b[None] <= 1 - half[:, None, None]))  # fmt: skip
+    on = geometry.to(device).in_object(image_hw, resolution)[:, 0] > 0.5
+    weight = (inside & on).flatten(1).float()
+    weight = torch.where(weight.sum(1, keepdim=True) > 0, weight, inside.flatten(1).float())
+    cdf = weight.cumsum(1)
+    pick = torch.searchsorted(cdf, (u() * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=cdf.shape[1] - 1)
+    jitter = (u(2) - 0.5) / resolution
+    center = torch.stack([a.flatten()[pick], b.flatten()[pick]], 1) + jitter
+    center = torch.minimum(torch.maximum(center, half[:, None]), 1 - half[:, None])
+    out = {"angle": (u() * 2 - 1) * rotation_max, "scale": scale, "side": side, "center": center}
+    if distortion_scale_max > 0:
+        out["distortion"] = u(4, 2) * distortion_scale_max
+    return out
+
+
+def object_placement_matrix(
+    corners: torch.Tensor,
+    angle: torch.Tensor,
+    side: torch.Tensor,
+    center: torch.Tensor,
+    patch_hw: tuple[int, int],
+    distortion: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Homographies (N, 3, 3) from patch pixels to image pixels for a placement in object coordinates
+    (``side`` and ``center`` in units of the object's box, ``angle`` in its frame; as
+    :func:`placement_matrix`), carried into each image by the object's ``corners`` (N, 4, 2)."""
+    inner = placement_matrix(angle, side, center, patch_hw, distortion)
+    return unit_to_image(corners.to(inner.dtype)) @ inner
+
+
 def render(
     texture: torch.Tensor, alpha: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,13 +213,21 @@ def composite(x: torch.Tensor, layer: torch.Tensor, alpha: torch.Tensor) -> torc
 
 
 def paste(
-    x: torch.Tensor, texture: torch.Tensor, alpha: torch.Tensor, matrix: torch.Tensor
+    x: torch.Tensor,
+    texture: torch.Tensor,
+    alpha: torch.Tensor,
+    matrix: torch.Tensor,
+    clip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Place a patch into each image of ``x`` (N, C, H, W) with homographies (N, 3, 3).
+    """Place a patch into each image of ``x`` (N, C, H, W) with homographies (N, 3, 3); ``clip`` (N or
+    1, 1, H, W) in [0, 1]: where the patch may land (an object's footprint), multiplying its alpha.
 
     Returns the composited images and the warped alpha (the patch's footprint).
     """
     layer, a = render(texture, alpha, matrix, (x.shape[-2], x.shape[-1]))
+    if clip is not None:
+        clip = clip.to(layer.dtype)
+        layer, a = layer * clip, a * clip
     return composite(x, layer, a), a
 
 
@@ -248,6 +316,27 @@ class ObjectGeometry:
         mask = None if self.mask is None else self.mask.to(device, dtype)
         return ObjectGeometry(self.corners.to(device, dtype), mask)
 
+    def repeat(self, reps: int) -> ObjectGeometry:
+        """The geometry of ``reps`` sample-major copies of the images (row ``j * N + i`` is image i)."""
+        if reps == 1:
+            return self
+        mask = None if self.mask is None else self.mask.repeat(reps, 1, 1, 1)
+        return ObjectGeometry(self.corners.repeat(reps, 1, 1), mask)
+
+    def in_object(self, size: tuple[int, int], resolution: int = 32) -> torch.Tensor:
+        """The object's footprint in images of ``size`` seen in object coordinates: (N, 1, R, R) over the
+        unit square at ``resolution`` R cells a side (all ones for a footprint that is the corners' box)."""
+        foot = self.footprint(size)
+        to_object = torch.linalg.inv(object_matrix(self.corners.to(foot.dtype), (resolution, resolution)))
+        return warp_perspective(
+            foot,
+            to_object,
+            (resolution, resolution),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        )
+
     def footprint(self, size: tuple[int, int]) -> torch.Tensor:
         """The object's mask (N, 1, H, W) in images of ``size``: ``mask`` when given (it must be of that
         size), else the quadrilateral of the corners."""
@@ -264,11 +353,16 @@ def object_matrix(corners: torch.Tensor, texture_hw: tuple[int, int]) -> torch.T
     image pixels, for objects at ``corners`` (N, 4, 2). Texture pixel (i, j) covers the object square
     cell [j / w, (j + 1) / w] x [i / h, (i + 1) / h]."""
     h, w = texture_hw
-    n, dev, dt = corners.shape[0], corners.device, corners.dtype
-    unit = torch.tensor(UNIT_SQUARE, device=dev, dtype=dt)[None].expand(n, 4, 2)
-    to_image = get_perspective_transform(unit, corners)
-    cells = torch.tensor([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]], device=dev, dtype=dt)
-    return to_image @ cells
+    cells = torch.tensor([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]], device=corners.device,
+                         dtype=corners.dtype)  # fmt: skip
+    return unit_to_image(corners) @ cells
+
+
+def unit_to_image(corners: torch.Tensor) -> torch.Tensor:
+    """Homographies (N, 3, 3) from object coordinates (the unit square) to image pixels, for objects at
+    ``corners`` (N, 4, 2)."""
+    unit = torch.tensor(UNIT_SQUARE, device=corners.device, dtype=corners.dtype)[None]
+    return get_perspective_transform(unit.expand(corners.shape[0], 4, 2), corners)
 
 
 def anchor(
