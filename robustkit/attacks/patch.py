@@ -15,6 +15,17 @@ is ``size``, a fraction of the image area; ``scale_min`` / ``scale_max`` multipl
 ``size: null`` the scales are, as in ART, the patch side as a fraction of the image's shorter edge.
 The texture lives in [0, 1] (ART's ``learning_rate=5.0`` is for 0-255 pixel values).
 
+Placement on the object: with ``placement: object`` the random placements (location, scale, rotation,
+distortion) are drawn in the object's own coordinates, the unit square of its box
+(``robustkit.functional.placement``): the centre uniform over the object's footprint, the size
+``object_size`` (default ``size``) a fraction of the box's area, the rotation in the object's frame.
+Each image's object corners map the patch into it (a homography) and its footprint clips it, so every
+patch pixel lies on the object and the patch moves, shrinks and tilts with it, in training and in
+evaluation. The geometry comes with the data (``objects=`` to ``fit`` and to the call: the built-in
+``signs`` know it, a manifest may give corners); ``object`` without it is a ConfigError, ``auto`` places
+on the object where the data give its geometry and in the image elsewhere, ``image`` (the default)
+always in the image.
+
 Printing: ``tv_weight`` / ``nps_weight`` penalize the texture's total variation and non-printability
 (towards ``palette``); an ``eot`` with ``color_transfer`` / ``palette_jitter`` changes the patch's colours
 as a printer would, on the patch only; the result reports the patch's printability and the success
@@ -110,6 +121,7 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
     eot: dict | None = None
     targeted: bool = True
     placement: str = "image"
+    object_size: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +129,10 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         if self.placement not in PLACEMENTS:
             raise ConfigError(
                 f"patch placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"
+            )
+        if self.object_size is not None and not 0 < self.object_size <= 1:
+            raise ConfigError(
+                f"object_size is the fraction of the object's box the patch covers, in (0, 1]; got {self.object_size}"
             )
         if not 0 <= self.distortion_scale_max < 1:
             raise ConfigError(f"distortion_scale_max must be in [0, 1), got {self.distortion_scale_max}")
@@ -151,9 +167,10 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
 
     def base_side(self, h: int, w: int, on_object: bool = False) -> float:
         """The patch's rendered side (diameter for a circle) at scale 1: in pixels, or on an object in
-        units of the object's box (``size`` is then a fraction of the box's area)."""
+        units of the object's box (``object_size``, default ``size``, is then a fraction of its area)."""
         if on_object:
-            return 1.0 if self.size is None else side_for_area(self.patch_type, self.size, 1, 1)
+            size = self.size if self.object_size is None else self.object_size
+            return 1.0 if size is None else side_for_area(self.patch_type, size, 1, 1)
         if self.size is None:
             return float(min(h, w))
         return side_for_area(self.patch_type, self.size, h, w)

@@ -269,6 +269,67 @@ def warp_mask(mask: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]) -
     )
 
 
+def centroid(mask: torch.Tensor) -> torch.Tensor:
+    """The centre of mass (N, 2), (x, y) in pixels, of masks (N, 1, H, W) (the image centre where empty)."""
+    h, w = mask.shape[-2:]
+    weight = mask[:, 0].to(torch.float32)
+    total = weight.flatten(1).sum(1)
+    xs = torch.arange(w, device=mask.device, dtype=torch.float32)
+    ys = torch.arange(h, device=mask.device, dtype=torch.float32)
+    cx = (weight.sum(1) * xs).sum(1) / total.clamp_min(1e-12)
+    cy = (weight.sum(2) * ys).sum(1) / total.clamp_min(1e-12)
+    middle = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=mask.device)
+    return torch.where((total > 0)[:, None], torch.stack([cx, cy], 1), middle)
+
+
+def pose_matrix(
+    angle: torch.Tensor,
+    scale: torch.Tensor,
+    translation: torch.Tensor,
+    center: torch.Tensor,
+    distortion: torch.Tensor | None = None,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Homographies (N, 3, 3) of a small pose change in image pixels: ``scale`` (N,) and a rotation by
+    ``angle`` (N,) degrees (counter-clockwise on screen, as :func:`placement_matrix`) about ``center``
+    (N, 2), then a shift by ``translation`` (N, 2) pixels; ``distortion`` (N, 4, 2), with the image
+    ``size`` (H, W), moves the image's corners by those fractions of its half size first (a slight tilt
+    out of the image plane)."""
+    n = angle.shape[0]
+    a = torch.deg2rad(angle.to(torch.float32))
+    cos, sin = torch.cos(a) * scale, torch.sin(a) * scale
+    m = torch.zeros(n, 2, 3, device=angle.device, dtype=torch.float32)
+    m[:, 0, 0], m[:, 0, 1] = cos, sin
+    m[:, 1, 0], m[:, 1, 1] = -sin, cos
+    m[:, 0, 2] = center[:, 0] + translation[:, 0] - cos * center[:, 0] - sin * center[:, 1]
+    m[:, 1, 2] = center[:, 1] + translation[:, 1] + sin * center[:, 0] - cos * center[:, 1]
+    out = _homogeneous(m)
+    if distortion is not None:
+        if size is None:
+            raise ValueError("pose_matrix: a distortion needs the image size")
+        h, w = size
+        start = torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], device=angle.device,
+                             dtype=torch.float32)[None].expand(n, 4, 2)  # fmt: skip
+        half = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=angle.device)
+        out = out @ get_perspective_transform(start, start + distortion.to(torch.float32) * half)
+    return out
+
+
+def repose(
+    x: torch.Tensor, layer: torch.Tensor, mask: torch.Tensor, matrix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An artefact worn on the image moved by homographies (N, 3, 3): its premultiplied colour ``layer``
+    (N, C, H, W; the artefact's colours times ``mask``) and its ``mask`` (N, 1, H, W) are warped
+    together and composited over ``x`` (N, C, H, W), which stays where it is. Returns the images and
+    the warped mask; differentiable in ``layer``."""
+    src = torch.cat([layer, mask.to(layer.dtype)], 1)
+    out = warp_perspective(src, matrix.to(src.dtype), tuple(x.shape[-2:]), mode="bilinear",
+                           padding_mode="zeros", align_corners=True)  # fmt: skip
+    c = layer.shape[1]
+    moved = out[:, c:].clamp(0, 1)
+    return composite(x, out[:, :c], moved), moved
+
+
 def rect_masks(positions: torch.Tensor, rect_hw: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """Hard masks (N, 1, H, W) of axis-aligned rectangles whose top-left corners are ``positions`` (N, 2) (row, col)."""
     h, w = size
