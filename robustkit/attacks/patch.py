@@ -290,16 +290,8 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         return quantize(param.detach())
 
     # ------------------------------------------------------------------ evaluation
-    def run(
-        self,
-        model,
-        x,
-        y,
-        *,
-        target=None,
-        generator: GeneratorLike = None,
-        objects: ObjectGeometry | None = None,
-    ) -> AttackResult:
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None,
+            objects: ObjectGeometry | None = None) -> AttackResult:  # fmt: skip
         counter = Counter()
         fitted = self
         on = self.frame(objects, x.device)

@@ -9,12 +9,19 @@ result is differentiable in the texture, and composited over the image.
 
 Masks that live in image coordinates (eyeglass frames, stickers, rectangles) replace pixels through
 :func:`replace` or carry an additive perturbation through :func:`masked_add`.
+
+Object coordinates (the bottom of this module): an object's box is the unit square, mapped into each
+image by the object's corners (``ObjectGeometry``). Sticker masks are drawn there (:func:`anchor`);
+patch placements are sampled there (:func:`sample_object_placement`, the centre on the object's
+footprint) and mapped by :func:`object_placement_matrix`, clipped to the footprint (``paste(clip=)``).
+Small pose changes of a worn artefact (eyeglass frames): :func:`pose_matrix` and :func:`repose`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from kornia.geometry.transform import get_perspective_transform, warp_perspective
@@ -127,17 +134,10 @@ def sample_placement(
 
 
 def sample_object_placement(
-    geometry: ObjectGeometry,
-    generator: GeneratorLike,
-    image_hw: tuple[int, int],
-    base_side: float,
-    *,
-    rotation_max: float = 0.0,
-    scale_min: float = 1.0,
-    scale_max: float = 1.0,
-    distortion_scale_max: float = 0.0,
-    resolution: int = 32,
-) -> dict[str, torch.Tensor]:
+    geometry: ObjectGeometry, generator: GeneratorLike, image_hw: tuple[int, int], base_side: float, *,
+    rotation_max: float = 0.0, scale_min: float = 1.0, scale_max: float = 1.0,
+    distortion_scale_max: float = 0.0, resolution: int = 32,
+) -> dict[str, torch.Tensor]:  # fmt: skip
     """Random placements of a patch in object coordinates, one per object of ``geometry``: ``side``
     (``base_side`` in object units, times a scale in [scale_min, scale_max]) and ``center`` (a, b) in the
     object's unit square, rotation in [-rotation_max, rotation_max] degrees of the object's frame, corner
@@ -171,18 +171,12 @@ def sample_object_placement(
     return out
 
 
-def object_placement_matrix(
-    corners: torch.Tensor,
-    angle: torch.Tensor,
-    side: torch.Tensor,
-    center: torch.Tensor,
-    patch_hw: tuple[int, int],
-    distortion: torch.Tensor | None = None,
-) -> torch.Tensor:
+def object_placement_matrix(corners: torch.Tensor, *placement: Any) -> torch.Tensor:
     """Homographies (N, 3, 3) from patch pixels to image pixels for a placement in object coordinates
-    (``side`` and ``center`` in units of the object's box, ``angle`` in its frame; as
-    :func:`placement_matrix`), carried into each image by the object's ``corners`` (N, 4, 2)."""
-    inner = placement_matrix(angle, side, center, patch_hw, distortion)
+    (``placement``: the arguments of :func:`placement_matrix`, with ``side`` and ``center`` in units of
+    the object's box and ``angle`` in its frame), carried into each image by the object's ``corners``
+    (N, 4, 2)."""
+    inner = placement_matrix(*placement)
     return unit_to_image(corners.to(inner.dtype)) @ inner
 
 
