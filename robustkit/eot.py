@@ -16,6 +16,9 @@ Photometric: brightness (additive), contrast, gamma, hue, saturation, Gaussian n
 JPEG (kornia's ``RandomJPEG`` runs the differentiable JPEG codec). Every module is built with ``p=1.0``:
 a configured transform always applies; a transform whose range is zero is left out.
 
+:class:`Pose`: small pose changes of an artefact worn on the object (an eyeglass frame on a face), its
+colours and mask moved together over the unchanged image, drawn and replayed the same way.
+
 ``n_samples`` draws are evaluated for the whole batch at once: :meth:`EOT.draw` repeats the batch
 sample-major (draw ``j`` of image ``i`` sits at row ``j * B + i``) and :func:`mean_over_draws` averages a
 per-row loss back to ``(B,)``.

@@ -10,6 +10,15 @@ printable colour instead of the solid colours. Print-aware EOT (``eot: {color_tr
 palette_jitter: ...}``) changes the frame's colours as a printer would. Untargeted = dodging, targeted
 = impersonation.
 
+Pose EOT (``pose: {rotation: 5, scale: 0.05, translate: 2, perspective: 0, n_samples: 4}``; ``{}`` or
+``true`` for these defaults): glasses never sit twice the same way, so every step also moves the frame
+— its mask and its texture together, over the unchanged face — by ``n_samples`` small random pose
+changes (``robustkit.eot.Pose``: in-plane rotation and scale about the frame's centre, a shift in
+pixels, an optional slight tilt) and averages the loss over them (before any image ``eot``). Every
+frame, posed or not, reports ``pose_success_rate``: the fraction of ``eval_draws`` random pose changes
+(the attack's ``pose``, or the default small ranges) under which the 8-bit image still succeeds, with
+the draws recorded in ``artifacts['eval_pose_params']`` for replay.
+
 ``universal: true`` optimizes one frame for many images: ``fit(model, x_train, y_train)`` uses the
 training images of ``identity`` (all images when ``null``) and returns the attack holding the frame.
 """
@@ -54,7 +63,8 @@ class Eyeglass(Printable, PhysicalAttack):
     accumulated normalized gradient; ``colors`` the solid colours tried first (names, [r, g, b]
     triples, or ``palette``: every printable colour); ``tv_weight`` / ``nps_weight`` the penalties; ``eyes`` is ``canonical`` or ``detect``; ``mask`` is ``eyeglass`` (the
     generated frame) or a path to a mask image drawn for the canonical eye position; ``eot`` optional
-    EOT (whole image) for frames robust to pose and light.
+    EOT (whole image) for frames robust to pose and light; ``pose`` EOT over small pose changes of the
+    frame on the face (see the module docstring).
     """
 
     name: ClassVar[str] = "eyeglass"
