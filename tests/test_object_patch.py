@@ -10,7 +10,13 @@ from torch import nn
 from robustkit.attacks import create_attack
 from robustkit.attacks.physical import quantize
 from robustkit.errors import ConfigError
-from robustkit.functional.placement import ObjectGeometry, sample_object_placement
+from robustkit.functional.placement import (
+    ObjectGeometry,
+    object_placement_matrix,
+    paste,
+    sample_object_placement,
+    shape_mask,
+)
 from robustkit.functional.random import sample_generators
 
 FAST = {"max_iter": 3, "batch_size": 8, "train_samples": 20, "eot": {"n_samples": 2}, "eval_draws": 3,
@@ -42,9 +48,21 @@ def test_every_patch_pixel_lies_on_the_sign_in_every_evaluated_image(signs20):
     assert torch.equal(res.x_adv[off.expand_as(ds.x)], quantize(ds.x)[off.expand_as(ds.x)])
     assert (res.x_adv != quantize(ds.x)).flatten(1).any(1).all()
     # the recorded placements replay exactly, and their patch alpha is zero wherever the sign is not
-    place = {k: torch.tensor(v) for k, v in res.artifacts["placement"].items()}
+    place = {k: torch.tensor(v) for k, v in res.artifacts["object_placement"].items()}
     out, alpha = attack_fit.render_at(ds.x, attack_fit.patch, place, footprint=True, objects=ds.objects)
     assert torch.equal(quantize(out), res.x_adv)
+    # ``placement`` describes them in pixels (for the report): the unclipped patch's centre and size
+    shown = {k: torch.tensor(v) for k, v in res.artifacts["placement"].items()}
+    side = attack_fit.patch.shape[-1]
+    m = object_placement_matrix(
+        ds.objects.corners, place["angle"], place["side"], place["center"], (side, side)
+    )
+    _, whole = paste(ds.x, attack_fit.patch, shape_mask("circle", side), m)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    mass = whole[:, 0].flatten(1).sum(1)
+    centre = torch.stack([(whole[:, 0] * xs).flatten(1).sum(1), (whole[:, 0] * ys).flatten(1).sum(1)], 1)
+    assert torch.allclose(centre / mass[:, None], shown["center"], atol=0.3)
+    assert torch.allclose(mass, torch.pi / 4 * shown["side"] ** 2, rtol=0.1)
     assert float(alpha[off].abs().sum()) == 0 and (alpha.flatten(1).amax(1) > 0.5).all()
     # so are the held-out placements behind placement_success_rate
     draws = {k: torch.tensor(v) for k, v in res.artifacts["eval_placement"].items()}

@@ -46,6 +46,7 @@ from ..functional.placement import (
     ObjectGeometry,
     object_placement_matrix,
     paste,
+    placement_in_image,
     placement_matrix,
     sample_object_placement,
     sample_placement,
@@ -323,7 +324,11 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
             "placed_on": "image" if on is None else "object",
             "target_class": self.target_class if self.targeted else None,
         }
-        if on is not None:
+        if on is not None:  # the exact placements in object coordinates; ``placement`` shows them in pixels
+            artifacts["object_placement"] = artifacts["placement"]
+            artifacts["placement"] = {
+                k: v.cpu().tolist() for k, v in placement_in_image(on.corners, place).items()
+            }
             artifacts["object_corners"] = on.corners.cpu().tolist()
         if self.eval_draws:
             rows, extra = fitted._render(x, texture, generator, self.eval_draws, objects=on)

@@ -180,6 +180,21 @@ def object_placement_matrix(corners: torch.Tensor, *placement: Any) -> torch.Ten
     return unit_to_image(corners.to(inner.dtype)) @ inner
 
 
+def placement_in_image(corners: torch.Tensor, place: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Object-coordinate placements (``center``, ``side``, ``angle``) described in image pixels for
+    display: the centre mapped by the object's ``corners`` (N, 4, 2), the side scaled by the square root
+    of the object's area, the angle turned with the object's top edge (perspective left out)."""
+    to_image = unit_to_image(corners.to(torch.float32))
+    c = place["center"].to(torch.float32)
+    p = to_image @ torch.cat([c, torch.ones_like(c[:, :1])], 1)[..., None]
+    center = p[:, :2, 0] / p[:, 2:, 0]
+    x, y = corners[..., 0].to(torch.float32), corners[..., 1].to(torch.float32)
+    area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1).abs()
+    top = corners[:, 1] - corners[:, 0]
+    turn = torch.rad2deg(torch.atan2(top[:, 1].to(torch.float32), top[:, 0].to(torch.float32)))
+    return {"center": center, "side": place["side"] * area.sqrt(), "angle": place["angle"] - turn}
+
+
 def render(
     texture: torch.Tensor, alpha: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
