@@ -175,3 +175,17 @@ def test_a_run_on_the_signs_fits_and_places_the_patch_on_the_sign(tmp_path):
     off = (ds.objects.mask[idx] == 0).expand_as(x_adv)
     assert torch.equal(x_adv[off], quantize(ds.x[idx])[off])
     assert (x_adv != quantize(ds.x[idx])).flatten(1).any(1).all()
+
+
+def test_the_physical_recipe_places_its_patch_on_the_object_where_the_data_know_it():
+    from pathlib import Path
+
+    from robustkit.evaluation.suite import load_suite
+
+    suite = load_suite(str(Path(__file__).parents[1] / "attacks" / "physical.yaml"))
+    patch = next(e.attack for e in suite.entries if e.attack_key == "patch")
+    assert patch.placement == "auto" and patch.size == 0.1 and patch.object_size == 0.2
+    # 20% of a built-in sign's box is about the 10% of the image the patch covers elsewhere
+    assert abs(patch.base_side(32, 32, True) * 0.7 * 32 - patch.base_side(32, 32)) < 0.1 * patch.base_side(
+        32, 32
+    )
