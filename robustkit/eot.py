@@ -16,6 +16,9 @@ Photometric: brightness (additive), contrast, gamma, hue, saturation, Gaussian n
 JPEG (kornia's ``RandomJPEG`` runs the differentiable JPEG codec). Every module is built with ``p=1.0``:
 a configured transform always applies; a transform whose range is zero is left out.
 
+:class:`Pose`: small pose changes of an artefact worn on the object (an eyeglass frame on a face), its
+colours and mask moved together over the unchanged image, drawn and replayed the same way.
+
 ``n_samples`` draws are evaluated for the whole batch at once: :meth:`EOT.draw` repeats the batch
 sample-major (draw ``j`` of image ``i`` sits at row ``j * B + i``) and :func:`mean_over_draws` averages a
 per-row loss back to ``(B,)``.
@@ -37,6 +40,7 @@ from kornia.augmentation.container.params import ParamItem
 
 from .errors import ConfigError
 from .functional.palette import load_palette
+from .functional.placement import centroid, pose_matrix, repose
 from .functional.printing import color_transfer, palette_shift
 from .functional.random import GeneratorLike, shared, uniform
 from .registry import check_keys
@@ -436,6 +440,96 @@ class EOT:
             mask = mask.repeat(n, *([1] * (mask.ndim - 1)))
         params = self.sample(rep.shape[0], generator, (x.shape[-2], x.shape[-1]), x.device)
         return self.apply(rep, params, mask), params
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pose:
+    """Small pose changes of an artefact worn on the object (eyeglass frames on a face), one per EOT
+    draw: an in-plane rotation in [-rotation, rotation] degrees and a scale in [1 - scale, 1 + scale]
+    about the artefact's centre, a shift of up to ``translate`` pixels along each axis, and with
+    ``perspective`` > 0 the image corners moved by up to that fraction of its half size (a slight tilt).
+    The artefact (its colours and its mask together) moves; the image under it stays (``repose``).
+
+    ``n_samples`` draws per optimization step; the parameters of every draw come from the generators
+    (a per-sample list cycled over sample-major rows, as :meth:`EOT.sample`) and are recorded
+    (``angle``, ``scale``, ``translation``, ``distortion``), so :meth:`apply` replays them exactly."""
+
+    rotation: float = 5.0
+    scale: float = 0.05
+    translate: float = 2.0
+    perspective: float = 0.0
+    n_samples: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "scale", "translate", "perspective"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"pose.{name} must be a number >= 0, got {value!r}")
+        if self.scale >= 1:
+            raise ConfigError(f"pose.scale is a relative change in [0, 1), got {self.scale}")
+        if self.perspective >= 0.5:
+            raise ConfigError(
+                f"pose.perspective moves the corners by a fraction in [0, 0.5), got {self.perspective}"
+            )
+        if not isinstance(self.n_samples, int) or isinstance(self.n_samples, bool) or self.n_samples < 1:
+            raise ConfigError(f"pose.n_samples must be an integer >= 1, got {self.n_samples!r}")
+
+    def sample(
+        self, n: int, generator: GeneratorLike, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """Parameters of ``n`` draws (sample-major rows when ``generator`` is a per-sample list)."""
+        draw = Draw(n, per_row(generator, n), (1, 1), torch.device(device))
+        out = {
+            "angle": draw.between(-self.rotation, self.rotation),
+            "scale": draw.between(1 - self.scale, 1 + self.scale),
+            "translation": (draw.u(2) * 2 - 1) * self.translate,
+        }
+        if self.perspective:
+            out["distortion"] = (draw.u(4, 2) * 2 - 1) * self.perspective
+        return out
+
+    def apply(
+        self, x: torch.Tensor, layer: torch.Tensor, mask: torch.Tensor, params: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``x`` (B, C, H, W) wearing the artefact — its premultiplied colours ``layer`` (B, C, H, W)
+        under ``mask`` (B or 1, 1, H, W) — moved by the recorded draws ``params`` (a multiple of B rows,
+        sample-major): the posed rows and the moved masks. Differentiable in ``layer``."""
+        rows = params["angle"].shape[0]
+        if rows % x.shape[0]:
+            raise ConfigError(f"pose parameters hold {rows} draws for a batch of {x.shape[0]} images")
+        reps = rows // x.shape[0]
+        mask = mask.expand(x.shape[0], *mask.shape[1:])
+        center = centroid(mask).repeat(reps, 1)
+        matrix = pose_matrix(params["angle"], params["scale"], params["translation"], center,
+                             params.get("distortion"), tuple(x.shape[-2:]))  # fmt: skip
+        again = (reps, 1, 1, 1)
+        return repose(x.repeat(again), layer.repeat(again), mask.repeat(again), matrix)
+
+    def draw(
+        self,
+        x: torch.Tensor,
+        layer: torch.Tensor,
+        mask: torch.Tensor,
+        generator: GeneratorLike,
+        n_samples: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``n_samples`` posed copies of the batch (sample-major rows), their moved masks and the
+        parameters drawn."""
+        n = (self.n_samples if n_samples is None else n_samples) * x.shape[0]
+        params = self.sample(n, generator, x.device)
+        return *self.apply(x, layer, mask, params), params
+
+
+def make_pose(cfg: Pose | Mapping[str, Any] | bool | None, where: str = "pose") -> Pose | None:
+    """A :class:`Pose` from a recipe mapping (unknown keys fail with a suggestion; ``{}`` or ``true``:
+    the default small ranges), or None when off (``None`` / ``false``)."""
+    if cfg is None or cfg is False:
+        return None
+    if isinstance(cfg, Pose):
+        return cfg
+    merged = {} if cfg is True else dict(cfg)
+    check_keys(merged, [f.name for f in dataclasses.fields(Pose)], where)
+    return Pose(**merged)
 
 
 def per_row(generator: GeneratorLike, n: int) -> GeneratorLike:

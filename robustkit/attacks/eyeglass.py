@@ -10,6 +10,15 @@ printable colour instead of the solid colours. Print-aware EOT (``eot: {color_tr
 palette_jitter: ...}``) changes the frame's colours as a printer would. Untargeted = dodging, targeted
 = impersonation.
 
+Pose EOT (``pose: {rotation: 5, scale: 0.05, translate: 2, perspective: 0, n_samples: 4}``; ``{}`` or
+``true`` for these defaults): glasses never sit twice the same way, so every step also moves the frame
+— its mask and its texture together, over the unchanged face — by ``n_samples`` small random pose
+changes (``robustkit.eot.Pose``: in-plane rotation and scale about the frame's centre, a shift in
+pixels, an optional slight tilt) and averages the loss over them (before any image ``eot``). Every
+frame, posed or not, reports ``pose_success_rate``: the fraction of ``eval_draws`` random pose changes
+(the attack's ``pose``, or the default small ranges) under which the 8-bit image still succeeds, with
+the draws recorded in ``artifacts['eval_pose_params']`` for replay.
+
 ``universal: true`` optimizes one frame for many images: ``fit(model, x_train, y_train)`` uses the
 training images of ``identity`` (all images when ``null``) and returns the attack holding the frame.
 """
@@ -22,7 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..eot import mean_over_draws
+from ..eot import Pose, make_pose, mean_over_draws
 from ..errors import ConfigError
 from ..functional.placement import replace as replace_pixels
 from ..functional.random import GeneratorLike, shared
@@ -30,7 +39,7 @@ from ..validate import check_inputs, check_labels
 from .base import AttackResult, Counter, forward, register
 from .loop import Ascent, Final, ascend
 from .lp import check_fields
-from .physical import PhysicalAttack, Printable, quantize
+from .physical import PhysicalAttack, Printable, chunked_logits, quantize
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +63,8 @@ class Eyeglass(Printable, PhysicalAttack):
     accumulated normalized gradient; ``colors`` the solid colours tried first (names, [r, g, b]
     triples, or ``palette``: every printable colour); ``tv_weight`` / ``nps_weight`` the penalties; ``eyes`` is ``canonical`` or ``detect``; ``mask`` is ``eyeglass`` (the
     generated frame) or a path to a mask image drawn for the canonical eye position; ``eot`` optional
-    EOT (whole image) for frames robust to pose and light.
+    EOT (whole image) for frames robust to pose and light; ``pose`` EOT over small pose changes of the
+    frame on the face (see the module docstring).
     """
 
     name: ClassVar[str] = "eyeglass"
@@ -67,6 +77,7 @@ class Eyeglass(Printable, PhysicalAttack):
     cascade_dir: str | None = None
     mask: str = "eyeglass"
     eot: dict | None = None
+    pose: dict | bool | None = None
     early_stop: bool = True
     universal: bool = False
     identity: int | None = None
@@ -94,8 +105,20 @@ class Eyeglass(Printable, PhysicalAttack):
         if self.universal and self.eyes != "canonical":
             raise ConfigError("a universal frame needs aligned faces: use eyes='canonical'")
         self.make_eot(self.eot)
+        make_pose(self.pose, "eyeglass pose")
 
     # ------------------------------------------------------------------ pieces
+    @property
+    def poses(self) -> Pose | None:
+        """The pose EOT of the optimization (None: the frame stays where the mask puts it)."""
+        return make_pose(self.pose, "eyeglass pose")
+
+    @property
+    def eval_pose(self) -> Pose:
+        """The random pose changes ``pose_success_rate`` is measured under: the optimization's pose
+        distribution, or the default small one (a frame optimized without pose EOT is evaluated too)."""
+        return self.poses or Pose()
+
     def masks(self, x: torch.Tensor) -> torch.Tensor:
         """The frame mask per image, (B, 1, H, W)."""
         from ..data.masks import resolve_mask
@@ -140,9 +163,17 @@ class Eyeglass(Printable, PhysicalAttack):
                 return gain - self.print_penalty(tex, mask[:1]).sum()
             return gain - self.print_penalty(tex, mask)
 
+        pose = self.poses
+
+        def view(adv: torch.Tensor) -> torch.Tensor:
+            rows, worn = adv, mask
+            if pose is not None:  # the frame (its colours and its mask) moves on the face, per draw
+                rows, worn, _ = pose.draw(x, adv - x * (1 - mask), mask, g)
+            return rows if eot.identity else eot.draw(rows, g, mask=worn)[0]
+
         return Ascent(
             compose=lambda tex: replace_pixels(x, tex.expand_as(x) if universal else tex, mask),
-            view=None if eot.identity else lambda adv: eot.draw(adv, g, mask=mask)[0],
+            view=None if eot.identity and pose is None else view,
             objective=gain, regularize=regularize, update=update,
         )  # fmt: skip
 
@@ -177,9 +208,10 @@ class Eyeglass(Printable, PhysicalAttack):
         eot = self.make_eot(self.eot)
         if self.texture is not None:
             tex = self.texture.to(x).expand_as(x)
-            return self.finish(model, replace_pixels(x, tex, mask), y, target, counter, generator=generator,
-                               eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask),
-                               print_mask=mask, artefact=tex)  # fmt: skip
+            result = self.finish(model, replace_pixels(x, tex, mask), y, target, counter, generator=generator,
+                                 eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask),
+                                 print_mask=mask, artefact=tex)  # fmt: skip
+            return self.posed(model, result, x, y, target, tex, mask, generator, counter)
         tex = self.initial(model, x, y, target, mask, counter)
         velocity = torch.zeros_like(x)
 
@@ -197,11 +229,27 @@ class Eyeglass(Printable, PhysicalAttack):
 
         keep = self.keep_best(tex.clone(), lambda t, _: self.print_penalty(t, mask),
                               final=lambda t: ascent.value(model, t, counter)[1],
-                              stop=stop if self.early_stop and eot.identity and self.kappa is None else None)  # fmt: skip
+                              stop=stop if self.early_stop and ascent.view is None and self.kappa is None else None)  # fmt: skip
         best = ascend(model, tex, ascent, keep, steps=self.steps, counter=counter)
-        return self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
-                           eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask),
-                           print_mask=mask, artefact=best)  # fmt: skip
+        result = self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
+                             eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask),
+                             print_mask=mask, artefact=best)  # fmt: skip
+        return self.posed(model, result, x, y, target, best, mask, generator, counter)
+
+    def posed(self, model, result: AttackResult, x, y, target, tex, mask, generator, counter) -> AttackResult:
+        """Adds ``pose_success_rate``: per image, the fraction of ``eval_draws`` random pose changes of
+        the frame (``eval_pose``; drawn after the held-out EOT draws, from the same generators) under
+        which the 8-bit image still fools the model; the draws in ``artifacts['eval_pose_params']``."""
+        if not self.eval_draws:
+            return result
+        layer = quantize(tex.detach()).expand_as(x) * mask
+        rows, _, params = self.eval_pose.draw(x, layer, mask, generator, self.eval_draws)
+        hits = self.succeeded(chunked_logits(model, quantize(rows), counter), y.repeat(self.eval_draws),
+                              None if target is None else target.repeat(self.eval_draws))  # fmt: skip
+        result.metrics["pose_success_rate"] = hits.view(self.eval_draws, -1).float().mean(0)
+        result.artifacts["eval_pose_params"] = {k: v.cpu().tolist() for k, v in params.items()}
+        result.counters = counter.as_dict()
+        return result
 
     def _artifacts(self, tex: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         return {"texture": (tex[0] * mask[0]).detach().cpu(), "mask": mask[0].detach().cpu(),

@@ -15,6 +15,17 @@ is ``size``, a fraction of the image area; ``scale_min`` / ``scale_max`` multipl
 ``size: null`` the scales are, as in ART, the patch side as a fraction of the image's shorter edge.
 The texture lives in [0, 1] (ART's ``learning_rate=5.0`` is for 0-255 pixel values).
 
+Placement on the object: with ``placement: object`` the random placements (location, scale, rotation,
+distortion) are drawn in the object's own coordinates, the unit square of its box
+(``robustkit.functional.placement``): the centre uniform over the object's footprint, the size
+``object_size`` (default ``size``) a fraction of the box's area, the rotation in the object's frame.
+Each image's object corners map the patch into it (a homography) and its footprint clips it, so every
+patch pixel lies on the object and the patch moves, shrinks and tilts with it, in training and in
+evaluation. The geometry comes with the data (``objects=`` to ``fit`` and to the call: the built-in
+``signs`` know it, a manifest may give corners); ``object`` without it is a ConfigError, ``auto`` places
+on the object where the data give its geometry and in the image elsewhere, ``image`` (the default)
+always in the image.
+
 Printing: ``tv_weight`` / ``nps_weight`` penalize the texture's total variation and non-printability
 (towards ``palette``); an ``eot`` with ``color_transfer`` / ``palette_jitter`` changes the patch's colours
 as a printer would, on the patch only; the result reports the patch's printability and the success
@@ -31,7 +42,17 @@ import torch
 
 from ..eot import PHOTOMETRIC, EvalGrid, per_row
 from ..errors import ConfigError
-from ..functional.placement import paste, placement_matrix, sample_placement, shape_mask, side_for_area
+from ..functional.placement import (
+    ObjectGeometry,
+    object_placement_matrix,
+    paste,
+    placement_in_image,
+    placement_matrix,
+    sample_object_placement,
+    sample_placement,
+    shape_mask,
+    side_for_area,
+)
 from ..functional.random import GeneratorLike, shared, uniform
 from ..validate import check_inputs
 from .base import AttackResult, Counter, forward, positive, register
@@ -40,6 +61,10 @@ from .physical import PhysicalAttack, Printable, chunked_logits, quantize
 from .universal import Universal
 
 log = logging.getLogger(__name__)
+
+# where the patch's random placements are drawn: the image, the object (its corners; an error without
+# them), or the object where the data give its geometry and the image elsewhere
+PLACEMENTS = ("image", "object", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,10 +121,20 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
     distortion_scale_max: float = 0.0
     eot: dict | None = None
     targeted: bool = True
+    placement: str = "image"
+    object_size: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_patch()
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(
+                f"patch placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"
+            )
+        if self.object_size is not None and not 0 < self.object_size <= 1:
+            raise ConfigError(
+                f"object_size is the fraction of the object's box the patch covers, in (0, 1]; got {self.object_size}"
+            )
         if not 0 <= self.distortion_scale_max < 1:
             raise ConfigError(f"distortion_scale_max must be in [0, 1), got {self.distortion_scale_max}")
         if self.patch_shape is not None and (
@@ -117,16 +152,35 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         return self.make_eot(self.eot, n_samples=8)
 
     # ------------------------------------------------------------------ geometry
-    def base_side(self, h: int, w: int) -> float:
-        """The patch's rendered side (diameter for a circle) in pixels at scale 1."""
+    def frame(self, objects: ObjectGeometry | None, device: torch.device) -> ObjectGeometry | None:
+        """The objects the patch is placed on (None: the image): ``placement: object`` needs their
+        geometry, ``auto`` uses it when the data give it."""
+        if self.placement == "image" or (objects is None and self.placement == "auto"):
+            return None
+        if objects is None:
+            raise ConfigError(
+                "patch placement 'object' needs the geometry of the object in every image (its corners): "
+                "use data that carry it (the built-in signs; a manifest with `objects: corners.json`) or "
+                "pass objects= to fit and to the attack; placement 'image' places the patch in image "
+                "coordinates, 'auto' on the object where the data know it"
+            )
+        return objects.to(device)
+
+    def base_side(self, h: int, w: int, on_object: bool = False) -> float:
+        """The patch's rendered side (diameter for a circle) at scale 1: in pixels, or on an object in
+        units of the object's box (``object_size``, default ``size``, is then a fraction of its area)."""
+        if on_object:
+            size = self.size if self.object_size is None else self.object_size
+            return 1.0 if size is None else side_for_area(self.patch_type, size, 1, 1)
         if self.size is None:
             return float(min(h, w))
         return side_for_area(self.patch_type, self.size, h, w)
 
-    def texture_shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
+    def texture_shape(self, c: int, h: int, w: int, on_object: bool = False) -> tuple[int, int, int]:
         if self.patch_shape is not None:
             return tuple(self.patch_shape)  # type: ignore[return-value]
-        s = max(4, round(self.base_side(h, w) * self.scale_max))
+        side = self.base_side(h, w, on_object) * (max(h, w) if on_object else 1)
+        s = max(4, round(side * self.scale_max))
         return (c, s, s)
 
     def _render(
@@ -136,17 +190,24 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         generator: GeneratorLike,
         reps: int = 1,
         mask: bool = False,
+        objects: ObjectGeometry | None = None,
     ):
-        """Paste ``texture`` into ``reps`` random placements of every image (sample-major rows); returns
+        """Paste ``texture`` into ``reps`` random placements of every image (sample-major rows), in image
+        coordinates or, given ``objects``, in each object's coordinates, clipped to the object; returns
         the rows and the placements, and with ``mask`` the patch's footprint in each row too."""
         b, _, h, w = x.shape
         rows = x.repeat(reps, 1, 1, 1) if reps > 1 else x
-        place = sample_placement(
-            rows.shape[0], per_row(generator, rows.shape[0]), (h, w), self.base_side(h, w),
-            rotation_max=self.rotation_max, scale_min=self.scale_min, scale_max=self.scale_max,
-            distortion_scale_max=self.distortion_scale_max, device=x.device,
-        )  # fmt: skip
-        out, footprint = self.render_at(rows, texture, place, footprint=True)
+        gens = per_row(generator, rows.shape[0])
+        ranges = {"rotation_max": self.rotation_max, "scale_min": self.scale_min, "scale_max": self.scale_max,
+                  "distortion_scale_max": self.distortion_scale_max}  # fmt: skip
+        on = None if objects is None else objects.repeat(reps)
+        if on is None:
+            place = sample_placement(
+                rows.shape[0], gens, (h, w), self.base_side(h, w), device=x.device, **ranges
+            )
+        else:
+            place = sample_object_placement(on, gens, (h, w), self.base_side(h, w, True), **ranges)
+        out, footprint = self.render_at(rows, texture, place, footprint=True, objects=on)
         return (out, place, footprint) if mask else (out, place)
 
     def render_at(
@@ -155,14 +216,27 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         texture: torch.Tensor,
         place: dict[str, torch.Tensor],
         footprint: bool = False,
+        objects: ObjectGeometry | None = None,
     ):
-        """Paste ``texture`` at recorded placements (replayable); with ``footprint`` also the warped
-        patch mask (N, 1, H, W)."""
+        """Paste ``texture`` at recorded placements (replayable): in image pixels, or given ``objects``
+        (one per row) in object coordinates mapped by each object's corners and clipped to the object;
+        with ``footprint`` also the warped patch mask (N, 1, H, W)."""
         alpha = shape_mask(self.patch_type, texture.shape[-2], texture.shape[-1], rows.device, rows.dtype)
-        m = placement_matrix(
-            place["angle"], place["side"], place["center"], tuple(texture.shape[-2:]), place.get("distortion")
+        where = (
+            place["angle"],
+            place["side"],
+            place["center"],
+            tuple(texture.shape[-2:]),
+            place.get("distortion"),
         )
-        out, a = paste(rows, texture.to(rows.dtype), alpha, m)
+        if objects is None:
+            out, a = paste(rows, texture.to(rows.dtype), alpha, placement_matrix(*where))
+        else:
+            objects = objects.to(rows.device, rows.dtype)
+            m = object_placement_matrix(objects.corners, *where)
+            out, a = paste(
+                rows, texture.to(rows.dtype), alpha, m, clip=objects.footprint(tuple(rows.shape[-2:]))
+            )
         return (out, a) if footprint else out
 
     # ------------------------------------------------------------------ training
@@ -170,12 +244,20 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         check_inputs(x_train, "x_train", ndims=(4,))
 
     def _optimize(
-        self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None, counter: Counter
+        self,
+        model,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        g: torch.Generator | None,
+        counter: Counter,
+        objects: ObjectGeometry | None = None,
     ) -> torch.Tensor:
         n, c, h, w = x.shape
         eot = self.photometric
         reps = eot.n_samples
-        param = uniform(self.texture_shape(c, h, w), g, x.device, x.dtype).requires_grad_(True)
+        objects = self.frame(objects, x.device)
+        shape = self.texture_shape(c, h, w, objects is not None)
+        param = uniform(shape, g, x.device, x.dtype).requires_grad_(True)
         alpha = shape_mask(self.patch_type, param.shape[-2], param.shape[-1], x.device, x.dtype)[None]
         opt = torch.optim.Adam([param], lr=self.learning_rate)
         target = torch.full((min(self.batch_size, n),), self.target_class, device=x.device, dtype=torch.long)
@@ -190,12 +272,13 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         def minibatch(_: int) -> Ascent:
             idx = next(batches)
             xb, yb = x[idx], y[idx]
+            ob = None if objects is None else objects.select(idx)
             objective = self.capped(self.objective(yb, target[: xb.shape[0]] if self.targeted else None))
 
             def compose(texture: torch.Tensor) -> torch.Tensor:
                 if eot.identity:
-                    return self._render(xb, texture, g, reps)[0]
-                rows, _, footprint = self._render(xb, texture, g, reps, mask=True)
+                    return self._render(xb, texture, g, reps, objects=ob)[0]
+                rows, _, footprint = self._render(xb, texture, g, reps, mask=True, objects=ob)
                 return eot.apply(rows, eot.sample(rows.shape[0], g, (h, w), x.device), footprint)
 
             def regularize(gain: torch.Tensor, texture: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
@@ -208,23 +291,25 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         return quantize(param.detach())
 
     # ------------------------------------------------------------------ evaluation
-    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None) -> AttackResult:
+    def run(self, model, x, y, *, target=None, generator: GeneratorLike = None,
+            objects: ObjectGeometry | None = None) -> AttackResult:  # fmt: skip
         counter = Counter()
         fitted = self
+        on = self.frame(objects, x.device)
         if self.patch is None:
             log.warning("patch: no trained patch (call fit on a training split first); fitting on this batch")
-            fitted = replace(self, patch=self._optimize(model, x, y, shared(generator), counter))
+            fitted = replace(self, patch=self._optimize(model, x, y, shared(generator), counter, on))
         texture = fitted.patch.to(x.device)
         if self.targeted and target is None:
             target = torch.full_like(y, self.target_class)
         if not self.targeted:
             target = None
-        x_adv, place = fitted._render(x, texture, generator)
+        x_adv, place = fitted._render(x, texture, generator, objects=on)
         x_adv = quantize(x_adv)
         alpha = shape_mask(self.patch_type, texture.shape[-2], texture.shape[-1], x.device, x.dtype)
 
         def at_placement(snapped: torch.Tensor) -> torch.Tensor:
-            rows = quantize(fitted.render_at(x, snapped[0], place))
+            rows = quantize(fitted.render_at(x, snapped[0], place, objects=on))
             return self.succeeded(forward(model, rows, counter), y, target)
 
         printed = self.print_metrics(texture[None].to(x.dtype), alpha[None], at_placement)
@@ -236,16 +321,23 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
             "patch_mask": alpha.cpu(),
             "palette": self.palette_colors(texture).cpu(),
             "placement": {k: v.cpu().tolist() for k, v in place.items()},
+            "placed_on": "image" if on is None else "object",
             "target_class": self.target_class if self.targeted else None,
         }
+        if on is not None:  # the exact placements in object coordinates; ``placement`` shows them in pixels
+            artifacts["object_placement"] = artifacts["placement"]
+            artifacts["placement"] = {
+                k: v.cpu().tolist() for k, v in placement_in_image(on.corners, place).items()
+            }
+            artifacts["object_corners"] = on.corners.cpu().tolist()
         if self.eval_draws:
-            rows, extra = fitted._render(x, texture, generator, self.eval_draws)
+            rows, extra = fitted._render(x, texture, generator, self.eval_draws, objects=on)
             hits = self.succeeded(chunked_logits(model, quantize(rows), counter), y.repeat(self.eval_draws),
                                   None if target is None else target.repeat(self.eval_draws))  # fmt: skip
             metrics["placement_success_rate"] = hits.view(self.eval_draws, -1).float().mean(0)
             artifacts["eval_placement"] = {k: v.cpu().tolist() for k, v in extra.items()}
         if self.eval_grid:
-            artifacts["eot_curve"] = fitted.grid_curve(model, x, y, target, texture, counter)
+            artifacts["eot_curve"] = fitted.grid_curve(model, x, y, target, texture, counter, objects=on)
         with torch.no_grad():
             logits = forward(model, x_adv, counter)
         if target is not None:
@@ -256,19 +348,30 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         )  # fmt: skip
 
     def grid_curve(
-        self, model, x, y, target, texture, counter: Counter, grid: EvalGrid | None = None
+        self,
+        model,
+        x,
+        y,
+        target,
+        texture,
+        counter: Counter,
+        grid: EvalGrid | None = None,
+        objects: ObjectGeometry | None = None,
     ) -> dict:
-        """Success on the fixed grid: patch rotation x patch scale x image brightness, centred patch."""
+        """Success on the fixed grid: patch rotation x patch scale x image brightness, the patch centred
+        on the image (on the object, given ``objects``)."""
         grid = grid or EvalGrid()
         b, _, h, w = x.shape
         pts = {k: v.repeat_interleave(b) for k, v in grid.points(x.device).items()}
         p = pts["rotation"].numel() // b
+        on = None if objects is None else objects.repeat(p)
+        centre = ((w - 1) / 2, (h - 1) / 2) if on is None else (0.5, 0.5)
         place = {
             "angle": pts["rotation"],
-            "side": pts["scale"] * self.base_side(h, w),
-            "center": torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device).expand(p * b, 2),
+            "side": pts["scale"] * self.base_side(h, w, on is not None),
+            "center": torch.tensor(centre, device=x.device).expand(p * b, 2),
         }
-        rows = self.render_at(x.repeat(p, 1, 1, 1), texture, place)
+        rows = self.render_at(x.repeat(p, 1, 1, 1), texture, place, objects=on)
         rows = (rows + pts["brightness"].view(-1, 1, 1, 1)).clamp(0, 1)
         hits = self.succeeded(chunked_logits(model, quantize(rows), counter), y.repeat(p),
                               None if target is None else target.repeat(p))  # fmt: skip

@@ -11,6 +11,7 @@ the report's timing section, so that a universal attack's time is not just the t
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
+from ..functional.placement import ObjectGeometry
 from ..functional.random import GeneratorLike, shared
 from ..functional.video import check_video
 from ..models.state import preserved
@@ -92,24 +94,37 @@ class Universal:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def fit(self, model, x_train: torch.Tensor, y_train: torch.Tensor, *, generator: GeneratorLike = None):
+    def fit(
+        self,
+        model,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        *,
+        generator: GeneratorLike = None,
+        objects: ObjectGeometry | None = None,
+    ):
         """Optimize the universal perturbation on a training split; returns this attack holding it and
-        its ``training_cost``."""
+        its ``training_cost``. ``objects``: where the object lies in each training image, for attacks
+        placed on it (the patch's ``placement: object``); the others ignore it."""
         self.check_training(x_train)
         check_labels(y_train, x_train.shape[0], "y_train")
+        keep = torch.arange(x_train.shape[0], device=x_train.device)
         target = self.universal_target()
         if target is not None:
-            keep = y_train != target
-            x_train, y_train = x_train[keep], y_train[keep]
-        if x_train.shape[0] == 0:
+            keep = keep[y_train != target]
+        if keep.numel() == 0:
             what = "clip" if self.surface == "frame" else self.surface
             raise ConfigError(f"the training split holds no {what} outside the target class")
-        x_train, y_train = x_train[: self.train_samples], y_train[: self.train_samples]
+        keep = keep[: self.train_samples]
+        x_train, y_train = x_train[keep], y_train[keep]
+        placed = {}
+        if objects is not None and "objects" in inspect.signature(self._optimize).parameters:
+            placed["objects"] = objects.select(keep.cpu())
         counter = Counter()
         _synchronize(x_train)
         start = time.perf_counter()
         with preserved(model):
-            trained = self._optimize(model, x_train, y_train, shared(generator), counter)
+            trained = self._optimize(model, x_train, y_train, shared(generator), counter, **placed)
         _synchronize(x_train)
         cost = TrainingCost(self.training_steps(), counter.forward, counter.backward, counter.queries,
                             time.perf_counter() - start)  # fmt: skip

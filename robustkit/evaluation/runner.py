@@ -12,6 +12,7 @@ accuracy: the worst view). The report is rendered above this layer (``robustkit.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import platform
@@ -34,7 +35,7 @@ from ..models.fastpath import Precisions
 from ..models.state import preserved
 from . import distributed
 from .config import CONFIG_FILE, RunConfig
-from .execute import Job, chunks, get_batch, preflight, run_suite, view_name
+from .execute import Job, chunks, get_batch, get_objects, preflight, run_suite, view_name
 from .inputs import fit_to_model, model_input
 from .metrics import chance_finding, summarize
 from .profile import profile_run
@@ -259,9 +260,13 @@ def _fit_universal(entry: SuiteEntry, index: int, config: RunConfig, run: Loaded
     except (ConfigError, ValueError):
         log.warning("%s: no train split; fitting on the evaluation data", entry.name)
         train = load_dataset(config.data, "test", root=config.data_root, n=n, model_input=sized)
-    xs, ys = get_batch(train, list(range(min(n, len(train)))))
+    todo = list(range(min(n, len(train))))
+    xs, ys = get_batch(train, todo)
     g = torch.Generator().manual_seed(config.seed * 7919 + index)
-    return attack.fit(run.net, xs.to(run.device), ys.to(run.device), generator=g)
+    objects = get_objects(train, todo)  # the training objects' geometry, for patches placed on them
+    takes = objects is not None and "objects" in inspect.signature(attack.fit).parameters
+    placed = {"objects": objects} if takes else {}
+    return attack.fit(run.net, xs.to(run.device), ys.to(run.device), generator=g, **placed)
 
 
 def _multi_clip(net: nn.Module, info: dict[str, Any], dataset: Any) -> tuple[nn.Module, dict[str, Any]]:

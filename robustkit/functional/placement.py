@@ -9,12 +9,19 @@ result is differentiable in the texture, and composited over the image.
 
 Masks that live in image coordinates (eyeglass frames, stickers, rectangles) replace pixels through
 :func:`replace` or carry an additive perturbation through :func:`masked_add`.
+
+Object coordinates (the bottom of this module): an object's box is the unit square, mapped into each
+image by the object's corners (``ObjectGeometry``). Sticker masks are drawn there (:func:`anchor`);
+patch placements are sampled there (:func:`sample_object_placement`, the centre on the object's
+footprint) and mapped by :func:`object_placement_matrix`, clipped to the footprint (``paste(clip=)``).
+Small pose changes of a worn artefact (eyeglass frames): :func:`pose_matrix` and :func:`repose`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from kornia.geometry.transform import get_perspective_transform, warp_perspective
@@ -126,6 +133,68 @@ def sample_placement(
     return out
 
 
+def sample_object_placement(
+    geometry: ObjectGeometry, generator: GeneratorLike, image_hw: tuple[int, int], base_side: float, *,
+    rotation_max: float = 0.0, scale_min: float = 1.0, scale_max: float = 1.0,
+    distortion_scale_max: float = 0.0, resolution: int = 32,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Random placements of a patch in object coordinates, one per object of ``geometry``: ``side``
+    (``base_side`` in object units, times a scale in [scale_min, scale_max]) and ``center`` (a, b) in the
+    object's unit square, rotation in [-rotation_max, rotation_max] degrees of the object's frame, corner
+    distortion up to ``distortion_scale_max``. The centre is uniform over the object's footprint (seen
+    in object coordinates at ``resolution`` cells a side) where the unrotated patch stays inside the
+    object's box, else over the box positions that keep it inside. Map them into the images with
+    :func:`object_placement_matrix`."""
+    n, device = len(geometry), geometry.corners.device
+
+    def u(*shape: int) -> torch.Tensor:
+        return uniform((n, *shape), generator, device, torch.float32)
+
+    scale = scale_min + (scale_max - scale_min) * u()
+    side = scale * base_side
+    half = (side / 2).clamp(max=0.5)
+    cell = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
+    a, b = cell[None, :].expand(resolution, resolution), cell[:, None].expand(resolution, resolution)
+    inside = ((a[None] >= half[:, None, None]) & (a[None] <= 1 - half[:, None, None])
+              & (b[None] >= half[:, None, None]) & (b[None] <= 1 - half[:, None, None]))  # fmt: skip
+    on = geometry.to(device).in_object(image_hw, resolution)[:, 0] > 0.5
+    weight = (inside & on).flatten(1).float()
+    weight = torch.where(weight.sum(1, keepdim=True) > 0, weight, inside.flatten(1).float())
+    cdf = weight.cumsum(1)
+    pick = torch.searchsorted(cdf, (u() * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=cdf.shape[1] - 1)
+    jitter = (u(2) - 0.5) / resolution
+    center = torch.stack([a.flatten()[pick], b.flatten()[pick]], 1) + jitter
+    center = torch.minimum(torch.maximum(center, half[:, None]), 1 - half[:, None])
+    out = {"angle": (u() * 2 - 1) * rotation_max, "scale": scale, "side": side, "center": center}
+    if distortion_scale_max > 0:
+        out["distortion"] = u(4, 2) * distortion_scale_max
+    return out
+
+
+def object_placement_matrix(corners: torch.Tensor, *placement: Any) -> torch.Tensor:
+    """Homographies (N, 3, 3) from patch pixels to image pixels for a placement in object coordinates
+    (``placement``: the arguments of :func:`placement_matrix`, with ``side`` and ``center`` in units of
+    the object's box and ``angle`` in its frame), carried into each image by the object's ``corners``
+    (N, 4, 2)."""
+    inner = placement_matrix(*placement)
+    return unit_to_image(corners.to(inner.dtype)) @ inner
+
+
+def placement_in_image(corners: torch.Tensor, place: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Object-coordinate placements (``center``, ``side``, ``angle``) described in image pixels for
+    display: the centre mapped by the object's ``corners`` (N, 4, 2), the side scaled by the square root
+    of the object's area, the angle turned with the object's top edge (perspective left out)."""
+    to_image = unit_to_image(corners.to(torch.float32))
+    c = place["center"].to(torch.float32)
+    p = to_image @ torch.cat([c, torch.ones_like(c[:, :1])], 1)[..., None]
+    center = p[:, :2, 0] / p[:, 2:, 0]
+    x, y = corners[..., 0].to(torch.float32), corners[..., 1].to(torch.float32)
+    area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1).abs()
+    top = corners[:, 1] - corners[:, 0]
+    turn = torch.rad2deg(torch.atan2(top[:, 1].to(torch.float32), top[:, 0].to(torch.float32)))
+    return {"center": center, "side": place["side"] * area.sqrt(), "angle": place["angle"] - turn}
+
+
 def render(
     texture: torch.Tensor, alpha: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,13 +222,21 @@ def composite(x: torch.Tensor, layer: torch.Tensor, alpha: torch.Tensor) -> torc
 
 
 def paste(
-    x: torch.Tensor, texture: torch.Tensor, alpha: torch.Tensor, matrix: torch.Tensor
+    x: torch.Tensor,
+    texture: torch.Tensor,
+    alpha: torch.Tensor,
+    matrix: torch.Tensor,
+    clip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Place a patch into each image of ``x`` (N, C, H, W) with homographies (N, 3, 3).
+    """Place a patch into each image of ``x`` (N, C, H, W) with homographies (N, 3, 3); ``clip`` (N or
+    1, 1, H, W) in [0, 1]: where the patch may land (an object's footprint), multiplying its alpha.
 
     Returns the composited images and the warped alpha (the patch's footprint).
     """
     layer, a = render(texture, alpha, matrix, (x.shape[-2], x.shape[-1]))
+    if clip is not None:
+        clip = clip.to(layer.dtype)
+        layer, a = layer * clip, a * clip
     return composite(x, layer, a), a
 
 
@@ -199,6 +276,67 @@ def warp_mask(mask: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]) -
     return warp_perspective(mask, matrix.to(mask.dtype), size, mode="bilinear", padding_mode="zeros").clamp(
         0, 1
     )
+
+
+def centroid(mask: torch.Tensor) -> torch.Tensor:
+    """The centre of mass (N, 2), (x, y) in pixels, of masks (N, 1, H, W) (the image centre where empty)."""
+    h, w = mask.shape[-2:]
+    weight = mask[:, 0].to(torch.float32)
+    total = weight.flatten(1).sum(1)
+    xs = torch.arange(w, device=mask.device, dtype=torch.float32)
+    ys = torch.arange(h, device=mask.device, dtype=torch.float32)
+    cx = (weight.sum(1) * xs).sum(1) / total.clamp_min(1e-12)
+    cy = (weight.sum(2) * ys).sum(1) / total.clamp_min(1e-12)
+    middle = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=mask.device)
+    return torch.where((total > 0)[:, None], torch.stack([cx, cy], 1), middle)
+
+
+def pose_matrix(
+    angle: torch.Tensor,
+    scale: torch.Tensor,
+    translation: torch.Tensor,
+    center: torch.Tensor,
+    distortion: torch.Tensor | None = None,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Homographies (N, 3, 3) of a small pose change in image pixels: ``scale`` (N,) and a rotation by
+    ``angle`` (N,) degrees (counter-clockwise on screen, as :func:`placement_matrix`) about ``center``
+    (N, 2), then a shift by ``translation`` (N, 2) pixels; ``distortion`` (N, 4, 2), with the image
+    ``size`` (H, W), moves the image's corners by those fractions of its half size first (a slight tilt
+    out of the image plane)."""
+    n = angle.shape[0]
+    a = torch.deg2rad(angle.to(torch.float32))
+    cos, sin = torch.cos(a) * scale, torch.sin(a) * scale
+    m = torch.zeros(n, 2, 3, device=angle.device, dtype=torch.float32)
+    m[:, 0, 0], m[:, 0, 1] = cos, sin
+    m[:, 1, 0], m[:, 1, 1] = -sin, cos
+    m[:, 0, 2] = center[:, 0] + translation[:, 0] - cos * center[:, 0] - sin * center[:, 1]
+    m[:, 1, 2] = center[:, 1] + translation[:, 1] + sin * center[:, 0] - cos * center[:, 1]
+    out = _homogeneous(m)
+    if distortion is not None:
+        if size is None:
+            raise ValueError("pose_matrix: a distortion needs the image size")
+        h, w = size
+        start = torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], device=angle.device,
+                             dtype=torch.float32)[None].expand(n, 4, 2)  # fmt: skip
+        half = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=angle.device)
+        out = out @ get_perspective_transform(start, start + distortion.to(torch.float32) * half)
+    return out
+
+
+def repose(
+    x: torch.Tensor, layer: torch.Tensor, mask: torch.Tensor, matrix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An artefact worn on the image moved by homographies (N, 3, 3): its premultiplied colour ``layer``
+    (N, C, H, W; the artefact's colours times ``mask``) and its ``mask`` (N, 1, H, W) are warped
+    together and composited over ``x`` (N, C, H, W), which stays where it is. Returns the images and
+    the warped mask; differentiable in ``layer``."""
+    src = torch.cat([layer, mask.to(layer.dtype)], 1)
+    out = warp_perspective(src, matrix.to(src.dtype), tuple(x.shape[-2:]), mode="bilinear",
+                           padding_mode="zeros", align_corners=True)  # fmt: skip
+    c = layer.shape[1]
+    moved = out[:, c:].clamp(0, 1)
+    return composite(x, out[:, :c], moved), moved
 
 
 def rect_masks(positions: torch.Tensor, rect_hw: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -248,6 +386,27 @@ class ObjectGeometry:
         mask = None if self.mask is None else self.mask.to(device, dtype)
         return ObjectGeometry(self.corners.to(device, dtype), mask)
 
+    def repeat(self, reps: int) -> ObjectGeometry:
+        """The geometry of ``reps`` sample-major copies of the images (row ``j * N + i`` is image i)."""
+        if reps == 1:
+            return self
+        mask = None if self.mask is None else self.mask.repeat(reps, 1, 1, 1)
+        return ObjectGeometry(self.corners.repeat(reps, 1, 1), mask)
+
+    def in_object(self, size: tuple[int, int], resolution: int = 32) -> torch.Tensor:
+        """The object's footprint in images of ``size`` seen in object coordinates: (N, 1, R, R) over the
+        unit square at ``resolution`` R cells a side (all ones for a footprint that is the corners' box)."""
+        foot = self.footprint(size)
+        to_object = torch.linalg.inv(object_matrix(self.corners.to(foot.dtype), (resolution, resolution)))
+        return warp_perspective(
+            foot,
+            to_object,
+            (resolution, resolution),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        )
+
     def footprint(self, size: tuple[int, int]) -> torch.Tensor:
         """The object's mask (N, 1, H, W) in images of ``size``: ``mask`` when given (it must be of that
         size), else the quadrilateral of the corners."""
@@ -264,11 +423,16 @@ def object_matrix(corners: torch.Tensor, texture_hw: tuple[int, int]) -> torch.T
     image pixels, for objects at ``corners`` (N, 4, 2). Texture pixel (i, j) covers the object square
     cell [j / w, (j + 1) / w] x [i / h, (i + 1) / h]."""
     h, w = texture_hw
-    n, dev, dt = corners.shape[0], corners.device, corners.dtype
-    unit = torch.tensor(UNIT_SQUARE, device=dev, dtype=dt)[None].expand(n, 4, 2)
-    to_image = get_perspective_transform(unit, corners)
-    cells = torch.tensor([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]], device=dev, dtype=dt)
-    return to_image @ cells
+    cells = torch.tensor([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]], device=corners.device,
+                         dtype=corners.dtype)  # fmt: skip
+    return unit_to_image(corners) @ cells
+
+
+def unit_to_image(corners: torch.Tensor) -> torch.Tensor:
+    """Homographies (N, 3, 3) from object coordinates (the unit square) to image pixels, for objects at
+    ``corners`` (N, 4, 2)."""
+    unit = torch.tensor(UNIT_SQUARE, device=corners.device, dtype=corners.dtype)[None]
+    return get_perspective_transform(unit.expand(corners.shape[0], 4, 2), corners)
 
 
 def anchor(
