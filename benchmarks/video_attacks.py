@@ -65,6 +65,25 @@ def evaluate(model, test, correct, attack, k: int, args) -> dict:
     return {"robust_accuracy": robust / len(test), **m}
 
 
+def flicker_sensitivity(model, test, correct) -> dict:
+    """How much a flicker can move the model, to first order: the median over the correctly classified
+    clips of the margin's gradient summed over each frame's pixels (a flicker's offsets) and over single
+    pixels, as the margin change per unit of L-inf bound, and the bound that would flip the median clip."""
+    x, y = test.x[correct].clone().requires_grad_(True), test.y[correct]
+    margin = -cw_margin(model(x), y)
+    (grad,) = torch.autograd.grad(margin.sum(), x)
+    flicker, pixels = grad.sum(dim=(3, 4)).abs().flatten(1).sum(1), grad.abs().flatten(1).sum(1)
+    margin = margin.detach()
+    return {
+        "clips": len(correct),
+        "median_margin": float(margin.median()),
+        "margin_per_linf_flicker": float(flicker.median()),
+        "margin_per_linf_pixels": float(pixels.median()),
+        "first_order_flip_eps_flicker": float((margin / flicker).median()),
+        "first_order_flip_eps_pixels": float((margin / pixels).median()),
+    }
+
+
 def overrides(pairs: list[str]) -> dict:
     """``KEY=VALUE`` pairs, each value read as YAML (numbers, booleans, strings)."""
     import yaml
@@ -89,6 +108,9 @@ def main() -> None:
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--update", action="store_true", help="replace only these rows in --out")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="change the entries run")
+    parser.add_argument(
+        "--sensitivity", action="store_true", help="record the first-order flicker sensitivity"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,6 +125,9 @@ def main() -> None:
     header = f"{'attack':22s} {'acc':>6s} {'linf/frame':>10s} {'l2/frame':>9s} {'frames':>7s} {'pixels':>7s} {'sec':>7s}"
     print(header)
     print("-" * len(header))
+    sensitivity = flicker_sensitivity(model, test, correct) if args.sensitivity else None
+    if sensitivity:
+        print("first-order flicker sensitivity:", json.dumps(sensitivity))
     rows, changed = [], overrides(args.set)
     suffix = f" [{', '.join(args.set)}]" if changed else ""
     for k, entry in enumerate(load_suite(args.suite).entries):
@@ -161,6 +186,8 @@ def main() -> None:
             old = [new.pop(row["attack"], row) for row in record["rows"]]  # replaced in place
             record["rows"] = old + list(new.values())
             record["updates"] = [*record.get("updates", []), command]
+        if sensitivity:
+            record["flicker_sensitivity"] = sensitivity
         with open(args.out, "w") as f:
             json.dump(record, f, indent=2)
 
