@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from robustkit.attacks import create_attack
+from robustkit.attacks.base import Counter
 from robustkit.builtin.shapes_video import shapes_video
 from robustkit.builtin.zoo import load_zoo_model
 from robustkit.errors import ConfigError
@@ -79,19 +80,24 @@ class FrameMeans(nn.Module):
         return self.fc(x.mean(dim=(3, 4)).flatten(1) - 0.5)
 
 
-def test_universal_flicker_fools_heldout_clips_better_than_a_random_flicker():
-    """Pony et al.'s universal flicker, played from a random frame on each held-out clip, against random
-    flickers at the same L-inf bound (every offset at +-eps, the largest a random one can be)."""
+def colour_model(x: torch.Tensor, y: torch.Tensor) -> FrameMeans:
+    """A FrameMeans model trained on colour clips ``x``, ``y``."""
     torch.manual_seed(0)
-    x_train, y_train = colour_clips(256, 0)
-    x_test, y_test = colour_clips(64, 1)
     model = FrameMeans()
     opt = torch.optim.Adam(model.parameters(), 0.05)
     for _ in range(200):
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x_train), y_train).backward()
+        nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
+
+
+def test_universal_flicker_fools_heldout_clips_better_than_a_random_flicker():
+    """Pony et al.'s universal flicker, played from a random frame on each held-out clip, against random
+    flickers at the same L-inf bound (every offset at +-eps, the largest a random one can be)."""
+    x_train, y_train = colour_clips(256, 0)
+    x_test, y_test = colour_clips(64, 1)
+    model = colour_model(x_train, y_train)
     assert fooled(model, x_test, y_test) == 0
     attack = create_attack(
         "flicker", universal=True, eps=0.06, train_steps=40, learning_rate=0.01, batch_size=32
@@ -116,11 +122,74 @@ def test_universal_flicker_fools_heldout_clips_better_than_a_random_flicker():
         assert any(torch.allclose(offsets[i], flicker.roll(-s, 1), atol=1e-5) for s in range(8)), i
 
 
+def test_universal_flicker_restarts_keep_the_best_flicker_on_the_training_split(monkeypatch):
+    """With ``restarts`` the flicker is trained that many times (the first from zero, the others from
+    random flickers in the bound), each is scored on the training split, the best is kept, and the
+    training cost counts every restart and the scoring passes."""
+    from robustkit.attacks.flicker import Flicker
+
+    x, y = colour_clips(64, 0)
+    model = colour_model(x, y)
+    starts, trained = [], []
+    train = Flicker._train
+
+    def spy(self, model, delta, *args):
+        starts.append(delta.clone())
+        trained.append(train(self, model, delta, *args))
+        return trained[-1]
+
+    monkeypatch.setattr(Flicker, "_train", spy)
+    attack = create_attack("flicker", universal=True, eps=0.06, train_steps=3, learning_rate=0.01,
+                           batch_size=16, restarts=3, random_shift=False)  # fmt: skip
+    fitted = attack.fit(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert len(trained) == 3 and starts[0].abs().max() == 0
+    assert all(0 < s.abs().max() <= 0.06 for s in starts[1:]) and not torch.equal(starts[1], starts[2])
+    zero = torch.zeros(64, dtype=torch.long)
+    values = [attack.training_value(model, d, x, y, zero, Counter()) for d in trained]
+    assert len(set(values)) == 3  # three different flickers: the choice is not a tie
+    assert torch.equal(fitted.flicker, trained[values.index(max(values))])
+    cost = fitted.training_cost
+    assert cost.steps == 9 and cost.backward == 9 and cost.forward == 9 + 3 * 4
+
+
+@pytest.mark.slow
+def test_the_suites_universal_flicker_fools_heldout_builtin_clips_more_than_random_flickers():
+    """On the built-in video model, which barely reacts to a flicker (benchmarks/results/video_attacks.md),
+    the video suite's universal flicker fools more held-out clips, and moves their mean margin further,
+    than any of four random +-eps flickers. About a minute on one core."""
+    from pathlib import Path
+
+    from robustkit.evaluation.suite import load_suite
+    from robustkit.functional.losses import cw_margin
+
+    suite = load_suite(str(Path(__file__).parents[1] / "attacks" / "video.yaml"))
+    attack = {e.name: e.attack for e in suite.entries}["flicker-universal"]
+    model = load_zoo_model("shapes-video-r3d", progress=False)
+    train, test = shapes_video("train", n=256), shapes_video("test", n=200)
+    fitted = attack.fit(model, train.x, train.y, generator=torch.Generator().manual_seed(0))
+
+    def scores(flicker: torch.Tensor) -> tuple[float, float]:
+        x_adv = fitted.replace(flicker=flicker)(model, test.x, test.y, generator=gens(200)).x_adv
+        with torch.no_grad():
+            margin = float(cw_margin(model(x_adv), test.y).mean())
+        return fooled(model, x_adv, test.y), margin
+
+    g = torch.Generator().manual_seed(1)
+    randoms = [
+        scores((torch.randint(0, 2, (1, 3, 8, 1, 1), generator=g) * 2 - 1) * attack.eps) for _ in range(4)
+    ]
+    universal = scores(fitted.flicker)
+    assert universal[0] > max(r[0] for r in randoms), (universal, randoms)
+    assert universal[1] > max(r[1] for r in randoms), (universal, randoms)
+
+
 def test_universal_video_attacks_check_their_configuration_and_inputs():
     with pytest.raises(ConfigError, match="target_mode"):
         create_attack("flicker", universal=True, targeted=True)  # the default target_mode is 'random'
     with pytest.raises(ConfigError):
         create_attack("framing", universal=True, train_steps=0)
+    with pytest.raises(ConfigError, match="restarts"):
+        create_attack("flicker", universal=True, restarts=0)
     model = FrameMeans()
     x, y = colour_clips(8, 0)
     fitted = create_attack("flicker", universal=True, train_steps=1, batch_size=4).fit(model, x, y)
@@ -182,5 +251,9 @@ def test_the_video_suite_has_universal_framing_and_flicker():
     assert not is_universal(by_name["framing"]) and not is_universal(by_name["flicker"])
     assert is_universal(by_name["framing-universal"]) and is_universal(by_name["flicker-universal"])
     assert by_name["framing-universal"].width == 10 and by_name["flicker-universal"].eps == 0.2
+    # Pony et al.'s lambda = 1 over a batch of 16 (their loss summed, penalties averaged), CE, restarts
+    flicker = by_name["flicker-universal"]
+    assert flicker.regularization == 1 / 16 and flicker.batch_size == 16
+    assert flicker.loss == "ce" and flicker.restarts == 4
     salt = by_name["salt-pepper"]
     assert salt.pixels == 100 and salt.reference_size == 112 and salt.max_fraction == 1.0
