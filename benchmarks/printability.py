@@ -66,11 +66,14 @@ def evaluate(attack, model, data_name, dataset, n: int, seed: int, train: int) -
         pred = model(test.x).argmax(1)
     keep = (pred == test.y).nonzero()[:, 0][:n]
     x, y = test.x[keep], test.y[keep]
+    # where the data know each object (the built-in signs), the attack is placed on it, as in a run
+    placed = {} if getattr(test, "objects", None) is None else {"objects": test.objects.select(keep)}
     start = time.perf_counter()
     if getattr(attack, "name", "") == "patch":
         tr = dataset("train", n=train)
-        attack = attack.fit(model, tr.x, tr.y, generator=torch.Generator().manual_seed(seed))
-    result = attack(model, x, y, generator=sample_generators(seed, keep.tolist(), salt=1))
+        on = {} if getattr(tr, "objects", None) is None else {"objects": tr.objects}
+        attack = attack.fit(model, tr.x, tr.y, generator=torch.Generator().manual_seed(seed), **on)
+    result = attack(model, x, y, generator=sample_generators(seed, keep.tolist(), salt=1), **placed)
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {"data": data_name, "images": int(x.shape[0]), "seconds": round(seconds, 1)}
     row["success"] = float(result.success.float().mean())
