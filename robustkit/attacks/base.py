@@ -259,8 +259,13 @@ class Attack:
 
 
 @functools.cache
+def accepts(fn: Any, keyword: str) -> bool:
+    """Whether the callable ``fn`` takes the keyword argument ``keyword``."""
+    return keyword in inspect.signature(fn).parameters
+
+
 def _takes(cls: type, keyword: str) -> bool:
-    return keyword in inspect.signature(cls.run).parameters
+    return accepts(cls.run, keyword)
 
 
 def positive(value: float, what: str, *, allow_zero: bool = False) -> None:

@@ -207,11 +207,16 @@ class Eyeglass(Printable, PhysicalAttack):
         mask = self.masks(x)
         eot = self.make_eot(self.eot)
         if self.texture is not None:
-            tex = self.texture.to(x).expand_as(x)
-            result = self.finish(model, replace_pixels(x, tex, mask), y, target, counter, generator=generator,
-                                 eval_eot=eot.heldout(), artifacts=self._artifacts(tex[:1], mask),
-                                 print_mask=mask, artefact=tex)  # fmt: skip
-            return self.posed(model, result, x, y, target, tex, mask, generator, counter)
+            best = self.texture.to(x).expand_as(x)
+        else:
+            best = self.optimized(model, x, y, target, mask, eot, generator, counter)
+        result = self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
+                             eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask),
+                             print_mask=mask, artefact=best)  # fmt: skip
+        return self.posed(model, result, x, y, target, best, mask, generator, counter)
+
+    def optimized(self, model, x, y, target, mask, eot, generator, counter: Counter) -> torch.Tensor:
+        """The frame's texture per image, optimized from the best solid colour."""
         tex = self.initial(model, x, y, target, mask, counter)
         velocity = torch.zeros_like(x)
 
@@ -230,11 +235,7 @@ class Eyeglass(Printable, PhysicalAttack):
         keep = self.keep_best(tex.clone(), lambda t, _: self.print_penalty(t, mask),
                               final=lambda t: ascent.value(model, t, counter)[1],
                               stop=stop if self.early_stop and ascent.view is None and self.kappa is None else None)  # fmt: skip
-        best = ascend(model, tex, ascent, keep, steps=self.steps, counter=counter)
-        result = self.finish(model, replace_pixels(x, best, mask), y, target, counter, generator=generator,
-                             eval_eot=eot.heldout(), artifacts=self._artifacts(best, mask),
-                             print_mask=mask, artefact=best)  # fmt: skip
-        return self.posed(model, result, x, y, target, best, mask, generator, counter)
+        return ascend(model, tex, ascent, keep, steps=self.steps, counter=counter)
 
     def posed(self, model, result: AttackResult, x, y, target, tex, mask, generator, counter) -> AttackResult:
         """Adds ``pose_success_rate``: per image, the fraction of ``eval_draws`` random pose changes of

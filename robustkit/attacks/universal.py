@@ -11,7 +11,6 @@ the report's timing section, so that a universal attack's time is not just the t
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ from ..functional.random import GeneratorLike, shared
 from ..functional.video import check_video
 from ..models.state import preserved
 from ..validate import check_labels
-from .base import RESULT, Counter, positive_ints
+from .base import RESULT, Counter, accepts, positive_ints
 from .loop import Ascent, Final, ascend, minibatches
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ class Universal:
         keep = keep[: self.train_samples]
         x_train, y_train = x_train[keep], y_train[keep]
         placed = {}
-        if objects is not None and "objects" in inspect.signature(self._optimize).parameters:
+        if objects is not None and accepts(self._optimize, "objects"):
             placed["objects"] = objects.select(keep.cpu())
         counter = Counter()
         _synchronize(x_train)

@@ -12,7 +12,6 @@ accuracy: the worst view). The report is rendered above this layer (``robustkit.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import platform
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attacks.base import accepts
 from ..defenses.adaptive import Adapted, adapt
 from ..defenses.base import Defense
 from ..device import resolve_device
@@ -264,8 +264,7 @@ def _fit_universal(entry: SuiteEntry, index: int, config: RunConfig, run: Loaded
     xs, ys = get_batch(train, todo)
     g = torch.Generator().manual_seed(config.seed * 7919 + index)
     objects = get_objects(train, todo)  # the training objects' geometry, for patches placed on them
-    takes = objects is not None and "objects" in inspect.signature(attack.fit).parameters
-    placed = {"objects": objects} if takes else {}
+    placed = {"objects": objects} if objects is not None and accepts(attack.fit, "objects") else {}
     return attack.fit(run.net, xs.to(run.device), ys.to(run.device), generator=g, **placed)
 
 
