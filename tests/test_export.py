@@ -140,10 +140,10 @@ def test_photos_of_the_printed_artefact_load_with_their_corners(tmp_path):
         for k in range(2):
             px = (torch.rand(40, 60, 3, generator=g) * 255).to(torch.uint8).numpy()  # 60 wide, 40 high
             Image.fromarray(px).save(root / cls / f"shot{k}.png")
-    # corners in the photo's pixels; resize to 20 (shorter side: x0.5 -> 30 x 20), centre crop 20 (5 px off the left)
-    (root / "corners.json").write_text(
-        json.dumps({"yield/shot1.png": [[10, 0], [50, 0], [50, 40], [10, 40]]})
-    )
+    # corners in the photo's pixels, pixel centres at integers: the edges of the box over columns 10..49 and
+    # every row; resize to 20 (shorter side: x0.5 -> 30 x 20), centre crop 20 (5 px off the left): the crop's edges
+    box = [[9.5, -0.5], [49.5, -0.5], [49.5, 39.5], [9.5, 39.5]]
+    (root / "corners.json").write_text(json.dumps({"yield/shot1.png": box}))
     manifest = tmp_path / "printed.yaml"
     manifest.write_text(f"name: printed\nformat: photos\nroot: {root}\npreprocessing: {{size: 20}}\n")
     ds = load_dataset(str(manifest), "test")
@@ -151,7 +151,12 @@ def test_photos_of_the_printed_artefact_load_with_their_corners(tmp_path):
     assert x.shape == (3, 20, 20) and y == 1 and ds.classes == ["stop", "yield"]
     corners = ds.corners
     assert corners.shape == (4, 4, 2) and torch.isnan(corners[:3]).all()
-    assert torch.allclose(corners[3], torch.tensor([[0.0, 0], [20, 0], [20, 20], [0, 20]]))
+    assert torch.allclose(corners[3], torch.tensor([[-0.5, -0.5], [19.5, -0.5], [19.5, 19.5], [-0.5, 19.5]]))
+    assert ds.objects is None  # three photos have no corners: object-anchored attacks fall back to the image
+    (root / "corners.json").write_text(json.dumps({f"{c}/shot{k}.png": box for c in ("stop", "yield") for k in (0, 1)}))
+    ds = load_dataset(str(manifest), "test")
+    assert ds.objects is not None and len(ds.objects) == 4
+    assert float(ds.objects.footprint((20, 20)).min()) > 0.45  # the box is the whole crop (edges soft)
     (root / "corners.json").write_text(json.dumps({"yield/missing.png": [[0, 0], [1, 0], [1, 1], [0, 1]]}))
     with pytest.raises(InputError, match="not in"):
         load_dataset(str(manifest), "test")

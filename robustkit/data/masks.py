@@ -158,46 +158,72 @@ def resolve_mask(spec: str, size: int, kind: str, scale: float = 1.0) -> torch.T
     )
 
 
+# Object corners, wherever a user gives them (an image folder's ``objects:`` file, a ``photos`` folder's
+# ``corners.json``), are pixel coordinates of the original photo in one convention, the library's own
+# (OpenCV's and kornia's): the centre of the top-left pixel is (0, 0), so the photo spans
+# [-0.5, W - 0.5] x [-0.5, H - 0.5]; a box covering pixels x0..x1 has its left and right edges at
+# x0 - 0.5 and x1 + 0.5.
+CORNER_ORDER = "top-left, top-right, bottom-right, bottom-left"
+
+
 def corners_in_crop(corners: torch.Tensor, image_hw: tuple[int, int], resize: int, size: int) -> torch.Tensor:
-    """Corner pixel coordinates (4, 2) in an original image of ``image_hw`` -> in the image after the
-    image-folder preprocessing (shorter edge resized to ``resize``, centre crop of ``size``)."""
+    """Corner pixel coordinates (..., 2) in an original image of ``image_hw`` -> in the image after the
+    image-folder preprocessing (shorter edge resized to ``resize`` as torchvision does, centre crop of
+    ``size``); pixel centres map to pixel centres, edges to edges."""
     h0, w0 = image_hw
     short, long = (h0, w0) if h0 <= w0 else (w0, h0)
     new_long = int(resize * long / short)
     new_h, new_w = (resize, new_long) if h0 <= w0 else (new_long, resize)
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    x = (corners[:, 0] + 0.5) * new_w / w0 - 0.5 - left
-    y = (corners[:, 1] + 0.5) * new_h / h0 - 0.5 - top
-    return torch.stack([x, y], 1)
+    x = (corners[..., 0] + 0.5) * new_w / w0 - 0.5 - left
+    y = (corners[..., 1] + 0.5) * new_h / h0 - 0.5 - top
+    return torch.stack([x, y], -1)
 
 
-def read_corners(path: str | Path, items: list[tuple[Path, int]], folder: Path, resize: int, size: int):
-    """The ``ObjectGeometry`` of an image folder from a JSON file of object corners: for every image,
-    its path relative to ``folder`` (``class/image.jpg``) -> four (x, y) pixel coordinates in the
-    original photo of the object's top-left, top-right, bottom-right and bottom-left corners."""
-    from PIL import Image
-
+def corner_table(path: str | Path) -> dict[str, torch.Tensor]:
+    """A JSON file of object corners: ``"<class>/<image>"`` -> four finite ``[x, y]`` points (in the
+    order of ``CORNER_ORDER``, the convention above) as a (4, 2) tensor; an InputError naming the file
+    and the entry for anything else."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"object corners file {p} does not exist")
     try:
         table = json.loads(p.read_text())
-    except ValueError as exc:
-        raise InputError(f"object corners file {p} is not JSON: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"object corners file {p} is not readable JSON: {exc}") from exc
+    if not isinstance(table, dict):
+        raise InputError(f"{p}: expected a mapping '<class>/<image>': [[x, y] x 4], got {type(table).__name__}")
+    out = {}
+    for key, pts in table.items():
+        ok = isinstance(pts, list) and len(pts) == 4
+        ok = ok and all(
+            isinstance(q, list) and len(q) == 2 and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                        for v in q) for q in pts
+        )  # fmt: skip
+        corners = torch.tensor(pts, dtype=torch.float32) if ok else None
+        if corners is None or not torch.isfinite(corners).all():
+            raise InputError(f"{p}: expected four [x, y] corners ({CORNER_ORDER}) for {key!r}, got {pts!r}")
+        out[key] = corners
+    return out
+
+
+def image_hw(path: Path) -> tuple[int, int]:
+    """The (height, width) of an image file, read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return h, w
+
+
+def read_corners(path: str | Path, items: list[tuple[Path, int]], folder: Path, resize: int, size: int):
+    """The ``ObjectGeometry`` of an image folder from a JSON file of object corners (``corner_table``):
+    every image, by its path relative to ``folder`` (``class/image.jpg``), needs an entry."""
+    table = corner_table(path)
     out = []
     for f, _ in items:
         key = f.relative_to(folder).as_posix()
-        pts = table.get(key) if isinstance(table, dict) else None
-        try:
-            corners = torch.tensor(pts, dtype=torch.float32)
-        except (TypeError, ValueError):
-            corners = None
-        if corners is None or corners.shape != (4, 2) or not torch.isfinite(corners).all():
-            raise InputError(
-                f"{p}: expected four [x, y] corners (top-left, top-right, bottom-right, bottom-left) for "
-                f"{key!r}, got {pts!r}"
-            )
-        with Image.open(f) as im:
-            w0, h0 = im.size
-        out.append(corners_in_crop(corners, (h0, w0), resize, size))
+        if key not in table:
+            raise InputError(f"{path}: no corners ({CORNER_ORDER}) for {key!r}; every image needs them")
+        out.append(corners_in_crop(table[key], image_hw(f), resize, size))
     return ObjectGeometry(torch.stack(out))
