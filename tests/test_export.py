@@ -153,7 +153,9 @@ def test_photos_of_the_printed_artefact_load_with_their_corners(tmp_path):
     assert corners.shape == (4, 4, 2) and torch.isnan(corners[:3]).all()
     assert torch.allclose(corners[3], torch.tensor([[-0.5, -0.5], [19.5, -0.5], [19.5, 19.5], [-0.5, 19.5]]))
     assert ds.objects is None  # three photos have no corners: object-anchored attacks fall back to the image
-    (root / "corners.json").write_text(json.dumps({f"{c}/shot{k}.png": box for c in ("stop", "yield") for k in (0, 1)}))
+    (root / "corners.json").write_text(
+        json.dumps({f"{c}/shot{k}.png": box for c in ("stop", "yield") for k in (0, 1)})
+    )
     ds = load_dataset(str(manifest), "test")
     assert ds.objects is not None and len(ds.objects) == 4
     assert float(ds.objects.footprint((20, 20)).min()) > 0.45  # the box is the whole crop (edges soft)

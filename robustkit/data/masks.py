@@ -192,7 +192,9 @@ def corner_table(path: str | Path) -> dict[str, torch.Tensor]:
     except (OSError, ValueError) as exc:
         raise InputError(f"object corners file {p} is not readable JSON: {exc}") from exc
     if not isinstance(table, dict):
-        raise InputError(f"{p}: expected a mapping '<class>/<image>': [[x, y] x 4], got {type(table).__name__}")
+        raise InputError(
+            f"{p}: expected a mapping '<class>/<image>': [[x, y] x 4], got {type(table).__name__}"
+        )
     out = {}
     for key, pts in table.items():
         ok = isinstance(pts, list) and len(pts) == 4
