@@ -146,6 +146,15 @@ def test_object_coordinates_map_onto_the_objects_corners():
     square = torch.tensor([[-6.0, -6.0], [6.0, -6.0], [6.0, 6.0], [-6.0, 6.0]]) @ rot.T + 15.5
     area = ObjectGeometry(square[None]).footprint((32, 32)).sum()
     assert abs(float(area) - 144) < 6
+    # a large object's footprint from its corners is sharp: full on its rim, nothing off it, whatever its size
+    for lo, hi in ((20, 180), (3, 13)):
+        box = torch.tensor(
+            [[lo - 0.5, lo - 0.5], [hi - 0.5, lo - 0.5], [hi - 0.5, hi - 0.5], [lo - 0.5, hi - 0.5]]
+        )
+        foot = ObjectGeometry(box[None]).footprint((200, 200))[0, 0]
+        inside = torch.zeros(200, 200, dtype=torch.bool)
+        inside[lo:hi, lo:hi] = True
+        assert float(foot[inside].min()) > 0.99 and float(foot[~inside].max()) < 0.01, (lo, hi)
 
 
 def test_every_sticker_pixel_lies_on_the_sign_in_every_image():

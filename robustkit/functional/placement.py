@@ -414,7 +414,11 @@ class ObjectGeometry:
             if tuple(self.mask.shape[-2:]) != tuple(size):
                 raise ValueError(f"object mask is {tuple(self.mask.shape[-2:])}, the images {tuple(size)}")
             return self.mask
-        ones = torch.ones(1, 8, 8, device=self.corners.device, dtype=self.corners.dtype)
+        # one texel per image pixel along the object's longest edge, so that the edge is anti-aliased over
+        # about a pixel whatever the object's size (a coarser grid fades the object's rim inwards)
+        edges = (self.corners - self.corners.roll(1, dims=1)).norm(dim=-1)
+        res = int(min(max(math.ceil(float(edges.max())) if len(self) else 8, 8), 4 * max(size)))
+        ones = torch.ones(1, res, res, device=self.corners.device, dtype=self.corners.dtype)
         return anchor(ones, self, size, clip=False)
 
 
