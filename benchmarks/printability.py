@@ -8,7 +8,10 @@ from the worst printable colour). For every artefact: success after 8-bit roundi
 effectiveness), success after snapping the artefact to the printable palette (``palette_success``),
 mean distance to the nearest printable colour (``palette_distance``), total variation (``tv``), the
 fraction of pixels within 0.05 of the palette and Sharif et al.'s NPS. The issue's bar: effectiveness
-within 10 points of ``before`` while ``palette_distance`` and ``tv`` at least halve.
+within 10 points of ``before`` while ``palette_distance`` and ``tv`` at least halve. The patch is trained
+(a universal patch, on a training split), so it runs once per seed (``--seeds``, default 0 to 4: a fresh
+training run and fresh placements each) and its row gives the means, every seed's success and their
+standard deviation; the per-image attacks run with the first seed.
 
     PYTHONPATH=. python benchmarks/printability.py --n 48 --threads 2 \\
         --out benchmarks/results/printability.json --md benchmarks/results/printability.md
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -38,6 +42,7 @@ BEFORE: dict[str, dict[str, Any]] = {
     "sticker": {"tv_weight": 0.0, "nps_weight": 0.0, "loss": "ce", "kappa": None, "init_std": 0.1},
     "patch": {"tv_weight": 0.0, "nps_weight": 0.0, "kappa": None},
 }  # fmt: skip
+TRAINED = ("patch",)  # trained on a training split: several seeds, their mean and spread
 DATA = {
     "eyeglass": ("faces", faces.faces),
     "sticker": ("signs", signs.signs),
@@ -83,13 +88,32 @@ def evaluate(attack, model, data_name, dataset, n: int, seed: int, train: int) -
     return row
 
 
+def pooled(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One row from the runs of several seeds: the means, and the success of every seed and its spread."""
+    row = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            row[key] = sum(r[key] for r in runs) / len(runs)
+    row["seconds"] = round(sum(r["seconds"] for r in runs), 1)
+    if len(runs) > 1:
+        success = [r["success"] for r in runs]
+        row |= {"seeds": seeds, "success_per_seed": success, "success_std": statistics.stdev(success)}
+    return row
+
+
+def success(row: dict[str, Any]) -> str:
+    if "success_std" not in row:
+        return f"{100 * row['success']:.1f}"
+    return f"{100 * row['success']:.1f} ± {100 * row['success_std']:.1f} ({len(row['seeds'])} seeds)"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| attack | run | data | images | success | palette success | palette distance | TV | "
             "printable px | NPS | EOT success | s |")  # fmt: skip
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
-            f"| {r['attack']} | {r['run']} | {r['data']} | {r['images']} | {100 * r['success']:.1f} | "
+            f"| {r['attack']} | {r['run']} | {r['data']} | {r['images']} | {success(r)} | "
             f"{100 * r.get('palette_success', float('nan')):.1f} | {r['palette_distance']:.4f} | {r['tv']:.4f} | "
             f"{100 * r['printable_fraction']:.1f}% | {r['nps']:.2e} | {100 * r.get('eot_success_rate', 0):.1f} | "
             f"{r['seconds']} |"
@@ -122,7 +146,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=128, help="training images for the patch")
     parser.add_argument("--patch-iters", type=int, default=None, help="override the patch's max_iter")
     parser.add_argument("--only", nargs="*", choices=list(BEFORE))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="seeds of the trained (universal) patch, each a fresh training run and test draw; "
+                        "the per-image attacks use the first")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out")
     parser.add_argument("--md")
@@ -139,9 +165,10 @@ def main() -> None:
         after = found[kind]
         data_name, dataset = DATA[kind]
         model = load_zoo_model(f"{data_name}-resnet", progress=False).eval()
+        seeds = args.seeds if kind in TRAINED else args.seeds[:1]
         for run, attack in (("before", replace(after, **BEFORE[kind])), ("after", after)):
-            row = {"attack": kind, "run": run} | evaluate(attack, model, data_name, dataset, args.n, args.seed,
-                                                          args.train)  # fmt: skip
+            runs = [evaluate(attack, model, data_name, dataset, args.n, seed, args.train) for seed in seeds]
+            row = {"attack": kind, "run": run} | pooled(runs, seeds)
             rows.append(row)
             print(json.dumps(row), flush=True)
             write(args, rows)
@@ -150,16 +177,32 @@ def main() -> None:
         print(json.dumps(c))
 
 
+def commands() -> tuple[str, str | None]:
+    """The command that regenerates every row (this one without ``--only``) and, for a partial rerun,
+    the command that last updated some rows."""
+    argv, full, skip = sys.argv, [], False
+    for a in argv:
+        skip = a == "--only" or (skip and not a.startswith("--"))
+        if not skip:
+            full.append(a)
+    run = "PYTHONPATH=. python "
+    return run + " ".join(full), (run + " ".join(argv) if len(full) != len(argv) else None)
+
+
 def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     checks = verdicts(rows)
+    full, update = commands()
     if args.out:
-        record = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "rows": rows, "verdicts": checks}
+        record = {"command": full, "rows": rows, "verdicts": checks} | (
+            {"updated_by": update} if update else {}
+        )
         with open(args.out, "w") as f:
             json.dump(record, f, indent=2)
     if args.md:
         with open(args.md, "w") as f:
             f.write("# Printability of the physical attacks, before and after\n\n")
-            f.write(f"`{'PYTHONPATH=. python ' + ' '.join(sys.argv)}`\n\n{table(rows)}\n\n")
+            f.write(f"`{full}`" + (f" (rows last updated by `{update}`)" if update else "") + "\n\n")
+            f.write(f"{table(rows)}\n\n")
             for c in checks:
                 f.write(f"- {c['attack']}: success {c['success_drop_points']:+.1f} points lower, palette "
                         f"distance x{c['palette_distance_ratio']}, TV x{c['tv_ratio']}, "
