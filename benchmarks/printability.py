@@ -1,17 +1,18 @@
 """Printability of the physical attacks' artefacts before and after the printability defaults.
 
-Runs the eyeglass frame (built-in faces), RP2 sticker and universal patch (built-in signs) twice on the
-test images the zoo model classifies correctly: ``before``, the recipes as they were (no penalty, the
-solid start colours, a random patch), and ``after``, the same recipes with the calibrated printability
-settings of ``attacks/physical.yaml`` (total variation and non-printability weights, the frame started
-from the worst printable colour). For every artefact: success after 8-bit rounding (the attack's
-effectiveness), success after snapping the artefact to the printable palette (``palette_success``),
-mean distance to the nearest printable colour (``palette_distance``), total variation (``tv``), the
-fraction of pixels within 0.05 of the palette and Sharif et al.'s NPS. The issue's bar: effectiveness
-within 10 points of ``before`` while ``palette_distance`` and ``tv`` at least halve. The patch is trained
-(a universal patch, on a training split), so it runs once per seed (``--seeds``, default 0 to 4: a fresh
-training run and fresh placements each) and its row gives the means, every seed's success and their
-standard deviation; the per-image attacks run with the first seed.
+Runs the eyeglass frame (built-in faces: per image, and the universal frame of ``attacks/eyeglass.yaml``),
+the RP2 sticker and the universal patch (built-in signs) twice on the test images the zoo model
+classifies correctly: ``before``, the recipes as they were (no penalty, the solid start colours, a
+random patch), and ``after``, the same recipes with the calibrated printability settings of
+``attacks/physical.yaml`` and ``attacks/eyeglass.yaml`` (total variation and non-printability weights,
+the frame started from the worst printable colour). For every artefact: success after 8-bit rounding
+(the attack's effectiveness), success after snapping the artefact to the printable palette
+(``palette_success``), mean distance to the nearest printable colour (``palette_distance``), total
+variation (``tv``), the fraction of pixels within 0.05 of the palette and Sharif et al.'s NPS. The
+issue's bar: effectiveness within 10 points of ``before`` while ``palette_distance`` and ``tv`` at least
+halve. The patch and the universal frame are trained (on a training split), so they run once per seed
+(``--seeds``, default 0 to 4: a fresh training run and fresh placements each) and their rows give the
+means, every seed's success and their standard deviation; the per-image attacks use the first seed.
 
     PYTHONPATH=. python benchmarks/printability.py --n 48 --threads 2 \\
         --out benchmarks/results/printability.json --md benchmarks/results/printability.md
@@ -35,33 +36,42 @@ from robustkit.builtin.zoo import load_zoo_model
 from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
 
-# What the calibrated defaults switch on, per attack (``after`` = the physical suite's entry).
+# What the calibrated defaults switch on, per attack (``after`` = the suites' entry).
+SOLID = ("black", "white", "red", "green", "blue", "yellow", "brown", "gray")  # the frames' old start colours
 BEFORE: dict[str, dict[str, Any]] = {
     "eyeglass": {"tv_weight": 0.0, "nps_weight": 0.0, "loss": "ce", "kappa": None, "step_size": 16 / 255,
-                 "colors": ("black", "white", "red", "green", "blue", "yellow", "brown", "gray")},
+                 "colors": SOLID},
     "sticker": {"tv_weight": 0.0, "nps_weight": 0.0, "loss": "ce", "kappa": None, "init_std": 0.1},
     "patch": {"tv_weight": 0.0, "nps_weight": 0.0, "kappa": None},
+    "eyeglass-universal": {"tv_weight": 0.0, "nps_weight": 0.0, "colors": SOLID},
 }  # fmt: skip
-TRAINED = ("patch",)  # trained on a training split: several seeds, their mean and spread
+# trained on a training split: several seeds, their mean and spread
+TRAINED = ("patch", "eyeglass-universal")
 DATA = {
     "eyeglass": ("faces", faces.faces),
     "sticker": ("signs", signs.signs),
     "patch": ("signs", signs.signs),
+    "eyeglass-universal": ("faces", faces.faces),
 }
 METRICS = ("palette_success", "palette_distance", "tv", "printable_fraction", "nps", "eot_success_rate")
 
 
+def kind_of(attack) -> str:
+    return f"{attack.name}-universal" if getattr(attack, "universal", False) else attack.name
+
+
 def entries(suite: str, patch_iters: int | None) -> dict[str, Any]:
-    """The physical suite's eyeglass, sticker and patch entries (``after``)."""
+    """The first entry of every kind in ``BEFORE`` (``after``): the eyeglass, sticker and patch of the
+    physical suite, the universal frame of the eyeglass suite."""
     out = {}
-    path = Path(__file__).resolve().parents[1] / "attacks" / f"{suite}.yaml"
-    for entry in load_suite(str(path) if path.is_file() else suite).entries:
-        kind = entry.attack.name
-        if kind in BEFORE and kind not in out:
-            attack = entry.attack
-            if kind == "patch" and patch_iters:
-                attack = replace(attack, max_iter=patch_iters)
-            out[kind] = attack
+    for name in (suite, "eyeglass"):
+        path = Path(__file__).resolve().parents[1] / "attacks" / f"{name}.yaml"
+        for entry in load_suite(str(path) if path.is_file() else name).entries:
+            kind, attack = kind_of(entry.attack), entry.attack
+            if kind in BEFORE and kind not in out:
+                if kind == "patch" and patch_iters:
+                    attack = replace(attack, max_iter=patch_iters)
+                out[kind] = attack
     return out
 
 
@@ -74,7 +84,7 @@ def evaluate(attack, model, data_name, dataset, n: int, seed: int, train: int) -
     # where the data know each object (the built-in signs), the attack is placed on it, as in a run
     placed = {} if getattr(test, "objects", None) is None else {"objects": test.objects.select(keep)}
     start = time.perf_counter()
-    if getattr(attack, "name", "") == "patch":
+    if getattr(attack, "name", "") == "patch" or getattr(attack, "universal", False):  # trained on a split
         tr = dataset("train", n=train)
         on = {} if getattr(tr, "objects", None) is None else {"objects": tr.objects}
         attack = attack.fit(model, tr.x, tr.y, generator=torch.Generator().manual_seed(seed), **on)
