@@ -117,6 +117,10 @@ def success(row: dict[str, Any]) -> str:
     return f"{100 * row['success']:.1f} ± {100 * row['success_std']:.1f} ({len(row['seeds'])} seeds)"
 
 
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| attack | run | data | images | success | palette success | palette distance | TV | "
             "printable px | NPS | EOT success | s |")  # fmt: skip
@@ -124,8 +128,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['attack']} | {r['run']} | {r['data']} | {r['images']} | {success(r)} | "
-            f"{100 * r.get('palette_success', float('nan')):.1f} | {r['palette_distance']:.4f} | {r['tv']:.4f} | "
-            f"{100 * r['printable_fraction']:.1f}% | {r['nps']:.2e} | {100 * r.get('eot_success_rate', 0):.1f} | "
+            f"{pct(r.get('palette_success'))} | {r['palette_distance']:.4f} | {r['tv']:.4f} | "
+            f"{100 * r['printable_fraction']:.1f}% | {r['nps']:.2e} | {pct(r.get('eot_success_rate'))} | "
             f"{r['seconds']} |"
         )
     return "\n".join(lines)
