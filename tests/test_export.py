@@ -162,6 +162,16 @@ def test_photos_of_the_printed_artefact_load_with_their_corners(tmp_path):
     (root / "corners.json").write_text(json.dumps({"yield/missing.png": [[0, 0], [1, 0], [1, 1], [0, 1]]}))
     with pytest.raises(InputError, match="not in"):
         load_dataset(str(manifest), "test")
+    for bad in (
+        [[0, 0], [1, 0], [1, 1]],
+        [[0, 0], [1, 0], [1, 1], [0, "x"]],
+        [[0, 0], [1, 0], [1, 1], [0, True]],
+    ):
+        (root / "corners.json").write_text(json.dumps({"yield/shot1.png": bad}))
+        with pytest.raises(
+            InputError, match=r"corners\.json: expected four \[x, y\] corners .* 'yield/shot1.png'"
+        ):
+            load_dataset(str(manifest), "test")
 
 
 def test_flicker_and_framing_artefacts():
