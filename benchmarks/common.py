@@ -1,4 +1,4 @@
-"""Timing and memory helpers shared by the benchmarks.
+"""Timing and memory helpers shared by the benchmarks, and the repository's recipes (``repo_suite``).
 
 Timing (``compare``): the functions being compared run *interleaved*, round by round, in a rotating
 order, after ``warmup`` untimed rounds. On a machine shared with other jobs the load drifts over
@@ -289,3 +289,14 @@ def _cpu_count() -> int | None:
     import os
 
     return os.cpu_count()
+
+
+def repo_suite(name: str):
+    """The suite ``name`` from this repository's ``attacks/<name>.yaml`` when it exists (the recipes being
+    measured, whatever robustkit is installed), else as ``load_suite`` resolves the name."""
+    from pathlib import Path
+
+    from robustkit.evaluation.suite import load_suite
+
+    path = Path(__file__).resolve().parents[1] / "attacks" / f"{name}.yaml"
+    return load_suite(str(path) if path.is_file() else name)

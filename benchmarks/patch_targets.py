@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import repo_suite
 from robustkit.builtin.zoo import load_zoo_model
-from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
 
 
@@ -38,9 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = Path(__file__).resolve().parents[1] / "attacks" / f"{args.suite}.yaml"
-    (base,) = [e.attack for e in load_suite(str(path) if path.is_file() else args.suite).entries
-               if e.attack.name == "patch"][:1]  # fmt: skip
+    (base,) = [e.attack for e in repo_suite(args.suite).entries if e.attack.name == "patch"][:1]
     model = load_zoo_model(args.model, progress=False).eval()
     dataset = getattr(
         importlib.import_module(f"robustkit.builtin.{args.data}"), args.data

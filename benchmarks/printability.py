@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import repo_suite
 from robustkit.builtin import faces, signs
 from robustkit.builtin.zoo import load_zoo_model
-from robustkit.evaluation.suite import load_suite
 from robustkit.functional.random import sample_generators
 
 # What the calibrated defaults switch on, per attack (``after`` = the suites' entry).
@@ -65,8 +65,7 @@ def entries(suite: str, patch_iters: int | None) -> dict[str, Any]:
     physical suite, the universal frame of the eyeglass suite."""
     out = {}
     for name in (suite, "eyeglass"):
-        path = Path(__file__).resolve().parents[1] / "attacks" / f"{name}.yaml"
-        for entry in load_suite(str(path) if path.is_file() else name).entries:
+        for entry in repo_suite(name).entries:
             kind, attack = kind_of(entry.attack), entry.attack
             if kind in BEFORE and kind not in out:
                 if kind == "patch" and patch_iters:

@@ -258,9 +258,14 @@ class Attack:
         }
 
 
-@functools.cache
 def accepts(fn: Any, keyword: str) -> bool:
-    """Whether the callable ``fn`` takes the keyword argument ``keyword``."""
+    """Whether the callable ``fn`` takes the keyword argument ``keyword`` (a bound method's function is
+    asked, so that the cache holds functions, not the attacks they are bound to)."""
+    return _parameters(getattr(fn, "__func__", fn), keyword)
+
+
+@functools.cache
+def _parameters(fn: Any, keyword: str) -> bool:
     return keyword in inspect.signature(fn).parameters
 
 

@@ -152,9 +152,10 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         return self.make_eot(self.eot, n_samples=8)
 
     # ------------------------------------------------------------------ geometry
-    def frame(self, objects: ObjectGeometry | None, device: torch.device) -> ObjectGeometry | None:
-        """The objects the patch is placed on (None: the image): ``placement: object`` needs their
-        geometry, ``auto`` uses it when the data give it."""
+    def frame(self, objects: ObjectGeometry | None, x: torch.Tensor) -> ObjectGeometry | None:
+        """The objects the patch is placed on in the images ``x`` (None: the image), on their device with
+        their footprint computed once: ``placement: object`` needs their geometry, ``auto`` uses it when
+        the data give it."""
         if self.placement == "image" or (objects is None and self.placement == "auto"):
             return None
         if objects is None:
@@ -164,7 +165,7 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
                 "pass objects= to fit and to the attack; placement 'image' places the patch in image "
                 "coordinates, 'auto' on the object where the data know it"
             )
-        return objects.to(device)
+        return objects.to(x.device).with_footprint(tuple(x.shape[-2:]))
 
     def base_side(self, h: int, w: int, on_object: bool = False) -> float:
         """The patch's rendered side (diameter for a circle) at scale 1: in pixels, or on an object in
@@ -255,7 +256,7 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
         n, c, h, w = x.shape
         eot = self.photometric
         reps = eot.n_samples
-        objects = self.frame(objects, x.device)
+        objects = self.frame(objects, x)
         shape = self.texture_shape(c, h, w, objects is not None)
         param = uniform(shape, g, x.device, x.dtype).requires_grad_(True)
         alpha = shape_mask(self.patch_type, param.shape[-2], param.shape[-1], x.device, x.dtype)[None]
@@ -295,7 +296,7 @@ class Patch(Printable, PhysicalAttack, UniversalPatch):
             objects: ObjectGeometry | None = None) -> AttackResult:  # fmt: skip
         counter = Counter()
         fitted = self
-        on = self.frame(objects, x.device)
+        on = self.frame(objects, x)
         if self.patch is None:
             log.warning("patch: no trained patch (call fit on a training split first); fitting on this batch")
             fitted = replace(self, patch=self._optimize(model, x, y, shared(generator), counter, on))

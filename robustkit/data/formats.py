@@ -222,7 +222,9 @@ def imagefolder(manifest: dict, split: str, root: Path) -> Dataset:
             raise InputError(
                 f"{name}: object corners need a square size, got {ds.size}; set preprocessing.size"
             )
-        ds.objects = read_corners(root / manifest["objects"], ds.items, folder, ds.resize or ds.size, ds.size)
+        ds.objects = read_corners(
+            root / manifest["objects"], ds.items, folder, ds.resize or ds.size, ds.size, ds.max_pixels
+        )
     return ds
 
 

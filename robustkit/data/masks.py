@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, InputError
 from ..functional.placement import ObjectGeometry
 from ..registry import suggest
+from .loading import open_image
 from .synthetic import grid
 
 # Eye centres of an aligned face in normalized coordinates (left eye first, as seen in the image).
@@ -209,16 +210,24 @@ def corner_table(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def image_hw(path: Path) -> tuple[int, int]:
-    """The (height, width) of an image file, read from its header."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
+def image_hw(path: Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """The (height, width) of an image file, read from its header (``loading.open_image``'s limit)."""
+    try:
+        with open_image(path, max_pixels) as im:
+            w, h = im.size
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
     return h, w
 
 
-def read_corners(path: str | Path, items: list[tuple[Path, int]], folder: Path, resize: int, size: int):
+def read_corners(
+    path: str | Path,
+    items: list[tuple[Path, int]],
+    folder: Path,
+    resize: int,
+    size: int,
+    max_pixels: int | None = None,
+):
     """The ``ObjectGeometry`` of an image folder from a JSON file of object corners (``corner_table``):
     every image, by its path relative to ``folder`` (``class/image.jpg``), needs an entry."""
     table = corner_table(path)
@@ -227,5 +236,5 @@ def read_corners(path: str | Path, items: list[tuple[Path, int]], folder: Path, 
         key = f.relative_to(folder).as_posix()
         if key not in table:
             raise InputError(f"{path}: no corners ({CORNER_ORDER}) for {key!r}; every image needs them")
-        out.append(corners_in_crop(table[key], image_hw(f), resize, size))
+        out.append(corners_in_crop(table[key], image_hw(f, max_pixels), resize, size))
     return ObjectGeometry(torch.stack(out))

@@ -24,6 +24,7 @@ Example manifest::
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class PhotoDataset(ImageFolderDataset):
                 f"{file}: corners for photos that are not in {self.root}: {', '.join(unknown[:5])}"
             )
 
-    @property
+    @functools.cached_property
     def corners(self) -> torch.Tensor:
         """The object's corners per photo, (N, 4, 2) in pixels of the preprocessed image; NaN if none."""
         self.verify()
@@ -63,7 +64,9 @@ class PhotoDataset(ImageFolderDataset):
         for i, (f, c) in enumerate(self.items):
             pts = self.annotations.get(f"{self.folders[c]}/{f.name}")
             if pts is not None:
-                out[i] = corners_in_crop(pts, image_hw(f), self.resize or self.size, self.size)
+                out[i] = corners_in_crop(
+                    pts, image_hw(f, self.max_pixels), self.resize or self.size, self.size
+                )
         return out
 
     @property

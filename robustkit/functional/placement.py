@@ -407,6 +407,11 @@ class ObjectGeometry:
             align_corners=True,
         )
 
+    def with_footprint(self, size: tuple[int, int]) -> ObjectGeometry:
+        """This geometry with its footprint in images of ``size`` computed once and kept as ``mask``, so that
+        the footprint calls of an attack's steps cost nothing."""
+        return self if self.mask is not None else ObjectGeometry(self.corners, self.footprint(size))
+
     def footprint(self, size: tuple[int, int]) -> torch.Tensor:
         """The object's mask (N, 1, H, W) in images of ``size``: ``mask`` when given (it must be of that
         size), else the quadrilateral of the corners."""
